@@ -1,0 +1,50 @@
+//! Every default the configuration falls back to, as one named constant each.
+//!
+//! Control path only: `validate.rs` reads these when a key is absent, and
+//! `conf/tidegate.toml` documents the same values. Change a default here and
+//! in that file together.
+
+use std::time::Duration;
+
+/// In-flight requests one backend may carry before new ones queue.
+pub const MAX_CONCURRENCY: u32 = 64;
+/// Waiters a pool's queue holds before it answers 503 at once.
+pub const QUEUE_MAX_DEPTH: usize = 1024;
+/// Longest a request waits in the queue for a free slot.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP connect to a backend.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// From the request being sent to the backend's response head arriving.
+pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle pooled upstream connection is closed after this long.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle keep-alive connections kept per backend.
+pub const MAX_IDLE_PER_BACKEND: usize = 256;
+/// Attempts on other backends after a connect failure (nothing was sent).
+pub const CONNECT_RETRIES: u32 = 2;
+/// Weight of a backend that does not name one.
+pub const WEIGHT: u32 = 1;
+/// Time constant of the latency EWMA used by `peak_ewma`.
+pub const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// Client must send a whole request head within this (slowloris guard).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle client keep-alive connections are closed after this.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes a request head may take (hyper's read buffer; larger answers 431).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Header fields a request may carry (more answers 431).
+pub const MAX_HEADERS: usize = 100;
+/// Client connections open at once per listener; further accepts wait.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Request body size per route (larger answers 413).
+pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+/// TLS handshake must finish within this.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent HTTP/2 streams per client connection.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The admin listener when `[admin]` is present without `listen`.
+pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";

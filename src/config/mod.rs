@@ -1,0 +1,208 @@
+//! Configuration: the one TOML file an operator edits, read in two stages.
+//!
+//! Control path only. `file.rs` is the strict serde mirror of the file;
+//! `validate.rs` turns it into [`Config`], the type the rest of the program
+//! uses, filling defaults from `defaults.rs`. Nothing is bound or spawned
+//! until a whole file has validated, so a bad file changes nothing: at start
+//! it exits non-zero, on reload the previous config keeps serving.
+//!
+//! Every error names the file, line, column and key ([`ConfigError`]).
+
+pub mod defaults;
+mod file;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The demo configuration, embedded so `tidegate` with no arguments runs.
+pub const DEMO_TOML: &str = include_str!("../../conf/demo.toml");
+
+/// A validated configuration. Cheap to share: the hot path sees it only
+/// through the [`crate::state::Snapshot`] built from it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from (`<embedded demo>` for the demo).
+    pub source: String,
+    pub runtime: Runtime,
+    pub admin: Option<Admin>,
+    pub limits: Limits,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Route>,
+    pub pools: BTreeMap<String, Arc<PoolConfig>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// Tokio worker threads; `None` = one per CPU.
+    pub worker_threads: Option<usize>,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+/// Per-connection limits that protect the proxy from slow or hostile clients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub tls_handshake_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub certificates: Vec<CertificatePaths>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificatePaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Lower-case host without port; `None` matches any host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub pool: String,
+    pub max_body: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    LeastConn,
+    P2c,
+    RoundRobin,
+    PeakEwma,
+    Hash,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::LeastConn => "least_conn",
+            Balance::P2c => "p2c",
+            Balance::RoundRobin => "round_robin",
+            Balance::PeakEwma => "peak_ewma",
+            Balance::Hash => "hash",
+        }
+    }
+}
+
+/// What `balance = "hash"` hashes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    H2c,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub balance: Balance,
+    pub hash_key: HashKey,
+    pub max_concurrency: u32,
+    pub queue_max_depth: usize,
+    pub queue_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_backend: usize,
+    pub upstream: UpstreamProtocol,
+    pub connect_retries: u32,
+    pub retry_idempotent: bool,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+/// Why a config was refused. Displays as `file:line:col: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}:{line}:{col}: {key}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        col: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a file. Relative certificate paths are
+    /// resolved against the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &shown, base)
+    }
+
+    /// Parses and validates text; `source` names it in errors.
+    pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        validate::parse(text, source, base_dir)
+    }
+
+    /// The embedded demo config.
+    pub fn demo() -> Config {
+        Config::parse(DEMO_TOML, "<embedded conf/demo.toml>", Path::new("conf"))
+            .expect("the embedded demo config is validated by a unit test")
+    }
+
+    /// A one-line summary for `tidegate check`.
+    pub fn summary(&self) -> String {
+        let backends: usize = self.pools.values().map(|p| p.backends.len()).sum();
+        format!(
+            "{}: ok: {} listener(s), {} route(s), {} pool(s), {} backend(s)",
+            self.source,
+            self.listeners.len(),
+            self.routes.len(),
+            self.pools.len(),
+            backends
+        )
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,469 @@
+//! Raw file -> [`Config`]: defaults, cross-references and range checks.
+//!
+//! Control path only; pure (no I/O besides nothing: certificate files are
+//! read later, by the TLS layer, before anything is bound). Errors carry the
+//! byte span of the offending value, turned into line and column here.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use toml::Spanned;
+
+use super::defaults as d;
+use super::file::{RawBalance, RawConfig, RawPool, RawUpstream};
+use super::{
+    Admin, Balance, BackendConfig, CertificatePaths, Config, ConfigError, HashKey, Limits,
+    Listener, PoolConfig, Route, Runtime, Tls, UpstreamProtocol,
+};
+
+/// Hyper refuses read buffers smaller than this.
+const MIN_HEADER_BYTES: usize = 8192;
+
+struct Ctx<'a> {
+    text: &'a str,
+    source: &'a str,
+}
+
+impl Ctx<'_> {
+    fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let (line, col) = position(self.text, span.start);
+        ConfigError::Invalid {
+            path: self.source.to_string(),
+            line,
+            col,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Best-effort dotted key for a parse error at `offset`: the enclosing
+/// `[table]` header plus the keys assigned on that line up to the offset.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let mut table = String::new();
+    for line in text[..line_start].lines().rev() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            break;
+        }
+    }
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = &text[line_start..line_end];
+    let trimmed = line.trim();
+    if trimmed.starts_with('[') {
+        return trimmed.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+    }
+    // Keys assigned on this line up to the offset, minus siblings already
+    // closed by `,` or `}` (inline tables nest several on one line).
+    let upto = &text[line_start..offset.max(line_start)];
+    let upto = if upto.contains('=') { upto } else { line };
+    let mut keys: Vec<(usize, &str)> = Vec::new();
+    let (mut depth, mut in_string, mut token_start) = (0usize, false, 0usize);
+    for (i, c) in upto.char_indices() {
+        match c {
+            '"' => in_string = !in_string,
+            _ if in_string => {}
+            '{' | '[' => {
+                depth += 1;
+                token_start = i + 1;
+            }
+            '}' | ']' => {
+                keys.retain(|(d, _)| *d < depth);
+                depth = depth.saturating_sub(1);
+                token_start = i + 1;
+            }
+            ',' => {
+                keys.retain(|(d, _)| *d < depth);
+                token_start = i + 1;
+            }
+            '=' => {
+                let key = upto[token_start..i].trim().trim_matches('"');
+                if !key.is_empty() {
+                    keys.push((depth, key));
+                }
+                token_start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let keys = keys.into_iter().map(|(_, k)| k);
+    let mut parts: Vec<&str> = Vec::new();
+    if !table.is_empty() {
+        parts.push(&table);
+    }
+    parts.extend(keys);
+    if parts.is_empty() {
+        "(top level)".to_string()
+    } else {
+        parts.join(".")
+    }
+}
+
+pub(super) fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    let cx = Ctx { text, source };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        cx.error(span.clone(), key_at(text, span.start), e.message().trim().to_string())
+    })?;
+    validate(&cx, raw, base_dir)
+}
+
+fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
+    let runtime = Runtime {
+        worker_threads: match raw.runtime.worker_threads {
+            Some(w) if *w.get_ref() == 0 => {
+                return Err(cx.error(w.span(), "runtime.worker_threads", "must be at least 1"))
+            }
+            w => w.map(Spanned::into_inner),
+        },
+        shutdown_timeout: raw.runtime.shutdown_timeout.map_or(d::SHUTDOWN_TIMEOUT, |x| x.0),
+    };
+
+    let admin = match raw.admin {
+        None => None,
+        Some(a) => {
+            let (listen, span) = match a.listen {
+                Some(l) => (*l.get_ref(), l.span()),
+                None => (d::ADMIN_LISTEN.parse().expect("valid default"), 0..0),
+            };
+            if !listen.ip().is_loopback() && a.token.is_none() {
+                return Err(cx.error(
+                    span,
+                    "admin.listen",
+                    "a non-loopback admin listener needs `admin.token` (a bearer token)",
+                ));
+            }
+            Some(Admin { listen, token: a.token })
+        }
+    };
+
+    let l = raw.limits;
+    let limits = Limits {
+        max_connections: positive(cx, l.max_connections, "limits.max_connections", d::MAX_CONNECTIONS)?,
+        header_read_timeout: l.header_read_timeout.map_or(d::HEADER_READ_TIMEOUT, |x| x.0),
+        keepalive_timeout: l.keepalive_timeout.map_or(d::KEEPALIVE_TIMEOUT, |x| x.0),
+        max_header_bytes: match l.max_header_bytes {
+            Some(b) if (b.get_ref().0 as usize) < MIN_HEADER_BYTES => {
+                return Err(cx.error(
+                    b.span(),
+                    "limits.max_header_bytes",
+                    format!("must be at least {MIN_HEADER_BYTES}"),
+                ))
+            }
+            Some(b) => b.get_ref().0 as usize,
+            None => d::MAX_HEADER_BYTES,
+        },
+        max_headers: positive(cx, l.max_headers, "limits.max_headers", d::MAX_HEADERS)?,
+        tls_handshake_timeout: l.tls_handshake_timeout.map_or(d::TLS_HANDSHAKE_TIMEOUT, |x| x.0),
+        h2_max_concurrent_streams: l.h2_max_concurrent_streams.unwrap_or(d::H2_MAX_CONCURRENT_STREAMS),
+    };
+
+    if raw.listeners.is_empty() {
+        return Err(cx.error(0..0, "listener", "at least one [[listener]] is required"));
+    }
+    let mut listeners = Vec::with_capacity(raw.listeners.len());
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    for (i, rl) in raw.listeners.into_iter().enumerate() {
+        let key = format!("listener[{i}]");
+        if !names.insert(rl.name.get_ref().clone()) {
+            return Err(cx.error(rl.name.span(), format!("{key}.name"), format!("duplicate listener name `{}`", rl.name.get_ref())));
+        }
+        if !addrs.insert(rl.listen) {
+            return Err(cx.error(rl.name.span(), format!("{key}.listen"), format!("{} is already used by another listener", rl.listen)));
+        }
+        let tls = match rl.tls {
+            None => None,
+            Some(t) => {
+                if t.certificates.get_ref().is_empty() {
+                    return Err(cx.error(t.certificates.span(), format!("{key}.tls.certificates"), "needs at least one { cert, key } pair"));
+                }
+                let span = t.certificates.span();
+                let certificates = t
+                    .certificates
+                    .into_inner()
+                    .into_iter()
+                    .map(|c| CertificatePaths {
+                        cert: base_dir.join(c.cert.into_inner()),
+                        key: base_dir.join(c.key.into_inner()),
+                    })
+                    .collect();
+                let _ = span;
+                Some(Tls { certificates })
+            }
+        };
+        listeners.push(Listener { name: rl.name.into_inner(), listen: rl.listen, tls });
+    }
+
+    let mut pools = BTreeMap::new();
+    for (name, rp) in raw.pools {
+        let span = rp.span();
+        let pool = validate_pool(cx, &name, rp.into_inner(), span)?;
+        pools.insert(name, Arc::new(pool));
+    }
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, rr) in raw.routes.into_iter().enumerate() {
+        let key = format!("route[{i}]");
+        if !pools.contains_key(rr.pool.get_ref()) {
+            let known: Vec<&str> = pools.keys().map(String::as_str).collect();
+            return Err(cx.error(
+                rr.pool.span(),
+                format!("{key}.pool"),
+                format!("no pool named `{}` (defined: {})", rr.pool.get_ref(), known.join(", ")),
+            ));
+        }
+        let path_prefix = match rr.path_prefix {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                return Err(cx.error(p.span(), format!("{key}.path_prefix"), "must start with `/`"))
+            }
+            Some(p) => p.into_inner(),
+            None => "/".to_string(),
+        };
+        let host = match rr.host {
+            Some(h) if h.get_ref().is_empty() || h.get_ref().contains(['/', ' ']) => {
+                return Err(cx.error(h.span(), format!("{key}.host"), "expected a host name such as `shop.example`"))
+            }
+            Some(h) => Some(h.into_inner().to_ascii_lowercase()),
+            None => None,
+        };
+        routes.push(Route {
+            host,
+            path_prefix,
+            pool: rr.pool.into_inner(),
+            max_body: rr.max_body.map_or(d::MAX_BODY_BYTES, |b| b.0),
+        });
+    }
+    if routes.is_empty() {
+        // One pool and no routes: everything goes to it.
+        match pools.keys().next() {
+            Some(only) if pools.len() == 1 => routes.push(Route {
+                host: None,
+                path_prefix: "/".into(),
+                pool: only.clone(),
+                max_body: d::MAX_BODY_BYTES,
+            }),
+            _ => return Err(cx.error(0..0, "route", "at least one [[route]] is required when there is not exactly one pool")),
+        }
+    }
+
+    Ok(Config {
+        source: cx.source.to_string(),
+        runtime,
+        admin,
+        limits,
+        listeners,
+        routes,
+        pools,
+    })
+}
+
+fn positive(cx: &Ctx<'_>, v: Option<Spanned<usize>>, key: &str, default: usize) -> Result<usize, ConfigError> {
+    match v {
+        Some(v) if *v.get_ref() == 0 => Err(cx.error(v.span(), key, "must be at least 1")),
+        Some(v) => Ok(v.into_inner()),
+        None => Ok(default),
+    }
+}
+
+fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> Result<PoolConfig, ConfigError> {
+    let key = format!("pools.{name}");
+    let balance = match rp.balance.unwrap_or(RawBalance::LeastConn) {
+        RawBalance::LeastConn => Balance::LeastConn,
+        RawBalance::P2c => Balance::P2c,
+        RawBalance::RoundRobin => Balance::RoundRobin,
+        RawBalance::PeakEwma => Balance::PeakEwma,
+        RawBalance::Hash => Balance::Hash,
+    };
+    let hash_key = match rp.hash_key {
+        None => HashKey::ClientIp,
+        Some(h) => {
+            if balance != Balance::Hash {
+                return Err(cx.error(h.span(), format!("{key}.hash_key"), "only applies to balance = \"hash\""));
+            }
+            parse_hash_key(h.get_ref()).map_err(|m| cx.error(h.span(), format!("{key}.hash_key"), m))?
+        }
+    };
+    let max_concurrency = match rp.max_concurrency {
+        Some(m) if *m.get_ref() == 0 => {
+            return Err(cx.error(m.span(), format!("{key}.max_concurrency"), "must be at least 1"))
+        }
+        Some(m) => m.into_inner(),
+        None => d::MAX_CONCURRENCY,
+    };
+    let mut seen = HashSet::new();
+    let mut backends = Vec::with_capacity(rp.backends.len());
+    for (i, b) in rp.backends.into_iter().enumerate() {
+        let address = *b.address.get_ref();
+        if !seen.insert(address) {
+            return Err(cx.error(b.address.span(), format!("{key}.backends[{i}].address"), format!("{address} is listed twice")));
+        }
+        let weight = match b.weight {
+            Some(w) if *w.get_ref() == 0 => {
+                return Err(cx.error(w.span(), format!("{key}.backends[{i}].weight"), "must be at least 1 (remove the backend to stop sending to it)"))
+            }
+            Some(w) => w.into_inner(),
+            None => d::WEIGHT,
+        };
+        backends.push(BackendConfig { address, weight });
+    }
+    if backends.is_empty() {
+        return Err(cx.error(span, key, "a pool needs at least one backend"));
+    }
+    let queue = rp.queue;
+    let timeouts = rp.timeouts;
+    let retries = rp.retries;
+    Ok(PoolConfig {
+        name: name.to_string(),
+        balance,
+        hash_key,
+        max_concurrency,
+        queue_max_depth: queue.as_ref().and_then(|q| q.max_depth).unwrap_or(d::QUEUE_MAX_DEPTH),
+        queue_timeout: queue.as_ref().and_then(|q| q.timeout).map_or(d::QUEUE_TIMEOUT, |x| x.0),
+        connect_timeout: timeouts.as_ref().and_then(|t| t.connect).map_or(d::CONNECT_TIMEOUT, |x| x.0),
+        response_header_timeout: timeouts
+            .as_ref()
+            .and_then(|t| t.response_header)
+            .map_or(d::RESPONSE_HEADER_TIMEOUT, |x| x.0),
+        idle_timeout: timeouts.as_ref().and_then(|t| t.idle).map_or(d::UPSTREAM_IDLE_TIMEOUT, |x| x.0),
+        max_idle_per_backend: rp.max_idle_per_backend.unwrap_or(d::MAX_IDLE_PER_BACKEND),
+        upstream: match rp.upstream.unwrap_or(RawUpstream::Http1) {
+            RawUpstream::Http1 => UpstreamProtocol::Http1,
+            RawUpstream::H2c => UpstreamProtocol::H2c,
+        },
+        connect_retries: retries.as_ref().and_then(|r| r.connect).unwrap_or(d::CONNECT_RETRIES),
+        retry_idempotent: retries.as_ref().and_then(|r| r.idempotent).unwrap_or(false),
+        backends,
+    })
+}
+
+/// `client_ip`, `header:<name>` or `cookie:<name>`.
+fn parse_hash_key(text: &str) -> Result<HashKey, String> {
+    if text == "client_ip" {
+        return Ok(HashKey::ClientIp);
+    }
+    if let Some(h) = text.strip_prefix("header:") {
+        return http::HeaderName::from_bytes(h.trim().as_bytes())
+            .map(HashKey::Header)
+            .map_err(|_| format!("`{h}` is not a valid header name"));
+    }
+    if let Some(c) = text.strip_prefix("cookie:") {
+        if !c.trim().is_empty() {
+            return Ok(HashKey::Cookie(c.trim().to_string()));
+        }
+    }
+    Err(format!("expected `client_ip`, `header:<name>` or `cookie:<name>`, found `{text}`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:8080"
+
+[pools.shop]
+backends = [ { address = "127.0.0.1:9001" } ]
+"#;
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        parse(text, "t.toml", Path::new("."))
+    }
+
+    fn invalid(text: &str) -> (usize, usize, String, String) {
+        match parse_str(text).unwrap_err() {
+            ConfigError::Invalid { line, col, key, message, .. } => (line, col, key, message),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_an_implicit_route() {
+        let c = parse_str(MINIMAL).unwrap();
+        let shop = &c.pools["shop"];
+        assert_eq!(shop.max_concurrency, d::MAX_CONCURRENCY);
+        assert_eq!(shop.balance, Balance::LeastConn);
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].pool, "shop");
+        assert_eq!(c.limits.max_headers, d::MAX_HEADERS);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_position_and_key() {
+        let text = MINIMAL.replace("[pools.shop]", "[pools.shop]\nbalanse = \"p2c\"");
+        let (line, col, key, message) = invalid(&text);
+        assert_eq!((line, col), (7, 1));
+        assert_eq!(key, "pools.shop.balanse");
+        assert!(message.contains("unknown field `balanse`"), "{message}");
+    }
+
+    #[test]
+    fn bad_duration_in_inline_table_names_the_inner_key() {
+        let text = MINIMAL.replace("[pools.shop]", "[pools.shop]\nqueue = { max_depth = 10, timeout = \"5x\" }");
+        let (line, _col, key, message) = invalid(&text);
+        assert_eq!(line, 7);
+        assert_eq!(key, "pools.shop.queue.timeout");
+        assert!(message.contains("unknown unit `x`"), "{message}");
+    }
+
+    #[test]
+    fn route_to_unknown_pool_points_at_the_pool_value() {
+        let text = format!("{MINIMAL}\n[[route]]\npath_prefix = \"/\"\npool = \"shoop\"\n");
+        let (line, col, key, message) = invalid(&text);
+        assert_eq!((line, col), (11, 8));
+        assert_eq!(key, "route[0].pool");
+        assert!(message.contains("no pool named `shoop`"), "{message}");
+    }
+
+    #[test]
+    fn zero_weight_and_duplicate_backends_are_refused() {
+        let text = MINIMAL.replace("{ address = \"127.0.0.1:9001\" }", "{ address = \"127.0.0.1:9001\", weight = 0 }");
+        assert_eq!(invalid(&text).2, "pools.shop.backends[0].weight");
+        let text = MINIMAL.replace(
+            "{ address = \"127.0.0.1:9001\" }",
+            "{ address = \"127.0.0.1:9001\" }, { address = \"127.0.0.1:9001\" }",
+        );
+        assert!(invalid(&text).3.contains("listed twice"));
+    }
+
+    #[test]
+    fn non_loopback_admin_needs_a_token() {
+        let text = format!("[admin]\nlisten = \"0.0.0.0:9090\"\n{MINIMAL}");
+        let (line, _, key, _) = invalid(&text);
+        assert_eq!((line, key.as_str()), (2, "admin.listen"));
+        let text = format!("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"s3cret\"\n{MINIMAL}");
+        assert!(parse_str(&text).is_ok());
+    }
+
+    #[test]
+    fn hash_key_forms() {
+        assert_eq!(parse_hash_key("client_ip"), Ok(HashKey::ClientIp));
+        assert_eq!(parse_hash_key("cookie:cart"), Ok(HashKey::Cookie("cart".into())));
+        assert!(matches!(parse_hash_key("header:x-cart"), Ok(HashKey::Header(_))));
+        assert!(parse_hash_key("header:bad header").is_err());
+        assert!(parse_hash_key("ip").is_err());
+    }
+
+    #[test]
+    fn error_display_is_file_line_col_key_message() {
+        let text = MINIMAL.replace("max", "max").replace("[pools.shop]", "[pools.shop]\nmax_concurrency = 0");
+        let e = parse_str(&text).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:7:19: pools.shop.max_concurrency: must be at least 1"), "{e}");
+    }
+}

@@ -1,0 +1,277 @@
+//! One backend: its address, its live load, and its counters.
+//!
+//! Data path: the balancer reads `in_flight`, `limit`, `weight`, `state` and
+//! the latency EWMA; admission claims a slot with one CAS on `in_flight`;
+//! the response body's guard gives it back. All of it is atomics, no lock.
+//!
+//! Control path: a `Backend` is created once per (pool, address) and carried
+//! by identity across config reloads (`state.rs`), so counters and in-flight
+//! counts survive; a reload only updates `weight` and `limit` in place.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use metrics::{Counter, Gauge, Histogram};
+
+use super::upstream::Upstream;
+
+/// Metric names: one constant each, with unit suffixes.
+pub mod names {
+    pub const REQUESTS_TOTAL: &str = "tidegate_requests_total";
+    pub const REQUEST_DURATION_SECONDS: &str = "tidegate_request_duration_seconds";
+    pub const BACKEND_IN_FLIGHT: &str = "tidegate_backend_in_flight";
+    pub const QUEUE_WAIT_SECONDS: &str = "tidegate_queue_wait_seconds";
+    pub const POOL_QUEUE_DEPTH: &str = "tidegate_pool_queue_depth";
+}
+
+/// Where a backend stands in its life cycle. Only `Active` takes new requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BackendState {
+    Active = 0,
+    /// Provisioned but not yet healthy: no traffic.
+    Warming = 1,
+    /// Being removed: no new requests, in-flight ones finish.
+    Draining = 2,
+    /// Failed its health checks: no traffic.
+    Down = 3,
+}
+
+impl BackendState {
+    fn from_u8(v: u8) -> BackendState {
+        match v {
+            0 => BackendState::Active,
+            1 => BackendState::Warming,
+            2 => BackendState::Draining,
+            _ => BackendState::Down,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Active => "active",
+            BackendState::Warming => "warming",
+            BackendState::Draining => "draining",
+            BackendState::Down => "down",
+        }
+    }
+}
+
+/// Status classes counted per backend: 1xx..5xx, plus failures where the
+/// backend gave no response at all.
+pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+pub struct Backend {
+    pub address: SocketAddr,
+    pub pool: Arc<str>,
+    weight: AtomicU32,
+    limit: AtomicU32,
+    in_flight: AtomicU32,
+    state: AtomicU8,
+    /// Peak-EWMA latency estimate, f64 nanoseconds stored as bits.
+    ewma_ns: AtomicU64,
+    /// Clock reading (ns) of the last EWMA update.
+    ewma_stamp_ns: AtomicU64,
+    responses: [AtomicU64; 6],
+    pub upstream: Upstream,
+    metrics: BackendMetrics,
+}
+
+struct BackendMetrics {
+    responses: [Counter; 6],
+    duration: Histogram,
+    in_flight: Gauge,
+}
+
+/// Initial latency estimate before the first response (1 ms).
+const EWMA_INITIAL_NS: f64 = 1_000_000.0;
+
+impl Backend {
+    pub fn new(pool: Arc<str>, address: SocketAddr, weight: u32, limit: u32, max_idle: usize) -> Backend {
+        let label = address.to_string();
+        let counter = |class: &'static str| {
+            metrics::counter!(names::REQUESTS_TOTAL, "pool" => pool.to_string(), "backend" => label.clone(), "code" => class)
+        };
+        let metrics = BackendMetrics {
+            responses: CLASSES.map(counter),
+            duration: metrics::histogram!(names::REQUEST_DURATION_SECONDS, "pool" => pool.to_string(), "backend" => label.clone()),
+            in_flight: metrics::gauge!(names::BACKEND_IN_FLIGHT, "pool" => pool.to_string(), "backend" => label),
+        };
+        Backend {
+            address,
+            pool,
+            weight: AtomicU32::new(weight.max(1)),
+            limit: AtomicU32::new(limit.max(1)),
+            in_flight: AtomicU32::new(0),
+            state: AtomicU8::new(BackendState::Active as u8),
+            ewma_ns: AtomicU64::new(EWMA_INITIAL_NS.to_bits()),
+            ewma_stamp_ns: AtomicU64::new(0),
+            responses: Default::default(),
+            upstream: Upstream::new(max_idle),
+            metrics,
+        }
+    }
+
+    #[inline]
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn state(&self) -> BackendState {
+        BackendState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Whether the balancer may hand this backend a new request now.
+    #[inline]
+    pub fn has_free_slot(&self) -> bool {
+        self.state() == BackendState::Active && self.in_flight() < self.limit()
+    }
+
+    pub fn set_state(&self, state: BackendState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Control path: a reload changed weight or concurrency limit.
+    pub fn reconfigure(&self, weight: u32, limit: u32, max_idle: usize) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
+        self.limit.store(limit.max(1), Ordering::Relaxed);
+        self.upstream.set_max_idle(max_idle);
+    }
+
+    /// Claims one in-flight slot if the backend is active and below its
+    /// limit. The caller owns the slot and must give it back with
+    /// [`Backend::release_slot`] (the queue's `InFlight` guard does).
+    #[inline]
+    pub(crate) fn try_claim_slot(&self) -> bool {
+        if self.state() != BackendState::Active {
+            return false;
+        }
+        let limit = self.limit();
+        let claimed = self
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| (n < limit).then_some(n + 1))
+            .is_ok();
+        if claimed {
+            self.metrics.in_flight.increment(1.0);
+        }
+        claimed
+    }
+
+    #[inline]
+    pub(crate) fn release_slot(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.in_flight.decrement(1.0);
+    }
+
+    /// Records a finished exchange: status class (`None` = no response) and
+    /// the time to the response head, which feeds the peak EWMA.
+    pub fn record(&self, status: Option<u16>, elapsed_ns: u64, now_ns: u64, decay_ns: f64) {
+        let class = match status {
+            Some(s) if (100..600).contains(&s) => (s / 100 - 1) as usize,
+            _ => 5,
+        };
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.metrics.responses[class].increment(1);
+        self.metrics.duration.record(elapsed_ns as f64 / 1e9);
+        if status.is_some() {
+            self.observe_latency(elapsed_ns as f64, now_ns, decay_ns);
+        }
+    }
+
+    /// Peak EWMA (as in Finagle and tower): a slower sample replaces the
+    /// estimate at once, a faster one is blended in with a weight that grows
+    /// with the time since the last sample. Racy read-modify-write is fine:
+    /// a lost update only delays the estimate by one sample.
+    fn observe_latency(&self, rtt_ns: f64, now_ns: u64, decay_ns: f64) {
+        let prev = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        let stamp = self.ewma_stamp_ns.swap(now_ns, Ordering::Relaxed);
+        let next = if rtt_ns > prev {
+            rtt_ns
+        } else {
+            let elapsed = now_ns.saturating_sub(stamp) as f64;
+            let w = (-elapsed / decay_ns).exp();
+            prev * w + rtt_ns * (1.0 - w)
+        };
+        self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Latency estimate in ns, for `peak_ewma` and stats.
+    #[inline]
+    pub fn latency_estimate_ns(&self) -> f64 {
+        f64::from_bits(self.ewma_ns.load(Ordering::Relaxed))
+    }
+
+    /// Responses counted per class, in [`CLASSES`] order.
+    pub fn response_counts(&self) -> [u64; 6] {
+        std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("address", &self.address)
+            .field("state", &self.state())
+            .field("in_flight", &self.in_flight())
+            .field("limit", &self.limit())
+            .field("weight", &self.weight())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(limit: u32) -> Backend {
+        Backend::new("p".into(), "127.0.0.1:1".parse().unwrap(), 1, limit, 4)
+    }
+
+    #[test]
+    fn claims_stop_at_the_limit_and_resume_after_release() {
+        let b = backend(2);
+        assert!(b.try_claim_slot());
+        assert!(b.try_claim_slot());
+        assert!(!b.try_claim_slot());
+        b.release_slot();
+        assert!(b.try_claim_slot());
+        assert_eq!(b.in_flight(), 2);
+    }
+
+    #[test]
+    fn only_active_backends_give_slots() {
+        let b = backend(4);
+        for s in [BackendState::Warming, BackendState::Draining, BackendState::Down] {
+            b.set_state(s);
+            assert!(!b.try_claim_slot());
+            assert!(!b.has_free_slot());
+        }
+        b.set_state(BackendState::Active);
+        assert!(b.try_claim_slot());
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let b = backend(1);
+        let decay = 10e9;
+        b.record(Some(200), 50_000_000, 1_000, decay);
+        assert_eq!(b.latency_estimate_ns(), 50_000_000.0);
+        // A fast sample 10 s later moves the estimate most of the way down.
+        b.record(Some(200), 1_000_000, 10_000_001_000, decay);
+        let est = b.latency_estimate_ns();
+        assert!(est < 20_000_000.0 && est > 1_000_000.0, "{est}");
+        assert_eq!(b.response_counts()[1], 2);
+    }
+}

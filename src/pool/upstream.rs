@@ -1,0 +1,155 @@
+//! Keep-alive connections from tidegate to one backend.
+//!
+//! Data path. HTTP/1.1: a lock-free stack of idle `SendRequest` handles
+//! (`crossbeam_queue::ArrayQueue`); a request pops one or dials a new
+//! connection, and the response body hands it back when it has been read to
+//! the end (a connection whose body was abandoned is closed, never reused
+//! half-read). h2c: one multiplexed connection shared by every request,
+//! replaced when it closes.
+//!
+//! Connecting here, rather than inside a generic client, is what lets the
+//! proxy retry another backend after a connect failure with the request
+//! still in hand: nothing has been sent yet.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use crossbeam_queue::ArrayQueue;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::proxy::body::RequestBody;
+
+/// Upper bound on idle HTTP/1.1 connections kept per backend, whatever the
+/// config says (the stack is allocated once, at this size or smaller).
+const IDLE_CAPACITY_CAP: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connect failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// A connection ready to carry one request.
+pub enum Conn {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+pub struct Upstream {
+    idle: ArrayQueue<Idle>,
+    max_idle: AtomicUsize,
+    h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
+}
+
+impl Upstream {
+    pub fn new(max_idle: usize) -> Upstream {
+        Upstream {
+            idle: ArrayQueue::new(max_idle.clamp(1, IDLE_CAPACITY_CAP)),
+            max_idle: AtomicUsize::new(max_idle),
+            h2: ArcSwapOption::empty(),
+        }
+    }
+
+    pub fn set_max_idle(&self, max_idle: usize) {
+        self.max_idle.store(max_idle, Ordering::Relaxed);
+    }
+
+    /// Idle HTTP/1.1 connections currently pooled.
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// A pooled HTTP/1.1 connection that is still open and younger than
+    /// `idle_timeout`, if there is one.
+    pub async fn pooled_h1(&self, idle_timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
+        while let Some(Idle { mut sender, since }) = self.idle.pop() {
+            if sender.is_closed() || since.elapsed() > idle_timeout {
+                continue;
+            }
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // Just handed back: its connection task has not yet noticed the
+            // previous exchange finished. That takes one task wake-up.
+            if tokio::time::timeout(Duration::from_millis(100), sender.ready()).await.is_ok_and(|r| r.is_ok()) {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Gives an HTTP/1.1 connection back after its response body was read to
+    /// the end. Dropped instead when the pool is full.
+    pub fn check_in(&self, sender: http1::SendRequest<RequestBody>) {
+        if sender.is_closed() || self.idle.len() >= self.max_idle.load(Ordering::Relaxed) {
+            return;
+        }
+        let _ = self.idle.push(Idle { sender, since: Instant::now() });
+    }
+
+    /// Dials a new HTTP/1.1 connection (with upgrade support, for WebSocket).
+    pub async fn connect_h1(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
+        let io = dial(addr, connect_timeout).await?;
+        let (sender, conn) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The shared h2c connection, dialled if there is none or it closed.
+    pub async fn h2(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
+        if let Some(current) = self.h2.load_full() {
+            if !current.is_closed() && current.is_ready() {
+                return Ok((*current).clone());
+            }
+        }
+        let io = dial(addr, connect_timeout).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        self.h2.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+}
+
+async fn dial(addr: SocketAddr, connect_timeout: Duration) -> Result<TokioIo<TcpStream>, ConnectError> {
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout(connect_timeout))??;
+    stream.set_nodelay(true)?;
+    Ok(TokioIo::new(stream))
+}

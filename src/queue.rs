@@ -1,0 +1,296 @@
+//! Admission: a request holds one in-flight slot on one backend, or waits in
+//! its pool's bounded FIFO queue until a slot frees or its timeout fires.
+//!
+//! Data path. The uncontended path takes no lock: when nobody is queued, the
+//! balancer picks a backend and [`InFlight::claim`] takes a slot with one CAS.
+//! Only a saturated pool touches the waiter list, under a short mutex that is
+//! never held across an `.await` (and never while a slot is being released,
+//! see [`Queue::dispatch`]).
+//!
+//! Invariants:
+//! - FIFO: while anyone waits, new requests queue behind them, and a freed
+//!   slot goes to the oldest waiter still there.
+//! - No lost wake-up: a releaser decrements `in_flight` *then* reads the
+//!   waiter count; an enqueuer publishes the count *then* tries to claim.
+//!   With `SeqCst` on both, one of the two always sees the other.
+//! - A waiter that gives up (client gone, timeout) leaves the list at once,
+//!   so `depth()` counts only live waiters.
+//! - An [`InFlight`] is the only way a slot is held; dropping it frees the
+//!   slot wherever it is (response body finished, error, client cancel).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use metrics::{Gauge, Histogram};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::pool::backend::names;
+use crate::pool::Backend;
+
+/// A claimed slot on one backend. Dropping it gives the slot back and, if
+/// anyone is queued, hands it straight to the oldest waiter.
+pub struct InFlight {
+    backend: Arc<Backend>,
+    queue: Arc<Queue>,
+}
+
+impl InFlight {
+    /// Claims a slot on `backend` if it is active and below its limit.
+    #[inline]
+    pub fn claim(backend: &Arc<Backend>, queue: &Arc<Queue>) -> Option<InFlight> {
+        backend.try_claim_slot().then(|| InFlight {
+            backend: Arc::clone(backend),
+            queue: Arc::clone(queue),
+        })
+    }
+
+    #[inline]
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.backend.release_slot();
+        if self.queue.depth() > 0 {
+            let (backend, queue) = (&self.backend, &self.queue);
+            queue.dispatch(|| InFlight::claim(backend, queue));
+        }
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("InFlight").field(&self.backend.address).finish()
+    }
+}
+
+/// Why a request left the queue without a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue full")]
+    Full,
+    #[error("waited {0:?} in the queue")]
+    Timeout(Duration),
+}
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<InFlight>,
+}
+
+/// One pool's waiting room. Carried by identity across reloads (keyed by
+/// pool name), so requests already queued stay queued when the config
+/// changes.
+pub struct Queue {
+    waiters: Mutex<VecDeque<Waiter>>,
+    depth: AtomicUsize,
+    max_depth: AtomicUsize,
+    next_id: AtomicU64,
+    depth_gauge: Gauge,
+    wait_seconds: Histogram,
+}
+
+impl Queue {
+    pub fn new(pool: &str, max_depth: usize) -> Queue {
+        Queue {
+            waiters: Mutex::new(VecDeque::new()),
+            depth: AtomicUsize::new(0),
+            max_depth: AtomicUsize::new(max_depth),
+            next_id: AtomicU64::new(0),
+            depth_gauge: metrics::gauge!(names::POOL_QUEUE_DEPTH, "pool" => pool.to_string()),
+            wait_seconds: metrics::histogram!(names::QUEUE_WAIT_SECONDS, "pool" => pool.to_string()),
+        }
+    }
+
+    /// Live waiters.
+    #[inline]
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::SeqCst)
+    }
+
+    pub fn set_max_depth(&self, max_depth: usize) {
+        self.max_depth.store(max_depth, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Waiter>> {
+        // A panic while holding this lock cannot leave the deque invalid
+        // (every critical section is a push, a pop or a retain).
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish_depth(&self, q: &VecDeque<Waiter>) {
+        self.depth.store(q.len(), Ordering::SeqCst);
+        self.depth_gauge.set(q.len() as f64);
+    }
+
+    /// Joins the back of the queue. The caller must then call
+    /// [`Queue::dispatch`] once, to catch a slot freed while it was joining.
+    pub fn enqueue(self: &Arc<Self>) -> Result<Waiting, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut q = self.lock();
+            if q.len() >= self.max_depth.load(Ordering::Relaxed) {
+                return Err(QueueError::Full);
+            }
+            q.push_back(Waiter { id, tx });
+            self.publish_depth(&q);
+        }
+        Ok(Waiting {
+            id,
+            rx,
+            queue: Arc::clone(self),
+            since: Instant::now(),
+        })
+    }
+
+    /// Hands slots to waiters, oldest first, for as long as `claim` finds
+    /// one. A slot whose waiter has just gone is offered to the next.
+    ///
+    /// A leftover slot is dropped only after the lock is released: its drop
+    /// re-enters `dispatch`, and the mutex is not re-entrant.
+    pub fn dispatch(&self, mut claim: impl FnMut() -> Option<InFlight>) {
+        let mut spare: Option<InFlight> = None;
+        {
+            let mut q = self.lock();
+            while !q.is_empty() {
+                let Some(slot) = spare.take().or_else(&mut claim) else {
+                    break;
+                };
+                let waiter = q.pop_front().expect("checked non-empty");
+                if let Err(slot) = waiter.tx.send(slot) {
+                    spare = Some(slot);
+                }
+            }
+            self.publish_depth(&q);
+        }
+        drop(spare);
+    }
+}
+
+/// A place in the queue. Dropping it (client gone) leaves the queue at once.
+pub struct Waiting {
+    id: u64,
+    rx: oneshot::Receiver<InFlight>,
+    queue: Arc<Queue>,
+    since: Instant,
+}
+
+impl Waiting {
+    /// Waits for a slot, at most `timeout`.
+    pub async fn wait(mut self, timeout: Duration) -> Result<InFlight, QueueError> {
+        let result = match tokio::time::timeout(timeout, &mut self.rx).await {
+            Ok(Ok(slot)) => Ok(slot),
+            // The sender is only dropped after a successful send or by
+            // `Waiting::drop`, so a closed channel cannot happen here; treat
+            // it as a timeout rather than panic.
+            Ok(Err(_)) => Err(QueueError::Timeout(timeout)),
+            // A slot may have arrived in the instant the timer fired.
+            Err(_) => self.rx.try_recv().map_err(|_| QueueError::Timeout(timeout)),
+        };
+        self.queue.wait_seconds.record(self.since.elapsed().as_secs_f64());
+        result
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut q = self.queue.lock();
+        let before = q.len();
+        q.retain(|w| w.id != self.id);
+        if q.len() != before {
+            self.queue.publish_depth(&q);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(limit: u32) -> Arc<Backend> {
+        Arc::new(Backend::new("p".into(), "127.0.0.1:1".parse().unwrap(), 1, limit, 1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_freed_slot_goes_to_the_oldest_waiter() {
+        let b = backend(1);
+        let q = Arc::new(Queue::new("p", 10));
+        let held = InFlight::claim(&b, &q).unwrap();
+        let first = q.enqueue().unwrap();
+        let second = q.enqueue().unwrap();
+        assert_eq!(q.depth(), 2);
+        let (first_id, second_id) = (first.id, second.id);
+        let t1 = tokio::spawn(first.wait(Duration::from_secs(5)));
+        let t2 = tokio::spawn(second.wait(Duration::from_secs(5)));
+        tokio::task::yield_now().await;
+        drop(held);
+        let got = t1.await.unwrap().expect("oldest waiter gets the slot");
+        assert_eq!(b.in_flight(), 1, "slot handed over, not freed");
+        assert_eq!(q.depth(), 1);
+        assert!(first_id < second_id);
+        drop(got);
+        let got2 = t2.await.unwrap().expect("second waiter next");
+        drop(got2);
+        assert_eq!(b.in_flight(), 0);
+        assert_eq!(q.depth(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_times_out_and_leaves_the_queue() {
+        let b = backend(1);
+        let q = Arc::new(Queue::new("p", 10));
+        let _held = InFlight::claim(&b, &q).unwrap();
+        let w = q.enqueue().unwrap();
+        let start = Instant::now();
+        let r = w.wait(Duration::from_millis(250)).await;
+        assert_eq!(r.unwrap_err(), QueueError::Timeout(Duration::from_millis(250)));
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+        assert_eq!(q.depth(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_leaves_at_once_and_does_not_swallow_the_slot() {
+        let b = backend(1);
+        let q = Arc::new(Queue::new("p", 10));
+        let held = InFlight::claim(&b, &q).unwrap();
+        let gone = q.enqueue().unwrap();
+        let stays = q.enqueue().unwrap();
+        drop(gone);
+        assert_eq!(q.depth(), 1);
+        let t = tokio::spawn(stays.wait(Duration::from_secs(5)));
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(t.await.unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_full_queue_refuses() {
+        let q = Arc::new(Queue::new("p", 1));
+        let _w = q.enqueue().unwrap();
+        assert_eq!(q.enqueue().err(), Some(QueueError::Full));
+    }
+
+    #[test]
+    fn a_slot_offered_to_a_departed_waiter_passes_to_the_next() {
+        let b = backend(1);
+        let q = Arc::new(Queue::new("p", 10));
+        // The race: the receiver is closed but the entry is still listed
+        // (its Drop has not run yet).
+        let mut gone = q.enqueue().unwrap();
+        gone.rx.close();
+        let mut stays = q.enqueue().unwrap();
+        q.dispatch(|| InFlight::claim(&b, &q));
+        assert_eq!(q.depth(), 0);
+        let slot = stays.rx.try_recv().expect("the next waiter got the slot");
+        assert_eq!(b.in_flight(), 1, "one slot, not two");
+        drop(slot);
+        drop((gone, stays));
+        assert_eq!(b.in_flight(), 0);
+    }
+}
