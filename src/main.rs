@@ -1,1 +1,165 @@
-fn main() {}
+//! The `tidegate` command line: parse arguments, set up logging, load and
+//! validate the config, bind, and hand over to the library. Nothing else
+//! lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tidegate::config::{units::parse_duration, Config};
+use tidegate::demo::{backend, Children};
+use tidegate::state::State;
+
+#[derive(Parser)]
+#[command(
+    name = "tidegate",
+    version,
+    about = "A Layer-7 load balancer that turns its own queue into capacity"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file for `run` (the default command). Without it, the
+    /// embedded demo runs, with its backends started as child processes.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate a config file and exit (like `nginx -t`).
+    Check,
+    /// Run a simulated shop backend (for the demo, tests and benchmarks).
+    Backend {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Time each request takes, e.g. "20ms".
+        #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+        service_time: Duration,
+        /// Requests served at once; more wait inside the backend (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        concurrency: usize,
+        /// Name reported in the `x-backend` response header.
+        #[arg(long)]
+        name: Option<String>,
+        /// Tokio worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TIDEGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config),
+        Command::Check => check(cli.config),
+        Command::Backend {
+            listen,
+            service_time,
+            concurrency,
+            name,
+            threads,
+        } => {
+            let opts = backend::BackendOptions {
+                name: name.unwrap_or_else(|| listen.to_string()),
+                service_time,
+                concurrency,
+            };
+            runtime(Some(threads)).and_then(|rt| {
+                rt.block_on(async {
+                    let (tx, rx) = tokio::sync::watch::channel(false);
+                    let serve = backend::run(listen, opts, rx);
+                    tokio::pin!(serve);
+                    tokio::select! {
+                        r = &mut serve => r.with_context(|| format!("backend on {listen}")),
+                        _ = shutdown_signal() => { let _ = tx.send(true); Ok(()) }
+                    }
+                })
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tidegate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = path.context("check needs --config FILE")?;
+    let config = Config::load(&path)?;
+    for l in &config.listeners {
+        if let Some(tls) = &l.tls {
+            tidegate::server::tls::acceptor(tls)
+                .with_context(|| format!("listener `{}`", l.name))?;
+        }
+    }
+    println!("{}", config.summary());
+    Ok(())
+}
+
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        b.worker_threads(n);
+    }
+    b.enable_all().build().context("starting the async runtime")
+}
+
+fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let demo = path.is_none();
+    let config = match &path {
+        Some(p) => Config::load(p)?,
+        None => Config::demo(),
+    };
+    runtime(config.runtime.worker_threads)?.block_on(async move {
+        let children = if demo {
+            let exe = std::env::current_exe().context("locating the tidegate binary")?;
+            Some(Children::start(&config, &exe).await.context("starting the demo backends")?)
+        } else {
+            None
+        };
+        let bound = tidegate::bind(&config).await?;
+        for (l, b) in config.listeners.iter().zip(&bound) {
+            let scheme = if l.tls.is_some() { "https" } else { "http" };
+            tracing::info!(listener = %l.name, "serving on {scheme}://{}", b.listener.local_addr()?);
+        }
+        if demo {
+            let web = bound[0].listener.local_addr()?;
+            println!("tidegate demo: proxying http://{web}/ to {} shop backends", config.pools.values().map(|p| p.backends.len()).sum::<usize>());
+            println!("  try:  curl -i http://{web}/products/42");
+            println!("  load: h2load -n 20000 -c 64 --h1 http://{web}/products/1   (Ctrl-C stops the demo)");
+        }
+        let state = State::new(config);
+        tidegate::run(state, bound, shutdown_signal()).await;
+        if let Some(c) = children {
+            c.stop().await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

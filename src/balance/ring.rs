@@ -35,8 +35,15 @@ pub struct Ring {
 
 impl Ring {
     pub fn new(members: &[(SocketAddr, u32)]) -> Ring {
-        let wanted: usize = members.iter().map(|(_, w)| (*w * VNODES_PER_WEIGHT) as usize).sum();
-        let scale = if wanted > MAX_POINTS { MAX_POINTS as f64 / wanted as f64 } else { 1.0 };
+        let wanted: usize = members
+            .iter()
+            .map(|(_, w)| (*w * VNODES_PER_WEIGHT) as usize)
+            .sum();
+        let scale = if wanted > MAX_POINTS {
+            MAX_POINTS as f64 / wanted as f64
+        } else {
+            1.0
+        };
         let mut points = Vec::with_capacity(wanted.min(MAX_POINTS));
         let mut label = String::with_capacity(64);
         for (idx, (addr, weight)) in members.iter().enumerate() {
@@ -71,7 +78,9 @@ mod tests {
     use super::*;
 
     fn members(n: u16) -> Vec<(SocketAddr, u32)> {
-        (0..n).map(|i| (SocketAddr::from(([127, 0, 0, 1], 9000 + i)), 1)).collect()
+        (0..n)
+            .map(|i| (SocketAddr::from(([127, 0, 0, 1], 9000 + i)), 1))
+            .collect()
     }
 
     fn owner(ring: &Ring, members: &[(SocketAddr, u32)], key: u64) -> SocketAddr {
@@ -81,7 +90,11 @@ mod tests {
     #[test]
     fn removing_one_backend_moves_only_its_keys() {
         let all = members(10);
-        let fewer: Vec<_> = all.iter().copied().filter(|(a, _)| a.port() != 9003).collect();
+        let fewer: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|(a, _)| a.port() != 9003)
+            .collect();
         let (a, b) = (Ring::new(&all), Ring::new(&fewer));
         let mut moved = 0;
         for k in 0..10_000u64 {

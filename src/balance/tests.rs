@@ -4,8 +4,20 @@ use super::*;
 use crate::pool::BackendState;
 use proptest::prelude::*;
 
-fn backend(port: u16, weight: u32, limit: u32, in_flight: u32, state: BackendState) -> Arc<Backend> {
-    let b = Arc::new(Backend::new("p".into(), ([127, 0, 0, 1], port).into(), weight, limit, 1));
+fn backend(
+    port: u16,
+    weight: u32,
+    limit: u32,
+    in_flight: u32,
+    state: BackendState,
+) -> Arc<Backend> {
+    let b = Arc::new(Backend::new(
+        "p".into(),
+        ([127, 0, 0, 1], port).into(),
+        weight,
+        limit,
+        1,
+    ));
     for _ in 0..in_flight.min(limit) {
         assert!(b.try_claim_slot());
     }
@@ -87,11 +99,17 @@ proptest! {
 
 #[test]
 fn least_conn_breaks_ties_at_random() {
-    let backends: Vec<_> = (0..3).map(|i| backend(9000 + i, 1, 10, 2, BackendState::Active)).collect();
+    let backends: Vec<_> = (0..3)
+        .map(|i| backend(9000 + i, 1, 10, 2, BackendState::Active))
+        .collect();
     let mut rng = fastrand::Rng::with_seed(7);
     let mut counts = [0; 3];
     for _ in 0..3000 {
-        let mut cx = PickContext { rng: &mut rng, hash: None, exclude: &[] };
+        let mut cx = PickContext {
+            rng: &mut rng,
+            hash: None,
+            exclude: &[],
+        };
         counts[Balancer::LeastConn.pick(&backends, &mut cx).unwrap()] += 1;
     }
     for c in counts {
@@ -107,7 +125,11 @@ fn least_conn_honours_weights() {
         backend(9001, 3, 10, 5, BackendState::Active),
     ];
     let mut rng = fastrand::Rng::with_seed(1);
-    let mut cx = PickContext { rng: &mut rng, hash: None, exclude: &[] };
+    let mut cx = PickContext {
+        rng: &mut rng,
+        hash: None,
+        exclude: &[],
+    };
     assert_eq!(Balancer::LeastConn.pick(&backends, &mut cx), Some(1));
 }
 
@@ -119,7 +141,11 @@ fn p2c_prefers_the_less_loaded_of_its_two() {
     ];
     let mut rng = fastrand::Rng::with_seed(3);
     for _ in 0..100 {
-        let mut cx = PickContext { rng: &mut rng, hash: None, exclude: &[] };
+        let mut cx = PickContext {
+            rng: &mut rng,
+            hash: None,
+            exclude: &[],
+        };
         assert_eq!(Balancer::P2c.pick(&backends, &mut cx), Some(1));
     }
 }
@@ -133,34 +159,73 @@ fn peak_ewma_avoids_the_slow_backend() {
     backends[0].record(Some(200), 200_000_000, 1, 10e9);
     backends[1].record(Some(200), 2_000_000, 1, 10e9);
     let mut rng = fastrand::Rng::with_seed(3);
-    let mut cx = PickContext { rng: &mut rng, hash: None, exclude: &[] };
+    let mut cx = PickContext {
+        rng: &mut rng,
+        hash: None,
+        exclude: &[],
+    };
     assert_eq!(Balancer::PeakEwma.pick(&backends, &mut cx), Some(1));
 }
 
 #[test]
 fn round_robin_follows_smooth_weights() {
-    assert_eq!(smooth_weighted_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+    assert_eq!(
+        smooth_weighted_schedule(&[5, 1, 1]),
+        vec![0, 0, 1, 0, 2, 0, 0]
+    );
     assert_eq!(smooth_weighted_schedule(&[2, 2]), vec![0, 1]);
-    let backends: Vec<_> = (0..3).map(|i| backend(9000 + i, 1, 10, 0, BackendState::Active)).collect();
-    let bal = Balancer::new(Balance::RoundRobin, &backends, Arc::new(AtomicUsize::new(0)));
+    let backends: Vec<_> = (0..3)
+        .map(|i| backend(9000 + i, 1, 10, 0, BackendState::Active))
+        .collect();
+    let bal = Balancer::new(
+        Balance::RoundRobin,
+        &backends,
+        Arc::new(AtomicUsize::new(0)),
+    );
     let mut rng = fastrand::Rng::with_seed(1);
     let picks: Vec<_> = (0..6)
-        .map(|_| bal.pick(&backends, &mut PickContext { rng: &mut rng, hash: None, exclude: &[] }).unwrap())
+        .map(|_| {
+            bal.pick(
+                &backends,
+                &mut PickContext {
+                    rng: &mut rng,
+                    hash: None,
+                    exclude: &[],
+                },
+            )
+            .unwrap()
+        })
         .collect();
     assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
 }
 
 #[test]
 fn hash_keeps_a_key_on_one_backend_and_moves_it_only_when_full() {
-    let backends: Vec<_> = (0..5).map(|i| backend(9000 + i, 1, 2, 0, BackendState::Active)).collect();
+    let backends: Vec<_> = (0..5)
+        .map(|i| backend(9000 + i, 1, 2, 0, BackendState::Active))
+        .collect();
     let bal = Balancer::new(Balance::Hash, &backends, Arc::new(AtomicUsize::new(0)));
     let key = hash_bytes(b"cart-42");
     let mut rng = fastrand::Rng::with_seed(1);
-    let pick = |rng: &mut fastrand::Rng| bal.pick(&backends, &mut PickContext { rng, hash: Some(key), exclude: &[] }).unwrap();
+    let pick = |rng: &mut fastrand::Rng| {
+        bal.pick(
+            &backends,
+            &mut PickContext {
+                rng,
+                hash: Some(key),
+                exclude: &[],
+            },
+        )
+        .unwrap()
+    };
     let owner = pick(&mut rng);
     for _ in 0..10 {
         assert_eq!(pick(&mut rng), owner);
     }
     assert!(backends[owner].try_claim_slot() && backends[owner].try_claim_slot());
-    assert_ne!(pick(&mut rng), owner, "a full owner spills to the next on the ring");
+    assert_ne!(
+        pick(&mut rng),
+        owner,
+        "a full owner spills to the next on the ring"
+    );
 }

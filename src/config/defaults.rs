@@ -29,8 +29,6 @@ pub const EWMA_DECAY: Duration = Duration::from_secs(10);
 
 /// Client must send a whole request head within this (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle client keep-alive connections are closed after this.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes a request head may take (hyper's read buffer; larger answers 431).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Header fields a request may carry (more answers 431).

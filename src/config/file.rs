@@ -51,7 +51,6 @@ pub struct RawAdmin {
 pub struct RawLimits {
     pub max_connections: Option<Spanned<usize>>,
     pub header_read_timeout: Option<HumanDuration>,
-    pub keepalive_timeout: Option<HumanDuration>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     pub max_headers: Option<Spanned<usize>>,
     pub tls_handshake_timeout: Option<HumanDuration>,

@@ -55,7 +55,6 @@ pub struct Admin {
 pub struct Limits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
-    pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub tls_handshake_timeout: Duration,

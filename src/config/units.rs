@@ -24,7 +24,9 @@ pub struct ByteSize(pub u64);
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
-        return Err("expected a duration such as \"250ms\" or \"5s\", found an empty string".into());
+        return Err(
+            "expected a duration such as \"250ms\" or \"5s\", found an empty string".into(),
+        );
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -47,7 +49,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            other => return Err(format!("`{text}`: unknown unit `{other}`, expected ms, s, m or h")),
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{other}`, expected ms, s, m or h"
+                ))
+            }
         };
         rest = &rest[unit_len..];
         total += Duration::from_secs_f64(value * scale);
@@ -70,7 +76,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GB" => 1_000_000_000,
         "GiB" => 1 << 30,
-        other => return Err(format!("`{text}`: unknown unit `{other}`, expected B, KB, KiB, MB, MiB, GB or GiB")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}`, expected B, KB, KiB, MB, MiB, GB or GiB"
+            ))
+        }
     };
     number
         .checked_mul(scale)
@@ -132,7 +142,9 @@ mod tests {
     #[test]
     fn durations_reject_missing_or_unknown_units() {
         assert!(parse_duration("5").unwrap_err().contains("needs a unit"));
-        assert!(parse_duration("5x").unwrap_err().contains("unknown unit `x`"));
+        assert!(parse_duration("5x")
+            .unwrap_err()
+            .contains("unknown unit `x`"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
     }

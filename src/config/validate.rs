@@ -14,7 +14,7 @@ use toml::Spanned;
 use super::defaults as d;
 use super::file::{RawBalance, RawConfig, RawPool, RawUpstream};
 use super::{
-    Admin, Balance, BackendConfig, CertificatePaths, Config, ConfigError, HashKey, Limits,
+    Admin, BackendConfig, Balance, CertificatePaths, Config, ConfigError, HashKey, Limits,
     Listener, PoolConfig, Route, Runtime, Tls, UpstreamProtocol,
 };
 
@@ -27,7 +27,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, col) = position(self.text, span.start);
         ConfigError::Invalid {
             path: self.source.to_string(),
@@ -65,7 +70,10 @@ fn key_at(text: &str, offset: usize) -> String {
     let line = &text[line_start..line_end];
     let trimmed = line.trim();
     if trimmed.starts_with('[') {
-        return trimmed.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        return trimmed
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_string();
     }
     // Keys assigned on this line up to the offset, minus siblings already
     // closed by `,` or `}` (inline tables nest several on one line).
@@ -117,7 +125,11 @@ pub(super) fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config,
     let cx = Ctx { text, source };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        cx.error(span.clone(), key_at(text, span.start), e.message().trim().to_string())
+        cx.error(
+            span.clone(),
+            key_at(text, span.start),
+            e.message().trim().to_string(),
+        )
     })?;
     validate(&cx, raw, base_dir)
 }
@@ -130,7 +142,10 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
             }
             w => w.map(Spanned::into_inner),
         },
-        shutdown_timeout: raw.runtime.shutdown_timeout.map_or(d::SHUTDOWN_TIMEOUT, |x| x.0),
+        shutdown_timeout: raw
+            .runtime
+            .shutdown_timeout
+            .map_or(d::SHUTDOWN_TIMEOUT, |x| x.0),
     };
 
     let admin = match raw.admin {
@@ -147,15 +162,24 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
                     "a non-loopback admin listener needs `admin.token` (a bearer token)",
                 ));
             }
-            Some(Admin { listen, token: a.token })
+            Some(Admin {
+                listen,
+                token: a.token,
+            })
         }
     };
 
     let l = raw.limits;
     let limits = Limits {
-        max_connections: positive(cx, l.max_connections, "limits.max_connections", d::MAX_CONNECTIONS)?,
-        header_read_timeout: l.header_read_timeout.map_or(d::HEADER_READ_TIMEOUT, |x| x.0),
-        keepalive_timeout: l.keepalive_timeout.map_or(d::KEEPALIVE_TIMEOUT, |x| x.0),
+        max_connections: positive(
+            cx,
+            l.max_connections,
+            "limits.max_connections",
+            d::MAX_CONNECTIONS,
+        )?,
+        header_read_timeout: l
+            .header_read_timeout
+            .map_or(d::HEADER_READ_TIMEOUT, |x| x.0),
         max_header_bytes: match l.max_header_bytes {
             Some(b) if (b.get_ref().0 as usize) < MIN_HEADER_BYTES => {
                 return Err(cx.error(
@@ -168,8 +192,12 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
             None => d::MAX_HEADER_BYTES,
         },
         max_headers: positive(cx, l.max_headers, "limits.max_headers", d::MAX_HEADERS)?,
-        tls_handshake_timeout: l.tls_handshake_timeout.map_or(d::TLS_HANDSHAKE_TIMEOUT, |x| x.0),
-        h2_max_concurrent_streams: l.h2_max_concurrent_streams.unwrap_or(d::H2_MAX_CONCURRENT_STREAMS),
+        tls_handshake_timeout: l
+            .tls_handshake_timeout
+            .map_or(d::TLS_HANDSHAKE_TIMEOUT, |x| x.0),
+        h2_max_concurrent_streams: l
+            .h2_max_concurrent_streams
+            .unwrap_or(d::H2_MAX_CONCURRENT_STREAMS),
     };
 
     if raw.listeners.is_empty() {
@@ -181,16 +209,28 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
     for (i, rl) in raw.listeners.into_iter().enumerate() {
         let key = format!("listener[{i}]");
         if !names.insert(rl.name.get_ref().clone()) {
-            return Err(cx.error(rl.name.span(), format!("{key}.name"), format!("duplicate listener name `{}`", rl.name.get_ref())));
+            return Err(cx.error(
+                rl.name.span(),
+                format!("{key}.name"),
+                format!("duplicate listener name `{}`", rl.name.get_ref()),
+            ));
         }
         if !addrs.insert(rl.listen) {
-            return Err(cx.error(rl.name.span(), format!("{key}.listen"), format!("{} is already used by another listener", rl.listen)));
+            return Err(cx.error(
+                rl.name.span(),
+                format!("{key}.listen"),
+                format!("{} is already used by another listener", rl.listen),
+            ));
         }
         let tls = match rl.tls {
             None => None,
             Some(t) => {
                 if t.certificates.get_ref().is_empty() {
-                    return Err(cx.error(t.certificates.span(), format!("{key}.tls.certificates"), "needs at least one { cert, key } pair"));
+                    return Err(cx.error(
+                        t.certificates.span(),
+                        format!("{key}.tls.certificates"),
+                        "needs at least one { cert, key } pair",
+                    ));
                 }
                 let span = t.certificates.span();
                 let certificates = t
@@ -206,7 +246,11 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
                 Some(Tls { certificates })
             }
         };
-        listeners.push(Listener { name: rl.name.into_inner(), listen: rl.listen, tls });
+        listeners.push(Listener {
+            name: rl.name.into_inner(),
+            listen: rl.listen,
+            tls,
+        });
     }
 
     let mut pools = BTreeMap::new();
@@ -224,19 +268,31 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
             return Err(cx.error(
                 rr.pool.span(),
                 format!("{key}.pool"),
-                format!("no pool named `{}` (defined: {})", rr.pool.get_ref(), known.join(", ")),
+                format!(
+                    "no pool named `{}` (defined: {})",
+                    rr.pool.get_ref(),
+                    known.join(", ")
+                ),
             ));
         }
         let path_prefix = match rr.path_prefix {
             Some(p) if !p.get_ref().starts_with('/') => {
-                return Err(cx.error(p.span(), format!("{key}.path_prefix"), "must start with `/`"))
+                return Err(cx.error(
+                    p.span(),
+                    format!("{key}.path_prefix"),
+                    "must start with `/`",
+                ))
             }
             Some(p) => p.into_inner(),
             None => "/".to_string(),
         };
         let host = match rr.host {
             Some(h) if h.get_ref().is_empty() || h.get_ref().contains(['/', ' ']) => {
-                return Err(cx.error(h.span(), format!("{key}.host"), "expected a host name such as `shop.example`"))
+                return Err(cx.error(
+                    h.span(),
+                    format!("{key}.host"),
+                    "expected a host name such as `shop.example`",
+                ))
             }
             Some(h) => Some(h.into_inner().to_ascii_lowercase()),
             None => None,
@@ -257,7 +313,13 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
                 pool: only.clone(),
                 max_body: d::MAX_BODY_BYTES,
             }),
-            _ => return Err(cx.error(0..0, "route", "at least one [[route]] is required when there is not exactly one pool")),
+            _ => {
+                return Err(cx.error(
+                    0..0,
+                    "route",
+                    "at least one [[route]] is required when there is not exactly one pool",
+                ))
+            }
         }
     }
 
@@ -272,7 +334,12 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
     })
 }
 
-fn positive(cx: &Ctx<'_>, v: Option<Spanned<usize>>, key: &str, default: usize) -> Result<usize, ConfigError> {
+fn positive(
+    cx: &Ctx<'_>,
+    v: Option<Spanned<usize>>,
+    key: &str,
+    default: usize,
+) -> Result<usize, ConfigError> {
     match v {
         Some(v) if *v.get_ref() == 0 => Err(cx.error(v.span(), key, "must be at least 1")),
         Some(v) => Ok(v.into_inner()),
@@ -280,7 +347,12 @@ fn positive(cx: &Ctx<'_>, v: Option<Spanned<usize>>, key: &str, default: usize) 
     }
 }
 
-fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> Result<PoolConfig, ConfigError> {
+fn validate_pool(
+    cx: &Ctx<'_>,
+    name: &str,
+    rp: RawPool,
+    span: Range<usize>,
+) -> Result<PoolConfig, ConfigError> {
     let key = format!("pools.{name}");
     let balance = match rp.balance.unwrap_or(RawBalance::LeastConn) {
         RawBalance::LeastConn => Balance::LeastConn,
@@ -293,14 +365,23 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> R
         None => HashKey::ClientIp,
         Some(h) => {
             if balance != Balance::Hash {
-                return Err(cx.error(h.span(), format!("{key}.hash_key"), "only applies to balance = \"hash\""));
+                return Err(cx.error(
+                    h.span(),
+                    format!("{key}.hash_key"),
+                    "only applies to balance = \"hash\"",
+                ));
             }
-            parse_hash_key(h.get_ref()).map_err(|m| cx.error(h.span(), format!("{key}.hash_key"), m))?
+            parse_hash_key(h.get_ref())
+                .map_err(|m| cx.error(h.span(), format!("{key}.hash_key"), m))?
         }
     };
     let max_concurrency = match rp.max_concurrency {
         Some(m) if *m.get_ref() == 0 => {
-            return Err(cx.error(m.span(), format!("{key}.max_concurrency"), "must be at least 1"))
+            return Err(cx.error(
+                m.span(),
+                format!("{key}.max_concurrency"),
+                "must be at least 1",
+            ))
         }
         Some(m) => m.into_inner(),
         None => d::MAX_CONCURRENCY,
@@ -310,11 +391,19 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> R
     for (i, b) in rp.backends.into_iter().enumerate() {
         let address = *b.address.get_ref();
         if !seen.insert(address) {
-            return Err(cx.error(b.address.span(), format!("{key}.backends[{i}].address"), format!("{address} is listed twice")));
+            return Err(cx.error(
+                b.address.span(),
+                format!("{key}.backends[{i}].address"),
+                format!("{address} is listed twice"),
+            ));
         }
         let weight = match b.weight {
             Some(w) if *w.get_ref() == 0 => {
-                return Err(cx.error(w.span(), format!("{key}.backends[{i}].weight"), "must be at least 1 (remove the backend to stop sending to it)"))
+                return Err(cx.error(
+                    w.span(),
+                    format!("{key}.backends[{i}].weight"),
+                    "must be at least 1 (remove the backend to stop sending to it)",
+                ))
             }
             Some(w) => w.into_inner(),
             None => d::WEIGHT,
@@ -332,20 +421,35 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> R
         balance,
         hash_key,
         max_concurrency,
-        queue_max_depth: queue.as_ref().and_then(|q| q.max_depth).unwrap_or(d::QUEUE_MAX_DEPTH),
-        queue_timeout: queue.as_ref().and_then(|q| q.timeout).map_or(d::QUEUE_TIMEOUT, |x| x.0),
-        connect_timeout: timeouts.as_ref().and_then(|t| t.connect).map_or(d::CONNECT_TIMEOUT, |x| x.0),
+        queue_max_depth: queue
+            .as_ref()
+            .and_then(|q| q.max_depth)
+            .unwrap_or(d::QUEUE_MAX_DEPTH),
+        queue_timeout: queue
+            .as_ref()
+            .and_then(|q| q.timeout)
+            .map_or(d::QUEUE_TIMEOUT, |x| x.0),
+        connect_timeout: timeouts
+            .as_ref()
+            .and_then(|t| t.connect)
+            .map_or(d::CONNECT_TIMEOUT, |x| x.0),
         response_header_timeout: timeouts
             .as_ref()
             .and_then(|t| t.response_header)
             .map_or(d::RESPONSE_HEADER_TIMEOUT, |x| x.0),
-        idle_timeout: timeouts.as_ref().and_then(|t| t.idle).map_or(d::UPSTREAM_IDLE_TIMEOUT, |x| x.0),
+        idle_timeout: timeouts
+            .as_ref()
+            .and_then(|t| t.idle)
+            .map_or(d::UPSTREAM_IDLE_TIMEOUT, |x| x.0),
         max_idle_per_backend: rp.max_idle_per_backend.unwrap_or(d::MAX_IDLE_PER_BACKEND),
         upstream: match rp.upstream.unwrap_or(RawUpstream::Http1) {
             RawUpstream::Http1 => UpstreamProtocol::Http1,
             RawUpstream::H2c => UpstreamProtocol::H2c,
         },
-        connect_retries: retries.as_ref().and_then(|r| r.connect).unwrap_or(d::CONNECT_RETRIES),
+        connect_retries: retries
+            .as_ref()
+            .and_then(|r| r.connect)
+            .unwrap_or(d::CONNECT_RETRIES),
         retry_idempotent: retries.as_ref().and_then(|r| r.idempotent).unwrap_or(false),
         backends,
     })
@@ -366,7 +470,9 @@ fn parse_hash_key(text: &str) -> Result<HashKey, String> {
             return Ok(HashKey::Cookie(c.trim().to_string()));
         }
     }
-    Err(format!("expected `client_ip`, `header:<name>` or `cookie:<name>`, found `{text}`"))
+    Err(format!(
+        "expected `client_ip`, `header:<name>` or `cookie:<name>`, found `{text}`"
+    ))
 }
 
 #[cfg(test)]
@@ -388,7 +494,13 @@ backends = [ { address = "127.0.0.1:9001" } ]
 
     fn invalid(text: &str) -> (usize, usize, String, String) {
         match parse_str(text).unwrap_err() {
-            ConfigError::Invalid { line, col, key, message, .. } => (line, col, key, message),
+            ConfigError::Invalid {
+                line,
+                col,
+                key,
+                message,
+                ..
+            } => (line, col, key, message),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -415,7 +527,10 @@ backends = [ { address = "127.0.0.1:9001" } ]
 
     #[test]
     fn bad_duration_in_inline_table_names_the_inner_key() {
-        let text = MINIMAL.replace("[pools.shop]", "[pools.shop]\nqueue = { max_depth = 10, timeout = \"5x\" }");
+        let text = MINIMAL.replace(
+            "[pools.shop]",
+            "[pools.shop]\nqueue = { max_depth = 10, timeout = \"5x\" }",
+        );
         let (line, _col, key, message) = invalid(&text);
         assert_eq!(line, 7);
         assert_eq!(key, "pools.shop.queue.timeout");
@@ -433,7 +548,10 @@ backends = [ { address = "127.0.0.1:9001" } ]
 
     #[test]
     fn zero_weight_and_duplicate_backends_are_refused() {
-        let text = MINIMAL.replace("{ address = \"127.0.0.1:9001\" }", "{ address = \"127.0.0.1:9001\", weight = 0 }");
+        let text = MINIMAL.replace(
+            "{ address = \"127.0.0.1:9001\" }",
+            "{ address = \"127.0.0.1:9001\", weight = 0 }",
+        );
         assert_eq!(invalid(&text).2, "pools.shop.backends[0].weight");
         let text = MINIMAL.replace(
             "{ address = \"127.0.0.1:9001\" }",
@@ -454,16 +572,27 @@ backends = [ { address = "127.0.0.1:9001" } ]
     #[test]
     fn hash_key_forms() {
         assert_eq!(parse_hash_key("client_ip"), Ok(HashKey::ClientIp));
-        assert_eq!(parse_hash_key("cookie:cart"), Ok(HashKey::Cookie("cart".into())));
-        assert!(matches!(parse_hash_key("header:x-cart"), Ok(HashKey::Header(_))));
+        assert_eq!(
+            parse_hash_key("cookie:cart"),
+            Ok(HashKey::Cookie("cart".into()))
+        );
+        assert!(matches!(
+            parse_hash_key("header:x-cart"),
+            Ok(HashKey::Header(_))
+        ));
         assert!(parse_hash_key("header:bad header").is_err());
         assert!(parse_hash_key("ip").is_err());
     }
 
     #[test]
     fn error_display_is_file_line_col_key_message() {
-        let text = MINIMAL.replace("max", "max").replace("[pools.shop]", "[pools.shop]\nmax_concurrency = 0");
+        let text = MINIMAL
+            .replace("max", "max")
+            .replace("[pools.shop]", "[pools.shop]\nmax_concurrency = 0");
         let e = parse_str(&text).unwrap_err().to_string();
-        assert!(e.starts_with("t.toml:7:19: pools.shop.max_concurrency: must be at least 1"), "{e}");
+        assert!(
+            e.starts_with("t.toml:7:19: pools.shop.max_concurrency: must be at least 1"),
+            "{e}"
+        );
     }
 }

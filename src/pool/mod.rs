@@ -1,10 +1,111 @@
-//! Backends and the connections tidegate keeps to them.
+//! A pool: the backends one route sends to, and how a request gets a slot
+//! on one of them.
 //!
 //! `backend.rs` is the per-backend object the data path reads (atomics) and
 //! the control path carries across reloads; `upstream.rs` holds the
-//! keep-alive connections to one backend.
+//! keep-alive connections to one backend. [`Pool`] is one generation's view
+//! of a pool (immutable once published in a snapshot); its [`Queue`] and
+//! round-robin cursor live in [`PoolShared`], which outlives generations.
 
 pub mod backend;
 pub mod upstream;
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
 pub use backend::{Backend, BackendState};
+
+use crate::balance::{Balancer, PickContext};
+use crate::config::PoolConfig;
+use crate::queue::{InFlight, Queue, QueueError};
+
+/// Times a request re-picks after losing a claim race before queueing.
+const CLAIM_ATTEMPTS: usize = 4;
+
+/// Per-pool state that survives reloads.
+pub struct PoolShared {
+    pub queue: Arc<Queue>,
+    pub rr_cursor: Arc<AtomicUsize>,
+}
+
+impl PoolShared {
+    pub fn new(config: &PoolConfig) -> PoolShared {
+        PoolShared {
+            queue: Arc::new(Queue::new(&config.name, config.queue_max_depth)),
+            rr_cursor: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// Why admission gave no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("no backend is available")]
+    NoBackend,
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+pub struct Pool {
+    pub name: Arc<str>,
+    pub config: Arc<PoolConfig>,
+    /// Backends that may take new requests (in config order).
+    pub backends: Vec<Arc<Backend>>,
+    /// Removed backends still finishing requests; shown in stats, never picked.
+    pub draining: Vec<Arc<Backend>>,
+    pub balancer: Balancer,
+    pub shared: Arc<PoolShared>,
+}
+
+impl Pool {
+    /// A slot right now, without queueing, if the balancer finds one.
+    pub fn try_claim(&self, cx: &mut PickContext<'_>) -> Option<InFlight> {
+        for _ in 0..CLAIM_ATTEMPTS {
+            let i = self.balancer.pick(&self.backends, cx)?;
+            if let Some(slot) = InFlight::claim(&self.backends[i], &self.shared.queue) {
+                return Some(slot);
+            }
+            // Lost the race for its last slot to another request: pick again.
+        }
+        None
+    }
+
+    /// A slot now, or after waiting in the queue (FIFO, bounded, timed).
+    pub async fn admit(&self, cx: &mut PickContext<'_>) -> Result<InFlight, AdmitError> {
+        let queue = &self.shared.queue;
+        // Nobody waiting: take the fast path. Someone waiting: queue behind
+        // them so a freed slot goes to the oldest request.
+        if queue.depth() == 0 {
+            if let Some(slot) = self.try_claim(cx) {
+                return Ok(slot);
+            }
+        }
+        if !self
+            .backends
+            .iter()
+            .any(|b| b.state() == BackendState::Active)
+        {
+            return Err(AdmitError::NoBackend);
+        }
+        let waiting = queue.enqueue()?;
+        self.dispatch(cx.rng);
+        Ok(waiting.wait(self.config.queue_timeout).await?)
+    }
+
+    /// Gives free slots to queued requests. Called after enqueueing and by
+    /// the control path after anything that adds capacity (new snapshot,
+    /// backend up, limit raised).
+    pub fn dispatch(&self, rng: &mut fastrand::Rng) {
+        let mut cx = PickContext {
+            rng,
+            hash: None,
+            exclude: &[],
+        };
+        self.shared.queue.dispatch(|| self.try_claim(&mut cx));
+    }
+
+    /// Position of a backend in `backends`, by identity.
+    pub fn index_of(&self, backend: &Arc<Backend>) -> Option<usize> {
+        self.backends.iter().position(|b| Arc::ptr_eq(b, backend))
+    }
+}

@@ -77,7 +77,10 @@ impl Upstream {
 
     /// A pooled HTTP/1.1 connection that is still open and younger than
     /// `idle_timeout`, if there is one.
-    pub async fn pooled_h1(&self, idle_timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
+    pub async fn pooled_h1(
+        &self,
+        idle_timeout: Duration,
+    ) -> Option<http1::SendRequest<RequestBody>> {
         while let Some(Idle { mut sender, since }) = self.idle.pop() {
             if sender.is_closed() || since.elapsed() > idle_timeout {
                 continue;
@@ -87,7 +90,10 @@ impl Upstream {
             }
             // Just handed back: its connection task has not yet noticed the
             // previous exchange finished. That takes one task wake-up.
-            if tokio::time::timeout(Duration::from_millis(100), sender.ready()).await.is_ok_and(|r| r.is_ok()) {
+            if tokio::time::timeout(Duration::from_millis(100), sender.ready())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
                 return Some(sender);
             }
         }
@@ -100,7 +106,10 @@ impl Upstream {
         if sender.is_closed() || self.idle.len() >= self.max_idle.load(Ordering::Relaxed) {
             return;
         }
-        let _ = self.idle.push(Idle { sender, since: Instant::now() });
+        let _ = self.idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
     }
 
     /// Dials a new HTTP/1.1 connection (with upgrade support, for WebSocket).
@@ -146,7 +155,10 @@ impl Upstream {
     }
 }
 
-async fn dial(addr: SocketAddr, connect_timeout: Duration) -> Result<TokioIo<TcpStream>, ConnectError> {
+async fn dial(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<TokioIo<TcpStream>, ConnectError> {
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout(connect_timeout))??;

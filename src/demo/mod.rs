@@ -1,0 +1,90 @@
+//! The demo: tidegate on the embedded `conf/demo.toml` plus one
+//! `tidegate backend` child process per backend address in it.
+//!
+//! Control path (start-up only). Children are started with
+//! `kill_on_drop`, and [`Children::stop`] ends them by PID when tidegate
+//! stops, so a demo never leaves processes behind.
+
+pub mod backend;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::config::Config;
+
+/// Service time each demo backend spends per request.
+pub const DEMO_SERVICE_TIME: &str = "20ms";
+/// Requests each demo backend serves at once.
+pub const DEMO_BACKEND_CONCURRENCY: &str = "16";
+/// How long to wait for a child to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Children {
+    children: Vec<Child>,
+}
+
+impl Children {
+    /// Starts a backend process for every backend address in `config` and
+    /// waits until each accepts connections.
+    pub async fn start(config: &Config, exe: &Path) -> std::io::Result<Children> {
+        let addrs: Vec<SocketAddr> = config
+            .pools
+            .values()
+            .flat_map(|p| p.backends.iter().map(|b| b.address))
+            .collect();
+        let mut children = Vec::with_capacity(addrs.len());
+        for addr in &addrs {
+            let child = Command::new(exe)
+                .args([
+                    "backend",
+                    "--listen",
+                    &addr.to_string(),
+                    "--name",
+                    &addr.to_string(),
+                ])
+                .args([
+                    "--service-time",
+                    DEMO_SERVICE_TIME,
+                    "--concurrency",
+                    DEMO_BACKEND_CONCURRENCY,
+                ])
+                .kill_on_drop(true)
+                .spawn()?;
+            children.push(child);
+        }
+        let started = Children { children };
+        for addr in &addrs {
+            wait_until_accepting(*addr).await?;
+        }
+        Ok(started)
+    }
+
+    /// Ends every child (by its PID) and reaps it.
+    pub async fn stop(mut self) {
+        for child in &mut self.children {
+            let _ = child.start_kill();
+        }
+        for child in &mut self.children {
+            let _ = child.wait().await;
+        }
+    }
+}
+
+async fn wait_until_accepting(addr: SocketAddr) -> std::io::Result<()> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("demo backend {addr} did not start"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

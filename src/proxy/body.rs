@@ -1,0 +1,198 @@
+//! Bodies that stream through tidegate, never buffered whole.
+//!
+//! Data path. [`RequestBody`] is the client's body on its way to a backend,
+//! enforcing the route's size limit as bytes pass. [`ResponseBody`] is what
+//! goes back to the client: either the backend's body, carrying the
+//! request's in-flight slot and its keep-alive connection until the last
+//! byte has gone (so in-flight falls when the response has really finished,
+//! and a half-read connection is never reused), or a short body tidegate
+//! wrote itself.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+
+use crate::queue::InFlight;
+
+/// The request body exceeded the route's `max_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error(transparent)]
+    TooLarge(#[from] BodyTooLarge),
+    #[error("reading the client's body: {0}")]
+    Client(#[from] hyper::Error),
+}
+
+/// The client's request body with a byte limit.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+        RequestBody {
+            inner: Some(inner),
+            limit,
+            seen: 0,
+        }
+    }
+
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            limit: 0,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(BodyTooLarge { limit: this.limit }.into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // An exact hint makes the upstream request length-delimited, as the
+        // client's was; chunked stays chunked.
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// What a finished upstream body gives back.
+struct Lease {
+    slot: InFlight,
+    conn: Option<http1::SendRequest<RequestBody>>,
+}
+
+/// The body returned to the client.
+pub struct ResponseBody(Kind);
+
+enum Kind {
+    Upstream {
+        inner: Incoming,
+        lease: Option<Lease>,
+    },
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    /// The backend's body, holding the slot (and the HTTP/1.1 connection
+    /// to return to the pool) until it ends.
+    pub fn upstream(
+        inner: Incoming,
+        slot: InFlight,
+        conn: Option<http1::SendRequest<RequestBody>>,
+    ) -> ResponseBody {
+        let mut body = ResponseBody(Kind::Upstream {
+            inner,
+            lease: Some(Lease { slot, conn }),
+        });
+        if body.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody(Kind::Full(Some(bytes.into())))
+    }
+
+    pub fn empty() -> ResponseBody {
+        ResponseBody(Kind::Full(None))
+    }
+
+    /// The body ended cleanly: the connection may carry another request.
+    fn finish(&mut self) {
+        if let Kind::Upstream { lease, .. } = &mut self.0 {
+            if let Some(Lease { slot, conn }) = lease.take() {
+                if let Some(conn) = conn {
+                    slot.backend().upstream.check_in(conn);
+                }
+                drop(slot);
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let (inner, lease) = match &mut this.0 {
+            Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream { inner, lease } => (inner, lease),
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Err(_))) => {
+                // Broken upstream body: free the slot, drop the connection.
+                lease.take();
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => this.finish(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

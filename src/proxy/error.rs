@@ -1,0 +1,115 @@
+//! The one place where a failed request becomes an HTTP response and a
+//! metric label.
+//!
+//! Data path. Every error the proxy can meet is a [`ProxyError`]; the
+//! handler turns it into a short plain-text answer that says which failure
+//! it was, with the status an operator expects from a proxy: 400/413 for
+//! bad input, 404 when no route matches, 502 when a backend could not be
+//! reached or broke the exchange, 503 (+ `Retry-After`) when there is no
+//! capacity, 504 when a backend was too slow to answer.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::ResponseBody;
+use crate::pool::upstream::ConnectError;
+use crate::pool::AdmitError;
+use crate::queue::QueueError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("no backend available")]
+    NoBackend,
+    #[error("queue full")]
+    QueueFull,
+    #[error("timed out waiting in the queue")]
+    QueueTimeout,
+    #[error("could not connect to a backend: {0}")]
+    Connect(#[from] ConnectError),
+    #[error("backend did not send a response head in time")]
+    ResponseTimeout,
+    #[error("backend failed: {0}")]
+    Upstream(hyper::Error),
+}
+
+impl From<AdmitError> for ProxyError {
+    fn from(e: AdmitError) -> ProxyError {
+        match e {
+            AdmitError::NoBackend => ProxyError::NoBackend,
+            AdmitError::Queue(QueueError::Full) => ProxyError::QueueFull,
+            AdmitError::Queue(QueueError::Timeout(_)) => ProxyError::QueueTimeout,
+        }
+    }
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend | ProxyError::QueueFull | ProxyError::QueueTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Stable label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::PayloadTooLarge => "payload_too_large",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::NoBackend => "no_backend",
+            ProxyError::QueueFull => "queue_full",
+            ProxyError::QueueTimeout => "queue_timeout",
+            ProxyError::Connect(_) => "connect_failed",
+            ProxyError::ResponseTimeout => "response_timeout",
+            ProxyError::Upstream(_) => "upstream_failed",
+        }
+    }
+
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::debug!(error = %self, "request failed");
+        }
+        let body = match &self {
+            ProxyError::BadRequest(why) => format!("tidegate: bad request: {why}\n"),
+            other => format!("tidegate: {other}\n"),
+        };
+        let mut resp = Response::new(ResponseBody::full(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(
+            http::HeaderName::from_static("x-tidegate-error"),
+            HeaderValue::from_static(self.label()),
+        );
+        if matches!(
+            self,
+            ProxyError::QueueFull | ProxyError::QueueTimeout | ProxyError::NoBackend
+        ) {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::PayloadTooLarge
+        ) {
+            // The rest of the request may still be on the wire, unread.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}

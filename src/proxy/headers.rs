@@ -1,0 +1,180 @@
+//! Header rewriting between client and backend (RFC 9110 section 7.6).
+//!
+//! Data path. Hop-by-hop fields, and every field the `Connection` header
+//! names, apply to one connection only and are removed in both directions;
+//! the forwarded-for family is added on the way in. `Host` is kept as the
+//! client sent it (for HTTP/2 clients it is taken from `:authority`).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+
+/// Fields that describe one connection, never forwarded (RFC 9110 7.6.1,
+/// plus the legacy ones still seen in the wild).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    HeaderName::from_static("keep-alive"),
+];
+const PROXY_CONNECTION: &str = "proxy-connection";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// Removes hop-by-hop fields. With `upgrade`, `Connection: upgrade` and
+/// `Upgrade` are kept so the backend can switch protocols. Returns whether
+/// the client accepts trailers (`TE: trailers`), which is forwarded.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        if conn.as_bytes().contains(&b',') || !is_common_connection_value(conn.as_bytes()) {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|s| s.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .filter(|n| !(upgrade && n == header::UPGRADE))
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        if upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    headers.remove(PROXY_CONNECTION);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    te_trailers
+}
+
+fn is_common_connection_value(v: &[u8]) -> bool {
+    v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+}
+
+/// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`,
+/// `X-Forwarded-Host` and `Via` to a request on its way to a backend.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+    version: Version,
+) {
+    let xff = HeaderName::from_static(X_FORWARDED_FOR);
+    let prior: Vec<&str> = headers
+        .get_all(&xff)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if prior.is_empty() {
+        client.to_string()
+    } else {
+        format!("{}, {client}", prior.join(", "))
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(xff, v);
+    }
+    headers.insert(
+        HeaderName::from_static(X_FORWARDED_PROTO),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    if let Some(h) = host {
+        headers.insert(HeaderName::from_static(X_FORWARDED_HOST), h.clone());
+    }
+    let hop = match version {
+        Version::HTTP_10 => "1.0 tidegate",
+        Version::HTTP_2 => "2 tidegate",
+        _ => "1.1 tidegate",
+    };
+    match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {hop}")) {
+                headers.insert(header::VIA, v);
+            }
+        }
+        None => {
+            headers.insert(header::VIA, HeaderValue::from_static(hop));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_every_field_connection_names() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers, deflate"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        assert!(strip_hop_by_hop(&mut h, false));
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn keeps_upgrade_fields_for_an_upgrade() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(!strip_hop_by_hop(&mut h, true));
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn appends_forwarded_for_and_sets_proto_host_via() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let host = HeaderValue::from_static("shop.example");
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            false,
+            Some(&host),
+            Version::HTTP_11,
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 10.0.0.1, 127.0.0.1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        assert_eq!(h["via"], "1.1 tidegate");
+    }
+}

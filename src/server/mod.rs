@@ -1,0 +1,171 @@
+//! Client-facing listeners: accept, optional TLS, HTTP/1.1 + HTTP/2 on one
+//! port, connection limits, graceful shutdown.
+//!
+//! Data path entry. [`serve`] takes a listener it was given (it never binds)
+//! and a shutdown signal. Each accepted connection gets its own task running
+//! hyper-util's auto server (HTTP/2 by prior knowledge or ALPN, otherwise
+//! HTTP/1.1) around a [`Proxy`] service. Limits that protect the proxy:
+//! at most `max_connections` open connections (further accepts wait), a
+//! first-byte and header-read timeout (slowloris), header size and count
+//! limits (431), a TLS handshake timeout.
+//!
+//! Shutdown: stop accepting, ask every connection to finish its in-flight
+//! requests (HTTP/1.1 stops keep-alive, HTTP/2 sends GOAWAY), and wait for
+//! them up to the deadline.
+
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Limits;
+use crate::proxy::Proxy;
+use crate::state::State;
+
+/// Pause after a failed accept (e.g. out of file descriptors) before
+/// trying again, so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// HTTP/2 keep-alive pings on idle client connections.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A bound listener with what it needs to serve.
+pub struct Bound {
+    pub name: String,
+    pub listener: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL);
+    b
+}
+
+/// Serves one listener until `shutdown` turns true, then drains its
+/// connections for at most `drain_timeout`.
+pub async fn serve(
+    bound: Bound,
+    state: Arc<State>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) {
+    let Bound {
+        name,
+        listener,
+        tls,
+    } = bound;
+    let builder = Arc::new(builder(&limits));
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore is never closed"),
+            _ = stopped(&mut shutdown) => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            builder: Arc::clone(&builder),
+            state: Arc::clone(&state),
+            watcher: graceful.watcher(),
+            limits: limits.clone(),
+        };
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            conn.run(stream, peer, tls).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!(listener = %name, "stopped accepting; draining connections");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!(listener = %name, "all connections finished"),
+        _ = tokio::time::sleep(drain_timeout) => tracing::warn!(listener = %name, "drain deadline passed; closing the rest"),
+    }
+}
+
+/// Completes once the shutdown flag is set (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    state: Arc<State>,
+    watcher: Watcher,
+    limits: Limits,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+        match tls {
+            None => {
+                // hyper's header timer starts only once the protocol is
+                // known; a client that connects and sends nothing is bounded
+                // here instead.
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first))
+                    .await
+                {
+                    Ok(Ok(n)) if n > 0 => self.serve(stream, peer, false).await,
+                    _ => {}
+                }
+            }
+            Some(acceptor) => {
+                match tokio::time::timeout(
+                    self.limits.tls_handshake_timeout,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(tls_stream)) => self.serve(tls_stream, peer, true).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    async fn serve<IO>(self, io: IO, peer: SocketAddr, tls: bool)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = TowerToHyperService::new(Proxy::new(self.state, peer, tls));
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        if let Err(e) = self.watcher.watch(conn.into_owned()).await {
+            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        }
+    }
+}
