@@ -36,6 +36,8 @@ pub enum RequestBodyError {
 /// The client's request body with a byte limit.
 pub struct RequestBody {
     inner: Option<Incoming>,
+    /// A frame read ahead by [`RequestBody::prime`], sent first.
+    first: Option<Frame<Bytes>>,
     limit: u64,
     seen: u64,
 }
@@ -44,6 +46,7 @@ impl RequestBody {
     pub fn new(inner: Incoming, limit: u64) -> RequestBody {
         RequestBody {
             inner: Some(inner),
+            first: None,
             limit,
             seen: 0,
         }
@@ -52,9 +55,28 @@ impl RequestBody {
     pub fn empty() -> RequestBody {
         RequestBody {
             inner: None,
+            first: None,
             limit: 0,
             seen: 0,
         }
+    }
+
+    /// Reads the first frame before any backend is involved, so a body
+    /// that is malformed from its first byte (a bad chunk size, an HTTP/2
+    /// length mismatch) or already over the limit fails here, and the
+    /// request never reaches a backend. It also means a slow uploader holds
+    /// no backend slot while tidegate waits for its first bytes.
+    pub async fn prime(&mut self) -> Result<(), RequestBodyError> {
+        use http_body_util::BodyExt;
+        if self.first.is_some() || self.is_end_stream() {
+            return Ok(());
+        }
+        match self.frame().await {
+            Some(Ok(frame)) => self.first = Some(frame),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+        Ok(())
     }
 }
 
@@ -67,6 +89,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(frame) = this.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -88,15 +113,27 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.first.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
         // An exact hint makes the upstream request length-delimited, as the
-        // client's was; chunked stays chunked.
-        self.inner
+        // client's was; chunked stays chunked. A primed frame counts too.
+        let inner = self
+            .inner
             .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        let first = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + first);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + first);
+        }
+        hint
     }
 }
 

@@ -102,7 +102,12 @@ async fn forward(
         _ => None,
     };
     let replayable = cfg.retry_idempotent && is_idempotent(req.method()) && has_no_body(&req);
-    let mut request = Some(upstream_request(req, conn, cfg, target.max_body));
+    let mut first = upstream_request(req, conn, cfg, target.max_body);
+    first.body_mut().prime().await.map_err(|e| match e {
+        body::RequestBodyError::TooLarge(_) => ProxyError::PayloadTooLarge,
+        body::RequestBodyError::Client(_) => ProxyError::BadRequest("malformed request body"),
+    })?;
+    let mut request = Some(first);
     let replay = replayable.then(|| head_of(request.as_ref().expect("just built")));
 
     let mut rng = fastrand::Rng::new();

@@ -7,13 +7,17 @@
 //! HTTP/1.1) around a [`Proxy`] service. Limits that protect the proxy:
 //! at most `max_connections` open connections (further accepts wait), a
 //! first-byte and header-read timeout (slowloris), header size and count
-//! limits (431), a TLS handshake timeout.
+//! limits (431), a TLS handshake timeout, and a strict HTTP/1 framing
+//! check under hyper (`h1_guard.rs`) that refuses what could be smuggled.
 //!
 //! Shutdown: stop accepting, ask every connection to finish its in-flight
 //! requests (HTTP/1.1 stops keep-alive, HTTP/2 sends GOAWAY), and wait for
 //! them up to the deadline.
 
+mod h1_guard;
 pub mod tls;
+
+use h1_guard::H1Guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -137,7 +141,10 @@ impl Connection {
                 match tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first))
                     .await
                 {
-                    Ok(Ok(n)) if n > 0 => self.serve(stream, peer, false).await,
+                    Ok(Ok(n)) if n > 0 => {
+                        let io = H1Guard::new(stream, self.limits.max_header_bytes);
+                        self.serve(io, peer, false).await
+                    }
                     _ => {}
                 }
             }
@@ -148,7 +155,15 @@ impl Connection {
                 )
                 .await
                 {
-                    Ok(Ok(tls_stream)) => self.serve(tls_stream, peer, true).await,
+                    Ok(Ok(tls_stream)) => {
+                        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = if h2 {
+                            H1Guard::passthrough(tls_stream)
+                        } else {
+                            H1Guard::new(tls_stream, self.limits.max_header_bytes)
+                        };
+                        self.serve(io, peer, true).await
+                    }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }

@@ -1,0 +1,494 @@
+//! A strict HTTP/1 framing check in front of hyper's parser.
+//!
+//! Data path, first thing after the socket (or TLS). hyper is lenient where
+//! a proxy must not be: it accepts bare LF as a line end, and when a request
+//! carries both `Content-Length` and `Transfer-Encoding` it quietly drops the
+//! former and forwards the request. A front proxy that reads such bytes
+//! differently from the backend is how requests are smuggled, so anything
+//! ambiguous is refused before hyper parses it.
+//!
+//! The guard follows message boundaries on the client's byte stream: request
+//! heads (line by line), then each body by its framing (`Content-Length`
+//! bytes, or chunk-size lines, chunk data and trailers). It refuses:
+//! - a bare LF (an LF not preceded by CR) in a head, chunk line or trailer;
+//! - `Content-Length` together with `Transfer-Encoding`, in either order;
+//! - differing `Content-Length` values;
+//! - a chunk-size line that is not hex digits (plus an extension) or whose
+//!   chunk data is not followed by CRLF.
+//!
+//! Refusing means the bytes hyper receives are cut at the offending byte and
+//! followed by a NUL, which no HTTP/1 parser accepts: hyper answers 400 and
+//! closes the connection (inside a body, the body fails and the upstream
+//! exchange is aborted). The connection then reads as closed.
+//!
+//! After the HTTP/2 preface or an `Upgrade`/`CONNECT` request the guard
+//! steps aside: those bytes are not HTTP/1 messages.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Longest chunk-size line accepted (size digits plus extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+/// What replaces refused bytes: hyper rejects NUL anywhere in a head or a
+/// chunk-size line.
+const POISON: &[u8] = b"\0\r\n\r\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request head.
+    Head,
+    /// `Content-Length` body bytes left.
+    Body(u64),
+    /// Reading a chunk-size line.
+    ChunkSize,
+    /// Chunk data bytes left, then CRLF.
+    ChunkData(u64),
+    /// Expecting the CR after chunk data.
+    ChunkCr,
+    /// Expecting the LF after chunk data.
+    ChunkLf,
+    /// Reading trailer lines after the last chunk.
+    Trailers,
+    /// Not HTTP/1 any more (h2 preface, upgrade).
+    Passthrough,
+    /// Refused; everything after reads as end of stream.
+    Refused,
+}
+
+/// Framing facts gathered from one head.
+#[derive(Debug, Default)]
+struct HeadFacts {
+    lines: usize,
+    content_length: Option<u64>,
+    chunked: bool,
+    transfer_encoding: bool,
+    upgrade: bool,
+    http2_preface: bool,
+}
+
+pub struct H1Guard<IO> {
+    io: IO,
+    phase: Phase,
+    /// The current line (head, chunk size or trailer), without its LF.
+    line: Vec<u8>,
+    head: HeadFacts,
+    /// Limit on a head line; longer lines are left for hyper (431).
+    max_line: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Ok,
+    Refuse,
+}
+
+impl<IO> H1Guard<IO> {
+    pub fn new(io: IO, max_head_bytes: usize) -> H1Guard<IO> {
+        H1Guard {
+            io,
+            phase: Phase::Head,
+            line: Vec::with_capacity(128),
+            head: HeadFacts::default(),
+            max_line: max_head_bytes,
+        }
+    }
+
+    /// A guard that checks nothing (TLS connections that chose `h2`).
+    pub fn passthrough(io: IO) -> H1Guard<IO> {
+        H1Guard {
+            io,
+            phase: Phase::Passthrough,
+            line: Vec::new(),
+            head: HeadFacts::default(),
+            max_line: 0,
+        }
+    }
+
+    /// Runs the framing state machine over newly read bytes. Returns the
+    /// offset of the first refused byte, if any.
+    fn inspect(&mut self, buf: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < buf.len() {
+            match self.phase {
+                Phase::Passthrough | Phase::Refused => return None,
+                Phase::Body(left) => {
+                    let take = left.min((buf.len() - i) as u64);
+                    i += take as usize;
+                    self.phase = if take == left {
+                        Phase::Head
+                    } else {
+                        Phase::Body(left - take)
+                    };
+                }
+                Phase::ChunkData(left) => {
+                    let take = left.min((buf.len() - i) as u64);
+                    i += take as usize;
+                    self.phase = if take == left {
+                        Phase::ChunkCr
+                    } else {
+                        Phase::ChunkData(left - take)
+                    };
+                }
+                Phase::ChunkCr => {
+                    if buf[i] != b'\r' {
+                        return Some(i);
+                    }
+                    self.phase = Phase::ChunkLf;
+                    i += 1;
+                }
+                Phase::ChunkLf => {
+                    if buf[i] != b'\n' {
+                        return Some(i);
+                    }
+                    self.phase = Phase::ChunkSize;
+                    i += 1;
+                }
+                Phase::Head | Phase::ChunkSize | Phase::Trailers => {
+                    let rest = &buf[i..];
+                    match rest.iter().position(|&b| b == b'\n') {
+                        None => {
+                            if self.line.len() + rest.len() > self.line_limit() {
+                                return self.too_long_line(i);
+                            }
+                            self.line.extend_from_slice(rest);
+                            return None;
+                        }
+                        Some(nl) => {
+                            if self.line.len() + nl > self.line_limit() {
+                                return self.too_long_line(i);
+                            }
+                            self.line.extend_from_slice(&rest[..nl]);
+                            if self.line.last() != Some(&b'\r') {
+                                return Some(i + nl);
+                            }
+                            self.line.pop();
+                            if self.end_of_line() == Verdict::Refuse {
+                                return Some(i + nl);
+                            }
+                            self.line.clear();
+                            i += nl + 1;
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn line_limit(&self) -> usize {
+        match self.phase {
+            Phase::ChunkSize => MAX_CHUNK_LINE,
+            _ => self.max_line,
+        }
+    }
+
+    /// An over-long head line is hyper's to refuse (431); an over-long chunk
+    /// line is ours.
+    fn too_long_line(&mut self, at: usize) -> Option<usize> {
+        match self.phase {
+            Phase::ChunkSize => Some(at),
+            _ => {
+                self.phase = Phase::Passthrough;
+                None
+            }
+        }
+    }
+
+    fn end_of_line(&mut self) -> Verdict {
+        match self.phase {
+            Phase::Head => self.head_line(),
+            Phase::ChunkSize => self.chunk_size_line(),
+            Phase::Trailers => {
+                if self.line.is_empty() {
+                    self.phase = Phase::Head;
+                }
+                Verdict::Ok
+            }
+            _ => Verdict::Ok,
+        }
+    }
+
+    fn head_line(&mut self) -> Verdict {
+        let line = &self.line[..];
+        if self.head.lines == 0 {
+            if line.is_empty() {
+                // Empty lines before a request line are allowed (RFC 9112 2.2).
+                return Verdict::Ok;
+            }
+            self.head.lines = 1;
+            self.head.http2_preface = line == b"PRI * HTTP/2.0";
+            self.head.upgrade = line.starts_with(b"CONNECT ");
+            return Verdict::Ok;
+        }
+        if line.is_empty() {
+            return self.end_of_head();
+        }
+        self.head.lines += 1;
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Verdict::Ok; // hyper refuses a field line without a colon
+        };
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for part in value.split(|&b| b == b',') {
+                let Some(n) = parse_decimal(trim(part)) else {
+                    return Verdict::Refuse;
+                };
+                match self.head.content_length {
+                    Some(prev) if prev != n => return Verdict::Refuse,
+                    _ => self.head.content_length = Some(n),
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.head.transfer_encoding = true;
+            // The last coding decides; hyper refuses anything else.
+            self.head.chunked = value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            self.head.upgrade = true;
+        }
+        Verdict::Ok
+    }
+
+    fn end_of_head(&mut self) -> Verdict {
+        let facts = std::mem::take(&mut self.head);
+        if facts.http2_preface {
+            self.phase = Phase::Passthrough;
+            return Verdict::Ok;
+        }
+        if facts.transfer_encoding && facts.content_length.is_some() {
+            return Verdict::Refuse;
+        }
+        self.phase = if facts.upgrade {
+            Phase::Passthrough
+        } else if facts.transfer_encoding {
+            if facts.chunked {
+                Phase::ChunkSize
+            } else {
+                return Verdict::Refuse;
+            }
+        } else {
+            match facts.content_length {
+                Some(n) if n > 0 => Phase::Body(n),
+                _ => Phase::Head,
+            }
+        };
+        Verdict::Ok
+    }
+
+    fn chunk_size_line(&mut self) -> Verdict {
+        let line = &self.line[..];
+        let digits_end = line
+            .iter()
+            .position(|b| !b.is_ascii_hexdigit())
+            .unwrap_or(line.len());
+        if digits_end == 0 || digits_end > 16 {
+            return Verdict::Refuse;
+        }
+        let rest = &line[digits_end..];
+        // After the size: optional whitespace, then `;` extensions.
+        let ext = trim(rest);
+        if !ext.is_empty() && ext[0] != b';' {
+            return Verdict::Refuse;
+        }
+        if ext
+            .iter()
+            .any(|&b| b == 0 || b == b'\r' || (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return Verdict::Refuse;
+        }
+        let size = u64::from_str_radix(std::str::from_utf8(&line[..digits_end]).unwrap_or("x"), 16);
+        match size {
+            Ok(0) => self.phase = Phase::Trailers,
+            Ok(n) => self.phase = Phase::ChunkData(n),
+            Err(_) => return Verdict::Refuse,
+        }
+        Verdict::Ok
+    }
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for H1Guard<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match this.phase {
+            Phase::Refused => return Poll::Ready(Ok(())),
+            Phase::Passthrough => return Pin::new(&mut this.io).poll_read(cx, buf),
+            _ => {}
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            let fresh_end = buf.filled().len();
+            if let Some(bad) = this.inspect(&buf.filled()[before..fresh_end]) {
+                this.phase = Phase::Refused;
+                let cut = before + bad;
+                buf.set_filled(cut);
+                let n = POISON.len().min(buf.remaining());
+                buf.put_slice(&POISON[..n]);
+            }
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for H1Guard<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `step` bytes; returns the refused offset.
+    fn refused_at(input: &[u8], step: usize) -> Option<usize> {
+        let mut g = H1Guard::new((), 65536);
+        let mut off = 0;
+        for piece in input.chunks(step) {
+            if let Some(bad) = g.inspect(piece) {
+                return Some(off + bad);
+            }
+            off += piece.len();
+        }
+        None
+    }
+
+    fn every_split(input: &[u8]) -> Option<usize> {
+        let whole = refused_at(input, input.len().max(1));
+        for step in 1..input.len().min(40) {
+            assert_eq!(
+                refused_at(input, step),
+                whole,
+                "split into {step}-byte reads"
+            );
+        }
+        whole
+    }
+
+    #[test]
+    fn accepts_well_formed_pipelined_requests() {
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+POST /cart HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhel\nl\
+POST /cart HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhe\nlo\r\n0\r\nX-T: 1\r\n\r\n\
+GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(every_split(input), None);
+    }
+
+    #[test]
+    fn refuses_bare_lf_in_a_head() {
+        assert_eq!(every_split(b"GET / HTTP/1.1\nHost: a\n\n"), Some(14));
+        assert!(every_split(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn refuses_content_length_with_transfer_encoding_in_either_order() {
+        assert!(every_split(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n").is_some());
+        assert!(every_split(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n").is_some());
+    }
+
+    #[test]
+    fn refuses_conflicting_or_malformed_content_length() {
+        assert!(
+            every_split(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
+                .is_some()
+        );
+        assert!(every_split(b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n").is_some());
+        assert_eq!(
+            every_split(b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nhi"),
+            None
+        );
+    }
+
+    #[test]
+    fn refuses_obfuscated_transfer_encoding() {
+        assert!(every_split(b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n").is_some());
+        assert!(
+            every_split(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_chunks() {
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for body in [
+            &b"zz\r\n"[..],
+            b"5\nhello\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"\r\n",
+            b"5\0\r\n",
+            b"11111111111111111\r\n",
+        ] {
+            let input = [head.clone(), body.to_vec()].concat();
+            assert!(
+                every_split(&input).is_some(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn steps_aside_for_http2_and_upgrades() {
+        assert_eq!(
+            every_split(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\n\n\n"),
+            None
+        );
+        assert_eq!(every_split(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\n\0\n"), None);
+    }
+}
