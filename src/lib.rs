@@ -77,13 +77,11 @@ pub async fn bind(config: &Config) -> Result<Vec<Bound>, StartError> {
     }
     let mut bound = Vec::with_capacity(config.listeners.len());
     for (l, tls) in config.listeners.iter().zip(acceptors) {
-        let listener = TcpListener::bind(l.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                name: l.name.clone(),
-                addr: l.listen,
-                source,
-            })?;
+        let listener = TcpListener::bind(l.listen).await.map_err(|source| StartError::Bind {
+            name: l.name.clone(),
+            addr: l.listen,
+            source,
+        })?;
         bound.push(Bound {
             name: l.name.clone(),
             listener,

@@ -56,10 +56,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TIDEGATE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TIDEGATE_LOG").unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .init();
     let result = match cli.command.unwrap_or(Command::Run) {
@@ -104,8 +101,7 @@ fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     for l in &config.listeners {
         if let Some(tls) = &l.tls {
-            tidegate::server::tls::acceptor(tls)
-                .with_context(|| format!("listener `{}`", l.name))?;
+            tidegate::server::tls::acceptor(tls).with_context(|| format!("listener `{}`", l.name))?;
         }
     }
     println!("{}", config.summary());
@@ -129,7 +125,11 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     runtime(config.runtime.worker_threads)?.block_on(async move {
         let children = if demo {
             let exe = std::env::current_exe().context("locating the tidegate binary")?;
-            Some(Children::start(&config, &exe).await.context("starting the demo backends")?)
+            Some(
+                Children::start(&config, &exe)
+                    .await
+                    .context("starting the demo backends")?,
+            )
         } else {
             None
         };
@@ -140,7 +140,10 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         }
         if demo {
             let web = bound[0].listener.local_addr()?;
-            println!("tidegate demo: proxying http://{web}/ to {} shop backends", config.pools.values().map(|p| p.backends.len()).sum::<usize>());
+            println!(
+                "tidegate demo: proxying http://{web}/ to {} shop backends",
+                config.pools.values().map(|p| p.backends.len()).sum::<usize>()
+            );
             println!("  try:  curl -i http://{web}/products/42");
             println!("  load: h2load -n 20000 -c 64 --h1 http://{web}/products/1   (Ctrl-C stops the demo)");
         }

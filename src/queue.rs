@@ -65,9 +65,7 @@ impl Drop for InFlight {
 
 impl std::fmt::Debug for InFlight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("InFlight")
-            .field(&self.backend.address)
-            .finish()
+        f.debug_tuple("InFlight").field(&self.backend.address).finish()
     }
 }
 
@@ -195,9 +193,7 @@ impl Waiting {
             // A slot may have arrived in the instant the timer fired.
             Err(_) => self.rx.try_recv().map_err(|_| QueueError::Timeout(timeout)),
         };
-        self.queue
-            .wait_seconds
-            .record(self.since.elapsed().as_secs_f64());
+        self.queue.wait_seconds.record(self.since.elapsed().as_secs_f64());
         result
     }
 }
@@ -218,13 +214,7 @@ mod tests {
     use super::*;
 
     fn backend(limit: u32) -> Arc<Backend> {
-        Arc::new(Backend::new(
-            "p".into(),
-            "127.0.0.1:1".parse().unwrap(),
-            1,
-            limit,
-            1,
-        ))
+        Arc::new(Backend::new("p".into(), "127.0.0.1:1".parse().unwrap(), 1, limit, 1))
     }
 
     #[tokio::test(start_paused = true)]
@@ -259,10 +249,7 @@ mod tests {
         let w = q.enqueue().unwrap();
         let start = Instant::now();
         let r = w.wait(Duration::from_millis(250)).await;
-        assert_eq!(
-            r.unwrap_err(),
-            QueueError::Timeout(Duration::from_millis(250))
-        );
+        assert_eq!(r.unwrap_err(), QueueError::Timeout(Duration::from_millis(250)));
         assert_eq!(start.elapsed(), Duration::from_millis(250));
         assert_eq!(q.depth(), 0);
     }

@@ -73,11 +73,7 @@ impl Router {
                 None => r.any_host.push(entry),
             }
         }
-        for list in r
-            .by_host
-            .values_mut()
-            .chain(std::iter::once(&mut r.any_host))
-        {
+        for list in r.by_host.values_mut().chain(std::iter::once(&mut r.any_host)) {
             list.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
         }
         r
@@ -85,11 +81,7 @@ impl Router {
 
     /// `host` without port (any case); `path` as in the request target.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<RouteTarget> {
-        let longest = |list: &[RouteEntry]| {
-            list.iter()
-                .find(|e| path.starts_with(&e.prefix))
-                .map(|e| e.target)
-        };
+        let longest = |list: &[RouteEntry]| list.iter().find(|e| path.starts_with(&e.prefix)).map(|e| e.target);
         if let Some(host) = host {
             if !self.by_host.is_empty() {
                 let hit = if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -159,18 +151,12 @@ fn build(config: Config, previous: Option<&Snapshot>, generation: u64) -> Snapsh
             }
             None => Arc::new(PoolShared::new(pc)),
         };
-        let pool_name: Arc<str> =
-            old.map_or_else(|| Arc::from(name.as_str()), |p| Arc::clone(&p.name));
+        let pool_name: Arc<str> = old.map_or_else(|| Arc::from(name.as_str()), |p| Arc::clone(&p.name));
         let backends: Vec<Arc<Backend>> = pc
             .backends
             .iter()
             .map(|bc| {
-                let kept = old.and_then(|p| {
-                    p.backends
-                        .iter()
-                        .chain(&p.draining)
-                        .find(|b| b.address == bc.address)
-                });
+                let kept = old.and_then(|p| p.backends.iter().chain(&p.draining).find(|b| b.address == bc.address));
                 match kept {
                     Some(b) => {
                         b.reconfigure(bc.weight, pc.max_concurrency, pc.max_idle_per_backend);
@@ -212,11 +198,7 @@ fn build(config: Config, previous: Option<&Snapshot>, generation: u64) -> Snapsh
             shared,
         });
     }
-    let index: HashMap<&str, usize> = pools
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (&*p.name, i))
-        .collect();
+    let index: HashMap<&str, usize> = pools.iter().enumerate().map(|(i, p)| (&*p.name, i)).collect();
     let router = Router::new(&config.routes, &index);
     Snapshot {
         generation,
@@ -269,28 +251,10 @@ backends = [ {{ address = "127.0.0.1:9100" }} ]
         let s = state.load();
         let api = s.pools.iter().position(|p| &*p.name == "api").unwrap();
         let shop = s.pools.iter().position(|p| &*p.name == "shop").unwrap();
-        assert_eq!(
-            s.router
-                .route(Some("shop.example"), "/api/cart")
-                .unwrap()
-                .pool,
-            api
-        );
-        assert_eq!(
-            s.router.route(Some("SHOP.example"), "/api").unwrap().pool,
-            api
-        );
-        assert_eq!(
-            s.router.route(Some("shop.example"), "/cart").unwrap().pool,
-            shop
-        );
-        assert_eq!(
-            s.router
-                .route(Some("other.example"), "/api/cart")
-                .unwrap()
-                .pool,
-            shop
-        );
+        assert_eq!(s.router.route(Some("shop.example"), "/api/cart").unwrap().pool, api);
+        assert_eq!(s.router.route(Some("SHOP.example"), "/api").unwrap().pool, api);
+        assert_eq!(s.router.route(Some("shop.example"), "/cart").unwrap().pool, shop);
+        assert_eq!(s.router.route(Some("other.example"), "/api/cart").unwrap().pool, shop);
         assert_eq!(s.router.route(None, "/").unwrap().pool, shop);
     }
 
@@ -306,15 +270,9 @@ backends = [ {{ address = "127.0.0.1:9100" }} ]
         let after = state.load();
         let shop2 = after.pool("shop").unwrap();
         assert_eq!(generation, 2);
-        assert!(
-            Arc::ptr_eq(&shop2.backends[0], &kept),
-            "same backend object"
-        );
+        assert!(Arc::ptr_eq(&shop2.backends[0], &kept), "same backend object");
         assert_eq!(kept.limit(), 8, "limit updated in place");
-        assert!(
-            Arc::ptr_eq(&shop.shared.queue, &shop2.shared.queue),
-            "queue carried"
-        );
+        assert!(Arc::ptr_eq(&shop.shared.queue, &shop2.shared.queue), "queue carried");
         assert_eq!(removed.state(), BackendState::Draining);
         assert!(Arc::ptr_eq(&shop2.draining[0], &removed));
         drop(slot);
@@ -323,10 +281,7 @@ backends = [ {{ address = "127.0.0.1:9100" }} ]
         // Re-adding it brings it back as the same object.
         state.apply(config(true, 8));
         let again = state.load();
-        assert!(Arc::ptr_eq(
-            &again.pool("shop").unwrap().backends[1],
-            &removed
-        ));
+        assert!(Arc::ptr_eq(&again.pool("shop").unwrap().backends[1], &removed));
         assert_eq!(removed.state(), BackendState::Active);
     }
 }

@@ -85,16 +85,11 @@ impl Balancer {
             Balance::P2c => Balancer::P2c,
             Balance::PeakEwma => Balancer::PeakEwma,
             Balance::RoundRobin => Balancer::RoundRobin {
-                schedule: smooth_weighted_schedule(
-                    &backends.iter().map(|b| b.weight()).collect::<Vec<_>>(),
-                ),
+                schedule: smooth_weighted_schedule(&backends.iter().map(|b| b.weight()).collect::<Vec<_>>()),
                 cursor,
             },
             Balance::Hash => Balancer::Hash(Ring::new(
-                &backends
-                    .iter()
-                    .map(|b| (b.address, b.weight()))
-                    .collect::<Vec<_>>(),
+                &backends.iter().map(|b| (b.address, b.weight())).collect::<Vec<_>>(),
             )),
         }
     }
@@ -174,17 +169,8 @@ fn two_choices(
     }
     for _ in 0..P2C_DRAWS {
         let (a, b) = p2c_candidates(cx.rng, n);
-        match (
-            eligible(backends, a, cx.exclude),
-            eligible(backends, b, cx.exclude),
-        ) {
-            (true, true) => {
-                return Some(if better(&backends[a], &backends[b]) {
-                    a
-                } else {
-                    b
-                })
-            }
+        match (eligible(backends, a, cx.exclude), eligible(backends, b, cx.exclude)) {
+            (true, true) => return Some(if better(&backends[a], &backends[b]) { a } else { b }),
             (true, false) => return Some(a),
             (false, true) => return Some(b),
             (false, false) => {}

@@ -35,10 +35,7 @@ pub struct Ring {
 
 impl Ring {
     pub fn new(members: &[(SocketAddr, u32)]) -> Ring {
-        let wanted: usize = members
-            .iter()
-            .map(|(_, w)| (*w * VNODES_PER_WEIGHT) as usize)
-            .sum();
+        let wanted: usize = members.iter().map(|(_, w)| (*w * VNODES_PER_WEIGHT) as usize).sum();
         let scale = if wanted > MAX_POINTS {
             MAX_POINTS as f64 / wanted as f64
         } else {
@@ -90,11 +87,7 @@ mod tests {
     #[test]
     fn removing_one_backend_moves_only_its_keys() {
         let all = members(10);
-        let fewer: Vec<_> = all
-            .iter()
-            .copied()
-            .filter(|(a, _)| a.port() != 9003)
-            .collect();
+        let fewer: Vec<_> = all.iter().copied().filter(|(a, _)| a.port() != 9003).collect();
         let (a, b) = (Ring::new(&all), Ring::new(&fewer));
         let mut moved = 0;
         for k in 0..10_000u64 {

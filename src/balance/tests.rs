@@ -4,13 +4,7 @@ use super::*;
 use crate::pool::BackendState;
 use proptest::prelude::*;
 
-fn backend(
-    port: u16,
-    weight: u32,
-    limit: u32,
-    in_flight: u32,
-    state: BackendState,
-) -> Arc<Backend> {
+fn backend(port: u16, weight: u32, limit: u32, in_flight: u32, state: BackendState) -> Arc<Backend> {
     let b = Arc::new(Backend::new(
         "p".into(),
         ([127, 0, 0, 1], port).into(),
@@ -169,19 +163,12 @@ fn peak_ewma_avoids_the_slow_backend() {
 
 #[test]
 fn round_robin_follows_smooth_weights() {
-    assert_eq!(
-        smooth_weighted_schedule(&[5, 1, 1]),
-        vec![0, 0, 1, 0, 2, 0, 0]
-    );
+    assert_eq!(smooth_weighted_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
     assert_eq!(smooth_weighted_schedule(&[2, 2]), vec![0, 1]);
     let backends: Vec<_> = (0..3)
         .map(|i| backend(9000 + i, 1, 10, 0, BackendState::Active))
         .collect();
-    let bal = Balancer::new(
-        Balance::RoundRobin,
-        &backends,
-        Arc::new(AtomicUsize::new(0)),
-    );
+    let bal = Balancer::new(Balance::RoundRobin, &backends, Arc::new(AtomicUsize::new(0)));
     let mut rng = fastrand::Rng::with_seed(1);
     let picks: Vec<_> = (0..6)
         .map(|_| {
@@ -223,9 +210,5 @@ fn hash_keeps_a_key_on_one_backend_and_moves_it_only_when_full() {
         assert_eq!(pick(&mut rng), owner);
     }
     assert!(backends[owner].try_claim_slot() && backends[owner].try_claim_slot());
-    assert_ne!(
-        pick(&mut rng),
-        owner,
-        "a full owner spills to the next on the ring"
-    );
+    assert_ne!(pick(&mut rng), owner, "a full owner spills to the next on the ring");
 }

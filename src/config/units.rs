@@ -24,9 +24,7 @@ pub struct ByteSize(pub u64);
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
-        return Err(
-            "expected a duration such as \"250ms\" or \"5s\", found an empty string".into(),
-        );
+        return Err("expected a duration such as \"250ms\" or \"5s\", found an empty string".into());
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -49,11 +47,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            other => {
-                return Err(format!(
-                    "`{text}`: unknown unit `{other}`, expected ms, s, m or h"
-                ))
-            }
+            other => return Err(format!("`{text}`: unknown unit `{other}`, expected ms, s, m or h")),
         };
         rest = &rest[unit_len..];
         total += Duration::from_secs_f64(value * scale);
@@ -82,9 +76,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    number
-        .checked_mul(scale)
-        .ok_or_else(|| format!("`{text}`: too large"))
+    number.checked_mul(scale).ok_or_else(|| format!("`{text}`: too large"))
 }
 
 impl<'de> Deserialize<'de> for HumanDuration {
@@ -142,9 +134,7 @@ mod tests {
     #[test]
     fn durations_reject_missing_or_unknown_units() {
         assert!(parse_duration("5").unwrap_err().contains("needs a unit"));
-        assert!(parse_duration("5x")
-            .unwrap_err()
-            .contains("unknown unit `x`"));
+        assert!(parse_duration("5x").unwrap_err().contains("unknown unit `x`"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
     }

@@ -14,8 +14,8 @@ use toml::Spanned;
 use super::defaults as d;
 use super::file::{RawBalance, RawConfig, RawPool, RawUpstream};
 use super::{
-    Admin, BackendConfig, Balance, CertificatePaths, Config, ConfigError, HashKey, Limits,
-    Listener, PoolConfig, Route, Runtime, Tls, UpstreamProtocol,
+    Admin, BackendConfig, Balance, CertificatePaths, Config, ConfigError, HashKey, Limits, Listener, PoolConfig, Route,
+    Runtime, Tls, UpstreamProtocol,
 };
 
 /// Hyper refuses read buffers smaller than this.
@@ -27,12 +27,7 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn error(
-        &self,
-        span: Range<usize>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
+    fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         let (line, col) = position(self.text, span.start);
         ConfigError::Invalid {
             path: self.source.to_string(),
@@ -70,10 +65,7 @@ fn key_at(text: &str, offset: usize) -> String {
     let line = &text[line_start..line_end];
     let trimmed = line.trim();
     if trimmed.starts_with('[') {
-        return trimmed
-            .trim_matches(|c| c == '[' || c == ']')
-            .trim()
-            .to_string();
+        return trimmed.trim_matches(|c| c == '[' || c == ']').trim().to_string();
     }
     // Keys assigned on this line up to the offset, minus siblings already
     // closed by `,` or `}` (inline tables nest several on one line).
@@ -125,11 +117,7 @@ pub(super) fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config,
     let cx = Ctx { text, source };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        cx.error(
-            span.clone(),
-            key_at(text, span.start),
-            e.message().trim().to_string(),
-        )
+        cx.error(span.clone(), key_at(text, span.start), e.message().trim().to_string())
     })?;
     validate(&cx, raw, base_dir)
 }
@@ -142,10 +130,7 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
             }
             w => w.map(Spanned::into_inner),
         },
-        shutdown_timeout: raw
-            .runtime
-            .shutdown_timeout
-            .map_or(d::SHUTDOWN_TIMEOUT, |x| x.0),
+        shutdown_timeout: raw.runtime.shutdown_timeout.map_or(d::SHUTDOWN_TIMEOUT, |x| x.0),
     };
 
     let admin = match raw.admin {
@@ -162,24 +147,14 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
                     "a non-loopback admin listener needs `admin.token` (a bearer token)",
                 ));
             }
-            Some(Admin {
-                listen,
-                token: a.token,
-            })
+            Some(Admin { listen, token: a.token })
         }
     };
 
     let l = raw.limits;
     let limits = Limits {
-        max_connections: positive(
-            cx,
-            l.max_connections,
-            "limits.max_connections",
-            d::MAX_CONNECTIONS,
-        )?,
-        header_read_timeout: l
-            .header_read_timeout
-            .map_or(d::HEADER_READ_TIMEOUT, |x| x.0),
+        max_connections: positive(cx, l.max_connections, "limits.max_connections", d::MAX_CONNECTIONS)?,
+        header_read_timeout: l.header_read_timeout.map_or(d::HEADER_READ_TIMEOUT, |x| x.0),
         max_header_bytes: match l.max_header_bytes {
             Some(b) if (b.get_ref().0 as usize) < MIN_HEADER_BYTES => {
                 return Err(cx.error(
@@ -192,12 +167,8 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
             None => d::MAX_HEADER_BYTES,
         },
         max_headers: positive(cx, l.max_headers, "limits.max_headers", d::MAX_HEADERS)?,
-        tls_handshake_timeout: l
-            .tls_handshake_timeout
-            .map_or(d::TLS_HANDSHAKE_TIMEOUT, |x| x.0),
-        h2_max_concurrent_streams: l
-            .h2_max_concurrent_streams
-            .unwrap_or(d::H2_MAX_CONCURRENT_STREAMS),
+        tls_handshake_timeout: l.tls_handshake_timeout.map_or(d::TLS_HANDSHAKE_TIMEOUT, |x| x.0),
+        h2_max_concurrent_streams: l.h2_max_concurrent_streams.unwrap_or(d::H2_MAX_CONCURRENT_STREAMS),
     };
 
     if raw.listeners.is_empty() {
@@ -268,20 +239,12 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
             return Err(cx.error(
                 rr.pool.span(),
                 format!("{key}.pool"),
-                format!(
-                    "no pool named `{}` (defined: {})",
-                    rr.pool.get_ref(),
-                    known.join(", ")
-                ),
+                format!("no pool named `{}` (defined: {})", rr.pool.get_ref(), known.join(", ")),
             ));
         }
         let path_prefix = match rr.path_prefix {
             Some(p) if !p.get_ref().starts_with('/') => {
-                return Err(cx.error(
-                    p.span(),
-                    format!("{key}.path_prefix"),
-                    "must start with `/`",
-                ))
+                return Err(cx.error(p.span(), format!("{key}.path_prefix"), "must start with `/`"))
             }
             Some(p) => p.into_inner(),
             None => "/".to_string(),
@@ -334,12 +297,7 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
     })
 }
 
-fn positive(
-    cx: &Ctx<'_>,
-    v: Option<Spanned<usize>>,
-    key: &str,
-    default: usize,
-) -> Result<usize, ConfigError> {
+fn positive(cx: &Ctx<'_>, v: Option<Spanned<usize>>, key: &str, default: usize) -> Result<usize, ConfigError> {
     match v {
         Some(v) if *v.get_ref() == 0 => Err(cx.error(v.span(), key, "must be at least 1")),
         Some(v) => Ok(v.into_inner()),
@@ -347,12 +305,7 @@ fn positive(
     }
 }
 
-fn validate_pool(
-    cx: &Ctx<'_>,
-    name: &str,
-    rp: RawPool,
-    span: Range<usize>,
-) -> Result<PoolConfig, ConfigError> {
+fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> Result<PoolConfig, ConfigError> {
     let key = format!("pools.{name}");
     let balance = match rp.balance.unwrap_or(RawBalance::LeastConn) {
         RawBalance::LeastConn => Balance::LeastConn,
@@ -371,17 +324,12 @@ fn validate_pool(
                     "only applies to balance = \"hash\"",
                 ));
             }
-            parse_hash_key(h.get_ref())
-                .map_err(|m| cx.error(h.span(), format!("{key}.hash_key"), m))?
+            parse_hash_key(h.get_ref()).map_err(|m| cx.error(h.span(), format!("{key}.hash_key"), m))?
         }
     };
     let max_concurrency = match rp.max_concurrency {
         Some(m) if *m.get_ref() == 0 => {
-            return Err(cx.error(
-                m.span(),
-                format!("{key}.max_concurrency"),
-                "must be at least 1",
-            ))
+            return Err(cx.error(m.span(), format!("{key}.max_concurrency"), "must be at least 1"))
         }
         Some(m) => m.into_inner(),
         None => d::MAX_CONCURRENCY,
@@ -421,14 +369,8 @@ fn validate_pool(
         balance,
         hash_key,
         max_concurrency,
-        queue_max_depth: queue
-            .as_ref()
-            .and_then(|q| q.max_depth)
-            .unwrap_or(d::QUEUE_MAX_DEPTH),
-        queue_timeout: queue
-            .as_ref()
-            .and_then(|q| q.timeout)
-            .map_or(d::QUEUE_TIMEOUT, |x| x.0),
+        queue_max_depth: queue.as_ref().and_then(|q| q.max_depth).unwrap_or(d::QUEUE_MAX_DEPTH),
+        queue_timeout: queue.as_ref().and_then(|q| q.timeout).map_or(d::QUEUE_TIMEOUT, |x| x.0),
         connect_timeout: timeouts
             .as_ref()
             .and_then(|t| t.connect)
@@ -446,10 +388,7 @@ fn validate_pool(
             RawUpstream::Http1 => UpstreamProtocol::Http1,
             RawUpstream::H2c => UpstreamProtocol::H2c,
         },
-        connect_retries: retries
-            .as_ref()
-            .and_then(|r| r.connect)
-            .unwrap_or(d::CONNECT_RETRIES),
+        connect_retries: retries.as_ref().and_then(|r| r.connect).unwrap_or(d::CONNECT_RETRIES),
         retry_idempotent: retries.as_ref().and_then(|r| r.idempotent).unwrap_or(false),
         backends,
     })
@@ -572,14 +511,8 @@ backends = [ { address = "127.0.0.1:9001" } ]
     #[test]
     fn hash_key_forms() {
         assert_eq!(parse_hash_key("client_ip"), Ok(HashKey::ClientIp));
-        assert_eq!(
-            parse_hash_key("cookie:cart"),
-            Ok(HashKey::Cookie("cart".into()))
-        );
-        assert!(matches!(
-            parse_hash_key("header:x-cart"),
-            Ok(HashKey::Header(_))
-        ));
+        assert_eq!(parse_hash_key("cookie:cart"), Ok(HashKey::Cookie("cart".into())));
+        assert!(matches!(parse_hash_key("header:x-cart"), Ok(HashKey::Header(_))));
         assert!(parse_hash_key("header:bad header").is_err());
         assert!(parse_hash_key("ip").is_err());
     }

@@ -57,11 +57,7 @@ struct Shared {
 }
 
 /// Serves until `shutdown` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    opts: BackendOptions,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, opts: BackendOptions, mut shutdown: watch::Receiver<bool>) {
     let shared = Arc::new(Shared {
         capacity: (opts.concurrency > 0).then(|| Semaphore::new(opts.concurrency)),
         name: HeaderValue::from_str(&opts.name).unwrap_or(HeaderValue::from_static("backend")),
@@ -69,10 +65,7 @@ pub async fn serve(
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1024);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
     let builder = Arc::new(builder);
     loop {
         let (stream, _) = tokio::select! {
@@ -83,9 +76,7 @@ pub async fn serve(
         let (shared, builder) = (Arc::clone(&shared), Arc::clone(&builder));
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await;
+            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
         });
     }
 }
@@ -104,10 +95,7 @@ fn delay_override(query: Option<&str>) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    mut req: Request<Incoming>,
-) -> Result<Response<Out>, Infallible> {
+async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Response<Out>, Infallible> {
     let _permit = match &shared.capacity {
         Some(s) => Some(s.acquire().await.expect("never closed")),
         None => None,
@@ -119,9 +107,7 @@ async fn handle(
     let path = req.uri().path().to_string();
     let mut resp = match path.as_str() {
         "/healthz" => Response::new(full("ok\n")),
-        "/" => Response::new(full(
-            "<!doctype html><title>tidegate demo shop</title><h1>Shop</h1>\n",
-        )),
+        "/" => Response::new(full("<!doctype html><title>tidegate demo shop</title><h1>Shop</h1>\n")),
         "/cart" if req.method() == http::Method::POST => {
             let mut n = 0usize;
             let mut body = req.into_body();
@@ -138,24 +124,21 @@ async fn handle(
         "/headers" => {
             let mut text = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
             for (k, v) in req.headers() {
-                text.push_str(&format!(
-                    "{}: {}\n",
-                    k,
-                    String::from_utf8_lossy(v.as_bytes())
-                ));
+                text.push_str(&format!("{}: {}\n", k, String::from_utf8_lossy(v.as_bytes())));
             }
             Response::new(full(text))
         }
         "/trailers" => {
             let mut t = HeaderMap::new();
             t.insert("x-checksum", HeaderValue::from_static("abc123"));
-            Response::new(
-                Trailing {
-                    data: Some(Bytes::from_static(b"hello")),
-                    trailers: Some(t),
-                }
-                .boxed(),
-            )
+            let body = Trailing {
+                data: Some(Bytes::from_static(b"hello")),
+                trailers: Some(t),
+            };
+            let mut r = Response::new(body.boxed());
+            r.headers_mut()
+                .insert(http::header::TRAILER, HeaderValue::from_static("x-checksum"));
+            r
         }
         "/upgrade" if req.headers().contains_key(http::header::UPGRADE) => {
             let on = hyper::upgrade::on(&mut req);
@@ -169,10 +152,8 @@ async fn handle(
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             r.headers_mut()
                 .insert(http::header::UPGRADE, HeaderValue::from_static("echo"));
-            r.headers_mut().insert(
-                http::header::CONNECTION,
-                HeaderValue::from_static("upgrade"),
-            );
+            r.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
             r
         }
         p if p.starts_with("/products/") => {
@@ -216,18 +197,13 @@ impl Body for Zeros {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
         let n = self.remaining.min(ZEROS.len() as u64);
         self.remaining -= n;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-            &ZEROS[..n as usize],
-        )))))
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS[..n as usize])))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -249,10 +225,7 @@ impl Body for Trailing {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         if let Some(d) = self.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
@@ -261,11 +234,7 @@ impl Body for Trailing {
 }
 
 /// Binds and serves on `addr` (used by the CLI).
-pub async fn run(
-    addr: SocketAddr,
-    opts: BackendOptions,
-    shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
+pub async fn run(addr: SocketAddr, opts: BackendOptions, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     serve(listener, opts, shutdown).await;
     Ok(())

@@ -38,13 +38,7 @@ impl Children {
         let mut children = Vec::with_capacity(addrs.len());
         for addr in &addrs {
             let child = Command::new(exe)
-                .args([
-                    "backend",
-                    "--listen",
-                    &addr.to_string(),
-                    "--name",
-                    &addr.to_string(),
-                ])
+                .args(["backend", "--listen", &addr.to_string(), "--name", &addr.to_string()])
                 .args([
                     "--service-time",
                     DEMO_SERVICE_TIME,

@@ -88,23 +88,14 @@ struct BackendMetrics {
 /// Tokio's clock, so paused-time tests control it.
 pub fn clock_ns() -> u64 {
     static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    EPOCH
-        .get_or_init(tokio::time::Instant::now)
-        .elapsed()
-        .as_nanos() as u64
+    EPOCH.get_or_init(tokio::time::Instant::now).elapsed().as_nanos() as u64
 }
 
 /// Initial latency estimate before the first response (1 ms).
 const EWMA_INITIAL_NS: f64 = 1_000_000.0;
 
 impl Backend {
-    pub fn new(
-        pool: Arc<str>,
-        address: SocketAddr,
-        weight: u32,
-        limit: u32,
-        max_idle: usize,
-    ) -> Backend {
+    pub fn new(pool: Arc<str>, address: SocketAddr, weight: u32, limit: u32, max_idle: usize) -> Backend {
         let label = address.to_string();
         let counter = |class: &'static str| metrics::counter!(names::REQUESTS_TOTAL, "pool" => pool.to_string(), "backend" => label.clone(), "code" => class);
         let metrics = BackendMetrics {
@@ -175,9 +166,7 @@ impl Backend {
         let limit = self.limit();
         let claimed = self
             .in_flight
-            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
-                (n < limit).then_some(n + 1)
-            })
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| (n < limit).then_some(n + 1))
             .is_ok();
         if claimed {
             self.metrics.in_flight.increment(1.0);
@@ -269,11 +258,7 @@ mod tests {
     #[test]
     fn only_active_backends_give_slots() {
         let b = backend(4);
-        for s in [
-            BackendState::Warming,
-            BackendState::Draining,
-            BackendState::Down,
-        ] {
+        for s in [BackendState::Warming, BackendState::Draining, BackendState::Down] {
             b.set_state(s);
             assert!(!b.try_claim_slot());
             assert!(!b.has_free_slot());

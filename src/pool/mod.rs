@@ -80,11 +80,7 @@ impl Pool {
                 return Ok(slot);
             }
         }
-        if !self
-            .backends
-            .iter()
-            .any(|b| b.state() == BackendState::Active)
-        {
+        if !self.backends.iter().any(|b| b.state() == BackendState::Active) {
             return Err(AdmitError::NoBackend);
         }
         let waiting = queue.enqueue()?;

@@ -77,10 +77,7 @@ impl Upstream {
 
     /// A pooled HTTP/1.1 connection that is still open and younger than
     /// `idle_timeout`, if there is one.
-    pub async fn pooled_h1(
-        &self,
-        idle_timeout: Duration,
-    ) -> Option<http1::SendRequest<RequestBody>> {
+    pub async fn pooled_h1(&self, idle_timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
         while let Some(Idle { mut sender, since }) = self.idle.pop() {
             if sender.is_closed() || since.elapsed() > idle_timeout {
                 continue;
@@ -155,10 +152,7 @@ impl Upstream {
     }
 }
 
-async fn dial(
-    addr: SocketAddr,
-    connect_timeout: Duration,
-) -> Result<TokioIo<TcpStream>, ConnectError> {
+async fn dial(addr: SocketAddr, connect_timeout: Duration) -> Result<TokioIo<TcpStream>, ConnectError> {
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout(connect_timeout))??;

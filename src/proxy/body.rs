@@ -84,10 +84,7 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = RequestBodyError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         if let Some(frame) = this.first.take() {
             return Poll::Ready(Some(Ok(frame)));
@@ -147,21 +144,14 @@ struct Lease {
 pub struct ResponseBody(Kind);
 
 enum Kind {
-    Upstream {
-        inner: Incoming,
-        lease: Option<Lease>,
-    },
+    Upstream { inner: Incoming, lease: Option<Lease> },
     Full(Option<Bytes>),
 }
 
 impl ResponseBody {
     /// The backend's body, holding the slot (and the HTTP/1.1 connection
     /// to return to the pool) until it ends.
-    pub fn upstream(
-        inner: Incoming,
-        slot: InFlight,
-        conn: Option<http1::SendRequest<RequestBody>>,
-    ) -> ResponseBody {
+    pub fn upstream(inner: Incoming, slot: InFlight, conn: Option<http1::SendRequest<RequestBody>>) -> ResponseBody {
         let mut body = ResponseBody(Kind::Upstream {
             inner,
             lease: Some(Lease { slot, conn }),
@@ -197,10 +187,7 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let (inner, lease) = match &mut this.0 {
             Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),

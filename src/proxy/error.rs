@@ -54,9 +54,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend | ProxyError::QueueFull | ProxyError::QueueTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoBackend | ProxyError::QueueFull | ProxyError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -103,10 +101,7 @@ impl ProxyError {
         ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if matches!(
-            self,
-            ProxyError::BadRequest(_) | ProxyError::PayloadTooLarge
-        ) {
+        if matches!(self, ProxyError::BadRequest(_) | ProxyError::PayloadTooLarge) {
             // The rest of the request may still be on the wire, unread.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

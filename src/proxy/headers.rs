@@ -11,15 +11,16 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
 /// Fields that describe one connection, never forwarded (RFC 9110 7.6.1,
-/// plus the legacy ones still seen in the wild).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// plus the legacy ones still seen in the wild). `Trailer` is deliberately
+/// absent: RFC 2616 listed it, RFC 9110 does not, and hyper only sends the
+/// trailer fields a response declares in it.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
-    header::TRAILER,
     HeaderName::from_static("keep-alive"),
 ];
 const PROXY_CONNECTION: &str = "proxy-connection";
@@ -32,10 +33,8 @@ const X_FORWARDED_HOST: &str = "x-forwarded-host";
 /// the client accepts trailers (`TE: trailers`), which is forwarded.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
     let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
     });
     if let Some(conn) = headers.get(header::CONNECTION) {
         if conn.as_bytes().contains(&b',') || !is_common_connection_value(conn.as_bytes()) {
@@ -71,19 +70,9 @@ fn is_common_connection_value(v: &[u8]) -> bool {
 
 /// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`,
 /// `X-Forwarded-Host` and `Via` to a request on its way to a backend.
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    tls: bool,
-    host: Option<&HeaderValue>,
-    version: Version,
-) {
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&HeaderValue>, version: Version) {
     let xff = HeaderName::from_static(X_FORWARDED_FOR);
-    let prior: Vec<&str> = headers
-        .get_all(&xff)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
+    let prior: Vec<&str> = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect();
     let value = if prior.is_empty() {
         client.to_string()
     } else {

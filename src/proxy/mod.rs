@@ -80,10 +80,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
     }
 }
 
-async fn forward(
-    conn: &ConnContext,
-    mut req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, ProxyError> {
+async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
     let snapshot = conn.state.load();
     check_framing(&req)?;
     let target = snapshot
@@ -123,12 +120,7 @@ async fn forward(
         let slot = pool.admit(&mut cx).await?;
         let backend = Arc::clone(slot.backend());
         let started = tokio::time::Instant::now();
-        let outcome = send(
-            cfg,
-            &backend,
-            request.take().expect("a request per attempt"),
-        )
-        .await;
+        let outcome = send(cfg, &backend, request.take().expect("a request per attempt")).await;
         let elapsed_ns = started.elapsed().as_nanos() as u64;
         let status = outcome.as_ref().ok().map(|(r, _)| r.status().as_u16());
         backend.record(
@@ -173,9 +165,7 @@ async fn forward(
 fn check_framing(req: &Request<Incoming>) -> Result<(), ProxyError> {
     let h = req.headers();
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(ProxyError::BadRequest(
-            "both Content-Length and Transfer-Encoding",
-        ));
+        return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding"));
     }
     if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
         return Err(ProxyError::BadRequest("more than one Content-Length"));
@@ -215,10 +205,8 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && req.headers().get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
         })
 }
 
@@ -272,9 +260,7 @@ fn upstream_request(
         }
     }
     if headers::strip_hop_by_hop(&mut parts.headers, upgrade) {
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     // tidegate answers `Expect: 100-continue` itself (hyper sends the 100
     // when the body is first read, i.e. once a backend is ready for it).
@@ -297,10 +283,7 @@ fn upstream_request(
         }
         UpstreamProtocol::H2c => {
             parts.version = Version::HTTP_2;
-            let authority = host
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
+            let authority = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("localhost");
             parts.uri = Uri::builder()
                 .scheme("http")
                 .authority(authority)
@@ -351,11 +334,7 @@ type Sent = (Response<Incoming>, Option<http1::SendRequest<RequestBody>>);
 /// Sends one request to one backend. A pooled HTTP/1.1 connection that
 /// turns out to be closed hands the request back unsent, and a fresh
 /// connection is tried on the same backend.
-async fn send(
-    cfg: &PoolConfig,
-    backend: &Backend,
-    mut req: Request<RequestBody>,
-) -> Result<Sent, SendError> {
+async fn send(cfg: &PoolConfig, backend: &Backend, mut req: Request<RequestBody>) -> Result<Sent, SendError> {
     let up = &backend.upstream;
     let header_timeout = cfg.response_header_timeout;
     match cfg.upstream {
@@ -372,12 +351,7 @@ async fn send(
                 Ok(Ok(resp)) => return Ok((resp, Some(sender))),
                 Ok(Err(mut e)) => match e.take_message() {
                     Some(back) if !fresh => req = back,
-                    Some(back) => {
-                        return Err(SendError::Connect(
-                            ConnectError::Handshake(e.into_error()),
-                            back,
-                        ))
-                    }
+                    Some(back) => return Err(SendError::Connect(ConnectError::Handshake(e.into_error()), back)),
                     None => return Err(SendError::Failed(e.into_error())),
                 },
             }
@@ -391,10 +365,7 @@ async fn send(
                 Err(_) => Err(SendError::Timeout),
                 Ok(Ok(resp)) => Ok((resp, None)),
                 Ok(Err(mut e)) => match e.take_message() {
-                    Some(back) => Err(SendError::Connect(
-                        ConnectError::Handshake(e.into_error()),
-                        back,
-                    )),
+                    Some(back) => Err(SendError::Connect(ConnectError::Handshake(e.into_error()), back)),
                     None => Err(SendError::Failed(e.into_error())),
                 },
             }
@@ -441,11 +412,7 @@ fn respond(
     Response::from_parts(parts, ResponseBody::upstream(body, slot, sender))
 }
 
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    slot: InFlight,
-) {
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, slot: InFlight) {
     match tokio::try_join!(client, upstream) {
         Ok((c, u)) => {
             let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
@@ -472,22 +439,11 @@ mod tests {
     #[test]
     fn cookie_affinity_reads_the_named_cookie() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; cart=xyz; b=2"),
-        );
-        let k = affinity_key(
-            &HashKey::Cookie("cart".into()),
-            &h,
-            "127.0.0.1".parse().unwrap(),
-        );
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; cart=xyz; b=2"));
+        let k = affinity_key(&HashKey::Cookie("cart".into()), &h, "127.0.0.1".parse().unwrap());
         assert_eq!(k, Some(hash_bytes(b"xyz")));
         assert_eq!(
-            affinity_key(
-                &HashKey::Cookie("none".into()),
-                &h,
-                "127.0.0.1".parse().unwrap()
-            ),
+            affinity_key(&HashKey::Cookie("none".into()), &h, "127.0.0.1".parse().unwrap()),
             None
         );
     }

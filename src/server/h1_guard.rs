@@ -282,10 +282,7 @@ impl<IO> H1Guard<IO> {
 
     fn chunk_size_line(&mut self) -> Verdict {
         let line = &self.line[..];
-        let digits_end = line
-            .iter()
-            .position(|b| !b.is_ascii_hexdigit())
-            .unwrap_or(line.len());
+        let digits_end = line.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(line.len());
         if digits_end == 0 || digits_end > 16 {
             return Verdict::Refuse;
         }
@@ -312,10 +309,7 @@ impl<IO> H1Guard<IO> {
 }
 
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(s.len());
+    let start = s.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(s.len());
     let end = s
         .iter()
         .rposition(|b| !matches!(b, b' ' | b'\t'))
@@ -331,11 +325,7 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for H1Guard<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match this.phase {
             Phase::Refused => return Poll::Ready(Ok(())),
@@ -359,11 +349,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for H1Guard<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for H1Guard<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -408,11 +394,7 @@ mod tests {
     fn every_split(input: &[u8]) -> Option<usize> {
         let whole = refused_at(input, input.len().max(1));
         for step in 1..input.len().min(40) {
-            assert_eq!(
-                refused_at(input, step),
-                whole,
-                "split into {step}-byte reads"
-            );
+            assert_eq!(refused_at(input, step), whole, "split into {step}-byte reads");
         }
         whole
     }
@@ -429,38 +411,32 @@ GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
     #[test]
     fn refuses_bare_lf_in_a_head() {
         assert_eq!(every_split(b"GET / HTTP/1.1\nHost: a\n\n"), Some(14));
-        assert!(every_split(
-            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\nTransfer-Encoding: chunked\r\n\r\n"
-        )
-        .is_some());
+        assert!(every_split(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\nTransfer-Encoding: chunked\r\n\r\n").is_some());
     }
 
     #[test]
     fn refuses_content_length_with_transfer_encoding_in_either_order() {
-        assert!(every_split(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n").is_some());
-        assert!(every_split(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n").is_some());
+        assert!(
+            every_split(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .is_some()
+        );
+        assert!(
+            every_split(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n")
+                .is_some()
+        );
     }
 
     #[test]
     fn refuses_conflicting_or_malformed_content_length() {
-        assert!(
-            every_split(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
-                .is_some()
-        );
+        assert!(every_split(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").is_some());
         assert!(every_split(b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n").is_some());
-        assert_eq!(
-            every_split(b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nhi"),
-            None
-        );
+        assert_eq!(every_split(b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nhi"), None);
     }
 
     #[test]
     fn refuses_obfuscated_transfer_encoding() {
         assert!(every_split(b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n").is_some());
-        assert!(
-            every_split(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n")
-                .is_some()
-        );
+        assert!(every_split(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n").is_some());
     }
 
     #[test]
@@ -475,20 +451,16 @@ GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
             b"11111111111111111\r\n",
         ] {
             let input = [head.clone(), body.to_vec()].concat();
-            assert!(
-                every_split(&input).is_some(),
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(every_split(&input).is_some(), "{:?}", String::from_utf8_lossy(body));
         }
     }
 
     #[test]
     fn steps_aside_for_http2_and_upgrades() {
+        assert_eq!(every_split(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\n\n\n"), None);
         assert_eq!(
-            every_split(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\n\n\n"),
+            every_split(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\n\0\n"),
             None
         );
-        assert_eq!(every_split(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\n\0\n"), None);
     }
 }

@@ -73,11 +73,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
-    let Bound {
-        name,
-        listener,
-        tls,
-    } = bound;
+    let Bound { name, listener, tls } = bound;
     let builder = Arc::new(builder(&limits));
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -138,9 +134,7 @@ impl Connection {
                 // known; a client that connects and sends nothing is bounded
                 // here instead.
                 let mut first = [0u8; 1];
-                match tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first))
-                    .await
-                {
+                match tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first)).await {
                     Ok(Ok(n)) if n > 0 => {
                         let io = H1Guard::new(stream, self.limits.max_header_bytes);
                         self.serve(io, peer, false).await
@@ -149,12 +143,7 @@ impl Connection {
                 }
             }
             Some(acceptor) => {
-                match tokio::time::timeout(
-                    self.limits.tls_handshake_timeout,
-                    acceptor.accept(stream),
-                )
-                .await
-                {
+                match tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
                         let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
                         let io = if h2 {
@@ -176,9 +165,7 @@ impl Connection {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let service = TowerToHyperService::new(Proxy::new(self.state, peer, tls));
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         if let Err(e) = self.watcher.watch(conn.into_owned()).await {
             tracing::debug!(%peer, error = %e, "client connection ended with an error");
         }

@@ -69,8 +69,7 @@ fn load_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
         return Err(file_error(cert, "no CERTIFICATE block found"));
     }
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
-    let signer =
-        rustls::crypto::ring::sign::any_supported_type(&private).map_err(|e| file_error(key, e))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&private).map_err(|e| file_error(key, e))?;
     let ck = CertifiedKey::new(chain, signer);
     ck.keys_match()
         .map_err(|e| file_error(key, format!("does not match {}: {e}", cert.display())))?;
@@ -84,12 +83,10 @@ pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, TlsError> {
         .iter()
         .map(|c| load_key(&c.cert, &c.key).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(SniResolver { keys }));
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { keys }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -1,0 +1,236 @@
+//! Shared test harness: real sockets on 127.0.0.1 with ephemeral ports.
+//! Backends are the real `tidegate backend` server run in-process; the
+//! proxy is the real library (`bind` + `run`); clients are hyper's.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tidegate::config::Config;
+use tidegate::demo::backend::{self, BackendOptions};
+use tidegate::state::State;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Upper bound for any single wait in a test: a safety net, never a
+/// synchronisation mechanism.
+pub const BOUND: Duration = Duration::from_secs(10);
+
+pub struct TestBackend {
+    pub addr: SocketAddr,
+    _stop: watch::Sender<bool>,
+}
+
+pub async fn backend(name: &str) -> TestBackend {
+    backend_with(name, Duration::ZERO, 0).await
+}
+
+pub async fn backend_with(name: &str, service_time: Duration, concurrency: usize) -> TestBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = watch::channel(false);
+    let opts = BackendOptions {
+        name: name.to_string(),
+        service_time,
+        concurrency,
+    };
+    tokio::spawn(backend::serve(listener, opts, rx));
+    TestBackend { addr, _stop: tx }
+}
+
+/// An address nothing listens on (bound, then closed).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestProxy {
+    /// Signals shutdown and waits for the drain to finish.
+    pub async fn shutdown(mut self) {
+        self.signal_shutdown();
+        self.join().await;
+    }
+
+    /// Signals shutdown (as SIGTERM does) without waiting.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for `run` to return.
+    pub async fn join(self) {
+        tokio::time::timeout(BOUND, self.task)
+            .await
+            .expect("proxy stopped in time")
+            .unwrap();
+    }
+}
+
+/// A config with one listener on an ephemeral port and a pool `shop` of
+/// `backends`; `pool_extra` is appended to `[pools.shop]`, `top` goes first.
+pub fn config_text(backends: &[SocketAddr], top: &str, pool_extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
+    format!(
+        "{top}\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n[pools.shop]\n{pool_extra}\nbackends = [ {} ]\n",
+        list.join(", ")
+    )
+}
+
+pub async fn proxy(text: &str) -> TestProxy {
+    let config = Config::parse(text, "test.toml", std::path::Path::new(".")).expect("valid test config");
+    proxy_from(config).await
+}
+
+pub async fn proxy_from(config: Config) -> TestProxy {
+    let bound = tidegate::bind(&config).await.expect("bind");
+    let addr = bound[0].listener.local_addr().unwrap();
+    let state = State::new(config);
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(tidegate::run(Arc::clone(&state), bound, async {
+        let _ = rx.await;
+    }));
+    TestProxy {
+        addr,
+        state,
+        stop: Some(tx),
+        task,
+    }
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn backend(&self) -> String {
+        self.headers
+            .get("x-backend")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+}
+
+pub async fn collect(resp: http::Response<hyper::body::Incoming>) -> Answer {
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("body");
+    let trailers = collected.trailers().cloned();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
+}
+
+pub async fn h1(addr: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    sender
+}
+
+pub async fn h2(addr: SocketAddr) -> http2::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
+pub fn request(method: &str, path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "shop.test")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+/// One GET on a fresh HTTP/1.1 connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Answer {
+    let mut s = h1(addr).await;
+    let resp = tokio::time::timeout(BOUND, s.send_request(request("GET", path, "")))
+        .await
+        .unwrap()
+        .unwrap();
+    collect(resp).await
+}
+
+/// Sends raw bytes and reads until the peer closes (or `BOUND` passes).
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(BOUND, s.read_to_end(&mut out)).await;
+    out
+}
+
+/// A raw TCP backend that records every byte it receives and answers each
+/// request head with `200 ok` (used to prove that nothing reached it).
+pub struct Recorder {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<u8>>>,
+}
+
+pub async fn recorder() -> Recorder {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let rec = Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let rec = Arc::clone(&rec);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    }
+                }
+            });
+        }
+    });
+    Recorder { addr, received }
+}
+
+/// Waits (yielding, bounded) until `cond` holds: for observing state the
+/// proxy changes on another task, instead of sleeping.
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

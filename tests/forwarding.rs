@@ -1,0 +1,185 @@
+//! HTTP/1.1 forwarding semantics (RFC 9110/9112) through a real proxy to a
+//! real backend.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn a_get_is_forwarded_with_host_kept_and_forwarded_headers_added() {
+    let b = backend("b1").await;
+    let p = proxy(&config_text(&[b.addr], "", "")).await;
+    let mut s = h1(p.addr).await;
+    let req = http::Request::builder()
+        .uri("/headers?x=1")
+        .header("host", "shop.example:8443")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let a = collect(s.send_request(req).await.unwrap()).await;
+    assert_eq!(a.status, 200);
+    let seen = a.text();
+    assert!(seen.starts_with("GET /headers?x=1 HTTP/1.1\n"), "{seen}");
+    assert!(seen.contains("host: shop.example:8443\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-host: shop.example:8443\n"), "{seen}");
+    assert!(seen.contains("via: 1.1 tidegate\n"), "{seen}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_and_those_connection_names_are_not_forwarded() {
+    let b = backend("b1").await;
+    let p = proxy(&config_text(&[b.addr], "", "")).await;
+    let out = raw(
+        p.addr,
+        b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-private\r\nX-Private: secret\r\n\
+Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: gzip\r\nX-Public: yes\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    for gone in ["x-private", "keep-alive: timeout", "proxy-connection", "te: gzip"] {
+        assert!(!text.contains(gone), "{gone} was forwarded:\n{text}");
+    }
+    assert!(text.contains("x-public: yes"));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn head_204_and_304_carry_no_body() {
+    let b = backend("b1").await;
+    let p = proxy(&config_text(&[b.addr], "", "")).await;
+    let mut s = h1(p.addr).await;
+    for (method, path, status) in [
+        ("HEAD", "/products/1", 200),
+        ("GET", "/status/204", 204),
+        ("GET", "/status/304", 304),
+    ] {
+        let a = collect(s.send_request(request(method, path, "")).await.unwrap()).await;
+        assert_eq!(a.status, status, "{method} {path}");
+        assert!(a.body.is_empty(), "{method} {path} had a body");
+    }
+    // The keep-alive connection is still in step after bodiless responses.
+    let a = collect(s.send_request(request("GET", "/products/7", "")).await.unwrap()).await;
+    assert!(a.text().contains("\"id\":\"7\""));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn expect_100_continue_gets_a_100_then_the_response() {
+    let b = backend("b1").await;
+    let p = proxy(&config_text(&[b.addr], "", "")).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"POST /cart HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(BOUND, s.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let mut rest = vec![0u8; 1024];
+    let n = tokio::time::timeout(BOUND, s.read(&mut rest)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&rest[..n]);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.ends_with("{\"received\":5}\n"), "{text}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn trailers_pass_through_to_a_client_that_accepts_them() {
+    let b = backend("b1").await;
+    let p = proxy(&config_text(&[b.addr], "", "")).await;
+    let mut s = h1(p.addr).await;
+    let mut req = request("GET", "/trailers", "");
+    req.headers_mut().insert("te", "trailers".parse().unwrap());
+    let a = collect(s.send_request(req).await.unwrap()).await;
+    assert_eq!(a.text(), "hello");
+    assert_eq!(a.trailers.expect("trailers")["x-checksum"], "abc123");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http10_client_is_served() {
+    let b = backend("b1").await;
+    let p = proxy(&config_text(&[b.addr], "", "")).await;
+    let out = raw(p.addr, b"GET /products/3 HTTP/1.0\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.0 200 OK"), "{text}");
+    assert!(text.ends_with("\"price_cents\":1999}\n"), "{text}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_without_being_buffered() {
+    const MIB: usize = 1024 * 1024;
+    let b = backend("b1").await;
+    let route = "[[route]]\npool = \"shop\"\nmax_body = \"1GiB\"\n";
+    let p = proxy(&config_text(&[b.addr], route, "")).await;
+
+    // Download 256 MiB: generated by the backend as it is read.
+    let mut s = h1(p.addr).await;
+    let resp = s
+        .send_request(request("GET", &format!("/bytes/{}", 256 * MIB), ""))
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        total += frame.unwrap().data_ref().map_or(0, Bytes::len);
+    }
+    assert_eq!(total, 256 * MIB);
+
+    // Upload 64 MiB, chunked, echoed back as it streams.
+    let stream = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let (mut up, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let body = Sevens { left: 64 };
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/echo")
+        .header("host", "a")
+        .body(body)
+        .unwrap();
+    let resp = up.send_request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let mut echoed = 0usize;
+    while let Some(frame) = body.frame().await {
+        let f = frame.unwrap();
+        if let Some(d) = f.data_ref() {
+            assert!(d.iter().all(|&x| x == 7));
+            echoed += d.len();
+        }
+    }
+    assert_eq!(echoed, 64 * MIB);
+    p.shutdown().await;
+}
+
+/// `left` chunks of 1 MiB of sevens, with no length known up front (sent
+/// chunked).
+struct Sevens {
+    left: usize,
+}
+
+impl http_body::Body for Sevens {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![7u8; 1024 * 1024])))))
+    }
+}
