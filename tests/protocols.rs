@@ -1,0 +1,184 @@
+//! HTTP/2 (h2c and over TLS), TLS with SNI and ALPN, h2c upstreams, and
+//! protocol upgrades, through a real proxy.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_multiplexes_requests() {
+    let b = backend("b1").await;
+    let p = proxy(&config_text(&[b.addr], "", "")).await;
+    let s = h2(p.addr).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::builder()
+                .uri(format!("http://shop.test/products/{i}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            collect(s.send_request(req).await.unwrap()).await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, 200);
+        assert!(a.text().contains(&format!("\"id\":\"{i}\"")));
+    }
+    let mut s2 = s.clone();
+    let req = http::Request::builder()
+        .uri("http://shop.test/headers")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let seen = collect(s2.send_request(req).await.unwrap()).await.text();
+    assert!(seen.contains("host: shop.test\n"), "HTTP/2 :authority becomes Host upstream:\n{seen}");
+    assert!(seen.contains("via: 2 tidegate\n"), "{seen}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_h2c_upstream_pool_speaks_http2_to_its_backends() {
+    let b = backend("b1").await;
+    let p = proxy(&config_text(&[b.addr], "", "upstream = \"h2c\"")).await;
+    for _ in 0..3 {
+        let a = get(p.addr, "/headers").await;
+        assert_eq!(a.status, 200);
+        assert!(a.text().starts_with("GET http://shop.test/headers HTTP/2.0\n"), "{}", a.text());
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upgrade_is_tunnelled_both_ways_and_holds_its_slot_until_closed() {
+    let b = backend("b1").await;
+    let p = proxy(&config_text(&[b.addr], "", "")).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(BOUND, s.read_exact(&mut byte)).await.unwrap().unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    let backend_obj = Arc::clone(&p.state.load().pools[0].backends[0]);
+    assert_eq!(backend_obj.in_flight(), 1, "the tunnel holds a slot");
+    // A masked WebSocket text frame "hi", and a second message, echoed byte for byte.
+    for frame in [&b"\x81\x82\x01\x02\x03\x04\x69\x6b"[..], b"and more bytes"] {
+        s.write_all(frame).await.unwrap();
+        let mut back = vec![0u8; frame.len()];
+        tokio::time::timeout(BOUND, s.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, frame);
+    }
+    drop(s);
+    until("the tunnel's slot is released", || backend_obj.in_flight() == 0).await;
+    p.shutdown().await;
+}
+
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: CertificateDer<'static>,
+}
+
+/// A CA and two leaf certificates (shop.example, admin.example) signed by
+/// it, written as PEM files.
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    for name in ["shop.example", "admin.example"] {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+    Pki { ca: ca.der().clone(), dir }
+}
+
+async fn tls_connect(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    sni: &str,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(addr).await?;
+    connector.connect(ServerName::try_from(sni.to_string()).unwrap(), tcp).await
+}
+
+#[tokio::test]
+async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_http11_by_alpn() {
+    let pki = pki();
+    let b = backend("b1").await;
+    let d = pki.dir.path().display();
+    let listener_tls = format!(
+        "tls = {{ certificates = [ {{ cert = \"{d}/shop.example.pem\", key = \"{d}/shop.example.key\" }}, \
+{{ cert = \"{d}/admin.example.pem\", key = \"{d}/admin.example.key\" }} ] }}"
+    );
+    let text = config_text(&[b.addr], "", "").replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:0\"\n{listener_tls}"));
+    let p = proxy(&text).await;
+
+    // SNI admin.example gets the second certificate (the handshake verifies
+    // the name against the CA), and ALPN h2 gives HTTP/2.
+    let tls = tls_connect(&pki, p.addr, "admin.example", b"h2").await.expect("admin.example handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut s, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("https://admin.example/headers")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let seen = collect(s.send_request(req).await.unwrap()).await.text();
+    assert!(seen.contains("x-forwarded-proto: https\n"), "{seen}");
+
+    // SNI shop.example with ALPN http/1.1.
+    let tls = tls_connect(&pki, p.addr, "shop.example", b"http/1.1").await.expect("shop.example handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let a = collect(s.send_request(request("GET", "/products/5", "")).await.unwrap()).await;
+    assert_eq!(a.status, 200);
+
+    // A name no certificate covers falls back to the first, which the
+    // client then rejects: proof the fallback is not a wildcard.
+    assert!(tls_connect(&pki, p.addr, "other.example", b"h2").await.is_err());
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_listener_with_a_missing_certificate_refuses_to_start() {
+    let text = config_text(&[dead_addr().await], "", "").replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\ntls = { certificates = [ { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" } ] }",
+    );
+    let config = tidegate::config::Config::parse(&text, "t.toml", std::path::Path::new(".")).unwrap();
+    let err = tidegate::bind(&config).await.err().expect("refused").to_string();
+    assert!(err.contains("listener `web`") && err.contains("/nonexistent/c.pem"), "{err}");
+}
