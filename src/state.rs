@@ -74,7 +74,7 @@ impl Router {
             }
         }
         for list in r.by_host.values_mut().chain(std::iter::once(&mut r.any_host)) {
-            list.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            list.sort_by_key(|e| std::cmp::Reverse(e.prefix.len()));
         }
         r
     }

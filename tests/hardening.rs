@@ -15,7 +15,11 @@ async fn refused_without_reaching_the_backend(input: &[u8], expect_status: &str)
     let p = proxy(&config_text(&[rec.addr], "", "")).await;
     let out = raw(p.addr, input).await;
     let text = String::from_utf8_lossy(&out);
-    assert!(text.starts_with(expect_status), "for {:?}\ngot {text:?}", String::from_utf8_lossy(input));
+    assert!(
+        text.starts_with(expect_status),
+        "for {:?}\ngot {text:?}",
+        String::from_utf8_lossy(input)
+    );
     assert!(
         rec.received.lock().unwrap().is_empty(),
         "the backend received {:?}",
@@ -45,14 +49,26 @@ async fn conflicting_content_lengths_are_refused() {
         "HTTP/1.1 400",
     )
     .await;
-    refused_without_reaching_the_backend(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\nhello!", "HTTP/1.1 400")
-        .await;
+    refused_without_reaching_the_backend(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        "HTTP/1.1 400",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn malformed_chunk_sizes_are_refused() {
-    for body in [&b"zz\r\nhello\r\n0\r\n\r\n"[..], b"5\nhello\r\n0\r\n\r\n", b"-5\r\nhello\r\n0\r\n\r\n", b"5 x\r\nhello\r\n0\r\n\r\n"] {
-        let input = [&b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"[..], body].concat();
+    for body in [
+        &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+        b"5\nhello\r\n0\r\n\r\n",
+        b"-5\r\nhello\r\n0\r\n\r\n",
+        b"5 x\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let input = [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            body,
+        ]
+        .concat();
         refused_without_reaching_the_backend(&input, "HTTP/1.1 400").await;
     }
 }
@@ -74,8 +90,11 @@ async fn obfuscated_transfer_encodings_are_refused() {
 #[tokio::test]
 async fn bare_lf_and_nul_in_headers_are_refused() {
     refused_without_reaching_the_backend(b"GET / HTTP/1.1\nHost: a\n\n", "HTTP/1.1 400").await;
-    refused_without_reaching_the_backend(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.1 400")
-        .await;
+    refused_without_reaching_the_backend(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\nTransfer-Encoding: chunked\r\n\r\n",
+        "HTTP/1.1 400",
+    )
+    .await;
     refused_without_reaching_the_backend(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", "HTTP/1.1 400").await;
 }
 
@@ -157,7 +176,13 @@ async fn http2_header_values_with_cr_or_lf_never_reach_the_backend() {
     let rec = recorder().await;
     let p = proxy(&config_text(&[rec.addr], "", "")).await;
     for evil in [&b"a\r\nx-injected: 1"[..], b"a\nb", b"a\rb"] {
-        let block = headers(&[(":method", b"GET"), (":scheme", b"http"), (":path", b"/"), (":authority", b"a"), ("x-evil", evil)]);
+        let block = headers(&[
+            (":method", b"GET"),
+            (":scheme", b"http"),
+            (":path", b"/"),
+            (":authority", b"a"),
+            ("x-evil", evil),
+        ]);
         let answer = h2_exchange(p.addr, &[frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)]).await;
         assert!(answer == "RST_STREAM 1" || answer == "GOAWAY 1", "{answer}");
     }
@@ -178,18 +203,34 @@ async fn http2_content_length_mismatches_never_reach_the_backend() {
             (":authority", b"a"),
             ("content-length", declared),
         ]);
-        let answer = h2_exchange(p.addr, &[frame(HEADERS, END_HEADERS, 1, &block), frame(DATA, END_STREAM, 1, sent)]).await;
-        assert!(answer == "RST_STREAM 1" || answer == "GOAWAY 1" || answer.starts_with("HEADERS"), "{answer}");
+        let answer = h2_exchange(
+            p.addr,
+            &[frame(HEADERS, END_HEADERS, 1, &block), frame(DATA, END_STREAM, 1, sent)],
+        )
+        .await;
+        assert!(
+            answer == "RST_STREAM 1" || answer == "GOAWAY 1" || answer.starts_with("HEADERS"),
+            "{answer}"
+        );
         assert_ne!(answer, "HEADERS 88", "a 200 means it was forwarded");
     }
-    assert!(rec.received.lock().unwrap().is_empty(), "{:?}", String::from_utf8_lossy(&rec.received.lock().unwrap()));
+    assert!(
+        rec.received.lock().unwrap().is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&rec.received.lock().unwrap())
+    );
     p.shutdown().await;
 }
 
 #[tokio::test]
 async fn oversized_heads_get_431() {
     let rec = recorder().await;
-    let p = proxy(&config_text(&[rec.addr], "[limits]\nmax_header_bytes = \"16KiB\"\nmax_headers = 20\n", "")).await;
+    let p = proxy(&config_text(
+        &[rec.addr],
+        "[limits]\nmax_header_bytes = \"16KiB\"\nmax_headers = 20\n",
+        "",
+    ))
+    .await;
     let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "x".repeat(20 * 1024));
     let out = raw(p.addr, big.as_bytes()).await;
     assert!(out.starts_with(b"HTTP/1.1 431"), "{}", String::from_utf8_lossy(&out));
@@ -205,9 +246,17 @@ async fn bodies_over_the_route_limit_get_413_whether_declared_or_chunked() {
     let rec = recorder().await;
     let route = "[[route]]\npool = \"shop\"\nmax_body = 10\n";
     let p = proxy(&config_text(&[rec.addr], route, "")).await;
-    let out = raw(p.addr, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world").await;
+    let out = raw(
+        p.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world",
+    )
+    .await;
     assert!(out.starts_with(b"HTTP/1.1 413"), "{}", String::from_utf8_lossy(&out));
-    let out = raw(p.addr, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n").await;
+    let out = raw(
+        p.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n",
+    )
+    .await;
     assert!(out.starts_with(b"HTTP/1.1 413"), "{}", String::from_utf8_lossy(&out));
     assert!(rec.received.lock().unwrap().is_empty());
     p.shutdown().await;
@@ -216,7 +265,12 @@ async fn bodies_over_the_route_limit_get_413_whether_declared_or_chunked() {
 #[tokio::test]
 async fn slow_or_silent_clients_are_disconnected_after_the_header_timeout() {
     let rec = recorder().await;
-    let p = proxy(&config_text(&[rec.addr], "[limits]\nheader_read_timeout = \"300ms\"\n", "")).await;
+    let p = proxy(&config_text(
+        &[rec.addr],
+        "[limits]\nheader_read_timeout = \"300ms\"\n",
+        "",
+    ))
+    .await;
     let started = tokio::time::Instant::now();
     // Silent: connects and sends nothing.
     let silent = raw(p.addr, b"").await;
@@ -225,7 +279,11 @@ async fn slow_or_silent_clients_are_disconnected_after_the_header_timeout() {
     let elapsed = started.elapsed();
     assert!(elapsed < BOUND, "the proxy closed both connections itself");
     assert!(silent.is_empty());
-    assert!(slow.is_empty() || slow.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&slow));
+    assert!(
+        slow.is_empty() || slow.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&slow)
+    );
     assert!(rec.received.lock().unwrap().is_empty());
     p.shutdown().await;
 }
@@ -237,7 +295,12 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
     let mut first = h1(p.addr).await;
     let mut second = h1(p.addr).await;
     for s in [&mut first, &mut second] {
-        assert_eq!(collect(s.send_request(request("GET", "/", "")).await.unwrap()).await.status, 200);
+        assert_eq!(
+            collect(s.send_request(request("GET", "/", "")).await.unwrap())
+                .await
+                .status,
+            200
+        );
     }
     let third = tokio::spawn(get(p.addr, "/products/3"));
     // Not served while two connections are open (bounded negative check).

@@ -38,7 +38,10 @@ async fn h2c_with_prior_knowledge_multiplexes_requests() {
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let seen = collect(s2.send_request(req).await.unwrap()).await.text();
-    assert!(seen.contains("host: shop.test\n"), "HTTP/2 :authority becomes Host upstream:\n{seen}");
+    assert!(
+        seen.contains("host: shop.test\n"),
+        "HTTP/2 :authority becomes Host upstream:\n{seen}"
+    );
     assert!(seen.contains("via: 2 tidegate\n"), "{seen}");
     p.shutdown().await;
 }
@@ -50,7 +53,11 @@ async fn an_h2c_upstream_pool_speaks_http2_to_its_backends() {
     for _ in 0..3 {
         let a = get(p.addr, "/headers").await;
         assert_eq!(a.status, 200);
-        assert!(a.text().starts_with("GET http://shop.test/headers HTTP/2.0\n"), "{}", a.text());
+        assert!(
+            a.text().starts_with("GET http://shop.test/headers HTTP/2.0\n"),
+            "{}",
+            a.text()
+        );
     }
     p.shutdown().await;
 }
@@ -69,7 +76,10 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
-        tokio::time::timeout(BOUND, s.read_exact(&mut byte)).await.unwrap().unwrap();
+        tokio::time::timeout(BOUND, s.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
@@ -81,7 +91,10 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n
     for frame in [&b"\x81\x82\x01\x02\x03\x04\x69\x6b"[..], b"and more bytes"] {
         s.write_all(frame).await.unwrap();
         let mut back = vec![0u8; frame.len()];
-        tokio::time::timeout(BOUND, s.read_exact(&mut back)).await.unwrap().unwrap();
+        tokio::time::timeout(BOUND, s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(back, frame);
     }
     drop(s);
@@ -105,11 +118,17 @@ fn pki() -> Pki {
     let ca = ca_params.self_signed(&ca_key).unwrap();
     for name in ["shop.example", "admin.example"] {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
         std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
         std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
     }
-    Pki { ca: ca.der().clone(), dir }
+    Pki {
+        ca: ca.der().clone(),
+        dir,
+    }
 }
 
 async fn tls_connect(
@@ -128,7 +147,9 @@ async fn tls_connect(
     cfg.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = TcpStream::connect(addr).await?;
-    connector.connect(ServerName::try_from(sni.to_string()).unwrap(), tcp).await
+    connector
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
 }
 
 #[tokio::test]
@@ -140,12 +161,17 @@ async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_http11_by_alpn() {
         "tls = {{ certificates = [ {{ cert = \"{d}/shop.example.pem\", key = \"{d}/shop.example.key\" }}, \
 {{ cert = \"{d}/admin.example.pem\", key = \"{d}/admin.example.key\" }} ] }}"
     );
-    let text = config_text(&[b.addr], "", "").replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:0\"\n{listener_tls}"));
+    let text = config_text(&[b.addr], "", "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:0\"\n{listener_tls}"),
+    );
     let p = proxy(&text).await;
 
     // SNI admin.example gets the second certificate (the handshake verifies
     // the name against the CA), and ALPN h2 gives HTTP/2.
-    let tls = tls_connect(&pki, p.addr, "admin.example", b"h2").await.expect("admin.example handshake");
+    let tls = tls_connect(&pki, p.addr, "admin.example", b"h2")
+        .await
+        .expect("admin.example handshake");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut s, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls))
         .await
@@ -159,7 +185,9 @@ async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_http11_by_alpn() {
     assert!(seen.contains("x-forwarded-proto: https\n"), "{seen}");
 
     // SNI shop.example with ALPN http/1.1.
-    let tls = tls_connect(&pki, p.addr, "shop.example", b"http/1.1").await.expect("shop.example handshake");
+    let tls = tls_connect(&pki, p.addr, "shop.example", b"http/1.1")
+        .await
+        .expect("shop.example handshake");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
     tokio::spawn(conn);
@@ -180,5 +208,8 @@ async fn a_listener_with_a_missing_certificate_refuses_to_start() {
     );
     let config = tidegate::config::Config::parse(&text, "t.toml", std::path::Path::new(".")).unwrap();
     let err = tidegate::bind(&config).await.err().expect("refused").to_string();
-    assert!(err.contains("listener `web`") && err.contains("/nonexistent/c.pem"), "{err}");
+    assert!(
+        err.contains("listener `web`") && err.contains("/nonexistent/c.pem"),
+        "{err}"
+    );
 }

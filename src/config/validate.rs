@@ -519,9 +519,7 @@ backends = [ { address = "127.0.0.1:9001" } ]
 
     #[test]
     fn error_display_is_file_line_col_key_message() {
-        let text = MINIMAL
-            .replace("max", "max")
-            .replace("[pools.shop]", "[pools.shop]\nmax_concurrency = 0");
+        let text = MINIMAL.replace("[pools.shop]", "[pools.shop]\nmax_concurrency = 0");
         let e = parse_str(&text).unwrap_err().to_string();
         assert!(
             e.starts_with("t.toml:7:19: pools.shop.max_concurrency: must be at least 1"),

@@ -56,6 +56,11 @@ impl Children {
         Ok(started)
     }
 
+    /// The children's process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
+    }
+
     /// Ends every child (by its PID) and reaps it.
     pub async fn stop(mut self) {
         for child in &mut self.children {

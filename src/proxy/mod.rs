@@ -138,7 +138,7 @@ async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Respo
                     return Err(ProxyError::Connect(e));
                 }
                 exclude.extend(pool.index_of(&backend));
-                request = Some(back);
+                request = Some(*back);
             }
             Err(SendError::Timeout) => return Err(ProxyError::ResponseTimeout),
             Err(SendError::Failed(e)) => {
@@ -324,7 +324,7 @@ fn rebuild(head: &Head) -> Request<RequestBody> {
 
 enum SendError {
     /// Nothing reached the backend; the request comes back for a retry.
-    Connect(ConnectError, Request<RequestBody>),
+    Connect(ConnectError, Box<Request<RequestBody>>),
     Timeout,
     Failed(hyper::Error),
 }
@@ -343,7 +343,7 @@ async fn send(cfg: &PoolConfig, backend: &Backend, mut req: Request<RequestBody>
                 Some(s) => (s, false),
                 None => match up.connect_h1(backend.address, cfg.connect_timeout).await {
                     Ok(s) => (s, true),
-                    Err(e) => return Err(SendError::Connect(e, req)),
+                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
                 },
             };
             match tokio::time::timeout(header_timeout, sender.try_send_request(req)).await {
@@ -351,7 +351,7 @@ async fn send(cfg: &PoolConfig, backend: &Backend, mut req: Request<RequestBody>
                 Ok(Ok(resp)) => return Ok((resp, Some(sender))),
                 Ok(Err(mut e)) => match e.take_message() {
                     Some(back) if !fresh => req = back,
-                    Some(back) => return Err(SendError::Connect(ConnectError::Handshake(e.into_error()), back)),
+                    Some(back) => return Err(SendError::Connect(ConnectError::Handshake(e.into_error()), Box::new(back))),
                     None => return Err(SendError::Failed(e.into_error())),
                 },
             }
@@ -359,13 +359,13 @@ async fn send(cfg: &PoolConfig, backend: &Backend, mut req: Request<RequestBody>
         UpstreamProtocol::H2c => {
             let mut sender = match up.h2(backend.address, cfg.connect_timeout).await {
                 Ok(s) => s,
-                Err(e) => return Err(SendError::Connect(e, req)),
+                Err(e) => return Err(SendError::Connect(e, Box::new(req))),
             };
             match tokio::time::timeout(header_timeout, sender.try_send_request(req)).await {
                 Err(_) => Err(SendError::Timeout),
                 Ok(Ok(resp)) => Ok((resp, None)),
                 Ok(Err(mut e)) => match e.take_message() {
-                    Some(back) => Err(SendError::Connect(ConnectError::Handshake(e.into_error()), back)),
+                    Some(back) => Err(SendError::Connect(ConnectError::Handshake(e.into_error()), Box::new(back))),
                     None => Err(SendError::Failed(e.into_error())),
                 },
             }

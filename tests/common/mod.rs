@@ -175,9 +175,10 @@ pub fn request(method: &str, path: &str, body: impl Into<Bytes>) -> Request<Full
 }
 
 /// One GET on a fresh HTTP/1.1 connection.
-pub async fn get(addr: SocketAddr, path: &str) -> Answer {
+pub async fn get(addr: SocketAddr, path: impl Into<String>) -> Answer {
+    let path: String = path.into();
     let mut s = h1(addr).await;
-    let resp = tokio::time::timeout(BOUND, s.send_request(request("GET", path, "")))
+    let resp = tokio::time::timeout(BOUND, s.send_request(request("GET", &path, "")))
         .await
         .unwrap()
         .unwrap();
@@ -233,4 +234,76 @@ pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// A backend that reads one request head, counts it, and closes the
+/// connection without answering (a crash mid-exchange).
+pub struct Slammer {
+    pub addr: SocketAddr,
+    pub heads: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+pub async fn slammer() -> Slammer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Slammer { addr, heads }
+}
+
+/// A backend that reports each request head's arrival and answers `200`
+/// only when the test releases it: for ordering events without sleeps.
+pub struct Gate {
+    pub addr: SocketAddr,
+    pub arrived: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pub release: Arc<tokio::sync::Notify>,
+}
+
+pub async fn gate() -> Gate {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let rel = Arc::clone(&release);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (tx, rel) = (tx.clone(), Arc::clone(&rel));
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        seen.clear();
+                        let _ = tx.send(());
+                        rel.notified().await;
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ngated").await;
+                    }
+                }
+            });
+        }
+    });
+    Gate { addr, arrived, release }
 }

@@ -1,0 +1,156 @@
+//! Start, check and stop: graceful shutdown (in-process and by SIGTERM to
+//! the real binary), `tidegate check`, and the demo's child processes.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+use tidegate::config::Config;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const EXE: &str = env!("CARGO_BIN_EXE_tidegate");
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
+    let b = backend("b1").await;
+    let mut p = proxy(&config_text(&[b.addr], "", "")).await;
+    let addr = p.addr;
+    let backend_obj = std::sync::Arc::clone(&p.state.load().pools[0].backends[0]);
+    let slow = tokio::spawn(get(addr, "/products/1?delay=400"));
+    until("the request is in flight", || backend_obj.in_flight() == 1).await;
+    p.signal_shutdown();
+    let a = slow.await.unwrap();
+    assert_eq!(a.status, 200, "the in-flight request finished normally");
+    p.join().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_requests_that_outlast_the_deadline() {
+    let b = backend("b1").await;
+    let mut p = proxy(&config_text(&[b.addr], "[runtime]\nshutdown_timeout = \"200ms\"\n", "")).await;
+    let backend_obj = std::sync::Arc::clone(&p.state.load().pools[0].backends[0]);
+    let _stuck = tokio::spawn(get(p.addr, "/?delay=20000"));
+    until("the request is in flight", || backend_obj.in_flight() == 1).await;
+    let started = tokio::time::Instant::now();
+    p.signal_shutdown();
+    p.join().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "stopped at the deadline"
+    );
+}
+
+/// Starts the real binary on a config file; returns it and its address.
+async fn spawn_tidegate(config: &std::path::Path) -> (tokio::process::Child, std::net::SocketAddr) {
+    let mut child = Command::new(EXE)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("TIDEGATE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(BOUND, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("serving on http://").nth(1) {
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("tidegate exited before serving");
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let mut g = gate().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, config_text(&[g.addr], "", "")).unwrap();
+    let (mut child, addr) = spawn_tidegate(&path).await;
+    let in_flight = tokio::spawn(get(addr, "/products/2"));
+    tokio::time::timeout(BOUND, g.arrived.recv()).await.unwrap().unwrap();
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(killed.success());
+    // Once the listener has closed, the in-flight request is answered.
+    until_refused(addr).await;
+    g.release.notify_one();
+    let a = in_flight.await.unwrap();
+    assert_eq!((a.status.as_u16(), a.text().as_str()), (200, "gated"));
+    let status = tokio::time::timeout(BOUND, child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+async fn until_refused(addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the listener never closed");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn check_accepts_the_shipped_configs_and_names_file_line_col_key_for_a_bad_one() {
+    for file in ["conf/tidegate.toml", "conf/demo.toml"] {
+        let out = Command::new(EXE)
+            .args(["check", "--config", file])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(": ok: "), "{file}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n[pools.shop]\nbalance = \"fastest\"\nbackends = []\n").unwrap();
+    let out = Command::new(EXE)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("{}:6:11: pools.shop.balance: unknown variant `fastest`", path.display());
+    assert!(err.contains(&expected), "{err}");
+}
+
+#[tokio::test]
+async fn demo_backends_run_as_child_processes_and_are_gone_after_stop() {
+    let (a1, a2) = (dead_addr().await, dead_addr().await);
+    let config = Config::parse(&config_text(&[a1, a2], "", ""), "t.toml", std::path::Path::new(".")).unwrap();
+    let children = tidegate::demo::Children::start(&config, std::path::Path::new(EXE))
+        .await
+        .unwrap();
+    let pids = children.pids();
+    assert_eq!(pids.len(), 2);
+    for addr in [a1, a2] {
+        let a = get(addr, "/healthz").await;
+        assert_eq!(a.text(), "ok\n");
+    }
+    children.stop().await;
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "child {pid} still exists"
+        );
+    }
+}
+
+#[test]
+fn the_embedded_demo_config_is_valid() {
+    let demo = Config::demo();
+    assert_eq!(demo.pools["shop"].backends.len(), 3);
+}
