@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Side-by-side: tidegate vs HAProxy vs nginx, same machine, same backends.
+#
+# Method (wall-clock figures on a shared 2-core box swing 10-40 %, so the
+# headline is CPU per request, normalised by the backends' CPU per request in
+# the same run, which varies by ~2 %):
+#   - each proxy runs one worker pinned to core 0 (taskset); the 4 backends
+#     (`tidegate backend`, one thread each) and h2load share core 1;
+#   - HTTP/1.1 at a fixed rate (RATE req/s over 64 connections, h2load --rps),
+#     then h2c flat out (64 connections x 10 streams);
+#   - proxy CPU = utime+stime from /proc/PID/stat before/after, divided by the
+#     backends' CPU over the same window;
+#   - proxies alternate order round by round (A B C, C B A, ...); medians of
+#     ROUNDS rounds; plus req/s, p50/p99 (from h2load --log-file) and peak RSS;
+#   - finally one 1 GiB download through each proxy, for peak RSS while
+#     streaming.
+# Everything goes to 127.0.0.1 only and every process started here is ended
+# by its PID. Needs: haproxy nginx-light nghttp2-client (Debian packages).
+#
+# Usage: benches/e2e/compare.sh            (ROUNDS=5 DURATION=10 RATE=10000)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10}
+RATE=${RATE:-10000}
+CONNS=64
+PROXIES=${PROXIES:-"tidegate haproxy nginx"}
+WORK=$(mktemp -d /tmp/tidegate-bench.XXXXXX)
+BACKEND_PORTS="19101 19102 19103 19104"
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+for tool in haproxy nginx h2load taskset curl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install haproxy nginx-light nghttp2-client)"; exit 1; }
+done
+cargo build --release --quiet
+BIN=target/release/tidegate
+
+# --- backends ---------------------------------------------------------------
+BACKEND_PIDS=()
+for port in $BACKEND_PORTS; do
+  taskset -c 1 "$BIN" backend --listen "127.0.0.1:$port" --threads 1 >/dev/null 2>&1 &
+  PIDS+=($!); BACKEND_PIDS+=($!)
+done
+
+# --- proxy configs ------------------------------------------------------------
+servers_haproxy=""; servers_nginx=""; servers_tidegate=""
+i=0
+for port in $BACKEND_PORTS; do
+  i=$((i+1))
+  servers_haproxy+="    server s$i 127.0.0.1:$port maxconn 1024"$'\n'
+  servers_nginx+="    server 127.0.0.1:$port;"$'\n'
+  servers_tidegate+="{ address = \"127.0.0.1:$port\" }, "
+done
+
+cat > "$WORK/tidegate.toml" <<CONF
+[runtime]
+worker_threads = 1
+[limits]
+max_connections = 20000
+[[listener]]
+name = "bench"
+listen = "127.0.0.1:18080"
+[pools.be]
+balance = "least_conn"
+max_concurrency = 1024
+max_idle_per_backend = 1024
+backends = [ $servers_tidegate ]
+CONF
+
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 60s
+frontend fe
+    bind 127.0.0.1:18081
+    bind 127.0.0.1:18083 proto h2
+    default_backend be
+backend be
+    balance leastconn
+$servers_haproxy
+CONF
+
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log crit;
+events { worker_connections 8000; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx-body;
+    proxy_temp_path $WORK/nginx-proxy;
+    upstream be {
+        least_conn;
+$servers_nginx
+        keepalive 1024;
+    }
+    server {
+        listen 127.0.0.1:18082;
+        listen 127.0.0.1:18084 http2;
+        location / {
+            proxy_pass http://be;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_buffering off;
+        }
+    }
+}
+CONF
+
+h1_port() { case $1 in tidegate) echo 18080;; haproxy) echo 18081;; nginx) echo 18082;; esac; }
+h2_port() { case $1 in tidegate) echo 18080;; haproxy) echo 18083;; nginx) echo 18084;; esac; }
+
+start_proxy() {
+  case $1 in
+    tidegate) TIDEGATE_LOG=warn taskset -c 0 "$BIN" run --config "$WORK/tidegate.toml" >/dev/null 2>&1 & ;;
+    haproxy) taskset -c 0 haproxy -f "$WORK/haproxy.cfg" >/dev/null 2>&1 & ;;
+    nginx) taskset -c 0 nginx -c "$WORK/nginx.conf" >/dev/null 2>&1 & ;;
+  esac
+  PROXY_PID=$!
+  PIDS+=("$PROXY_PID")
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$(h1_port "$1")/healthz" && return 0
+    sleep 0.05
+  done
+  echo "$1 did not start"; exit 1
+}
+
+stop_proxy() { kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; }
+
+ticks() { local t=0; for p in "$@"; do read -r -a f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t"; }
+hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+
+# One measured h2load run: prints "proxy_ticks backend_ticks requests req_per_s"
+measure() {
+  local proxy_pid=$1; shift
+  local p0 b0 p1 b1 out
+  p0=$(ticks "$proxy_pid"); b0=$(ticks "${BACKEND_PIDS[@]}")
+  out=$(taskset -c 1 h2load "$@" 2>&1)
+  p1=$(ticks "$proxy_pid"); b1=$(ticks "${BACKEND_PIDS[@]}")
+  local done rps
+  done=$(echo "$out" | awk '/^requests:/ {print $8}')
+  rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+  echo "$((p1 - p0)) $((b1 - b0)) $done $rps"
+}
+
+RESULTS="$WORK/results.tsv"
+echo -e "round\tproxy\ttest\tproxy_ticks\tbackend_ticks\trequests\treq_per_s\tp50_us\tp99_us\thwm_kib" > "$RESULTS"
+order=($PROXIES)
+for round in $(seq "$ROUNDS"); do
+  if (( round % 2 == 0 )); then list=$(printf '%s\n' "${order[@]}" | tac); else list="${order[*]}"; fi
+  for proxy in $list; do
+    start_proxy "$proxy"
+    url1="http://127.0.0.1:$(h1_port "$proxy")/products/1"
+    url2="http://127.0.0.1:$(h2_port "$proxy")/products/1"
+    taskset -c 1 h2load --h1 -c "$CONNS" -D 2 "$url1" >/dev/null 2>&1   # warm-up
+    rps_per_client=$((RATE / CONNS))
+    read -r pt bt n rps < <(measure "$PROXY_PID" --h1 -c "$CONNS" --rps "$rps_per_client" -D "$DURATION" --log-file "$WORK/lat.log" "$url1")
+    read -r p50 p99 < <(python3 - "$WORK/lat.log" <<'PY'
+import sys
+v = sorted(int(l.split('\t')[2]) for l in open(sys.argv[1]) if l.strip())
+print(v[len(v)//2], v[min(len(v)-1, int(len(v)*0.99))])
+PY
+)
+    echo -e "$round\t$proxy\th1-fixed\t$pt\t$bt\t$n\t$rps\t$p50\t$p99\t$(hwm_kib "$PROXY_PID")" >> "$RESULTS"
+    read -r pt bt n rps < <(measure "$PROXY_PID" -c "$CONNS" -m 10 -D "$DURATION" "$url2")
+    echo -e "$round\t$proxy\th2c-max\t$pt\t$bt\t$n\t$rps\t-\t-\t$(hwm_kib "$PROXY_PID")" >> "$RESULTS"
+    stop_proxy
+    echo "round $round: $proxy done" >&2
+  done
+done
+
+# Peak RSS while streaming 1 GiB through each proxy.
+for proxy in $PROXIES; do
+  start_proxy "$proxy"
+  curl -s -o /dev/null "http://127.0.0.1:$(h1_port "$proxy")/bytes/1073741824"
+  echo -e "-\t$proxy\tstream-1GiB\t-\t-\t-\t-\t-\t-\t$(hwm_kib "$PROXY_PID")" >> "$RESULTS"
+  stop_proxy
+done
+
+python3 - "$RESULTS" <<'PY'
+import sys, statistics as st
+rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1])][1:]
+def med(xs): return st.median(xs) if xs else float('nan')
+print("| proxy | test | CPU/request vs backend (median) | spread | req/s | p50 ms | p99 ms | peak RSS MiB |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for test in ("h1-fixed", "h2c-max", "stream-1GiB"):
+    for proxy in dict.fromkeys(r[1] for r in rows):
+        rs = [r for r in rows if r[1] == proxy and r[2] == test]
+        if not rs: continue
+        if test == "stream-1GiB":
+            print(f"| {proxy} | {test} | - | - | - | - | - | {int(rs[0][9])/1024:.1f} |"); continue
+        ratios = [int(r[3]) / max(1, int(r[4])) for r in rs]
+        rps = med([float(r[6]) for r in rs])
+        p50 = med([int(r[7]) for r in rs]) / 1000 if rs[0][7] != '-' else None
+        p99 = med([int(r[8]) for r in rs]) / 1000 if rs[0][8] != '-' else None
+        hwm = max(int(r[9]) for r in rs) / 1024
+        fmt = lambda x: f"{x:.2f}" if x is not None else "-"
+        print(f"| {proxy} | {test} | {med(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f} | {rps:.0f} | {fmt(p50)} | {fmt(p99)} | {hwm:.1f} |")
+PY
+echo "raw rows: $RESULTS" >&2
