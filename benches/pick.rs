@@ -13,7 +13,15 @@ use tidegate::queue::{InFlight, Queue};
 fn pool(n: usize, rng: &mut fastrand::Rng) -> (Vec<Arc<Backend>>, Vec<InFlight>) {
     let queue = Arc::new(Queue::new("bench", 1024));
     let backends: Vec<_> = (0..n)
-        .map(|i| Arc::new(Backend::new("bench".into(), ([10, 0, (i >> 8) as u8, i as u8], 80).into(), 1, 64, 1)))
+        .map(|i| {
+            Arc::new(Backend::new(
+                "bench".into(),
+                ([10, 0, (i >> 8) as u8, i as u8], 80).into(),
+                1,
+                64,
+                1,
+            ))
+        })
         .collect();
     // Hold a random number of slots on each backend (0..48 of 64).
     let mut held = Vec::new();
@@ -30,13 +38,23 @@ fn bench_pick(c: &mut Criterion) {
     for n in [4usize, 64, 1024] {
         let mut rng = fastrand::Rng::with_seed(42);
         let (backends, _held) = pool(n, &mut rng);
-        for policy in [Balance::LeastConn, Balance::P2c, Balance::RoundRobin, Balance::PeakEwma, Balance::Hash] {
+        for policy in [
+            Balance::LeastConn,
+            Balance::P2c,
+            Balance::RoundRobin,
+            Balance::PeakEwma,
+            Balance::Hash,
+        ] {
             let balancer = Balancer::new(policy, &backends, Arc::new(AtomicUsize::new(0)));
             let mut key = 0u64;
             group.bench_with_input(BenchmarkId::new(policy.as_str(), n), &n, |b, _| {
                 b.iter(|| {
                     key = key.wrapping_add(1);
-                    let mut cx = PickContext { rng: &mut rng, hash: Some(hash_bytes(&key.to_le_bytes())), exclude: &[] };
+                    let mut cx = PickContext {
+                        rng: &mut rng,
+                        hash: Some(hash_bytes(&key.to_le_bytes())),
+                        exclude: &[],
+                    };
                     std::hint::black_box(balancer.pick(&backends, &mut cx))
                 })
             });

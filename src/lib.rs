@@ -24,20 +24,23 @@
 //!
 //! `demo/` holds the demo runner and the `tidegate backend` shop simulator.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod demo;
+pub mod health;
 pub mod pool;
 pub mod proxy;
 pub mod queue;
 pub mod server;
 pub mod state;
+pub mod stats;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use config::Config;
 use server::Bound;
@@ -61,57 +64,60 @@ pub enum StartError {
     },
 }
 
+/// Loads a listener's certificates, if it has TLS.
+pub fn load_tls(l: &config::Listener) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    match &l.tls {
+        Some(t) => server::tls::acceptor(t).map(Some).map_err(|source| StartError::Tls {
+            name: l.name.clone(),
+            source,
+        }),
+        None => Ok(None),
+    }
+}
+
+/// Binds one listener.
+pub async fn bind_listener(l: &config::Listener, tls: Option<tokio_rustls::TlsAcceptor>) -> Result<Bound, StartError> {
+    let listener = TcpListener::bind(l.listen).await.map_err(|source| StartError::Bind {
+        name: l.name.clone(),
+        addr: l.listen,
+        source,
+    })?;
+    Ok(Bound {
+        name: l.name.clone(),
+        listener,
+        tls: Arc::new(arc_swap::ArcSwapOption::new(tls.map(Arc::new))),
+    })
+}
+
 /// Loads every listener's certificates, then binds every listener. Nothing
 /// is bound unless all certificates load.
 pub async fn bind(config: &Config) -> Result<Vec<Bound>, StartError> {
-    let mut acceptors = Vec::with_capacity(config.listeners.len());
-    for l in &config.listeners {
-        let tls = match &l.tls {
-            Some(t) => Some(server::tls::acceptor(t).map_err(|source| StartError::Tls {
-                name: l.name.clone(),
-                source,
-            })?),
-            None => None,
-        };
-        acceptors.push(tls);
-    }
+    let acceptors = config.listeners.iter().map(load_tls).collect::<Result<Vec<_>, _>>()?;
     let mut bound = Vec::with_capacity(config.listeners.len());
     for (l, tls) in config.listeners.iter().zip(acceptors) {
-        let listener = TcpListener::bind(l.listen).await.map_err(|source| StartError::Bind {
-            name: l.name.clone(),
-            addr: l.listen,
-            source,
-        })?;
-        bound.push(Bound {
-            name: l.name.clone(),
-            listener,
-            tls,
-        });
+        bound.push(bind_listener(l, tls).await?);
     }
     Ok(bound)
 }
 
-/// Serves `bound` listeners with the live `state` until `shutdown`
-/// completes, then drains: stop accepting, let in-flight requests finish
-/// within `runtime.shutdown_timeout`, return.
-pub async fn run(state: Arc<State>, bound: Vec<Bound>, shutdown: impl Future<Output = ()>) {
-    let config = Arc::clone(&state.load().config);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let tasks: Vec<_> = bound
-        .into_iter()
-        .map(|b| {
-            tokio::spawn(server::serve(
-                b,
-                Arc::clone(&state),
-                config.limits.clone(),
-                stop_rx.clone(),
-                config.runtime.shutdown_timeout,
-            ))
-        })
-        .collect();
-    shutdown.await;
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
+/// Binds the admin listener, if the config has one.
+pub async fn bind_admin(config: &Config) -> Result<Option<TcpListener>, StartError> {
+    match &config.admin {
+        Some(a) => TcpListener::bind(a.listen)
+            .await
+            .map(Some)
+            .map_err(|source| StartError::Bind {
+                name: "admin".into(),
+                addr: a.listen,
+                source,
+            }),
+        None => Ok(None),
     }
+}
+
+/// Serves `bound` listeners with the live `state` until `shutdown`
+/// completes, then drains (see [`control::run`] for the full form with an
+/// admin listener and reload triggers).
+pub async fn run(state: Arc<State>, bound: Vec<Bound>, shutdown: impl Future<Output = ()>) {
+    control::run(state, bound, None, control::Options::default(), shutdown).await
 }

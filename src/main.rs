@@ -142,21 +142,35 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
             None
         };
         let bound = tidegate::bind(&config).await?;
+        let admin = tidegate::bind_admin(&config).await?;
         for (l, b) in config.listeners.iter().zip(&bound) {
             let scheme = if l.tls.is_some() { "https" } else { "http" };
             tracing::info!(listener = %l.name, "serving on {scheme}://{}", b.listener.local_addr()?);
         }
+        if let Some(a) = &admin {
+            tracing::info!("admin (dashboard, /stats, /metrics) on http://{}/", a.local_addr()?);
+        }
         if demo {
             let web = bound[0].listener.local_addr()?;
-            println!(
-                "tidegate demo: proxying http://{web}/ to {} shop backends",
-                config.pools.values().map(|p| p.backends.len()).sum::<usize>()
-            );
+            let backends: usize = config.pools.values().map(|p| p.backends.len()).sum();
+            println!("tidegate demo: proxying http://{web}/ to {backends} shop backends");
+            if let Some(a) = &admin {
+                println!(
+                    "  dashboard: http://{}/   stats: http://{}/stats",
+                    a.local_addr()?,
+                    a.local_addr()?
+                );
+            }
             println!("  try:  curl -i http://{web}/products/42");
             println!("  load: h2load -n 20000 -c 64 --h1 http://{web}/products/1   (Ctrl-C stops the demo)");
         }
         let state = State::new(config);
-        tidegate::run(state, bound, shutdown_signal()).await;
+        let opts = tidegate::control::Options {
+            config_path: path.clone(),
+            watch_file: path.is_some(),
+            reload_on_sighup: true,
+        };
+        tidegate::control::run(state, bound, admin, opts, shutdown_signal()).await;
         if let Some(c) = children {
             c.stop().await;
         }

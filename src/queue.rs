@@ -47,6 +47,14 @@ impl InFlight {
         })
     }
 
+    /// Claims a slot on a backend that is down, for a pool failing open.
+    pub fn claim_fail_open(backend: &Arc<Backend>, queue: &Arc<Queue>) -> Option<InFlight> {
+        backend.try_claim_slot_fail_open().then(|| InFlight {
+            backend: Arc::clone(backend),
+            queue: Arc::clone(queue),
+        })
+    }
+
     #[inline]
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend

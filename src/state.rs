@@ -107,7 +107,10 @@ pub struct State {
 }
 
 impl State {
+    /// The first `State` of a process also installs the Prometheus
+    /// recorder, so every metric handle its backends create is live.
     pub fn new(config: Config) -> Arc<State> {
+        crate::admin::metrics::handle();
         let snapshot = build(config, None, 1);
         Arc::new(State {
             current: ArcSwap::from_pointee(snapshot),

@@ -27,6 +27,29 @@ pub const WEIGHT: u32 = 1;
 /// Time constant of the latency EWMA used by `peak_ewma`.
 pub const EWMA_DECAY: Duration = Duration::from_secs(10);
 
+/// Active health checks: time between two checks of one backend.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Active health checks: a check slower than this failed.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Consecutive passing checks that bring a down backend up.
+pub const HEALTH_HEALTHY: u32 = 2;
+/// Consecutive failing checks that take an up backend down.
+pub const HEALTH_UNHEALTHY: u32 = 3;
+/// Path an HTTP check requests.
+pub const HEALTH_PATH: &str = "/healthz";
+/// Statuses an HTTP check accepts.
+pub const HEALTH_EXPECT: (u16, u16) = (200, 399);
+/// Passive checks: consecutive connect failures or 5xx that eject a backend.
+pub const PASSIVE_FAILURES: u32 = 5;
+/// Passive checks: first ejection period (doubles with each ejection).
+pub const PASSIVE_EJECTION: Duration = Duration::from_secs(10);
+/// Passive checks: the longest an ejection lasts.
+pub const PASSIVE_MAX_EJECTION: Duration = Duration::from_secs(300);
+/// Passive checks: most of a pool that may be ejected at once.
+pub const PASSIVE_MAX_EJECTED_PERCENT: u32 = 50;
+/// Slow start: a backend that comes up ramps over this window (0 = off).
+pub const SLOW_START: Duration = Duration::ZERO;
+
 /// Client must send a whole request head within this (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes a request head may take (hyper's read buffer; larger answers 431).

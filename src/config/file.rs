@@ -98,8 +98,41 @@ pub struct RawPool {
     pub upstream: Option<RawUpstream>,
     pub retries: Option<RawRetries>,
     pub max_idle_per_backend: Option<usize>,
+    pub health: Option<RawHealth>,
+    pub passive: Option<RawPassive>,
+    pub slow_start: Option<HumanDuration>,
+    pub fail_open: Option<bool>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawCheckKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub kind: Option<RawCheckKind>,
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+    pub healthy: Option<Spanned<u32>>,
+    pub unhealthy: Option<Spanned<u32>>,
+    /// Accepted status range, e.g. "200-399".
+    pub expect: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassive {
+    pub consecutive_failures: Option<Spanned<u32>>,
+    pub ejection: Option<HumanDuration>,
+    pub max_ejection: Option<HumanDuration>,
+    pub max_ejected_percent: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -12,6 +12,7 @@ pub mod defaults;
 mod file;
 pub mod units;
 mod validate;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -138,7 +139,39 @@ pub struct PoolConfig {
     pub upstream: UpstreamProtocol,
     pub connect_retries: u32,
     pub retry_idempotent: bool,
+    /// Active checks; `None` = backends are presumed healthy.
+    pub health: Option<HealthCheck>,
+    pub passive: PassiveHealth,
+    /// Ramp window for a backend that comes up; zero = full share at once.
+    pub slow_start: Duration,
+    /// When every backend is down, send to them anyway instead of 503.
+    pub fail_open: bool,
     pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy: u32,
+    pub unhealthy: u32,
+    pub expect: (u16, u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveHealth {
+    pub consecutive_failures: u32,
+    pub ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejected_percent: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

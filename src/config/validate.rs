@@ -12,10 +12,10 @@ use std::sync::Arc;
 use toml::Spanned;
 
 use super::defaults as d;
-use super::file::{RawBalance, RawConfig, RawPool, RawUpstream};
+use super::file::{RawBalance, RawCheckKind, RawConfig, RawHealth, RawPassive, RawPool, RawUpstream};
 use super::{
-    Admin, BackendConfig, Balance, CertificatePaths, Config, ConfigError, HashKey, Limits, Listener, PoolConfig, Route,
-    Runtime, Tls, UpstreamProtocol,
+    Admin, BackendConfig, Balance, CertificatePaths, CheckKind, Config, ConfigError, HashKey, HealthCheck, Limits,
+    Listener, PassiveHealth, PoolConfig, Route, Runtime, Tls, UpstreamProtocol,
 };
 
 /// Hyper refuses read buffers smaller than this.
@@ -361,6 +361,11 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> R
     if backends.is_empty() {
         return Err(cx.error(span, key, "a pool needs at least one backend"));
     }
+    let health = match rp.health {
+        Some(h) => Some(validate_health(cx, &key, h)?),
+        None => None,
+    };
+    let passive = validate_passive(cx, &key, rp.passive)?;
     let queue = rp.queue;
     let timeouts = rp.timeouts;
     let retries = rp.retries;
@@ -390,8 +395,93 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> R
         },
         connect_retries: retries.as_ref().and_then(|r| r.connect).unwrap_or(d::CONNECT_RETRIES),
         retry_idempotent: retries.as_ref().and_then(|r| r.idempotent).unwrap_or(false),
+        health,
+        passive,
+        slow_start: rp.slow_start.map_or(d::SLOW_START, |x| x.0),
+        fail_open: rp.fail_open.unwrap_or(false),
         backends,
     })
+}
+
+fn at_least_one(cx: &Ctx<'_>, v: Option<Spanned<u32>>, key: String, default: u32) -> Result<u32, ConfigError> {
+    match v {
+        Some(v) if *v.get_ref() == 0 => Err(cx.error(v.span(), key, "must be at least 1")),
+        Some(v) => Ok(v.into_inner()),
+        None => Ok(default),
+    }
+}
+
+fn validate_health(cx: &Ctx<'_>, pool_key: &str, h: RawHealth) -> Result<HealthCheck, ConfigError> {
+    let key = format!("{pool_key}.health");
+    let path = match h.path {
+        Some(p) if !p.get_ref().starts_with('/') => {
+            return Err(cx.error(p.span(), format!("{key}.path"), "must start with `/`"))
+        }
+        Some(p) => p.into_inner(),
+        None => d::HEALTH_PATH.to_string(),
+    };
+    let expect = match h.expect {
+        Some(e) => parse_status_range(e.get_ref()).map_err(|m| cx.error(e.span(), format!("{key}.expect"), m))?,
+        None => d::HEALTH_EXPECT,
+    };
+    Ok(HealthCheck {
+        kind: match h.kind {
+            Some(RawCheckKind::Tcp) => CheckKind::Tcp,
+            _ => CheckKind::Http,
+        },
+        path,
+        interval: h.interval.map_or(d::HEALTH_INTERVAL, |x| x.0),
+        timeout: h.timeout.map_or(d::HEALTH_TIMEOUT, |x| x.0),
+        healthy: at_least_one(cx, h.healthy, format!("{key}.healthy"), d::HEALTH_HEALTHY)?,
+        unhealthy: at_least_one(cx, h.unhealthy, format!("{key}.unhealthy"), d::HEALTH_UNHEALTHY)?,
+        expect,
+    })
+}
+
+fn validate_passive(cx: &Ctx<'_>, pool_key: &str, p: Option<RawPassive>) -> Result<PassiveHealth, ConfigError> {
+    let key = format!("{pool_key}.passive");
+    let Some(p) = p else {
+        return Ok(PassiveHealth {
+            consecutive_failures: d::PASSIVE_FAILURES,
+            ejection: d::PASSIVE_EJECTION,
+            max_ejection: d::PASSIVE_MAX_EJECTION,
+            max_ejected_percent: d::PASSIVE_MAX_EJECTED_PERCENT,
+        });
+    };
+    let max_ejected_percent = match p.max_ejected_percent {
+        Some(v) if *v.get_ref() > 100 => {
+            return Err(cx.error(
+                v.span(),
+                format!("{key}.max_ejected_percent"),
+                "must be between 0 and 100",
+            ))
+        }
+        Some(v) => v.into_inner(),
+        None => d::PASSIVE_MAX_EJECTED_PERCENT,
+    };
+    Ok(PassiveHealth {
+        consecutive_failures: at_least_one(
+            cx,
+            p.consecutive_failures,
+            format!("{key}.consecutive_failures"),
+            d::PASSIVE_FAILURES,
+        )?,
+        ejection: p.ejection.map_or(d::PASSIVE_EJECTION, |x| x.0),
+        max_ejection: p.max_ejection.map_or(d::PASSIVE_MAX_EJECTION, |x| x.0),
+        max_ejected_percent,
+    })
+}
+
+/// `"200-399"` or a single status `"204"`.
+fn parse_status_range(text: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    let parse = |s: &str| s.trim().parse::<u16>().ok().filter(|c| (100..600).contains(c));
+    match (parse(lo), parse(hi)) {
+        (Some(lo), Some(hi)) if lo <= hi => Ok((lo, hi)),
+        _ => Err(format!(
+            "expected a status or a range such as \"200-399\", found `{text}`"
+        )),
+    }
 }
 
 /// `client_ip`, `header:<name>` or `cookie:<name>`.

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use metrics::{Counter, Gauge, Histogram};
 
 use super::upstream::Upstream;
+use crate::health::Health;
+use crate::stats::LatencyHistogram;
 
 /// Metric names: one constant each, with unit suffixes.
 pub mod names {
@@ -65,6 +67,12 @@ pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 pub struct Backend {
     pub address: SocketAddr,
     pub pool: Arc<str>,
+    /// Configured weight and concurrency limit.
+    base_weight: AtomicU32,
+    base_limit: AtomicU32,
+    /// Share of the configured values in force (slow start), per mille.
+    ramp_permille: AtomicU32,
+    /// Effective weight and limit: what the balancer and admission use.
     weight: AtomicU32,
     limit: AtomicU32,
     in_flight: AtomicU32,
@@ -74,6 +82,8 @@ pub struct Backend {
     /// Clock reading (ns) of the last EWMA update.
     ewma_stamp_ns: AtomicU64,
     responses: [AtomicU64; 6],
+    latency: LatencyHistogram,
+    pub health: Health,
     pub upstream: Upstream,
     metrics: BackendMetrics,
 }
@@ -91,6 +101,9 @@ pub fn clock_ns() -> u64 {
     EPOCH.get_or_init(tokio::time::Instant::now).elapsed().as_nanos() as u64
 }
 
+/// `ramp_permille` when no slow start is in force.
+pub const FULL_RAMP: u32 = 1000;
+
 /// Initial latency estimate before the first response (1 ms).
 const EWMA_INITIAL_NS: f64 = 1_000_000.0;
 
@@ -106,6 +119,9 @@ impl Backend {
         Backend {
             address,
             pool,
+            base_weight: AtomicU32::new(weight.max(1)),
+            base_limit: AtomicU32::new(limit.max(1)),
+            ramp_permille: AtomicU32::new(FULL_RAMP),
             weight: AtomicU32::new(weight.max(1)),
             limit: AtomicU32::new(limit.max(1)),
             in_flight: AtomicU32::new(0),
@@ -113,6 +129,8 @@ impl Backend {
             ewma_ns: AtomicU64::new(EWMA_INITIAL_NS.to_bits()),
             ewma_stamp_ns: AtomicU64::new(0),
             responses: Default::default(),
+            latency: LatencyHistogram::default(),
+            health: Health::default(),
             upstream: Upstream::new(max_idle),
             metrics,
         }
@@ -150,9 +168,38 @@ impl Backend {
 
     /// Control path: a reload changed weight or concurrency limit.
     pub fn reconfigure(&self, weight: u32, limit: u32, max_idle: usize) {
-        self.weight.store(weight.max(1), Ordering::Relaxed);
-        self.limit.store(limit.max(1), Ordering::Relaxed);
+        self.base_weight.store(weight.max(1), Ordering::Relaxed);
+        self.base_limit.store(limit.max(1), Ordering::Relaxed);
         self.upstream.set_max_idle(max_idle);
+        self.apply_ramp();
+    }
+
+    /// Control path (slow start): the share of configured weight and limit
+    /// in force, in per mille. Returns whether capacity grew.
+    pub fn set_ramp(&self, permille: u32) -> bool {
+        let permille = permille.clamp(1, FULL_RAMP);
+        let before = self.limit();
+        self.ramp_permille.store(permille, Ordering::Relaxed);
+        self.apply_ramp();
+        self.limit() > before
+    }
+
+    pub fn ramp_permille(&self) -> u32 {
+        self.ramp_permille.load(Ordering::Relaxed)
+    }
+
+    /// The configured concurrency limit (before slow start).
+    pub fn configured_limit(&self) -> u32 {
+        self.base_limit.load(Ordering::Relaxed)
+    }
+
+    fn apply_ramp(&self) {
+        let p = u64::from(self.ramp_permille.load(Ordering::Relaxed));
+        let scale = |base: u32| ((u64::from(base) * p / u64::from(FULL_RAMP)) as u32).max(1);
+        self.weight
+            .store(scale(self.base_weight.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.limit
+            .store(scale(self.base_limit.load(Ordering::Relaxed)), Ordering::Relaxed);
     }
 
     /// Claims one in-flight slot if the backend is active and below its
@@ -160,9 +207,17 @@ impl Backend {
     /// [`Backend::release_slot`] (the queue's `InFlight` guard does).
     #[inline]
     pub(crate) fn try_claim_slot(&self) -> bool {
-        if self.state() != BackendState::Active {
-            return false;
-        }
+        self.state() == BackendState::Active && self.claim_below_limit()
+    }
+
+    /// Claims a slot on a backend that is down (not draining), for a pool
+    /// that fails open because every backend is down.
+    pub(crate) fn try_claim_slot_fail_open(&self) -> bool {
+        self.state() != BackendState::Draining && self.claim_below_limit()
+    }
+
+    #[inline]
+    fn claim_below_limit(&self) -> bool {
         let limit = self.limit();
         let claimed = self
             .in_flight
@@ -190,6 +245,7 @@ impl Backend {
         self.responses[class].fetch_add(1, Ordering::Relaxed);
         self.metrics.responses[class].increment(1);
         self.metrics.duration.record(elapsed_ns as f64 / 1e9);
+        self.latency.record_ns(elapsed_ns);
         if status.is_some() {
             self.observe_latency(elapsed_ns as f64, now_ns, decay_ns);
         }
@@ -216,6 +272,11 @@ impl Backend {
     #[inline]
     pub fn latency_estimate_ns(&self) -> f64 {
         f64::from_bits(self.ewma_ns.load(Ordering::Relaxed))
+    }
+
+    /// Time-to-response-head histogram (cumulative since start).
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
     }
 
     /// Responses counted per class, in [`CLASSES`] order.

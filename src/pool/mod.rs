@@ -81,6 +81,17 @@ impl Pool {
             }
         }
         if !self.backends.iter().any(|b| b.state() == BackendState::Active) {
+            // Every backend is down: answer at once rather than queue for a
+            // capacity that is not coming, unless the pool fails open.
+            if self.config.fail_open {
+                if let Some(slot) = self
+                    .backends
+                    .iter()
+                    .find_map(|b| InFlight::claim_fail_open(b, &self.shared.queue))
+                {
+                    return Ok(slot);
+                }
+            }
             return Err(AdmitError::NoBackend);
         }
         let waiting = queue.enqueue()?;

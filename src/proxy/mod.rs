@@ -35,6 +35,7 @@ pub use error::ProxyError;
 
 use crate::balance::{hash_bytes, Balancer, PickContext};
 use crate::config::{HashKey, PoolConfig, UpstreamProtocol};
+use crate::health;
 use crate::pool::upstream::ConnectError;
 use crate::pool::{backend, Backend};
 use crate::queue::InFlight;
@@ -123,12 +124,19 @@ async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Respo
         let outcome = send(cfg, &backend, request.take().expect("a request per attempt")).await;
         let elapsed_ns = started.elapsed().as_nanos() as u64;
         let status = outcome.as_ref().ok().map(|(r, _)| r.status().as_u16());
+        let now_ns = backend::clock_ns();
         backend.record(
             status,
             elapsed_ns,
-            backend::clock_ns(),
+            now_ns,
             crate::config::defaults::EWMA_DECAY.as_nanos() as f64,
         );
+        let failed = match &outcome {
+            Ok((r, _)) => r.status().is_server_error(),
+            Err(SendError::Connect(..)) | Err(SendError::Timeout) => true,
+            Err(SendError::Failed(e)) => !is_body_too_large(e),
+        };
+        health::passive_outcome(pool, &backend, failed, now_ns);
         match outcome {
             Ok((resp, sender)) => return Ok(respond(resp, sender, slot, client_upgrade)),
             Err(SendError::Connect(e, back)) => {
@@ -351,7 +359,12 @@ async fn send(cfg: &PoolConfig, backend: &Backend, mut req: Request<RequestBody>
                 Ok(Ok(resp)) => return Ok((resp, Some(sender))),
                 Ok(Err(mut e)) => match e.take_message() {
                     Some(back) if !fresh => req = back,
-                    Some(back) => return Err(SendError::Connect(ConnectError::Handshake(e.into_error()), Box::new(back))),
+                    Some(back) => {
+                        return Err(SendError::Connect(
+                            ConnectError::Handshake(e.into_error()),
+                            Box::new(back),
+                        ))
+                    }
                     None => return Err(SendError::Failed(e.into_error())),
                 },
             }
@@ -365,7 +378,10 @@ async fn send(cfg: &PoolConfig, backend: &Backend, mut req: Request<RequestBody>
                 Err(_) => Err(SendError::Timeout),
                 Ok(Ok(resp)) => Ok((resp, None)),
                 Ok(Err(mut e)) => match e.take_message() {
-                    Some(back) => Err(SendError::Connect(ConnectError::Handshake(e.into_error()), Box::new(back))),
+                    Some(back) => Err(SendError::Connect(
+                        ConnectError::Handshake(e.into_error()),
+                        Box::new(back),
+                    )),
                     None => Err(SendError::Failed(e.into_error())),
                 },
             }

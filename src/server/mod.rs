@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -41,11 +42,13 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// HTTP/2 keep-alive pings on idle client connections.
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// A bound listener with what it needs to serve.
+/// A bound listener with what it needs to serve. The TLS acceptor sits
+/// behind an `ArcSwapOption` so a reload can replace certificates under a
+/// live listener; each handshake uses the acceptor current at accept time.
 pub struct Bound {
     pub name: String,
     pub listener: TcpListener,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Arc<ArcSwapOption<TlsAcceptor>>,
 }
 
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -65,17 +68,14 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one listener until `shutdown` turns true, then drains its
-/// connections for at most `drain_timeout`.
-pub async fn serve(
-    bound: Bound,
-    state: Arc<State>,
-    limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
-    drain_timeout: Duration,
-) {
+/// connections for at most the configured shutdown timeout. Limits (other
+/// than `max_connections`, fixed when the listener starts) and the drain
+/// deadline come from the snapshot current at each accept.
+pub async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let Bound { name, listener, tls } = bound;
-    let builder = Arc::new(builder(&limits));
     let graceful = GracefulShutdown::new();
+    let mut limits = state.load().config.limits.clone();
+    let mut builder = Arc::new(builder(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let permit = tokio::select! {
@@ -94,19 +94,25 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
+        let current = &state.load().config.limits;
+        if *current != limits {
+            limits = current.clone();
+            builder = Arc::new(self::builder(&limits));
+        }
         let conn = Connection {
             builder: Arc::clone(&builder),
             state: Arc::clone(&state),
             watcher: graceful.watcher(),
             limits: limits.clone(),
         };
-        let tls = tls.clone();
+        let tls = tls.load_full();
         tokio::spawn(async move {
             conn.run(stream, peer, tls).await;
             drop(permit);
         });
     }
     drop(listener);
+    let drain_timeout = state.load().config.runtime.shutdown_timeout;
     tracing::info!(listener = %name, "stopped accepting; draining connections");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!(listener = %name, "all connections finished"),
@@ -127,7 +133,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+    async fn run(self, stream: TcpStream, peer: SocketAddr, tls: Option<Arc<TlsAcceptor>>) {
         match tls {
             None => {
                 // hyper's header timer starts only once the protocol is

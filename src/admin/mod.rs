@@ -1,0 +1,137 @@
+//! The admin listener: `/stats`, `/metrics`, the live dashboard, health and
+//! readiness, and `POST /reload`.
+//!
+//! Control path, on its own listener (loopback unless configured, and then
+//! only with a token). It reads the snapshot and atomics and never writes
+//! them; a reload is a request to the owner task in `control.rs`. With
+//! `admin.token` set, every route needs `Authorization: Bearer <token>`
+//! (or `?token=` in the URL, for opening the dashboard in a browser).
+
+pub mod metrics;
+mod stats;
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::control::{Shared, Trigger};
+use crate::server::stopped;
+
+pub use stats::Stats;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Serves the admin routes until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = stopped(&mut shutdown) => return,
+        };
+        let (shared, builder) = (Arc::clone(&shared), Arc::clone(&builder));
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    respond(status, "application/json", body)
+}
+
+fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let snapshot = shared.state.load();
+    let Some(token) = snapshot.config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
+        return true;
+    };
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let query = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    [bearer, query]
+        .into_iter()
+        .flatten()
+        .any(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+/// Compares without an early exit, so the time taken does not reveal how
+/// much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !authorized(shared, &req) {
+        let mut r = respond(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized\n");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
+        (&Method::GET, "/stats") => json(StatusCode::OK, &stats::collect(shared)),
+        (&Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.render(),
+        ),
+        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if shared.ready.load(Ordering::SeqCst) {
+                respond(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+            }
+        }
+        (&Method::POST, "/reload") => match shared.control.reload(Trigger::Admin).await {
+            Ok(generation) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "ok": true, "generation": generation }),
+            ),
+            Err(error) => json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "ok": false, "error": error }),
+            ),
+        },
+        (_, "/" | "/stats" | "/metrics" | "/healthz" | "/readyz" | "/reload") => {
+            respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
+        }
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}

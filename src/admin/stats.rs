@@ -1,0 +1,143 @@
+//! `GET /stats`: the JSON an operator (and the dashboard) reads. Schema in
+//! `docs/STATS.md`. Control path: reads the snapshot and atomics, writes
+//! nothing.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::control::{ReloadLog, Shared};
+use crate::health::HealthDetail;
+use crate::pool::backend::CLASSES;
+use crate::pool::Backend;
+use crate::stats::percentiles_ms;
+
+#[derive(Serialize)]
+pub struct Stats {
+    pub version: &'static str,
+    pub uptime_seconds: f64,
+    pub ready: bool,
+    pub config: ConfigStats,
+    pub pools: Vec<PoolStats>,
+}
+
+#[derive(Serialize)]
+pub struct ConfigStats {
+    pub source: String,
+    pub generation: u64,
+    pub reloads: ReloadLog,
+}
+
+#[derive(Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+}
+
+#[derive(Serialize)]
+pub struct PoolStats {
+    pub name: String,
+    pub balance: &'static str,
+    pub queue_depth: usize,
+    pub queue_max_depth: usize,
+    pub in_flight: u32,
+    pub requests_total: u64,
+    pub errors_total: u64,
+    pub responses: serde_json::Map<String, serde_json::Value>,
+    pub latency_ms: Option<Latency>,
+    pub backends: Vec<BackendStats>,
+    /// Filled by the autoscaler when the pool has one.
+    pub autoscale: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+pub struct BackendStats {
+    pub address: String,
+    pub state: &'static str,
+    pub in_flight: u32,
+    pub max_concurrency: u32,
+    pub configured_max_concurrency: u32,
+    pub weight: u32,
+    pub requests_total: u64,
+    pub responses: serde_json::Map<String, serde_json::Value>,
+    pub latency_ms: Option<Latency>,
+    pub health: HealthDetail,
+}
+
+const QS: [f64; 3] = [0.5, 0.9, 0.99];
+
+fn latency<'a>(hists: impl IntoIterator<Item = &'a Backend>) -> Option<Latency> {
+    percentiles_ms(hists.into_iter().map(Backend::latency), &QS).map(|p| Latency {
+        p50: p[0],
+        p90: p[1],
+        p99: p[2],
+    })
+}
+
+fn by_class(counts: &[u64; 6]) -> serde_json::Map<String, serde_json::Value> {
+    CLASSES
+        .iter()
+        .zip(counts)
+        .map(|(c, n)| ((*c).to_string(), (*n).into()))
+        .collect()
+}
+
+fn backend_stats(b: &Backend) -> BackendStats {
+    let counts = b.response_counts();
+    BackendStats {
+        address: b.address.to_string(),
+        state: b.state().as_str(),
+        in_flight: b.in_flight(),
+        max_concurrency: b.limit(),
+        configured_max_concurrency: b.configured_limit(),
+        weight: b.weight(),
+        requests_total: counts.iter().sum(),
+        responses: by_class(&counts),
+        latency_ms: latency([b]),
+        health: b.health.detail(b),
+    }
+}
+
+pub fn collect(shared: &Shared) -> Stats {
+    let snapshot = shared.state.load();
+    let pools = snapshot
+        .pools
+        .iter()
+        .map(|p| {
+            let all: Vec<&Backend> = p.backends.iter().chain(&p.draining).map(|b| &**b).collect();
+            let mut totals = [0u64; 6];
+            for b in &all {
+                for (t, n) in totals.iter_mut().zip(b.response_counts()) {
+                    *t += n;
+                }
+            }
+            PoolStats {
+                name: p.name.to_string(),
+                balance: p.config.balance.as_str(),
+                queue_depth: p.shared.queue.depth(),
+                queue_max_depth: p.config.queue_max_depth,
+                in_flight: all.iter().map(|b| b.in_flight()).sum(),
+                requests_total: totals.iter().sum(),
+                errors_total: totals[4] + totals[5],
+                responses: by_class(&totals),
+                latency_ms: latency(all.iter().copied()),
+                backends: all.iter().map(|b| backend_stats(b)).collect(),
+                autoscale: None,
+            }
+        })
+        .collect();
+    Stats {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: SystemTime::now()
+            .duration_since(shared.started)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        ready: shared.ready.load(std::sync::atomic::Ordering::SeqCst),
+        config: ConfigStats {
+            source: snapshot.config.source.clone(),
+            generation: snapshot.generation,
+            reloads: (*shared.reloads.load_full()).clone(),
+        },
+        pools,
+    }
+}

@@ -1,0 +1,137 @@
+//! Watching the config file for changes: control path.
+//!
+//! Polls the file's metadata (through symlinks) rather than subscribing to
+//! inotify: a poll sees the same thing whether an editor rewrote the file in
+//! place, replaced it by rename, or an orchestrator swapped a symlink (as
+//! Kubernetes does for mounted ConfigMaps), and there is no watch to re-arm.
+//! A change fires once the file has looked the same for one more poll, so a
+//! file caught half-written is not loaded. The decision is the pure
+//! [`Debounce::observe`].
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+/// How often the file is looked at.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What identifies one version of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    target: PathBuf,
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&target).ok()?;
+    Some(Fingerprint {
+        target,
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode: meta.ino(),
+    })
+}
+
+/// Decides when a series of observations means "reload now".
+#[derive(Debug)]
+pub struct Debounce {
+    last_seen: Option<Fingerprint>,
+    applied: Option<Fingerprint>,
+}
+
+impl Debounce {
+    /// `current` is the version already loaded.
+    pub fn new(current: Option<Fingerprint>) -> Debounce {
+        Debounce {
+            last_seen: current.clone(),
+            applied: current,
+        }
+    }
+
+    /// One observation (`None`: the file is missing right now, e.g. between
+    /// an editor's delete and rename). Returns `true` when the file has
+    /// changed from the applied version and held still for one poll.
+    pub fn observe(&mut self, now: Option<Fingerprint>) -> bool {
+        let stable = now.is_some() && now == self.last_seen;
+        self.last_seen = now.clone();
+        if stable && now != self.applied {
+            self.applied = now;
+            return true;
+        }
+        false
+    }
+}
+
+/// Polls `path` until `changes` is closed, sending `()` for each change.
+pub async fn watch(path: PathBuf, changes: mpsc::Sender<()>) {
+    let mut debounce = Debounce::new(fingerprint(&path));
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || fingerprint(&path))
+                .await
+                .ok()
+                .flatten()
+        };
+        if debounce.observe(now) && changes.send(()).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(len: u64, inode: u64) -> Option<Fingerprint> {
+        Some(Fingerprint {
+            target: "/c.toml".into(),
+            modified: None,
+            len,
+            inode,
+        })
+    }
+
+    #[test]
+    fn fires_once_after_the_change_holds_still() {
+        let mut d = Debounce::new(fp(10, 1));
+        assert!(!d.observe(fp(10, 1)), "unchanged");
+        assert!(!d.observe(fp(12, 1)), "just changed: wait a poll");
+        assert!(d.observe(fp(12, 1)), "held still: reload");
+        assert!(!d.observe(fp(12, 1)), "once");
+    }
+
+    #[test]
+    fn an_editor_replacing_the_file_by_rename_is_one_reload() {
+        let mut d = Debounce::new(fp(10, 1));
+        assert!(!d.observe(None), "deleted for a moment");
+        assert!(!d.observe(fp(11, 2)), "renamed into place");
+        assert!(d.observe(fp(11, 2)));
+        assert!(!d.observe(fp(11, 2)));
+    }
+
+    #[test]
+    fn a_file_still_being_written_waits() {
+        let mut d = Debounce::new(fp(10, 1));
+        assert!(!d.observe(fp(20, 1)));
+        assert!(!d.observe(fp(30, 1)));
+        assert!(!d.observe(fp(40, 1)));
+        assert!(d.observe(fp(40, 1)));
+    }
+
+    #[test]
+    fn a_change_back_to_the_applied_version_is_not_a_reload() {
+        let mut d = Debounce::new(fp(10, 1));
+        assert!(!d.observe(fp(11, 1)));
+        assert!(!d.observe(fp(10, 1)));
+        assert!(!d.observe(fp(10, 1)));
+    }
+}
