@@ -97,12 +97,34 @@ pub struct ReloadLog {
 /// What the admin side reads: all of it shared, none of it written there.
 pub struct Shared {
     pub state: Arc<State>,
+    pub listeners: ArcSwap<Vec<ListenerInfo>>,
     pub reloads: ArcSwap<ReloadLog>,
     pub control: Control,
     pub metrics: &'static PrometheusHandle,
     pub ready: AtomicBool,
     pub started: SystemTime,
     pub config_path: Option<PathBuf>,
+}
+
+/// A listener as `/stats` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListenerInfo {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tls: bool,
+}
+
+fn publish_listeners(shared: &Shared, running: &HashMap<String, Running>) {
+    let mut list: Vec<ListenerInfo> = running
+        .iter()
+        .map(|(name, r)| ListenerInfo {
+            name: name.clone(),
+            address: r.addr,
+            tls: r.tls.load().is_some(),
+        })
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    shared.listeners.store(Arc::new(list));
 }
 
 /// How `run` finds and watches its config.
@@ -144,6 +166,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel::<Command>(16);
     let shared = Arc::new(Shared {
         state: Arc::clone(&state),
+        listeners: ArcSwap::from_pointee(Vec::new()),
         reloads: ArcSwap::from_pointee(ReloadLog::default()),
         control: Control { tx: tx.clone() },
         metrics: admin::metrics::handle(),
@@ -155,6 +178,7 @@ pub async fn run(
         .into_iter()
         .map(|b| (b.name.clone(), start_listener(b, &state)))
         .collect();
+    publish_listeners(&shared, &listeners);
     let mut probes = health::Supervisor::default();
     probes.reconcile(&state);
 
@@ -163,7 +187,8 @@ pub async fn run(
     let mut background = Vec::new();
     if let (true, Some(path)) = (opts.watch_file, opts.config_path.clone()) {
         let (file_tx, mut file_rx) = mpsc::channel(1);
-        background.push(tokio::spawn(crate::config::watch::watch(path, file_tx)));
+        let loaded = state.load().config.loaded_from.clone();
+        background.push(tokio::spawn(crate::config::watch::watch(path, loaded, file_tx)));
         let tx = tx.clone();
         background.push(tokio::spawn(async move {
             while file_rx.recv().await.is_some() {
@@ -347,6 +372,7 @@ async fn reload(
         listeners.insert(bound.name.clone(), start_listener(bound, &shared.state));
     }
     probes.reconcile(&shared.state);
+    publish_listeners(shared, listeners);
     Ok(generation)
 }
 

@@ -31,7 +31,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy (the default).
-    Run,
+    Run {
+        /// Do not reload when the config file changes (SIGHUP and
+        /// `POST /reload` still do).
+        #[arg(long)]
+        no_watch: bool,
+    },
     /// Validate a config file and exit (like `nginx -t`).
     Check,
     /// Run a simulated shop backend (for the demo, tests and benchmarks).
@@ -59,8 +64,8 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TIDEGATE_LOG").unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .init();
-    let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(cli.config),
+    let result = match cli.command.unwrap_or(Command::Run { no_watch: false }) {
+        Command::Run { no_watch } => run(cli.config, !no_watch),
         Command::Check => check(cli.config),
         Command::Backend {
             listen,
@@ -124,7 +129,7 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     b.enable_all().build().context("starting the async runtime")
 }
 
-fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+fn run(path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
     let demo = path.is_none();
     let config = match &path {
         Some(p) => Config::load(p)?,
@@ -167,7 +172,7 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         let state = State::new(config);
         let opts = tidegate::control::Options {
             config_path: path.clone(),
-            watch_file: path.is_some(),
+            watch_file: watch && path.is_some(),
             reload_on_sighup: true,
         };
         tidegate::control::run(state, bound, admin, opts, shutdown_signal()).await;

@@ -111,7 +111,7 @@ impl State {
     /// recorder, so every metric handle its backends create is live.
     pub fn new(config: Config) -> Arc<State> {
         crate::admin::metrics::handle();
-        let snapshot = build(config, None, 1);
+        let (snapshot, _) = build(config, None, 1);
         Arc::new(State {
             current: ArcSwap::from_pointee(snapshot),
             generation: AtomicU64::new(1),
@@ -131,8 +131,15 @@ impl State {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.current.load_full();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let next = Arc::new(build(config, Some(&previous), generation));
+        let (next, removed) = build(config, Some(&previous), generation);
+        let next = Arc::new(next);
         self.current.store(Arc::clone(&next));
+        // Only now: a request still holding the previous snapshot must never
+        // see all its backends draining before the new one is published
+        // (it re-routes on the new one when it finds no backend).
+        for b in removed {
+            b.set_state(BackendState::Draining);
+        }
         // Capacity may have grown (new backends, higher limits): serve the
         // queues now rather than at the next release.
         let mut rng = fastrand::Rng::new();
@@ -143,7 +150,10 @@ impl State {
     }
 }
 
-fn build(config: Config, previous: Option<&Snapshot>, generation: u64) -> Snapshot {
+/// Builds a snapshot; also returns the backends it leaves out, for the
+/// caller to mark draining once the snapshot is published.
+fn build(config: Config, previous: Option<&Snapshot>, generation: u64) -> (Snapshot, Vec<Arc<Backend>>) {
+    let mut removed = Vec::new();
     let mut pools = Vec::with_capacity(config.pools.len());
     for (name, pc) in &config.pools {
         let old = previous.and_then(|s| s.pool(name));
@@ -185,7 +195,7 @@ fn build(config: Config, previous: Option<&Snapshot>, generation: u64) -> Snapsh
                 if backends.iter().any(|n| Arc::ptr_eq(n, b)) {
                     continue;
                 }
-                b.set_state(BackendState::Draining);
+                removed.push(Arc::clone(b));
                 if b.in_flight() > 0 {
                     draining.push(Arc::clone(b));
                 }
@@ -203,12 +213,13 @@ fn build(config: Config, previous: Option<&Snapshot>, generation: u64) -> Snapsh
     }
     let index: HashMap<&str, usize> = pools.iter().enumerate().map(|(i, p)| (&*p.name, i)).collect();
     let router = Router::new(&config.routes, &index);
-    Snapshot {
+    let snapshot = Snapshot {
         generation,
         config: Arc::new(config),
         router,
         pools,
-    }
+    };
+    (snapshot, removed)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::control::{ReloadLog, Shared};
+use crate::control::{ListenerInfo, ReloadLog, Shared};
 use crate::health::HealthDetail;
 use crate::pool::backend::CLASSES;
 use crate::pool::Backend;
@@ -17,6 +17,7 @@ pub struct Stats {
     pub version: &'static str,
     pub uptime_seconds: f64,
     pub ready: bool,
+    pub listeners: Vec<ListenerInfo>,
     pub config: ConfigStats,
     pub pools: Vec<PoolStats>,
 }
@@ -133,6 +134,7 @@ pub fn collect(shared: &Shared) -> Stats {
             .duration_since(shared.started)
             .map_or(0.0, |d| d.as_secs_f64()),
         ready: shared.ready.load(std::sync::atomic::Ordering::SeqCst),
+        listeners: (*shared.listeners.load_full()).clone(),
         config: ConfigStats {
             source: snapshot.config.source.clone(),
             generation: snapshot.generation,

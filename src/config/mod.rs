@@ -30,6 +30,9 @@ pub const DEMO_TOML: &str = include_str!("../../conf/demo.toml");
 pub struct Config {
     /// Where it was read from (`<embedded demo>` for the demo).
     pub source: String,
+    /// The file's identity when it was read, so the watcher reloads on any
+    /// later change (even one made before the watcher started).
+    pub loaded_from: Option<watch::Fingerprint>,
     pub runtime: Runtime,
     pub admin: Option<Admin>,
     pub limits: Limits,
@@ -200,12 +203,17 @@ impl Config {
     /// resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
+        // Taken before reading: a change racing the read reloads once more
+        // rather than not at all.
+        let fingerprint = watch::fingerprint(path);
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: shown.clone(),
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, &shown, base)
+        let mut config = Config::parse(&text, &shown, base)?;
+        config.loaded_from = fingerprint;
+        Ok(config)
     }
 
     /// Parses and validates text; `source` names it in errors.

@@ -186,7 +186,8 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
                 format!("duplicate listener name `{}`", rl.name.get_ref()),
             ));
         }
-        if !addrs.insert(rl.listen) {
+        // Port 0 asks the OS for a free port: several such listeners never clash.
+        if rl.listen.port() != 0 && !addrs.insert(rl.listen) {
             return Err(cx.error(
                 rl.name.span(),
                 format!("{key}.listen"),
@@ -288,6 +289,7 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
 
     Ok(Config {
         source: cx.source.to_string(),
+        loaded_from: None,
         runtime,
         admin,
         limits,

@@ -67,9 +67,10 @@ impl Debounce {
     }
 }
 
-/// Polls `path` until `changes` is closed, sending `()` for each change.
-pub async fn watch(path: PathBuf, changes: mpsc::Sender<()>) {
-    let mut debounce = Debounce::new(fingerprint(&path));
+/// Polls `path` until `changes` is closed, sending `()` for each change
+/// from `loaded`, the version the running config was read from.
+pub async fn watch(path: PathBuf, loaded: Option<Fingerprint>, changes: mpsc::Sender<()>) {
+    let mut debounce = Debounce::new(loaded);
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -286,3 +286,66 @@ async fn check_loop(state: Weak<State>, pool_name: Arc<str>, backend: Weak<Backe
         tokio::time::sleep(check.interval).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn pool_state(slow_start: &str) -> Arc<State> {
+        let text = format!(
+            "[[listener]]\nname = \"w\"\nlisten = \"127.0.0.1:0\"\n[pools.p]\nmax_concurrency = 100\nslow_start = \"{slow_start}\"\nbackends = [ {{ address = \"127.0.0.1:9\", weight = 10 }} ]\n"
+        );
+        State::new(Config::parse(&text, "t", std::path::Path::new(".")).unwrap())
+    }
+
+    #[test]
+    fn slow_start_ramps_limit_and_weight_after_a_backend_comes_up() {
+        let state = pool_state("30s");
+        let snap = state.load();
+        let (pool, b) = (&snap.pools[0], &snap.pools[0].backends[0]);
+        let t0 = 1_000_000_000u64;
+        b.health.came_up(t0);
+        tick(pool, t0);
+        assert_eq!((b.limit(), b.weight()), (10, 1), "a tenth at first");
+        assert!(tick(pool, t0 + 15_000_000_000), "capacity grew");
+        assert_eq!((b.limit(), b.weight()), (55, 5));
+        tick(pool, t0 + 31_000_000_000);
+        assert_eq!((b.limit(), b.weight()), (100, 10));
+        assert_eq!(b.configured_limit(), 100);
+    }
+
+    #[test]
+    fn an_ejection_ends_when_its_period_has_passed() {
+        let state = pool_state("0s");
+        let snap = state.load();
+        let (pool, b) = (&snap.pools[0], &snap.pools[0].backends[0]);
+        b.set_state(BackendState::Down);
+        b.health.ejected_until_ns.store(5_000, Ordering::Relaxed);
+        assert!(!tick(pool, 4_999));
+        assert_eq!(b.state(), BackendState::Down);
+        assert!(tick(pool, 5_000));
+        assert_eq!(b.state(), BackendState::Active);
+    }
+
+    #[test]
+    fn probes_never_override_draining() {
+        let state = pool_state("0s");
+        let snap = state.load();
+        let b = &snap.pools[0].backends[0];
+        b.set_state(BackendState::Draining);
+        let check = HealthCheck {
+            kind: CheckKind::Http,
+            path: "/".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy: 1,
+            unhealthy: 1,
+            expect: (200, 399),
+        };
+        apply_probe("p", b, Err("x".into()), &check, 1);
+        assert_eq!(b.state(), BackendState::Draining);
+        apply_probe("p", b, Ok(()), &check, 2);
+        assert_eq!(b.state(), BackendState::Draining);
+    }
+}

@@ -37,7 +37,7 @@ use crate::balance::{hash_bytes, Balancer, PickContext};
 use crate::config::{HashKey, PoolConfig, UpstreamProtocol};
 use crate::health;
 use crate::pool::upstream::ConnectError;
-use crate::pool::{backend, Backend};
+use crate::pool::{backend, AdmitError, Backend};
 use crate::queue::InFlight;
 use crate::state::State;
 
@@ -112,13 +112,35 @@ async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Respo
     let mut exclude: Vec<usize> = Vec::new();
     let mut connect_failures = 0;
     let mut replays_left = u32::from(replayable);
+    let (mut snapshot, mut pool_index) = (snapshot, target.pool);
     loop {
+        let pool = &snapshot.pools[pool_index];
+        let cfg = &*pool.config;
         let mut cx = PickContext {
             rng: &mut rng,
             hash,
             exclude: &exclude,
         };
-        let slot = pool.admit(&mut cx).await?;
+        let slot = match pool.admit(&mut cx).await {
+            Ok(slot) => slot,
+            Err(AdmitError::NoBackend) => {
+                // A reload may have replaced every backend this snapshot
+                // knows (they are draining now): route again on the live one.
+                let fresh = conn.state.load();
+                if fresh.generation == snapshot.generation {
+                    return Err(ProxyError::NoBackend);
+                }
+                let req = request.as_ref().expect("not yet sent");
+                let target = fresh
+                    .router
+                    .route(request_host(req), req.uri().path())
+                    .ok_or(ProxyError::NoRoute)?;
+                (snapshot, pool_index) = (fresh, target.pool);
+                exclude.clear();
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let backend = Arc::clone(slot.backend());
         let started = tokio::time::Instant::now();
         let outcome = send(cfg, &backend, request.take().expect("a request per attempt")).await;

@@ -307,3 +307,141 @@ pub async fn gate() -> Gate {
     });
     Gate { addr, arrived, release }
 }
+
+/// A proxy run the way `tidegate run --config FILE` runs it: from a file,
+/// with an admin listener, reloadable.
+pub struct Managed {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub state: Arc<State>,
+    pub path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+/// `text` must contain `[admin]` with `listen = "127.0.0.1:0"`.
+pub async fn managed(text: &str, watch_file: bool) -> Managed {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidegate.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).expect("valid test config");
+    let bound = tidegate::bind(&config).await.unwrap();
+    let admin = tidegate::bind_admin(&config).await.unwrap().expect("an [admin] table");
+    let (addr, admin_addr) = (bound[0].listener.local_addr().unwrap(), admin.local_addr().unwrap());
+    let state = State::new(config);
+    let (tx, rx) = oneshot::channel::<()>();
+    let opts = tidegate::control::Options {
+        config_path: Some(path.clone()),
+        watch_file,
+        reload_on_sighup: false,
+    };
+    let task = tokio::spawn(tidegate::control::run(
+        Arc::clone(&state),
+        bound,
+        Some(admin),
+        opts,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Managed {
+        addr,
+        admin: admin_addr,
+        state,
+        path,
+        _dir: dir,
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl Managed {
+    /// Replaces the config file the way editors do: write aside, rename.
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    pub async fn reload(&self) -> Answer {
+        let mut s = h1(self.admin).await;
+        let req = http::Request::post("/reload")
+            .header("host", "admin")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        collect(s.send_request(req).await.unwrap()).await
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        let a = get(self.admin, "/stats").await;
+        assert_eq!(a.status, 200);
+        serde_json::from_slice(&a.body).unwrap()
+    }
+
+    pub async fn generation(&self) -> u64 {
+        self.stats().await["config"]["generation"].as_u64().unwrap()
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(BOUND, self.task)
+            .await
+            .expect("stopped in time")
+            .unwrap();
+    }
+}
+
+/// A backend whose `/healthz` answers 200 or 503 as the test decides, and
+/// every other path `200` with `x-backend: <name>`.
+pub struct Toggle {
+    pub addr: SocketAddr,
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub async fn toggle(name: &'static str) -> Toggle {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&healthy);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let flag = Arc::clone(&flag);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let ok = flag.load(Ordering::SeqCst);
+                    async move {
+                        let status = if req.uri().path() == "/healthz" && !ok {
+                            503
+                        } else {
+                            200
+                        };
+                        let mut r = http::Response::new(Full::new(Bytes::from_static(b"ok")));
+                        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                        r.headers_mut()
+                            .insert("x-backend", http::HeaderValue::from_static(name));
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Toggle { addr, healthy }
+}
+
+/// Polls (bounded) until an async condition holds.
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
