@@ -105,6 +105,8 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n
 struct Pki {
     dir: tempfile::TempDir,
     ca: CertificateDer<'static>,
+    ca_cert: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
 }
 
 /// A CA and two leaf certificates (shop.example, admin.example) signed by
@@ -128,6 +130,8 @@ fn pki() -> Pki {
     Pki {
         ca: ca.der().clone(),
         dir,
+        ca_cert: ca,
+        ca_key,
     }
 }
 
@@ -212,4 +216,40 @@ async fn a_listener_with_a_missing_certificate_refuses_to_start() {
         err.contains("listener `web`") && err.contains("/nonexistent/c.pem"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_reload_picks_up_a_renewed_certificate_without_rebinding() {
+    let pki = pki();
+    let b = backend("b1").await;
+    let d = pki.dir.path().display();
+    let text = config_text(&[b.addr], "[admin]\nlisten = \"127.0.0.1:0\"\n", "").replace(
+        "listen = \"127.0.0.1:0\"\n\n[pools",
+        &format!("listen = \"127.0.0.1:0\"\ntls = {{ certificates = [ {{ cert = \"{d}/shop.example.pem\", key = \"{d}/shop.example.key\" }} ] }}\n\n[pools"),
+    );
+    let m = managed(&text, false).await;
+    let peer_cert =
+        |tls: &tokio_rustls::client::TlsStream<TcpStream>| tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let before = peer_cert(&tls_connect(&pki, m.addr, "shop.example", b"http/1.1").await.unwrap());
+    // Renew: a new key and certificate for the same name, from the same CA.
+    let renewed = self::renew(&pki, "shop.example");
+    assert_ne!(renewed, before);
+    assert_eq!(m.reload().await.status, 200);
+    let after = peer_cert(&tls_connect(&pki, m.addr, "shop.example", b"http/1.1").await.unwrap());
+    assert_eq!(after, renewed, "new handshakes get the renewed certificate");
+    m.shutdown().await;
+}
+
+/// Rewrites `name`'s certificate and key with a fresh pair signed by the
+/// same CA (a renewal, as an ACME client would do).
+fn renew(pki: &Pki, name: &str) -> CertificateDer<'static> {
+    use rcgen::{CertificateParams, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&key, &pki.ca_cert, &pki.ca_key)
+        .unwrap();
+    std::fs::write(pki.dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+    std::fs::write(pki.dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    cert.der().clone()
 }

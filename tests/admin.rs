@@ -1,0 +1,282 @@
+//! The admin listener: /stats, /metrics, the dashboard (in a real headless
+//! Chromium), health/readiness, the bearer token, SIGHUP and certificate
+//! reloads.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+
+#[tokio::test]
+async fn stats_reports_pools_backends_queue_latency_and_config() {
+    let (b1, b2) = (backend("b1").await, backend("b2").await);
+    let m = managed(
+        &config_text(
+            &[b1.addr, b2.addr],
+            ADMIN,
+            "max_concurrency = 1\nqueue = { max_depth = 8, timeout = \"5s\" }",
+        ),
+        false,
+    )
+    .await;
+    for i in 0..10 {
+        assert_eq!(get(m.addr, format!("/products/{i}")).await.status, 200);
+    }
+    assert_eq!(get(m.addr, "/status/503").await.status, 503);
+    // Hold both slots and queue one request, then read the live numbers.
+    let held: Vec<_> = (0..2).map(|_| tokio::spawn(get(m.addr, "/?delay=400"))).collect();
+    until("both slots held", || {
+        m.state.load().pools[0].backends.iter().all(|b| b.in_flight() == 1)
+    })
+    .await;
+    let queued = tokio::spawn(get(m.addr, "/"));
+    until("one queued", || m.state.load().pools[0].shared.queue.depth() == 1).await;
+    let s = m.stats().await;
+    let pool = &s["pools"][0];
+    assert_eq!(pool["name"], "shop");
+    assert_eq!(pool["queue_depth"], 1);
+    assert_eq!(pool["queue_max_depth"], 8);
+    assert_eq!(pool["in_flight"], 2);
+    assert_eq!(pool["requests_total"], 11);
+    assert_eq!(pool["responses"]["5xx"], 1);
+    assert_eq!(pool["errors_total"], 1);
+    assert!(pool["latency_ms"]["p99"].as_f64().unwrap() >= pool["latency_ms"]["p50"].as_f64().unwrap());
+    assert!(pool["autoscale"].is_null(), "room for the autoscaler");
+    let backends = pool["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 2);
+    for b in backends {
+        assert_eq!(b["state"], "active");
+        assert_eq!(b["in_flight"], 1);
+        assert_eq!(b["max_concurrency"], 1);
+        assert!(b["address"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(b["health"]["ejected"] == false);
+    }
+    assert_eq!(s["config"]["generation"], 1);
+    assert_eq!(s["listeners"][0]["name"], "web");
+    assert_eq!(s["ready"], true);
+    for h in held {
+        h.await.unwrap();
+    }
+    queued.await.unwrap();
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_the_documented_names() {
+    let b = backend("b1").await;
+    let m = managed(&config_text(&[b.addr], ADMIN, "max_concurrency = 1"), false).await;
+    let held = tokio::spawn(get(m.addr, "/?delay=200"));
+    until("held", || m.state.load().pools[0].backends[0].in_flight() == 1).await;
+    let queued = tokio::spawn(get(m.addr, "/"));
+    held.await.unwrap();
+    queued.await.unwrap();
+    assert_eq!(m.reload().await.status, 200);
+    let backend_label = format!("backend=\"{}\"", b.addr);
+    eventually("the tick has published pool gauges", || async {
+        get(m.admin, "/metrics")
+            .await
+            .text()
+            .contains("tidegate_pool_backends{pool=\"shop\",state=\"active\"} 1")
+    })
+    .await;
+    let a = get(m.admin, "/metrics").await;
+    assert!(a.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = a.text();
+    for needle in [
+        "# TYPE tidegate_requests_total counter",
+        "tidegate_requests_total{pool=\"shop\",",
+        &backend_label,
+        "code=\"2xx\"",
+        "# TYPE tidegate_request_duration_seconds histogram",
+        "tidegate_request_duration_seconds_bucket{",
+        "# TYPE tidegate_queue_wait_seconds histogram",
+        "tidegate_pool_queue_depth{pool=\"shop\"}",
+        "tidegate_backend_in_flight{pool=\"shop\",",
+        "tidegate_config_reloads_total{result=\"ok\"}",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_protects_every_admin_route() {
+    let b = backend("b1").await;
+    let m = managed(
+        &config_text(&[b.addr], &format!("{ADMIN}token = \"s3cret\"\n"), ""),
+        false,
+    )
+    .await;
+    for path in ["/", "/stats", "/metrics", "/healthz", "/readyz"] {
+        let a = get(m.admin, path).await;
+        assert_eq!(a.status, 401, "{path}");
+        assert_eq!(a.headers["www-authenticate"], "Bearer");
+    }
+    let mut s = h1(m.admin).await;
+    let req = http::Request::get("/stats")
+        .header("host", "a")
+        .header("authorization", "Bearer s3cret")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(collect(s.send_request(req).await.unwrap()).await.status, 200);
+    let req = http::Request::get("/stats")
+        .header("host", "a")
+        .header("authorization", "Bearer s3crex")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(collect(s.send_request(req).await.unwrap()).await.status, 401);
+    assert_eq!(get(m.admin, "/readyz?token=s3cret").await.status, 200);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_wrong_methods() {
+    let b = backend("b1").await;
+    let m = managed(&config_text(&[b.addr], ADMIN, ""), false).await;
+    assert_eq!(get(m.admin, "/healthz").await.text(), "ok\n");
+    assert_eq!(get(m.admin, "/readyz").await.status, 200);
+    assert_eq!(get(m.admin, "/reload").await.status, 405);
+    assert_eq!(get(m.admin, "/nope").await.status, 404);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file() {
+    let (b1, b2) = (backend("b1").await, backend("b2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, config_text(&[b1.addr], ADMIN, "")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["run", "--no-watch", "--config"])
+        .arg(&path)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut web, mut admin) = (None, None);
+    while web.is_none() || admin.is_none() {
+        let line = tokio::time::timeout(BOUND, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("tidegate exited");
+        if let Some(rest) = line.split("serving on http://").nth(1) {
+            web = Some(
+                rest.split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap(),
+            );
+        }
+        if let Some(rest) = line.split("/metrics) on http://").nth(1) {
+            admin = Some(rest.trim_end_matches('/').parse::<std::net::SocketAddr>().unwrap());
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (web, admin) = (web.unwrap(), admin.unwrap());
+    assert_eq!(get(web, "/").await.backend(), "b1");
+    std::fs::write(&path, config_text(&[b2.addr], ADMIN, "")).unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await
+        .unwrap()
+        .success());
+    eventually("the HUP reload is applied", || async {
+        get(web, "/").await.backend() == "b2"
+    })
+    .await;
+    let stats: serde_json::Value = serde_json::from_slice(&get(admin, "/stats").await.body).unwrap();
+    assert_eq!(stats["config"]["reloads"]["recent"][0]["trigger"], "signal");
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap()
+        .success());
+    assert!(tokio::time::timeout(BOUND, child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+        .success());
+}
+
+/// Runs headless Chromium (Debian's `chromium`, installed by `.ci/run`).
+async fn chromium(args: &[String]) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=4000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .args(args);
+    tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+        .await
+        .expect("chromium finished")
+        .expect("chromium is installed (apt-get install chromium)")
+}
+
+#[tokio::test]
+async fn the_dashboard_renders_the_backends_table_from_stats_in_a_real_browser() {
+    let (b1, b2) = (backend("b1").await, backend("b2").await);
+    let m = managed(&config_text(&[b1.addr, b2.addr], ADMIN, ""), false).await;
+    for i in 0..20 {
+        get(m.addr, format!("/products/{i}")).await;
+    }
+    m.state.load().pools[0].backends[1].set_state(tidegate::pool::BackendState::Down);
+    let url = format!("http://{}/", m.admin);
+    let out = chromium(&["--dump-dom".into(), url.clone()]).await;
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("data-rendered=\"true\""),
+        "the page rendered /stats:\n{dom}"
+    );
+    let stats = m.stats().await;
+    for b in stats["pools"][0]["backends"].as_array().unwrap() {
+        let addr = b["address"].as_str().unwrap();
+        let row_start = dom
+            .find(&format!("data-backend=\"{addr}\""))
+            .unwrap_or_else(|| panic!("no row for {addr}:\n{dom}"));
+        let row = &dom[row_start..row_start + dom[row_start..].find("</tr>").unwrap()];
+        let state = b["state"].as_str().unwrap();
+        assert!(
+            row.contains(&format!(">{state}<")),
+            "row for {addr} shows {state}: {row}"
+        );
+    }
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let out = chromium(&[
+        "--window-size=1280,900".into(),
+        format!("--screenshot={}", shot.display()),
+        url,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "a real screenshot at {}",
+        shot.display()
+    );
+    println!("dashboard screenshot: {}", shot.display());
+    m.shutdown().await;
+}
