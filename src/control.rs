@@ -191,18 +191,7 @@ pub async fn run(
         background.push(tokio::spawn(crate::config::watch::watch(path, loaded, file_tx)));
         let tx = tx.clone();
         background.push(tokio::spawn(async move {
-            while file_rx.recv().await.is_some() {
-                if tx
-                    .send(Command {
-                        trigger: Trigger::File,
-                        reply: None,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
+            while file_rx.recv().await.is_some() && request(&tx, Trigger::File).await {}
         }));
     }
     if opts.reload_on_sighup {
@@ -212,18 +201,7 @@ pub async fn run(
             let Ok(mut hup) = signal(SignalKind::hangup()) else {
                 return;
             };
-            while hup.recv().await.is_some() {
-                if tx
-                    .send(Command {
-                        trigger: Trigger::Signal,
-                        reply: None,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
+            while hup.recv().await.is_some() && request(&tx, Trigger::Signal).await {}
         }));
     }
     drop(tx);
@@ -264,6 +242,11 @@ pub async fn run(
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+}
+
+/// Asks for a reload without waiting for it; `false` once the owner is gone.
+async fn request(tx: &mpsc::Sender<Command>, trigger: Trigger) -> bool {
+    tx.send(Command { trigger, reply: None }).await.is_ok()
 }
 
 /// Periodic work: ejections and slow start, gauges, exporter upkeep.

@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
@@ -154,37 +151,14 @@ async fn sighup_reloads_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.toml");
     std::fs::write(&path, config_text(&[b1.addr], ADMIN, "")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["run", "--no-watch", "--config"])
-        .arg(&path)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut web, mut admin) = (None, None);
-    while web.is_none() || admin.is_none() {
-        let line = tokio::time::timeout(BOUND, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("tidegate exited");
-        if let Some(rest) = line.split("serving on http://").nth(1) {
-            web = Some(
-                rest.split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap(),
-            );
-        }
-        if let Some(rest) = line.split("/metrics) on http://").nth(1) {
-            admin = Some(rest.trim_end_matches('/').parse::<std::net::SocketAddr>().unwrap());
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (web, admin) = (web.unwrap(), admin.unwrap());
+    let args = [
+        std::ffi::OsStr::new("run"),
+        "--no-watch".as_ref(),
+        "--config".as_ref(),
+        path.as_os_str(),
+    ];
+    let (mut child, web, admin) = spawn_tidegate(&args).await;
+    let admin = admin.expect("the admin address is logged");
     assert_eq!(get(web, "/").await.backend(), "b1");
     std::fs::write(&path, config_text(&[b2.addr], ADMIN, "")).unwrap();
     let pid = child.id().unwrap().to_string();

@@ -3,11 +3,8 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
 use tidegate::config::Config;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const EXE: &str = env!("CARGO_BIN_EXE_tidegate");
@@ -46,39 +43,14 @@ async fn shutdown_gives_up_on_requests_that_outlast_the_deadline() {
     );
 }
 
-/// Starts the real binary on a config file; returns it and its address.
-async fn spawn_tidegate(config: &std::path::Path) -> (tokio::process::Child, std::net::SocketAddr) {
-    let mut child = Command::new(EXE)
-        .args(["run", "--config"])
-        .arg(config)
-        .env("TIDEGATE_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(BOUND, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("serving on http://").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("tidegate exited before serving");
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let mut g = gate().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.toml");
     std::fs::write(&path, config_text(&[g.addr], "", "")).unwrap();
-    let (mut child, addr) = spawn_tidegate(&path).await;
+    let (mut child, addr, _) =
+        spawn_tidegate(&[std::ffi::OsStr::new("run"), "--config".as_ref(), path.as_os_str()]).await;
     let in_flight = tokio::spawn(get(addr, "/products/2"));
     tokio::time::timeout(BOUND, g.arrived.recv()).await.unwrap().unwrap();
     let pid = child.id().unwrap().to_string();

@@ -252,17 +252,8 @@ pub async fn slammer() -> Slammer {
         while let Ok((mut s, _)) = listener.accept().await {
             let count = Arc::clone(&count);
             tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        return;
-                    }
+                if read_head(&mut s).await {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             });
         }
@@ -288,19 +279,10 @@ pub async fn gate() -> Gate {
         while let Ok((mut s, _)) = listener.accept().await {
             let (tx, rel) = (tx.clone(), Arc::clone(&rel));
             tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        seen.clear();
-                        let _ = tx.send(());
-                        rel.notified().await;
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ngated").await;
-                    }
+                while read_head(&mut s).await {
+                    let _ = tx.send(());
+                    rel.notified().await;
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ngated").await;
                 }
             });
         }
@@ -444,4 +426,51 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Reads until the end of a request head (bodies are not expected); `false`
+/// when the peer closed first.
+pub async fn read_head(s: &mut TcpStream) -> bool {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => seen.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Starts the real binary with `args` (e.g. `["run", "--config", path]`)
+/// and returns it with the proxy's address and, if it logs one, the admin's.
+pub async fn spawn_tidegate(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut web, mut admin) = (None, None);
+    let wants_admin = args
+        .iter()
+        .any(|a| std::fs::read_to_string(a).is_ok_and(|t| t.contains("[admin]")));
+    while web.is_none() || (wants_admin && admin.is_none()) {
+        let line = tokio::time::timeout(BOUND, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("tidegate exited early");
+        if let Some(rest) = line.split("serving on http://").nth(1) {
+            web = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+        if let Some(rest) = line.split("/metrics) on http://").nth(1) {
+            admin = rest.trim().trim_end_matches('/').parse().ok();
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, web.unwrap(), admin)
 }
