@@ -248,3 +248,24 @@ async fn futures_join<const N: usize>(names: [&str; N]) -> Vec<TestBackend> {
     }
     out
 }
+
+#[tokio::test]
+async fn pool_totals_survive_a_reload_that_replaces_every_backend() {
+    let (b1, b2) = (backend("b1").await, backend("b2").await);
+    let m = managed(&shop(&[b1.addr], "least_conn", false), false).await;
+    for _ in 0..5 {
+        get(m.addr, "/").await;
+    }
+    m.write_config(&shop(&[b2.addr], "least_conn", false));
+    assert_eq!(m.reload().await.status, 200);
+    for _ in 0..3 {
+        assert_eq!(get(m.addr, "/").await.backend(), "b2");
+    }
+    let pool = &m.stats().await["pools"][0];
+    assert_eq!(pool["requests_total"], 8, "{pool}");
+    assert_eq!(
+        pool["backends"][0]["requests_total"], 3,
+        "the new backend counts its own"
+    );
+    m.shutdown().await;
+}

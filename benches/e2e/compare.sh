@@ -18,44 +18,24 @@
 # by its PID. Needs: haproxy nginx-light nghttp2-client (Debian packages).
 #
 # Usage: benches/e2e/compare.sh            (ROUNDS=5 DURATION=10 RATE=10000)
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
 RATE=${RATE:-10000}
 CONNS=64
 PROXIES=${PROXIES:-"tidegate haproxy nginx"}
-WORK=$(mktemp -d /tmp/tidegate-bench.XXXXXX)
-BACKEND_PORTS="19101 19102 19103 19104"
-PIDS=()
-
-cleanup() {
-  for pid in "${PIDS[@]:-}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-for tool in haproxy nginx h2load taskset curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install haproxy nginx-light nghttp2-client)"; exit 1; }
-done
-cargo build --release --quiet
-BIN=target/release/tidegate
-
-# --- backends ---------------------------------------------------------------
-BACKEND_PIDS=()
-for port in $BACKEND_PORTS; do
-  taskset -c 1 "$BIN" backend --listen "127.0.0.1:$port" --threads 1 >/dev/null 2>&1 &
-  PIDS+=($!); BACKEND_PIDS+=($!)
-done
+need haproxy nginx h2load taskset curl
+build
+start_backends
 
 # --- proxy configs ------------------------------------------------------------
-servers_haproxy=""; servers_nginx=""; servers_tidegate=""
+servers_haproxy=""; servers_nginx=""
+servers_tidegate=$(tidegate_backends $BACKEND_PORTS)
 i=0
 for port in $BACKEND_PORTS; do
   i=$((i+1))
   servers_haproxy+="    server s$i 127.0.0.1:$port maxconn 1024"$'\n'
   servers_nginx+="    server 127.0.0.1:$port;"$'\n'
-  servers_tidegate+="{ address = \"127.0.0.1:$port\" }, "
 done
 
 cat > "$WORK/tidegate.toml" <<CONF
@@ -136,30 +116,10 @@ start_proxy() {
   esac
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")
-  for _ in $(seq 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$(h1_port "$1")/healthz" && return 0
-    sleep 0.05
-  done
-  echo "$1 did not start"; exit 1
+  wait_http "http://127.0.0.1:$(h1_port "$1")/healthz"
 }
 
 stop_proxy() { kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; }
-
-ticks() { local t=0; for p in "$@"; do read -r -a f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t"; }
-hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-
-# One measured h2load run: prints "proxy_ticks backend_ticks requests req_per_s"
-measure() {
-  local proxy_pid=$1; shift
-  local p0 b0 p1 b1 out
-  p0=$(ticks "$proxy_pid"); b0=$(ticks "${BACKEND_PIDS[@]}")
-  out=$(taskset -c 1 h2load "$@" 2>&1)
-  p1=$(ticks "$proxy_pid"); b1=$(ticks "${BACKEND_PIDS[@]}")
-  local done rps
-  done=$(echo "$out" | awk '/^requests:/ {print $8}')
-  rps=$(echo "$out" | awk '/^finished in/ {print $4}')
-  echo "$((p1 - p0)) $((b1 - b0)) $done $rps"
-}
 
 RESULTS="$WORK/results.tsv"
 echo -e "round\tproxy\ttest\tproxy_ticks\tbackend_ticks\trequests\treq_per_s\tp50_us\tp99_us\thwm_kib" > "$RESULTS"
@@ -173,12 +133,7 @@ for round in $(seq "$ROUNDS"); do
     taskset -c 1 h2load --h1 -c "$CONNS" -D 2 "$url1" >/dev/null 2>&1   # warm-up
     rps_per_client=$((RATE / CONNS))
     read -r pt bt n rps < <(measure "$PROXY_PID" --h1 -c "$CONNS" --rps "$rps_per_client" -D "$DURATION" --log-file "$WORK/lat.log" "$url1")
-    read -r p50 p99 < <(python3 - "$WORK/lat.log" <<'PY'
-import sys
-v = sorted(int(l.split('\t')[2]) for l in open(sys.argv[1]) if l.strip())
-print(v[len(v)//2], v[min(len(v)-1, int(len(v)*0.99))])
-PY
-)
+    read -r p50 p99 < <(latency_p50_p99 "$WORK/lat.log")
     echo -e "$round\t$proxy\th1-fixed\t$pt\t$bt\t$n\t$rps\t$p50\t$p99\t$(hwm_kib "$PROXY_PID")" >> "$RESULTS"
     read -r pt bt n rps < <(measure "$PROXY_PID" -c "$CONNS" -m 10 -D "$DURATION" "$url2")
     echo -e "$round\t$proxy\th2c-max\t$pt\t$bt\t$n\t$rps\t-\t-\t$(hwm_kib "$PROXY_PID")" >> "$RESULTS"

@@ -107,12 +107,7 @@ pub fn collect(shared: &Shared) -> Stats {
         .iter()
         .map(|p| {
             let all: Vec<&Backend> = p.backends.iter().chain(&p.draining).map(|b| &**b).collect();
-            let mut totals = [0u64; 6];
-            for b in &all {
-                for (t, n) in totals.iter_mut().zip(b.response_counts()) {
-                    *t += n;
-                }
-            }
+            let totals = p.shared.response_counts();
             PoolStats {
                 name: p.name.to_string(),
                 balance: p.config.balance.as_str(),
@@ -122,7 +117,11 @@ pub fn collect(shared: &Shared) -> Stats {
                 requests_total: totals.iter().sum(),
                 errors_total: totals[4] + totals[5],
                 responses: by_class(&totals),
-                latency_ms: latency(all.iter().copied()),
+                latency_ms: percentiles_ms([p.shared.latency()], &QS).map(|q| Latency {
+                    p50: q[0],
+                    p90: q[1],
+                    p99: q[2],
+                }),
                 backends: all.iter().map(|b| backend_stats(b)).collect(),
                 autoscale: None,
             }

@@ -101,6 +101,15 @@ pub fn clock_ns() -> u64 {
     EPOCH.get_or_init(tokio::time::Instant::now).elapsed().as_nanos() as u64
 }
 
+/// Index into [`CLASSES`]: 1xx..5xx, or `error` when there was no response.
+#[inline]
+pub fn status_class(status: Option<u16>) -> usize {
+    match status {
+        Some(s) if (100..600).contains(&s) => (s / 100 - 1) as usize,
+        _ => 5,
+    }
+}
+
 /// `ramp_permille` when no slow start is in force.
 pub const FULL_RAMP: u32 = 1000;
 
@@ -237,11 +246,9 @@ impl Backend {
 
     /// Records a finished exchange: status class (`None` = no response) and
     /// the time to the response head, which feeds the peak EWMA.
-    pub fn record(&self, status: Option<u16>, elapsed_ns: u64, now_ns: u64, decay_ns: f64) {
-        let class = match status {
-            Some(s) if (100..600).contains(&s) => (s / 100 - 1) as usize,
-            _ => 5,
-        };
+    /// Returns the status class index recorded.
+    pub fn record(&self, status: Option<u16>, elapsed_ns: u64, now_ns: u64, decay_ns: f64) -> usize {
+        let class = status_class(status);
         self.responses[class].fetch_add(1, Ordering::Relaxed);
         self.metrics.responses[class].increment(1);
         self.metrics.duration.record(elapsed_ns as f64 / 1e9);
@@ -249,6 +256,7 @@ impl Backend {
         if status.is_some() {
             self.observe_latency(elapsed_ns as f64, now_ns, decay_ns);
         }
+        class
     }
 
     /// Peak EWMA (as in Finagle and tower): a slower sample replaces the

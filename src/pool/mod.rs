@@ -10,7 +10,7 @@
 pub mod backend;
 pub mod upstream;
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub use backend::{Backend, BackendState};
@@ -18,14 +18,19 @@ pub use backend::{Backend, BackendState};
 use crate::balance::{Balancer, PickContext};
 use crate::config::PoolConfig;
 use crate::queue::{InFlight, Queue, QueueError};
+use crate::stats::LatencyHistogram;
 
 /// Times a request re-picks after losing a claim race before queueing.
 const CLAIM_ATTEMPTS: usize = 4;
 
-/// Per-pool state that survives reloads.
+/// Per-pool state that survives reloads: the queue, the round-robin
+/// position, and the pool's own totals (which must not reset when a reload
+/// replaces the backends they were counted on).
 pub struct PoolShared {
     pub queue: Arc<Queue>,
     pub rr_cursor: Arc<AtomicUsize>,
+    responses: [AtomicU64; 6],
+    latency: LatencyHistogram,
 }
 
 impl PoolShared {
@@ -33,7 +38,25 @@ impl PoolShared {
         PoolShared {
             queue: Arc::new(Queue::new(&config.name, config.queue_max_depth)),
             rr_cursor: Arc::new(AtomicUsize::new(0)),
+            responses: Default::default(),
+            latency: LatencyHistogram::default(),
         }
+    }
+
+    /// Data path: one finished exchange (`class` as in [`backend::CLASSES`]).
+    #[inline]
+    pub fn record(&self, class: usize, elapsed_ns: u64) {
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.latency.record_ns(elapsed_ns);
+    }
+
+    /// Responses since the pool was created, in [`backend::CLASSES`] order.
+    pub fn response_counts(&self) -> [u64; 6] {
+        std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
+    }
+
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
     }
 }
 

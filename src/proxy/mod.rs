@@ -147,12 +147,9 @@ async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Respo
         let elapsed_ns = started.elapsed().as_nanos() as u64;
         let status = outcome.as_ref().ok().map(|(r, _)| r.status().as_u16());
         let now_ns = backend::clock_ns();
-        backend.record(
-            status,
-            elapsed_ns,
-            now_ns,
-            crate::config::defaults::EWMA_DECAY.as_nanos() as f64,
-        );
+        let decay_ns = crate::config::defaults::EWMA_DECAY.as_nanos() as f64;
+        let class = backend.record(status, elapsed_ns, now_ns, decay_ns);
+        pool.shared.record(class, elapsed_ns);
         let failed = match &outcome {
             Ok((r, _)) => r.status().is_server_error(),
             Err(SendError::Connect(..)) | Err(SendError::Timeout) => true,

@@ -1,0 +1,72 @@
+# Shared by the end-to-end benchmark scripts (sourced, not run).
+# Every process started here is recorded in PIDS and ended by its PID.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+BIN=target/release/tidegate
+BACKEND_PORTS=${BACKEND_PORTS:-"19101 19102 19103 19104"}
+PIDS=()
+BACKEND_PIDS=()
+WORK=$(mktemp -d /tmp/tidegate-bench.XXXXXX)
+
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+need() {
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install haproxy nginx-light nghttp2-client wrk)"; exit 1; }
+  done
+}
+
+build() { cargo build --release --quiet; }
+
+# Four fast backends, one thread each, pinned to core 1 with the load generator.
+start_backends() {
+  for port in $BACKEND_PORTS; do
+    taskset -c 1 "$BIN" backend --listen "127.0.0.1:$port" --threads 1 >/dev/null 2>&1 &
+    PIDS+=($!); BACKEND_PIDS+=($!)
+  done
+}
+
+# "{ address = ... }, ..." for a tidegate pool over the backend ports given.
+tidegate_backends() {
+  local out=""
+  for port in "$@"; do out+="{ address = \"127.0.0.1:$port\" }, "; done
+  echo "$out"
+}
+
+wait_http() {
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "$1" && return 0
+    sleep 0.05
+  done
+  echo "nothing answers at $1"; exit 1
+}
+
+# CPU ticks (utime+stime) of the given PIDs.
+ticks() { local t=0; for p in "$@"; do read -r -a f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t"; }
+hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+
+# One measured h2load run against a proxy PID:
+# prints "proxy_ticks backend_ticks requests req_per_s".
+measure() {
+  local proxy_pid=$1; shift
+  local p0 b0 p1 b1 out done rps
+  p0=$(ticks "$proxy_pid"); b0=$(ticks "${BACKEND_PIDS[@]}")
+  out=$(taskset -c 1 h2load "$@" 2>&1)
+  p1=$(ticks "$proxy_pid"); b1=$(ticks "${BACKEND_PIDS[@]}")
+  done=$(echo "$out" | awk '/^requests:/ {print $8}')
+  rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+  echo "$((p1 - p0)) $((b1 - b0)) $done $rps"
+}
+
+# p50 and p99 (µs) from an h2load --log-file.
+latency_p50_p99() {
+  python3 - "$1" <<'PY'
+import sys
+v = sorted(int(l.split('\t')[2]) for l in open(sys.argv[1]) if l.strip())
+print(v[len(v)//2], v[min(len(v)-1, int(len(v)*0.99))])
+PY
+}
