@@ -84,12 +84,14 @@ error_log $WORK/nginx-error.log crit;
 events { worker_connections 8000; }
 http {
     access_log off;
+    keepalive_requests 1000000;
     client_body_temp_path $WORK/nginx-body;
     proxy_temp_path $WORK/nginx-proxy;
     upstream be {
         least_conn;
 $servers_nginx
         keepalive 1024;
+        keepalive_requests 1000000;
     }
     server {
         listen 127.0.0.1:18082;
