@@ -25,6 +25,7 @@
 //! `demo/` holds the demo runner and the `tidegate backend` shop simulator.
 
 pub mod admin;
+pub mod autoscale;
 pub mod balance;
 pub mod config;
 pub mod control;
@@ -34,6 +35,7 @@ pub mod pool;
 pub mod proxy;
 pub mod queue;
 pub mod server;
+pub mod sim;
 pub mod state;
 pub mod stats;
 

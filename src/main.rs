@@ -39,6 +39,40 @@ enum Command {
     },
     /// Validate a config file and exit (like `nginx -t`).
     Check,
+    /// Replay a traffic trace through the autoscaling policies and compare
+    /// them with the Erlang-C oracle.
+    Simulate {
+        /// A built-in scenario: step, spike, diurnal, flash-sale, shop-14d.
+        #[arg(long, conflicts_with = "trace")]
+        scenario: Option<String>,
+        /// A CSV trace with a header line `second,arrivals`.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Provisioning delay.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        delay: Duration,
+        /// Queue-wait SLO.
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        slo: Duration,
+        /// Concurrency limit per backend.
+        #[arg(long, default_value_t = 8)]
+        slots: u32,
+        /// Mean service time.
+        #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+        service_time: Duration,
+        /// Mean arrival rate of generated scenarios (req/s).
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Seeds (generated scenarios).
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// One JSON object per policy instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Write an SVG chart of the first seed here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Run a simulated shop backend (for the demo, tests and benchmarks).
     Backend {
         #[arg(long)]
@@ -67,6 +101,27 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run { no_watch: false }) {
         Command::Run { no_watch } => run(cli.config, !no_watch),
         Command::Check => check(cli.config),
+        Command::Simulate {
+            scenario,
+            trace,
+            delay,
+            slo,
+            slots,
+            service_time,
+            rate,
+            seeds,
+            json,
+            svg,
+        } => {
+            let params = tidegate::sim::model::SimParams {
+                delay: delay.as_secs(),
+                slo: slo.as_secs_f64(),
+                slots,
+                service: service_time.as_secs_f64(),
+                ..Default::default()
+            };
+            simulate(scenario, trace, params, rate, seeds, json, svg)
+        }
         Command::Backend {
             listen,
             service_time,
@@ -116,6 +171,43 @@ fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
 /// One worker thread gets tokio's single-threaded scheduler (no
 /// work-stealing queues or cross-thread wake-ups: measurably cheaper per
 /// request, as HAProxy's `nbthread 1`); more get the multi-threaded one.
+fn simulate(
+    scenario: Option<String>,
+    trace: Option<PathBuf>,
+    params: tidegate::sim::model::SimParams,
+    rate: f64,
+    seeds: u64,
+    json: bool,
+    svg: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use tidegate::sim::{self, scenario as sc};
+    let traces = match (scenario, trace) {
+        (_, Some(path)) => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            vec![sc::from_csv(&path.display().to_string(), &text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?]
+        }
+        (Some(name), None) => (1..=seeds.max(1))
+            .map(|seed| sc::generate(&name, rate, seed))
+            .collect::<Option<Vec<_>>>()
+            .with_context(|| format!("unknown scenario `{name}` (known: {})", sc::SCENARIOS.join(", ")))?,
+        (None, None) => anyhow::bail!("give --scenario NAME or --trace FILE"),
+    };
+    let (rows, outcomes, need) = sim::compare(&traces, &params);
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        print!("{}", sim::table(&rows));
+    }
+    if let Some(path) = svg {
+        std::fs::write(&path, sim::chart(&traces[0], &outcomes, &need, &params))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),

@@ -126,3 +126,33 @@ fn the_embedded_demo_config_is_valid() {
     let demo = Config::demo();
     assert_eq!(demo.pools["shop"].backends.len(), 3);
 }
+
+#[tokio::test]
+async fn simulate_compares_the_policies_and_writes_a_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("step.svg");
+    let out = Command::new(EXE)
+        .args(["simulate", "--scenario", "step", "--delay", "30s", "--json", "--svg"])
+        .arg(&svg)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["tidegate", "kpa", "hpa", "static"]);
+    let tidegate = &rows[0];
+    assert!(tidegate["time_to_capacity_s"].as_u64().unwrap() <= 34, "{tidegate}");
+    assert!(tidegate["cost_vs_oracle"].as_f64().unwrap() < rows[1]["cost_vs_oracle"].as_f64().unwrap());
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    let bad = Command::new(EXE)
+        .args(["simulate", "--scenario", "nope"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scenario `nope`"));
+}

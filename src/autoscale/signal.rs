@@ -1,0 +1,111 @@
+//! The autoscaler's input: one sample per pool per second, kept in a
+//! bounded window that the policies read.
+//!
+//! Pure data. The live loop fills it from the pool's atomics (in-flight +
+//! queued, arrivals since the last sample); the simulator fills it from its
+//! model. Both then call the same `policy::decide`.
+
+use std::collections::VecDeque;
+
+/// One second of a pool, as the proxy sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Seconds since the start (of the process or the simulation).
+    pub t: u64,
+    /// Requests that arrived during the second.
+    pub arrivals: f64,
+    /// Requests that finished during the second (throughput: under
+    /// overload it is capacity, not arrivals).
+    pub completed: f64,
+    /// In flight + queued at the end of the second (Knative's concurrency).
+    pub concurrency: f64,
+    /// Queued at the end of the second.
+    pub queued: f64,
+}
+
+/// The last `capacity` samples, oldest first.
+#[derive(Debug, Clone)]
+pub struct History {
+    samples: VecDeque<Sample>,
+    capacity: usize,
+}
+
+impl History {
+    pub fn new(capacity: usize) -> History {
+        History {
+            samples: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    pub fn push(&mut self, s: Sample) {
+        if self.samples.len() == self.capacity {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(s);
+    }
+
+    pub fn last(&self) -> Option<&Sample> {
+        self.samples.back()
+    }
+
+    /// Samples with `t > now - secs`.
+    fn window(&self, now: u64, secs: u64) -> impl Iterator<Item = &Sample> {
+        let from = now.saturating_sub(secs);
+        self.samples
+            .iter()
+            .rev()
+            .take_while(move |s| s.t > from || (from == 0 && s.t == 0))
+    }
+
+    /// Mean of `f` over the last `secs` seconds (0 with no samples).
+    pub fn mean(&self, now: u64, secs: u64, f: impl Fn(&Sample) -> f64) -> f64 {
+        let (sum, n) = self.window(now, secs).fold((0.0, 0u32), |(s, n), x| (s + f(x), n + 1));
+        if n == 0 {
+            0.0
+        } else {
+            sum / f64::from(n)
+        }
+    }
+
+    /// Maximum of `f` over the last `secs` seconds.
+    pub fn max(&self, now: u64, secs: u64, f: impl Fn(&Sample) -> f64) -> f64 {
+        self.window(now, secs).map(f).fold(0.0, f64::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(t: u64, arrivals: f64) -> Sample {
+        Sample {
+            t,
+            arrivals,
+            completed: arrivals,
+            concurrency: arrivals / 10.0,
+            queued: 0.0,
+        }
+    }
+
+    #[test]
+    fn windows_cover_the_last_seconds_only() {
+        let mut h = History::new(100);
+        for t in 1..=10 {
+            h.push(s(t, t as f64 * 10.0));
+        }
+        assert_eq!(h.mean(10, 2, |x| x.arrivals), 95.0);
+        assert_eq!(h.max(10, 5, |x| x.concurrency), 10.0);
+        assert_eq!(h.mean(10, 60, |x| x.arrivals), 55.0);
+    }
+
+    #[test]
+    fn the_window_is_bounded() {
+        let mut h = History::new(3);
+        for t in 1..=10 {
+            h.push(s(t, 1.0));
+        }
+        assert_eq!(h.samples.len(), 3);
+        assert_eq!(h.last().unwrap().t, 10);
+    }
+}

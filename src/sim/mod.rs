@@ -1,0 +1,137 @@
+//! `tidegate simulate`: replays a trace through the real decision code
+//! (`crate::autoscale::policy::decide`) and compares policies.
+//!
+//! Control-path tooling, no I/O beyond what the CLI reads and writes.
+//! `scenario.rs` makes traces; `model.rs` runs one policy on one trace;
+//! this file runs every policy (tidegate's default, KPA, HPA, a static pool
+//! sized for the oracle's peak) against the clairvoyant Erlang-C oracle
+//! over several seeds and reports, per policy: the share of requests whose
+//! queue wait broke the SLO, backend-seconds as a ratio to the oracle, time
+//! to capacity after a step, time back to the oracle after a fall, sales
+//! with capacity in place, and hook calls per hour.
+
+pub mod model;
+pub mod scenario;
+mod svg;
+
+use crate::autoscale::policy::{Policy, TidegateParams};
+use model::{oracle, simulate, Memo, Outcome, SimParams};
+use scenario::Trace;
+
+pub use svg::chart;
+
+/// One policy's figures over all seeds of one scenario.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub policy: String,
+    pub delay_s: u64,
+    pub seeds: usize,
+    /// Share of requests that waited longer than the SLO.
+    pub violation_share: f64,
+    /// Backend-seconds divided by the oracle's.
+    pub cost_vs_oracle: f64,
+    /// Worst seconds from a step to capacity (none when the trace has no step).
+    pub time_to_capacity_s: Option<u64>,
+    /// Worst seconds from a fall back to within 10 % of the oracle.
+    pub back_to_oracle_s: Option<u64>,
+    /// Share of recurring sales that found capacity in place.
+    pub sales_ready_share: Option<f64>,
+    pub hook_calls_per_hour: f64,
+}
+
+/// The policies compared, for a trace whose oracle peaks at `peak`.
+pub fn policies(peak: u32) -> Vec<Policy> {
+    vec![
+        Policy::Tidegate(TidegateParams::default()),
+        Policy::Kpa,
+        Policy::Hpa,
+        Policy::Static(peak),
+    ]
+}
+
+/// Runs every policy on each trace (one per seed) and summarises. Also
+/// returns the first seed's outcomes and oracle, for the chart.
+pub fn compare(traces: &[Trace], p: &SimParams) -> (Vec<Summary>, Vec<Outcome>, Vec<u32>) {
+    let mut per_policy: Vec<Vec<(Outcome, f64)>> = Vec::new();
+    let mut first: Option<(Vec<Outcome>, Vec<u32>)> = None;
+    for trace in traces {
+        let mut memo = Memo::default();
+        let need = oracle(trace, p, &mut memo);
+        let oracle_cost: f64 = need.iter().map(|&n| f64::from(n)).sum();
+        let peak = need.iter().copied().max().unwrap_or(p.min);
+        // The operator's guard, the same for every policy: room for twice
+        // the peak (KPA counts queued requests as load and would otherwise
+        // scale to whatever `max` allows during a provisioning delay).
+        let p = &SimParams {
+            max: (2 * peak).max(peak + 4),
+            ..*p
+        };
+        let outcomes: Vec<Outcome> = policies(peak)
+            .iter()
+            .map(|pol| simulate(pol, trace, p, &need, &mut memo))
+            .collect();
+        if per_policy.is_empty() {
+            per_policy = vec![Vec::new(); outcomes.len()];
+        }
+        for (slot, o) in per_policy.iter_mut().zip(&outcomes) {
+            slot.push((o.clone(), oracle_cost));
+        }
+        if first.is_none() {
+            first = Some((outcomes, need));
+        }
+    }
+    let name = traces.first().map_or(String::new(), |t| t.name.clone());
+    let summaries = per_policy
+        .iter()
+        .map(|runs| {
+            let requests: f64 = runs.iter().map(|(o, _)| o.requests).sum();
+            let violations: f64 = runs.iter().map(|(o, _)| o.violations).sum();
+            let cost: f64 = runs.iter().map(|(o, _)| o.backend_seconds).sum();
+            let oracle_cost: f64 = runs.iter().map(|(_, c)| c).sum();
+            let hours: f64 = traces.iter().map(|t| t.arrivals.len() as f64 / 3600.0).sum();
+            let worst = |f: &dyn Fn(&Outcome) -> &Vec<u64>| runs.iter().flat_map(|(o, _)| f(o).iter().copied()).max();
+            let sales: usize = runs.iter().map(|(o, _)| o.sales).sum();
+            Summary {
+                scenario: name.clone(),
+                policy: runs[0].0.policy.clone(),
+                delay_s: p.delay,
+                seeds: runs.len(),
+                violation_share: if requests > 0.0 { violations / requests } else { 0.0 },
+                cost_vs_oracle: cost / oracle_cost.max(1.0),
+                time_to_capacity_s: worst(&|o| &o.time_to_capacity),
+                back_to_oracle_s: worst(&|o| &o.back_to_oracle),
+                sales_ready_share: (sales > 0)
+                    .then(|| runs.iter().map(|(o, _)| o.sales_ready).sum::<usize>() as f64 / sales as f64),
+                hook_calls_per_hour: runs.iter().map(|(o, _)| o.hook_calls).sum::<u64>() as f64 / hours.max(1e-9),
+            }
+        })
+        .collect();
+    let (outcomes, need) = first.unwrap_or_default();
+    (summaries, outcomes, need)
+}
+
+/// A Markdown table of summaries.
+pub fn table(rows: &[Summary]) -> String {
+    let mut out = String::from(
+        "| scenario | delay | policy | SLO-violating requests | cost vs oracle | time to capacity | back to oracle | sales ready | hook calls/h |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |s| format!("{s} s"));
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} s | {} | {:.3} % | {:.2}x | {} | {} | {} | {:.1} |\n",
+            r.scenario,
+            r.delay_s,
+            r.policy,
+            r.violation_share * 100.0,
+            r.cost_vs_oracle,
+            opt(r.time_to_capacity_s),
+            opt(r.back_to_oracle_s),
+            r.sales_ready_share
+                .map_or("-".to_string(), |s| format!("{:.0} %", s * 100.0)),
+            r.hook_calls_per_hour
+        ));
+    }
+    out
+}

@@ -1,0 +1,291 @@
+//! One policy on one trace, second by second.
+//!
+//! The pool is `ready x slots` servers behind one FIFO queue (as tidegate's
+//! admission is). Each second: arrivals join, the pool serves up to its
+//! capacity, the rest waits. Requests violate the SLO when the backlog's
+//! fluid wait exceeds it, otherwise with the M/M/c tail probability. The
+//! policy sees what the proxy would (arrivals, in flight + queued) and its
+//! decisions take effect after the provisioning delay (scale-out) or at
+//! once (scale-in; draining a fast service takes well under a second).
+//! Cost is backend-seconds, counting backends while they provision.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::autoscale::erlang::{backends_for, wait_exceeds};
+use crate::autoscale::forecast::expected_rate;
+use crate::autoscale::policy::{decide, Policy, PolicyState, PoolView};
+use crate::autoscale::signal::{History, Sample};
+
+use super::scenario::Trace;
+
+#[derive(Debug, Clone, Copy)]
+pub struct SimParams {
+    /// Seconds from asking for a backend to its first request.
+    pub delay: u64,
+    /// Queue-wait SLO, seconds.
+    pub slo: f64,
+    /// `max_concurrency` per backend.
+    pub slots: u32,
+    /// Mean service time, seconds (exponential).
+    pub service: f64,
+    /// The oracle meets the SLO for all but this share of requests.
+    pub epsilon: f64,
+    pub min: u32,
+    pub max: u32,
+}
+
+impl Default for SimParams {
+    fn default() -> Self {
+        SimParams {
+            delay: 30,
+            slo: 0.1,
+            slots: 8,
+            service: 0.02,
+            epsilon: 0.001,
+            min: 1,
+            max: 1000,
+        }
+    }
+}
+
+/// Caches for the Erlang computations (inputs rounded to whole requests).
+#[derive(Default)]
+pub struct Memo {
+    tail: HashMap<(u64, u64), f64>,
+    need: HashMap<u64, u32>,
+}
+
+impl Memo {
+    fn tail(&mut self, servers: u64, rate: f64, p: &SimParams) -> f64 {
+        let key = (servers, rate.round() as u64);
+        *self
+            .tail
+            .entry(key)
+            .or_insert_with(|| wait_exceeds(servers, key.1 as f64, p.service, p.slo))
+    }
+
+    pub fn need(&mut self, rate: f64, p: &SimParams) -> u32 {
+        let key = rate.ceil() as u64;
+        *self
+            .need
+            .entry(key)
+            .or_insert_with(|| backends_for(key as f64, p.service, u64::from(p.slots), p.slo, p.epsilon) as u32)
+    }
+}
+
+/// The clairvoyant Erlang-C minimum for each second.
+pub fn oracle(trace: &Trace, p: &SimParams, memo: &mut Memo) -> Vec<u32> {
+    trace
+        .arrivals
+        .iter()
+        .map(|&a| memo.need(a, p).clamp(p.min, p.max))
+        .collect()
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    pub policy: String,
+    pub requests: f64,
+    pub violations: f64,
+    pub backend_seconds: f64,
+    pub hook_calls: u64,
+    /// Seconds from each step to capacity (ready >= the oracle's need).
+    pub time_to_capacity: Vec<u64>,
+    /// Seconds from each fall until within 10 % of the oracle's pool.
+    pub back_to_oracle: Vec<u64>,
+    /// Sales whose start found the capacity the oracle needs in place.
+    pub sales_ready: usize,
+    pub sales: usize,
+    #[serde(skip)]
+    pub ready: Vec<u32>,
+    #[serde(skip)]
+    pub queue: Vec<f32>,
+}
+
+/// Runs `policy` over `trace`. `need` is the oracle's (for the per-event
+/// measures). The tidegate policy also gets its predictive floor.
+pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], memo: &mut Memo) -> Outcome {
+    let n = trace.arrivals.len();
+    let predictive = matches!(policy, Policy::Tidegate(_));
+    // Every policy starts where the oracle does; a static pool at its size.
+    let start = match policy {
+        Policy::Static(size) => *size,
+        _ => need.first().copied().unwrap_or(p.min),
+    };
+    let mut ready = start.clamp(p.min, p.max);
+    let mut provisioning: VecDeque<u64> = VecDeque::new();
+    let (mut queue, mut requests, mut violations, mut cost) = (0.0f64, 0.0, 0.0, 0.0);
+    let (mut st, mut history) = (PolicyState::default(), History::new(600));
+    let mut per_minute: Vec<f64> = Vec::with_capacity(n / 60 + 1);
+    let mut minute_sum = 0.0;
+    let mut last_desired = ready;
+    let mut hook_calls = 0;
+    let mut ready_series = Vec::with_capacity(n);
+    let mut queue_series = Vec::with_capacity(n);
+    for t in 0..n {
+        while provisioning.front().is_some_and(|&at| at <= t as u64) {
+            provisioning.pop_front();
+            ready += 1;
+        }
+        let a = trace.arrivals[t];
+        let servers = u64::from(ready) * u64::from(p.slots);
+        let capacity = servers as f64 / p.service;
+        let served = (queue + a).min(capacity);
+        let next = queue + a - served;
+        let late_share = if queue > 0.0 || next > 0.0 {
+            let wait = if capacity > 0.0 {
+                (queue + next) / 2.0 / capacity
+            } else {
+                f64::INFINITY
+            };
+            if wait > p.slo {
+                1.0
+            } else {
+                memo.tail(servers, a.min(0.98 * capacity), p)
+            }
+        } else {
+            memo.tail(servers, a, p)
+        };
+        requests += a;
+        violations += a * late_share;
+        queue = next;
+        cost += f64::from(ready) + provisioning.len() as f64;
+        ready_series.push(ready);
+        queue_series.push(queue as f32);
+
+        history.push(Sample {
+            t: t as u64,
+            arrivals: a,
+            completed: served,
+            // In flight = busy servers (Little: throughput x service time).
+            concurrency: (served * p.service).min(servers as f64) + queue,
+            queued: queue,
+        });
+        minute_sum += a;
+        if t % 60 == 59 {
+            per_minute.push(minute_sum / 60.0);
+            minute_sum = 0.0;
+        }
+        let floor = if predictive {
+            let ahead = (p.delay as usize + 120).div_ceil(60);
+            expected_rate(&per_minute, t / 60, ahead).map_or(0, |rate| memo.need(rate, p))
+        } else {
+            0
+        };
+        let view = PoolView {
+            ready,
+            provisioning: provisioning.len() as u32,
+            slots: p.slots,
+            min: p.min,
+            max: p.max,
+            floor,
+            provisioning_delay: p.delay as f64,
+        };
+        if let Some(d) = decide(policy, &mut st, &history, t as u64, &view) {
+            if d.desired != last_desired {
+                hook_calls += 1;
+                last_desired = d.desired;
+            }
+            let current = view.current();
+            if d.desired > current {
+                for _ in current..d.desired {
+                    provisioning.push_back(t as u64 + p.delay);
+                }
+            } else {
+                for _ in d.desired..current {
+                    if provisioning.pop_back().is_none() {
+                        ready = ready.saturating_sub(1).max(p.min);
+                    }
+                }
+            }
+        }
+    }
+    let time_to_capacity = trace
+        .steps
+        .iter()
+        .map(|&s| {
+            (s..n)
+                .find(|&t| ready_series[t] >= need[t])
+                .map_or((n - s) as u64, |t| (t - s) as u64)
+        })
+        .collect();
+    let back_to_oracle = trace
+        .falls
+        .iter()
+        .map(|&f| {
+            (f..n)
+                .find(|&t| f64::from(ready_series[t]) <= (f64::from(need[t]) * 1.1).ceil())
+                .map_or((n - f) as u64, |t| (t - f) as u64)
+        })
+        .collect();
+    let sales_ready = trace
+        .sales
+        .iter()
+        .filter(|&&s| s + 30 < n && ready_series[s] >= need[s + 30])
+        .count();
+    Outcome {
+        policy: policy.name().to_string(),
+        requests,
+        violations,
+        backend_seconds: cost,
+        hook_calls,
+        time_to_capacity,
+        back_to_oracle,
+        sales_ready,
+        sales: trace.sales.len(),
+        ready: ready_series,
+        queue: queue_series,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscale::policy::TidegateParams;
+    use crate::sim::scenario::generate;
+
+    #[test]
+    fn a_static_pool_at_the_oracles_peak_meets_the_slo_at_a_higher_cost() {
+        let p = SimParams::default();
+        let trace = generate("spike", 200.0, 7).unwrap();
+        let mut memo = Memo::default();
+        let need = oracle(&trace, &p, &mut memo);
+        let peak = *need.iter().max().unwrap();
+        let o = simulate(&Policy::Static(peak), &trace, &p, &need, &mut memo);
+        assert!(o.violations / o.requests < 0.001, "{o:?}");
+        let oracle_cost: f64 = need.iter().map(|&n| f64::from(n)).sum();
+        assert!(o.backend_seconds > 2.0 * oracle_cost);
+        assert_eq!(o.hook_calls, 0);
+    }
+
+    #[test]
+    fn an_undersized_pool_queues_and_violates() {
+        let p = SimParams::default();
+        let trace = generate("step", 200.0, 7).unwrap();
+        let mut memo = Memo::default();
+        let need = oracle(&trace, &p, &mut memo);
+        let o = simulate(&Policy::Static(1), &trace, &p, &need, &mut memo);
+        assert!(o.violations / o.requests > 0.5, "{}", o.violations / o.requests);
+        assert!(o.queue.iter().copied().fold(0.0, f32::max) > 1000.0);
+    }
+
+    #[test]
+    fn scaling_out_waits_for_the_provisioning_delay() {
+        let p = SimParams {
+            delay: 30,
+            ..SimParams::default()
+        };
+        let trace = generate("step", 200.0, 7).unwrap();
+        let mut memo = Memo::default();
+        let need = oracle(&trace, &p, &mut memo);
+        let o = simulate(
+            &Policy::Tidegate(TidegateParams::default()),
+            &trace,
+            &p,
+            &need,
+            &mut memo,
+        );
+        let ttc = o.time_to_capacity[0];
+        assert!((30..=40).contains(&ttc), "reacts within seconds, then the delay: {ttc}");
+    }
+}
