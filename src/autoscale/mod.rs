@@ -8,5 +8,6 @@
 
 pub mod erlang;
 pub mod forecast;
+pub mod hook;
 pub mod policy;
 pub mod signal;

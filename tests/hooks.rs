@@ -1,0 +1,238 @@
+//! Provisioning hooks with real child processes and a real HTTP server: a
+//! hook that answers, hangs, crashes or prints garbage is reported as such,
+//! never left running, and never trusted.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tidegate::autoscale::hook::{call_exec, call_webhook, HookError, HookRequest, LocalProvisioner};
+
+fn request(desired: u32, remove: &[&str]) -> HookRequest {
+    HookRequest {
+        version: 1,
+        pool: "shop".into(),
+        seq: 7,
+        desired,
+        current: 1,
+        ready: 1,
+        members: vec!["127.0.0.1:9001".into()],
+        remove: remove.iter().map(|s| s.to_string()).collect(),
+        reason: "test".into(),
+    }
+}
+
+fn script(dir: &tempfile::TempDir, name: &str, body: &str) -> Vec<String> {
+    let path = dir.path().join(name);
+    std::fs::write(&path, format!("#!/usr/bin/env bash\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    vec![path.display().to_string()]
+}
+
+#[tokio::test]
+async fn an_exec_hook_gets_the_request_on_stdin_and_answers_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("request.json");
+    let hook = script(
+        &dir,
+        "provision.sh",
+        &format!(
+            r#"req=$(cat); echo "$req" > {}
+desired=$(echo "$req" | sed -E 's/.*"desired":([0-9]+).*/\1/')
+m=""; for i in $(seq 1 "$desired"); do m="$m\"127.0.0.1:$((9000 + i))\","; done
+echo "{{\"members\":[${{m%,}}]}}""#,
+            seen.display()
+        ),
+    );
+    let a = call_exec(&hook, &request(3, &[]), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.members.iter().map(|m| m.port()).collect::<Vec<_>>(),
+        vec![9001, 9002, 9003]
+    );
+    let req: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&seen).unwrap()).unwrap();
+    assert_eq!(
+        (req["version"].as_u64(), req["pool"].as_str(), req["seq"].as_u64()),
+        (Some(1), Some("shop"), Some(7))
+    );
+    // Declarative: the same request again gives the same answer.
+    assert_eq!(
+        call_exec(&hook, &request(3, &[]), Duration::from_secs(5))
+            .await
+            .unwrap(),
+        a
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_exec_hook_times_out_and_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let hook = script(
+        &dir,
+        "hang.sh",
+        &format!("echo $$ > {}\nexec sleep 30", pid_file.display()),
+    );
+    let started = tokio::time::Instant::now();
+    let e = call_exec(&hook, &request(2, &[]), Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, HookError::Timeout(_)), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    until("the hung hook is gone", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_crashing_or_babbling_exec_hook_is_a_failure_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let crash = script(&dir, "crash.sh", "cat > /dev/null; echo boom >&2; exit 3");
+    let e = call_exec(&crash, &request(2, &[]), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("exit status: 3") && e.to_string().contains("boom"),
+        "{e}"
+    );
+    assert_eq!(e.label(), "failed");
+    let garbage = script(&dir, "garbage.sh", "cat > /dev/null; echo hello world");
+    let e = call_exec(&garbage, &request(2, &[]), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(e.label(), "invalid", "{e}");
+    let bad_addr = script(
+        &dir,
+        "bad.sh",
+        r#"cat > /dev/null; echo '{"members":["not-an-address"]}'"#,
+    );
+    let e = call_exec(&bad_addr, &request(2, &[]), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not-an-address"), "{e}");
+    let missing = vec!["/nonexistent/provision.sh".to_string()];
+    assert!(matches!(
+        call_exec(&missing, &request(2, &[]), Duration::from_secs(5)).await,
+        Err(HookError::Spawn { .. })
+    ));
+}
+
+/// A webhook server answering with `status` and `body` (or never, when
+/// `hang`), recording request bodies.
+async fn webhook(
+    status: u16,
+    body: &'static str,
+    hang: bool,
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let record = Arc::clone(&record);
+                    async move {
+                        let bytes = req.into_body().collect().await.unwrap().to_bytes();
+                        record
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&bytes).into_owned());
+                        if hang {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        let mut r =
+                            http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())));
+                        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_webhook_gets_the_request_as_a_post_and_its_failures_are_reported() {
+    let (addr, seen) = webhook(200, r#"{"members":["127.0.0.1:9101","127.0.0.1:9102"]}"#, false).await;
+    let url: http::Uri = format!("http://{addr}/provision").parse().unwrap();
+    let a = call_webhook(&url, &request(2, &[]), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(a.members.len(), 2);
+    assert!(seen.lock().unwrap()[0].contains("\"desired\":2"));
+
+    let (addr, _) = webhook(503, "busy", false).await;
+    let url: http::Uri = format!("http://{addr}/").parse().unwrap();
+    let e = call_webhook(&url, &request(2, &[]), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, HookError::Status { status: 503, .. }), "{e}");
+
+    let (addr, _) = webhook(200, "<html>", false).await;
+    let url: http::Uri = format!("http://{addr}/").parse().unwrap();
+    assert_eq!(
+        call_webhook(&url, &request(2, &[]), Duration::from_secs(5))
+            .await
+            .unwrap_err()
+            .label(),
+        "invalid"
+    );
+
+    let (addr, _) = webhook(200, "{}", true).await;
+    let url: http::Uri = format!("http://{addr}/").parse().unwrap();
+    let e = call_webhook(&url, &request(2, &[]), Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, HookError::Timeout(_)), "{e}");
+
+    let url: http::Uri = format!("http://{}/", dead_addr().await).parse().unwrap();
+    assert!(matches!(
+        call_webhook(&url, &request(2, &[]), Duration::from_secs(5)).await,
+        Err(HookError::Http(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_local_provisioner_starts_and_stops_real_backends() {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tidegate"));
+    let mut local = LocalProvisioner::new(exe, Duration::from_millis(1), 4);
+    let a = local.call(&request(3, &[])).await.unwrap();
+    assert_eq!(a.members.len(), 3);
+    for m in &a.members {
+        let addr = *m;
+        eventually("the backend answers", || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        assert_eq!(get(addr, "/healthz").await.text(), "ok\n");
+    }
+    let first_pids = local.pids();
+    // Idempotent.
+    assert_eq!(local.call(&request(3, &[])).await.unwrap(), a);
+    // Remove a drained member and go down to one.
+    let gone = a.members[0].to_string();
+    let b = local.call(&request(1, &[gone.as_str()])).await.unwrap();
+    assert_eq!(b.members.len(), 1);
+    assert!(!b.members.contains(&a.members[0]));
+    drop(local);
+    for pid in first_pids {
+        until("every child is gone", || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        })
+        .await;
+    }
+}
