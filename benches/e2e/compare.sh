@@ -30,7 +30,6 @@ start_backends
 
 # --- proxy configs ------------------------------------------------------------
 servers_haproxy=""; servers_nginx=""
-servers_tidegate=$(tidegate_backends $BACKEND_PORTS)
 i=0
 for port in $BACKEND_PORTS; do
   i=$((i+1))
@@ -38,20 +37,7 @@ for port in $BACKEND_PORTS; do
   servers_nginx+="    server 127.0.0.1:$port;"$'\n'
 done
 
-cat > "$WORK/tidegate.toml" <<CONF
-[runtime]
-worker_threads = 1
-[limits]
-max_connections = 20000
-[[listener]]
-name = "bench"
-listen = "127.0.0.1:18080"
-[pools.be]
-balance = "least_conn"
-max_concurrency = 1024
-max_idle_per_backend = 1024
-backends = [ $servers_tidegate ]
-CONF
+write_tidegate_config "$WORK/tidegate.toml"
 
 cat > "$WORK/haproxy.cfg" <<CONF
 global

@@ -37,6 +37,27 @@ tidegate_backends() {
   echo "$out"
 }
 
+# The benchmark config: one worker, one listener on :18080, least
+# connections over every backend port. $1 = file; $2 = extra top-level
+# tables (e.g. an [admin] table).
+write_tidegate_config() {
+  cat > "$1" <<CONF
+[runtime]
+worker_threads = 1
+${2:-}
+[limits]
+max_connections = 20000
+[[listener]]
+name = "bench"
+listen = "127.0.0.1:18080"
+[pools.be]
+balance = "least_conn"
+max_concurrency = 1024
+max_idle_per_backend = 1024
+backends = [ $(tidegate_backends $BACKEND_PORTS) ]
+CONF
+}
+
 wait_http() {
   for _ in $(seq 100); do
     curl -s -o /dev/null "$1" && return 0

@@ -13,21 +13,7 @@ RATE=${RATE:-10000}
 need h2load taskset curl python3
 build
 start_backends
-cat > "$WORK/tidegate.toml" <<CONF
-[runtime]
-worker_threads = 1
-[admin]
-listen = "127.0.0.1:19190"
-[limits]
-max_connections = 20000
-[[listener]]
-name = "bench"
-listen = "127.0.0.1:18080"
-[pools.be]
-max_concurrency = 1024
-max_idle_per_backend = 1024
-backends = [ $(tidegate_backends $BACKEND_PORTS) ]
-CONF
+write_tidegate_config "$WORK/tidegate.toml" $'[admin]\nlisten = "127.0.0.1:19190"'
 TIDEGATE_LOG=warn taskset -c 0 "$BIN" run --no-watch --config "$WORK/tidegate.toml" >/dev/null 2>&1 &
 TG=$!; PIDS+=($TG)
 wait_http "http://127.0.0.1:18080/healthz"
