@@ -104,6 +104,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     pub started: SystemTime,
     pub config_path: Option<PathBuf>,
+    pub autoscale: crate::autoscale::run::Registry,
+    tidegate_exe: Option<PathBuf>,
 }
 
 /// A listener as `/stats` shows it.
@@ -136,6 +138,8 @@ pub struct Options {
     pub watch_file: bool,
     /// Reload on SIGHUP.
     pub reload_on_sighup: bool,
+    /// The `tidegate` binary, for the `local` provisioner's children.
+    pub tidegate_exe: Option<PathBuf>,
 }
 
 struct Running {
@@ -173,6 +177,8 @@ pub async fn run(
         ready: AtomicBool::new(false),
         started: SystemTime::now(),
         config_path: opts.config_path.clone(),
+        autoscale: crate::autoscale::run::Registry::default(),
+        tidegate_exe: opts.tidegate_exe.clone(),
     });
     let mut listeners: HashMap<String, Running> = bound
         .into_iter()
@@ -181,6 +187,7 @@ pub async fn run(
     publish_listeners(&shared, &listeners);
     let mut probes = health::Supervisor::default();
     probes.reconcile(&state);
+    shared.autoscale.reconcile(&state, shared.tidegate_exe.clone());
 
     let (admin_stop, admin_rx) = watch::channel(false);
     let admin_task = admin_listener.map(|l| tokio::spawn(admin::serve(l, Arc::clone(&shared), admin_rx)));
@@ -223,6 +230,11 @@ pub async fn run(
             _ = tick.tick() => {
                 ticks += 1;
                 upkeep(&shared, ticks);
+                // Membership also changes without a reload (the autoscaler):
+                // new backends need their probes within a second.
+                if ticks % 4 == 0 {
+                    probes.reconcile(&state);
+                }
             }
             _ = &mut shutdown => break,
         }
@@ -355,6 +367,7 @@ async fn reload(
         listeners.insert(bound.name.clone(), start_listener(bound, &shared.state));
     }
     probes.reconcile(&shared.state);
+    shared.autoscale.reconcile(&shared.state, shared.tidegate_exe.clone());
     publish_listeners(shared, listeners);
     Ok(generation)
 }

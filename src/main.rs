@@ -266,6 +266,7 @@ fn run(path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
             config_path: path.clone(),
             watch_file: watch && path.is_some(),
             reload_on_sighup: true,
+            tidegate_exe: std::env::current_exe().ok(),
         };
         tidegate::control::run(state, bound, admin, opts, shutdown_signal()).await;
         if let Some(c) = children {

@@ -14,13 +14,14 @@
 //! request finishes. Callers serialise `apply` (one state-owner task).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::balance::Balancer;
-use crate::config::{Config, Route};
+use crate::config::{BackendConfig, Config, Route};
 use crate::pool::{Backend, BackendState, Pool, PoolShared};
 
 /// Everything a request needs, for one config generation.
@@ -98,12 +99,14 @@ impl Router {
     }
 }
 
-/// The live snapshot and the generation counter.
+/// The live snapshot, the generation counter, and the members each
+/// autoscaled pool's provisioner currently provides.
 pub struct State {
     current: ArcSwap<Snapshot>,
     generation: AtomicU64,
-    /// Serialises writers; the data path never touches it.
-    writer: Mutex<()>,
+    /// Serialises writers and holds the provisioned members (pool name ->
+    /// addresses); the data path never touches it.
+    writer: Mutex<HashMap<String, Vec<SocketAddr>>>,
 }
 
 impl State {
@@ -111,11 +114,11 @@ impl State {
     /// recorder, so every metric handle its backends create is live.
     pub fn new(config: Config) -> Arc<State> {
         crate::admin::metrics::handle();
-        let (snapshot, _) = build(config, None, 1);
+        let (snapshot, _) = build(config, None, 1, &HashMap::new());
         Arc::new(State {
             current: ArcSwap::from_pointee(snapshot),
             generation: AtomicU64::new(1),
-            writer: Mutex::new(()),
+            writer: Mutex::new(HashMap::new()),
         })
     }
 
@@ -128,10 +131,24 @@ impl State {
     /// Builds a snapshot for `config` from the current one and publishes it.
     /// Returns the new generation.
     pub fn apply(&self, config: Config) -> u64 {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let members = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(config, &members)
+    }
+
+    /// Control path (autoscaler): the provisioner now provides `members`
+    /// for `pool`. Rebuilds the current config with them; new members join
+    /// warming. Returns the new generation.
+    pub fn set_members(&self, pool: &str, members: Vec<SocketAddr>) -> u64 {
+        let mut all = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        all.insert(pool.to_string(), members);
+        let config = (*self.load().config).clone();
+        self.publish(config, &all)
+    }
+
+    fn publish(&self, config: Config, members: &HashMap<String, Vec<SocketAddr>>) -> u64 {
         let previous = self.current.load_full();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let (next, removed) = build(config, Some(&previous), generation);
+        let (next, removed) = build(config, Some(&previous), generation, members);
         let next = Arc::new(next);
         self.current.store(Arc::clone(&next));
         // Only now: a request still holding the previous snapshot must never
@@ -152,7 +169,12 @@ impl State {
 
 /// Builds a snapshot; also returns the backends it leaves out, for the
 /// caller to mark draining once the snapshot is published.
-fn build(config: Config, previous: Option<&Snapshot>, generation: u64) -> (Snapshot, Vec<Arc<Backend>>) {
+fn build(
+    config: Config,
+    previous: Option<&Snapshot>,
+    generation: u64,
+    provisioned: &HashMap<String, Vec<SocketAddr>>,
+) -> (Snapshot, Vec<Arc<Backend>>) {
     let mut removed = Vec::new();
     let mut pools = Vec::with_capacity(config.pools.len());
     for (name, pc) in &config.pools {
@@ -165,10 +187,25 @@ fn build(config: Config, previous: Option<&Snapshot>, generation: u64) -> (Snaps
             None => Arc::new(PoolShared::new(pc)),
         };
         let pool_name: Arc<str> = old.map_or_else(|| Arc::from(name.as_str()), |p| Arc::clone(&p.name));
-        let backends: Vec<Arc<Backend>> = pc
-            .backends
+        // Static members from the file, then what the provisioner provides
+        // (only for autoscaled pools), each address once.
+        let mut members: Vec<(BackendConfig, bool)> = pc.backends.iter().map(|b| (*b, false)).collect();
+        if pc.autoscale.is_some() {
+            for addr in provisioned.get(name).into_iter().flatten() {
+                if !members.iter().any(|(b, _)| b.address == *addr) {
+                    members.push((
+                        BackendConfig {
+                            address: *addr,
+                            weight: 1,
+                        },
+                        true,
+                    ));
+                }
+            }
+        }
+        let backends: Vec<Arc<Backend>> = members
             .iter()
-            .map(|bc| {
+            .map(|(bc, dynamic)| {
                 let kept = old.and_then(|p| p.backends.iter().chain(&p.draining).find(|b| b.address == bc.address));
                 match kept {
                     Some(b) => {
@@ -179,13 +216,20 @@ fn build(config: Config, previous: Option<&Snapshot>, generation: u64) -> (Snaps
                         }
                         Arc::clone(b)
                     }
-                    None => Arc::new(Backend::new(
-                        Arc::clone(&pool_name),
-                        bc.address,
-                        bc.weight,
-                        pc.max_concurrency,
-                        pc.max_idle_per_backend,
-                    )),
+                    None => {
+                        let b = Arc::new(Backend::new(
+                            Arc::clone(&pool_name),
+                            bc.address,
+                            bc.weight,
+                            pc.max_concurrency,
+                            pc.max_idle_per_backend,
+                        ));
+                        if *dynamic {
+                            // Provisioned: no traffic until a probe passes.
+                            b.set_state(BackendState::Warming);
+                        }
+                        b
+                    }
                 }
             })
             .collect();

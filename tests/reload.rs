@@ -94,6 +94,7 @@ async fn a_symlinked_config_reloads_when_the_link_is_swapped() {
         config_path: Some(link.clone()),
         watch_file: true,
         reload_on_sighup: false,
+        tidegate_exe: None,
     };
     let task = tokio::spawn(tidegate::control::run(state, bound, Some(admin), opts, async {
         let _ = rx.await;

@@ -123,7 +123,10 @@ pub fn collect(shared: &Shared) -> Stats {
                     p99: q[2],
                 }),
                 backends: all.iter().map(|b| backend_stats(b)).collect(),
-                autoscale: None,
+                autoscale: shared
+                    .autoscale
+                    .status(&p.name)
+                    .and_then(|s| serde_json::to_value(s).ok()),
             }
         })
         .collect();

@@ -10,4 +10,5 @@ pub mod erlang;
 pub mod forecast;
 pub mod hook;
 pub mod policy;
+pub mod run;
 pub mod signal;

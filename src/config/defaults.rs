@@ -50,6 +50,19 @@ pub const PASSIVE_MAX_EJECTED_PERCENT: u32 = 50;
 /// Slow start: a backend that comes up ramps over this window (0 = off).
 pub const SLOW_START: Duration = Duration::ZERO;
 
+/// Autoscaling: the time a new backend is assumed to take before its first
+/// readiness is observed.
+pub const PROVISIONING_DELAY: Duration = Duration::from_secs(30);
+/// Autoscaling: scale down only below the highest need of this window.
+pub const SCALE_DOWN_WINDOW: Duration = Duration::from_secs(45);
+/// Autoscaling: the queue-wait SLO the default policy sizes for.
+pub const AUTOSCALE_SLO: Duration = Duration::from_millis(100);
+/// Autoscaling: a hook call that takes longer failed.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Autoscaling, `local` hook: service time and capacity of its backends.
+pub const LOCAL_SERVICE_TIME: Duration = Duration::from_millis(20);
+pub const LOCAL_CONCURRENCY: usize = 8;
+
 /// Client must send a whole request head within this (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes a request head may take (hyper's read buffer; larger answers 431).

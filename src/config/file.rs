@@ -102,8 +102,42 @@ pub struct RawPool {
     pub passive: Option<RawPassive>,
     pub slow_start: Option<HumanDuration>,
     pub fail_open: Option<bool>,
+    pub autoscale: Option<RawAutoscale>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutoscale {
+    pub min: Option<Spanned<u32>>,
+    pub max: Option<Spanned<u32>>,
+    pub dry_run: Option<bool>,
+    pub hook: Spanned<RawHook>,
+    /// Initial estimate of the time a new backend takes to become ready.
+    pub provisioning_delay: Option<HumanDuration>,
+    /// Scale down only below the highest need of this window.
+    pub scale_down_window: Option<HumanDuration>,
+    /// Queue-wait SLO the policy sizes for.
+    pub slo: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawHook {
+    Exec {
+        command: Vec<String>,
+        timeout: Option<HumanDuration>,
+    },
+    Webhook {
+        url: String,
+        timeout: Option<HumanDuration>,
+    },
+    Local {
+        service_time: Option<HumanDuration>,
+        concurrency: Option<usize>,
+        timeout: Option<HumanDuration>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -149,7 +149,37 @@ pub struct PoolConfig {
     pub slow_start: Duration,
     /// When every backend is down, send to them anyway instead of 503.
     pub fail_open: bool,
+    /// The elastic pool; `None` = a fixed pool.
+    pub autoscale: Option<AutoscaleConfig>,
     pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoscaleConfig {
+    pub min: u32,
+    pub max: u32,
+    pub dry_run: bool,
+    pub hook: HookConfig,
+    pub provisioning_delay: Duration,
+    pub scale_down_window: Duration,
+    pub slo: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HookConfig {
+    Exec {
+        command: Vec<String>,
+        timeout: Duration,
+    },
+    Webhook {
+        url: http::Uri,
+        timeout: Duration,
+    },
+    Local {
+        service_time: Duration,
+        concurrency: usize,
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,14 +8,17 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::defaults as d;
-use super::file::{RawBalance, RawCheckKind, RawConfig, RawHealth, RawPassive, RawPool, RawUpstream};
+use super::file::{
+    RawAutoscale, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool, RawUpstream,
+};
 use super::{
-    Admin, BackendConfig, Balance, CertificatePaths, CheckKind, Config, ConfigError, HashKey, HealthCheck, Limits,
-    Listener, PassiveHealth, PoolConfig, Route, Runtime, Tls, UpstreamProtocol,
+    Admin, AutoscaleConfig, BackendConfig, Balance, CertificatePaths, CheckKind, Config, ConfigError, HashKey,
+    HealthCheck, HookConfig, Limits, Listener, PassiveHealth, PoolConfig, Route, Runtime, Tls, UpstreamProtocol,
 };
 
 /// Hyper refuses read buffers smaller than this.
@@ -360,11 +363,25 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> R
         };
         backends.push(BackendConfig { address, weight });
     }
-    if backends.is_empty() {
-        return Err(cx.error(span, key, "a pool needs at least one backend"));
+    if backends.is_empty() && rp.autoscale.is_none() {
+        return Err(cx.error(span, key, "a pool needs at least one backend (or an `autoscale` table)"));
     }
+    let autoscale = match rp.autoscale {
+        Some(a) => Some(validate_autoscale(cx, &key, a)?),
+        None => None,
+    };
     let health = match rp.health {
         Some(h) => Some(validate_health(cx, &key, h)?),
+        // Provisioned backends join warming and need a check to pass.
+        None if autoscale.is_some() => Some(HealthCheck {
+            kind: CheckKind::Http,
+            path: d::HEALTH_PATH.to_string(),
+            interval: Duration::from_millis(500),
+            timeout: d::HEALTH_TIMEOUT,
+            healthy: 1,
+            unhealthy: d::HEALTH_UNHEALTHY,
+            expect: d::HEALTH_EXPECT,
+        }),
         None => None,
     };
     let passive = validate_passive(cx, &key, rp.passive)?;
@@ -401,7 +418,77 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> R
         passive,
         slow_start: rp.slow_start.map_or(d::SLOW_START, |x| x.0),
         fail_open: rp.fail_open.unwrap_or(false),
+        autoscale,
         backends,
+    })
+}
+
+fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale) -> Result<AutoscaleConfig, ConfigError> {
+    let key = format!("{pool_key}.autoscale");
+    let min = a.min.as_ref().map_or(1, |m| *m.get_ref());
+    let max = match a.max {
+        Some(m) if *m.get_ref() < min.max(1) => {
+            return Err(cx.error(
+                m.span(),
+                format!("{key}.max"),
+                format!("must be at least `min` ({min}) and 1"),
+            ))
+        }
+        Some(m) => m.into_inner(),
+        None => {
+            return Err(cx.error(
+                a.hook.span(),
+                format!("{key}.max"),
+                "is required (the most backends to ask for)",
+            ))
+        }
+    };
+    let span = a.hook.span();
+    let hook = match a.hook.into_inner() {
+        RawHook::Exec { command, timeout } => {
+            if command.is_empty() {
+                return Err(cx.error(span, format!("{key}.hook.command"), "needs a program to run"));
+            }
+            HookConfig::Exec {
+                command,
+                timeout: timeout.map_or(d::HOOK_TIMEOUT, |t| t.0),
+            }
+        }
+        RawHook::Webhook { url, timeout } => {
+            let uri: http::Uri = url
+                .parse()
+                .ok()
+                .filter(|u: &http::Uri| u.scheme_str() == Some("http") && u.authority().is_some())
+                .ok_or_else(|| {
+                    cx.error(
+                        span.clone(),
+                        format!("{key}.hook.url"),
+                        format!("`{url}` is not an http:// URL"),
+                    )
+                })?;
+            HookConfig::Webhook {
+                url: uri,
+                timeout: timeout.map_or(d::HOOK_TIMEOUT, |t| t.0),
+            }
+        }
+        RawHook::Local {
+            service_time,
+            concurrency,
+            timeout,
+        } => HookConfig::Local {
+            service_time: service_time.map_or(d::LOCAL_SERVICE_TIME, |t| t.0),
+            concurrency: concurrency.unwrap_or(d::LOCAL_CONCURRENCY),
+            timeout: timeout.map_or(d::HOOK_TIMEOUT, |t| t.0),
+        },
+    };
+    Ok(AutoscaleConfig {
+        min,
+        max,
+        dry_run: a.dry_run.unwrap_or(false),
+        hook,
+        provisioning_delay: a.provisioning_delay.map_or(d::PROVISIONING_DELAY, |t| t.0),
+        scale_down_window: a.scale_down_window.map_or(d::SCALE_DOWN_WINDOW, |t| t.0),
+        slo: a.slo.map_or(d::AUTOSCALE_SLO, |t| t.0),
     })
 }
 
@@ -598,6 +685,29 @@ backends = [ { address = "127.0.0.1:9001" } ]
         assert_eq!((line, key.as_str()), (2, "admin.listen"));
         let text = format!("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"s3cret\"\n{MINIMAL}");
         assert!(parse_str(&text).is_ok());
+    }
+
+    #[test]
+    fn an_autoscaled_pool_may_start_empty_and_is_checked() {
+        let text = MINIMAL.replace(
+            "backends = [ { address = \"127.0.0.1:9001\" } ]",
+            "backends = []\nautoscale = { min = 1, max = 5, hook = { kind = \"local\" } }",
+        );
+        let c = parse_str(&text).unwrap();
+        let shop = &c.pools["shop"];
+        assert_eq!(shop.autoscale.as_ref().unwrap().max, 5);
+        assert!(
+            shop.health.is_some(),
+            "provisioned backends need a check to leave warming"
+        );
+        let bad = text.replace("max = 5", "max = 0");
+        assert_eq!(invalid(&bad).2, "pools.shop.autoscale.max");
+        let bad = text.replace("{ kind = \"local\" }", "{ kind = \"webhook\", url = \"ftp://x\" }");
+        assert!(invalid(&bad).3.contains("is not an http:// URL"));
+        let bad = text.replace("{ kind = \"local\" }", "{ kind = \"cloud\" }");
+        assert!(invalid(&bad).3.contains("unknown variant `cloud`"));
+        let empty = MINIMAL.replace("backends = [ { address = \"127.0.0.1:9001\" } ]", "backends = []");
+        assert!(invalid(&empty).3.contains("or an `autoscale` table"));
     }
 
     #[test]

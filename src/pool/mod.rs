@@ -31,6 +31,7 @@ pub struct PoolShared {
     pub rr_cursor: Arc<AtomicUsize>,
     responses: [AtomicU64; 6],
     latency: LatencyHistogram,
+    arrivals: AtomicU64,
 }
 
 impl PoolShared {
@@ -40,7 +41,19 @@ impl PoolShared {
             rr_cursor: Arc::new(AtomicUsize::new(0)),
             responses: Default::default(),
             latency: LatencyHistogram::default(),
+            arrivals: AtomicU64::new(0),
         }
+    }
+
+    /// Data path: a request was routed to this pool (the autoscaler's
+    /// arrival rate).
+    #[inline]
+    pub fn count_arrival(&self) {
+        self.arrivals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn arrivals(&self) -> u64 {
+        self.arrivals.load(Ordering::Relaxed)
     }
 
     /// Data path: one finished exchange (`class` as in [`backend::CLASSES`]).

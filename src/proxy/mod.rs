@@ -89,6 +89,7 @@ async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Respo
         .route(request_host(&req), req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     let pool = &snapshot.pools[target.pool];
+    pool.shared.count_arrival();
     let cfg = &*pool.config;
     if content_length(req.headers()).is_some_and(|n| n > target.max_body) {
         return Err(ProxyError::PayloadTooLarge);

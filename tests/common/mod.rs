@@ -317,6 +317,7 @@ pub async fn managed(text: &str, watch_file: bool) -> Managed {
         config_path: Some(path.clone()),
         watch_file,
         reload_on_sighup: false,
+        tidegate_exe: Some(env!("CARGO_BIN_EXE_tidegate").into()),
     };
     let task = tokio::spawn(tidegate::control::run(
         Arc::clone(&state),

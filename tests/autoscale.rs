@@ -1,0 +1,196 @@
+//! The elastic pool end to end: real HTTP load through tidegate to real
+//! `tidegate backend` processes started by the provisioner.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use tidegate::pool::BackendState;
+
+fn elastic(hook: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\
+[pools.shop]\nmax_concurrency = 2\nqueue = {{ max_depth = 10000, timeout = \"30s\" }}\nbackends = []\n\
+autoscale = {{ min = 1, max = 4, provisioning_delay = \"1s\", scale_down_window = \"3s\", hook = {hook} }}\n"
+    )
+}
+
+fn active(m: &Managed) -> Vec<SocketAddr> {
+    let s = m.state.load();
+    s.pools[0]
+        .backends
+        .iter()
+        .filter(|b| b.state() == BackendState::Active)
+        .map(|b| b.address)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_grows_under_load_and_shrinks_back_without_a_failed_request() {
+    let m = managed(
+        &elastic("{ kind = \"local\", service_time = \"100ms\", concurrency = 2 }"),
+        false,
+    )
+    .await;
+    eventually("the first backend is provisioned and healthy", || async {
+        active(&m).len() == 1
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        let (addr, stop, ok) = (m.addr, Arc::clone(&stop), Arc::clone(&ok));
+        clients.push(tokio::spawn(async move {
+            let mut c = h1(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                let resp = c
+                    .send_request(request("GET", &format!("/products/{i}"), ""))
+                    .await
+                    .expect("no connection error");
+                let a = collect(resp).await;
+                assert_eq!(a.status, 200, "{}", a.text());
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    eventually("the pool grows to four ready backends", || async {
+        active(&m).len() == 4
+    })
+    .await;
+    let grown = active(&m);
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("every response was a 200");
+    }
+    assert!(ok.load(Ordering::Relaxed) > 50);
+
+    eventually("back to the minimum, nothing draining", || async {
+        let s = m.state.load();
+        active(&m).len() == 1
+            && s.pools[0].backends.len() == 1
+            && s.pools[0].draining.iter().all(|b| b.in_flight() == 0)
+    })
+    .await;
+    let kept = active(&m)[0];
+    for addr in grown.into_iter().filter(|a| *a != kept) {
+        eventually("a removed backend's process is gone", || async move {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await;
+    }
+    let stats = m.stats().await;
+    let auto = &stats["pools"][0]["autoscale"];
+    assert_eq!(auto["desired"], 1, "{auto}");
+    assert!(auto["decisions"].as_array().unwrap().len() >= 2, "{auto}");
+    assert!(
+        auto["hook_calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["result"] == "ok"),
+        "{auto}"
+    );
+    let metrics = get(m.admin, "/metrics").await.text();
+    assert!(
+        metrics.contains("tidegate_hook_calls_total{pool=\"shop\",result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tidegate_pool_desired_backends{pool=\"shop\"}"));
+    assert!(metrics.contains("tidegate_autoscale_decisions_total{pool=\"shop\",direction=\"up\"}"));
+    m.shutdown().await;
+}
+
+fn exec_hook(dir: &tempfile::TempDir, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join("provision.sh");
+    std::fs::write(&path, format!("#!/usr/bin/env bash\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{{ kind = \"exec\", command = [\"{}\"], timeout = \"5s\" }}",
+        path.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_hook_script_provides_the_members() {
+    // The "cloud": three slow backends already running; the script hands
+    // out the first `desired` of them.
+    let pool: Vec<TestBackend> = vec![
+        backend_with("c1", std::time::Duration::from_millis(100), 0).await,
+        backend_with("c2", std::time::Duration::from_millis(100), 0).await,
+        backend_with("c3", std::time::Duration::from_millis(100), 0).await,
+    ];
+    let list: Vec<String> = pool.iter().map(|b| format!("'\"{}\"'", b.addr)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let hook = exec_hook(
+        &dir,
+        &format!(
+            r#"desired=$(sed -E 's/.*"desired":([0-9]+).*/\1/')
+all=({})
+out=$(IFS=,; echo "${{all[*]:0:$desired}}")
+echo "{{\"members\":[$out]}}""#,
+            list.join(" ")
+        ),
+    );
+    let m = managed(&elastic(&hook).replace("max = 4", "max = 3"), false).await;
+    eventually("one member", || async { active(&m).len() == 1 }).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let (addr, stop) = (m.addr, Arc::clone(&stop));
+        clients.push(tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            let mut c = h1(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                let a = collect(c.send_request(request("GET", "/", "")).await.unwrap()).await;
+                assert_eq!(a.status, 200);
+                seen.insert(a.backend());
+            }
+            seen
+        }));
+    }
+    eventually("three members ready", || async { active(&m).len() == 3 }).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = std::collections::HashSet::new();
+    for c in clients {
+        seen.extend(c.await.unwrap());
+    }
+    assert!(seen.contains("c3"), "traffic reached the newest member: {seen:?}");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_hook_leaves_the_pool_serving_and_is_retried_with_backoff() {
+    let fixed = backend("fixed").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = exec_hook(&dir, "cat > /dev/null; echo 'cloud says no' >&2; exit 1");
+    let text = elastic(&hook).replace(
+        "backends = []",
+        &format!("backends = [ {{ address = \"{}\" }} ]", fixed.addr),
+    );
+    let m = managed(&text.replace("min = 1", "min = 2"), false).await;
+    eventually("the hook has failed once", || async {
+        m.stats().await["pools"][0]["autoscale"]["hook_failures"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            get(m.addr, "/").await.backend(),
+            "fixed",
+            "the static backend keeps serving"
+        );
+    }
+    let stats = m.stats().await;
+    let call = &stats["pools"][0]["autoscale"]["hook_calls"][0];
+    assert_eq!(call["result"], "failed", "{call}");
+    assert!(call["error"].as_str().unwrap().contains("cloud says no"), "{call}");
+    m.shutdown().await;
+}
