@@ -249,8 +249,7 @@ fn run(path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
         }
         if demo {
             let web = bound[0].listener.local_addr()?;
-            let backends: usize = config.pools.values().map(|p| p.backends.len()).sum();
-            println!("tidegate demo: proxying http://{web}/ to {backends} shop backends");
+            println!("tidegate demo: proxying http://{web}/ to an elastic pool of shop backends (local provisioner)");
             if let Some(a) = &admin {
                 println!(
                     "  dashboard: http://{}/   stats: http://{}/stats",
@@ -259,9 +258,15 @@ fn run(path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
                 );
             }
             println!("  try:  curl -i http://{web}/products/42");
-            println!("  load: h2load -n 20000 -c 64 --h1 http://{web}/products/1   (Ctrl-C stops the demo)");
+            println!(
+                "  a built-in load generator plays a flash sale once the first backend is up (Ctrl-C stops the demo)"
+            );
         }
+        let web = bound[0].listener.local_addr()?;
         let state = State::new(config);
+        if demo {
+            tokio::spawn(tidegate::demo::play_flash_sale(web, std::sync::Arc::clone(&state)));
+        }
         let opts = tidegate::control::Options {
             config_path: path.clone(),
             watch_file: watch && path.is_some(),

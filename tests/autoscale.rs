@@ -40,11 +40,14 @@ async fn the_pool_grows_under_load_and_shrinks_back_without_a_failed_request() {
     })
     .await;
 
-    let stop = Arc::new(AtomicBool::new(false));
+    // Twelve clients; ten stop after the pool has grown, two keep going
+    // while it shrinks, so scale-in happens under load.
     let ok = Arc::new(AtomicU64::new(0));
+    let (stop_most, stop_rest) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let mut clients = Vec::new();
     for i in 0..12 {
-        let (addr, stop, ok) = (m.addr, Arc::clone(&stop), Arc::clone(&ok));
+        let stop = Arc::clone(if i < 6 { &stop_most } else { &stop_rest });
+        let (addr, ok) = (m.addr, Arc::clone(&ok));
         clients.push(tokio::spawn(async move {
             let mut c = h1(addr).await;
             while !stop.load(Ordering::Relaxed) {
@@ -63,12 +66,22 @@ async fn the_pool_grows_under_load_and_shrinks_back_without_a_failed_request() {
     })
     .await;
     let grown = active(&m);
-    stop.store(true, Ordering::Relaxed);
+    stop_most.store(true, Ordering::Relaxed);
+    // Lower the ceiling by a reload while two clients keep going: the loop
+    // must drain two members and deprovision them without cutting a request.
+    m.write_config(
+        &elastic("{ kind = \"local\", service_time = \"100ms\", concurrency = 2 }").replace("max = 4", "max = 2"),
+    );
+    assert_eq!(m.reload().await.status, 200);
+    eventually("the pool shrinks to two while two clients keep going", || async {
+        let s = m.state.load();
+        s.pools[0].backends.len() == 2 && s.pools[0].draining.iter().all(|b| b.in_flight() == 0)
+    })
+    .await;
+    stop_rest.store(true, Ordering::Relaxed);
     for c in clients {
-        c.await.expect("every response was a 200");
+        c.await.expect("every response was a 200, also while the pool shrank");
     }
-    assert!(ok.load(Ordering::Relaxed) > 50);
-
     eventually("back to the minimum, nothing draining", || async {
         let s = m.state.load();
         active(&m).len() == 1
@@ -76,6 +89,10 @@ async fn the_pool_grows_under_load_and_shrinks_back_without_a_failed_request() {
             && s.pools[0].draining.iter().all(|b| b.in_flight() == 0)
     })
     .await;
+    assert!(ok.load(Ordering::Relaxed) > 50);
+    let s = m.state.load();
+    let errors: u64 = s.pools[0].shared.response_counts()[4..].iter().sum();
+    assert_eq!(errors, 0, "no 5xx and no failed exchange behind the proxy");
     let kept = active(&m)[0];
     for addr in grown.into_iter().filter(|a| *a != kept) {
         eventually("a removed backend's process is gone", || async move {

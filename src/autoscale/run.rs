@@ -315,12 +315,16 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
             continue;
         }
         m.seq += 1;
+        // Members still draining are still provided (and may still carry
+        // requests) until they are sent as `remove`: asking for fewer would
+        // let the provisioner stop a member of its own choosing.
+        let still_draining = m.draining.iter().filter(|a| !drained.contains(a)).count() as u32;
         let req = HookRequest {
             version: 1,
             pool: name.clone(),
             seq: m.seq,
-            desired,
-            current: m.members.len() as u32,
+            desired: desired + still_draining,
+            current: (m.members.len() + m.draining.len()) as u32,
             ready,
             members: m.members.iter().map(ToString::to_string).collect(),
             remove: drained.iter().map(ToString::to_string).collect(),

@@ -6,6 +6,7 @@
 //! stops, so a demo never leaves processes behind.
 
 pub mod backend;
+pub mod load;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -85,5 +86,61 @@ async fn wait_until_accepting(addr: SocketAddr) -> std::io::Result<()> {
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The demo's story: once the first backend is up, play the flash sale
+/// against `web` and print the pool's size every 5 seconds until the pool
+/// is back to its minimum. Bounded: about two minutes.
+pub async fn play_flash_sale(web: SocketAddr, state: std::sync::Arc<crate::state::State>) {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use crate::pool::BackendState;
+
+    let pool_size = |state: &crate::state::State| {
+        let snapshot = state.load();
+        let pool = &snapshot.pools[0];
+        let ready = pool
+            .backends
+            .iter()
+            .filter(|b| b.state() == BackendState::Active)
+            .count();
+        let warming = pool
+            .backends
+            .iter()
+            .filter(|b| b.state() == BackendState::Warming)
+            .count();
+        (ready, warming, pool.shared.queue.depth())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pool_size(&state).0 == 0 {
+        if tokio::time::Instant::now() > deadline {
+            println!("demo: no backend became ready; not playing the sale");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("demo: flash sale starting: 150 req/s, then 1500 req/s for 40 s, then 150 req/s (watch the dashboard)");
+    let tally = Arc::new(load::Tally::default());
+    let sale = tokio::spawn(load::play(web, load::flash_sale(), 128, Arc::clone(&tally)));
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let (ready, warming, queued) = pool_size(&state);
+        println!(
+            "demo: t={:>3}s  backends ready {ready}, warming {warming}, queued {queued}, requests ok {}, failed {}",
+            started.elapsed().as_secs(),
+            tally.ok.load(Ordering::Relaxed),
+            tally.failed.load(Ordering::Relaxed)
+        );
+        if sale.is_finished() && ready <= 1 && warming == 0 {
+            println!("demo: the sale is over and the pool is back to its minimum (Ctrl-C stops the demo)");
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(240) {
+            return;
+        }
     }
 }

@@ -1,0 +1,127 @@
+//! The demo's built-in load generator: plays a short flash sale against the
+//! proxy so the elastic pool can be watched growing and shrinking.
+//!
+//! Not on tidegate's data path: a client like any other, on loopback only,
+//! bounded in time, stopping by itself. `workers` keep-alive connections each
+//! pace their requests to share the phase's rate; when the proxy queues,
+//! they wait (so the offered load never runs away).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+/// One stretch of the sale: `rate` requests per second for `length`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Phase {
+    pub length: Duration,
+    pub rate: f64,
+}
+
+/// Quiet, the sale (10x), quiet again: about 100 seconds in all.
+pub fn flash_sale() -> Vec<Phase> {
+    let phase = |secs, rate| Phase {
+        length: Duration::from_secs(secs),
+        rate,
+    };
+    vec![phase(15, 150.0), phase(40, 1500.0), phase(45, 150.0)]
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// The phase in force `elapsed` into the run, or `None` when it is over.
+pub fn phase_at(phases: &[Phase], elapsed: Duration) -> Option<Phase> {
+    let mut start = Duration::ZERO;
+    for p in phases {
+        if elapsed < start + p.length {
+            return Some(*p);
+        }
+        start += p.length;
+    }
+    None
+}
+
+/// Plays `phases` against `target` with `workers` connections; returns
+/// when the last phase ends.
+pub async fn play(target: SocketAddr, phases: Vec<Phase>, workers: usize, tally: Arc<Tally>) {
+    let phases = Arc::new(phases);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (phases, tally) = (Arc::clone(&phases), Arc::clone(&tally));
+            tokio::spawn(async move {
+                let mut conn = None;
+                let mut n: u64 = 0;
+                while let Some(phase) = phase_at(&phases, started.elapsed()) {
+                    let gap = Duration::from_secs_f64(workers as f64 / phase.rate.max(0.1));
+                    let next = Instant::now() + gap;
+                    if conn.is_none() {
+                        conn = connect(target).await;
+                    }
+                    let ok = match conn.as_mut() {
+                        Some(sender) => request(sender, &format!("/products/{}", (n * 7 + w as u64) % 500)).await,
+                        None => false,
+                    };
+                    if ok {
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                        conn = None;
+                    }
+                    n += 1;
+                    tokio::time::sleep_until(next).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(target: SocketAddr) -> Option<Sender> {
+    let stream = tokio::net::TcpStream::connect(target).await.ok()?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(conn);
+    Some(sender)
+}
+
+async fn request(sender: &mut Sender, path: &str) -> bool {
+    if sender.ready().await.is_err() {
+        return false;
+    }
+    let req = http::Request::get(path)
+        .header(http::header::HOST, "demo.shop")
+        .body(Empty::new());
+    let Ok(req) = req else { return false };
+    match sender.send_request(req).await {
+        Ok(resp) => resp.status().is_success() && resp.into_body().collect().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_follow_each_other_and_end() {
+        let p = flash_sale();
+        assert_eq!(phase_at(&p, Duration::from_secs(1)).unwrap().rate, 150.0);
+        assert_eq!(phase_at(&p, Duration::from_secs(20)).unwrap().rate, 1500.0);
+        assert_eq!(phase_at(&p, Duration::from_secs(99)).unwrap().rate, 150.0);
+        assert!(phase_at(&p, Duration::from_secs(100)).is_none());
+    }
+}
