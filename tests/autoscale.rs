@@ -211,3 +211,25 @@ async fn a_failing_hook_leaves_the_pool_serving_and_is_retried_with_backoff() {
     assert!(call["error"].as_str().unwrap().contains("cloud says no"), "{call}");
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn scheduled_capacity_is_provisioned_without_any_load() {
+    // A daily entry in force now (UTC), wrapping midnight if need be.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 86_400;
+    let hhmm = |s: u64| format!("{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60);
+    let (start, end) = (hhmm(now + 86_400 - 120), hhmm(now + 1200));
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\
+[pools.shop]\nmax_concurrency = 4\nbackends = []\n\n[pools.shop.autoscale]\nmin = 1\nmax = 5\nprovisioning_delay = \"1s\"\n\
+hook = {{ kind = \"local\", service_time = \"10ms\", concurrency = 4 }}\n\n\
+[[pools.shop.autoscale.schedule]]\nstart = \"{start}\"\nend = \"{end}\"\nmin = 3\n"
+    );
+    let m = managed(&text, false).await;
+    eventually("the scheduled three are ready", || async { active(&m).len() == 3 }).await;
+    assert_eq!(m.stats().await["pools"][0]["autoscale"]["desired"], 3);
+    m.shutdown().await;
+}

@@ -11,4 +11,5 @@ pub mod forecast;
 pub mod hook;
 pub mod policy;
 pub mod run;
+pub mod schedule;
 pub mod signal;

@@ -66,6 +66,12 @@ pub struct Status {
     pub hook_calls: VecDeque<HookRecord>,
 }
 
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -229,7 +235,8 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
             slots: pool.config.max_concurrency,
             min: cfg.min,
             max: cfg.max,
-            floor: 0,
+            // Scheduled capacity, ready five minutes before the peak.
+            floor: super::schedule::floor(&cfg.schedule, unix_now(), cfg.provisioning_delay.as_secs() as i64 + 300),
             provisioning_delay: cfg.provisioning_delay.as_secs_f64(),
         };
         let params = TidegateParams {

@@ -120,6 +120,17 @@ pub struct RawAutoscale {
     pub scale_down_window: Option<HumanDuration>,
     /// Queue-wait SLO the policy sizes for.
     pub slo: Option<HumanDuration>,
+    /// Known peaks: `[[pools.X.autoscale.schedule]]`.
+    #[serde(default)]
+    pub schedule: Vec<RawScheduleEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScheduleEntry {
+    pub start: Spanned<String>,
+    pub end: Spanned<String>,
+    pub min: u32,
 }
 
 #[derive(Debug, Deserialize)]

@@ -163,6 +163,8 @@ pub struct AutoscaleConfig {
     pub provisioning_delay: Duration,
     pub scale_down_window: Duration,
     pub slo: Duration,
+    /// Scheduled capacity (a floor while an entry is in force).
+    pub schedule: Vec<crate::autoscale::schedule::Entry>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

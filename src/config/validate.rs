@@ -481,7 +481,29 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale) -> Result<A
             timeout: timeout.map_or(d::HOOK_TIMEOUT, |t| t.0),
         },
     };
+    let mut schedule = Vec::with_capacity(a.schedule.len());
+    for (i, e) in a.schedule.into_iter().enumerate() {
+        use crate::autoscale::schedule::{parse_when, Entry, When};
+        let k = format!("{key}.schedule[{i}]");
+        let start = parse_when(e.start.get_ref()).map_err(|m| cx.error(e.start.span(), format!("{k}.start"), m))?;
+        let end = parse_when(e.end.get_ref()).map_err(|m| cx.error(e.end.span(), format!("{k}.end"), m))?;
+        match (start, end) {
+            (When::At(s), When::At(t)) if t <= s => {
+                return Err(cx.error(e.end.span(), format!("{k}.end"), "must be after `start`"))
+            }
+            (When::At(_), When::At(_)) | (When::Daily(_), When::Daily(_)) => {}
+            _ => {
+                return Err(cx.error(
+                    e.end.span(),
+                    format!("{k}.end"),
+                    "`start` and `end` must both be dates or both daily times",
+                ))
+            }
+        }
+        schedule.push(Entry { start, end, min: e.min });
+    }
     Ok(AutoscaleConfig {
+        schedule,
         min,
         max,
         dry_run: a.dry_run.unwrap_or(false),
@@ -708,6 +730,23 @@ backends = [ { address = "127.0.0.1:9001" } ]
         assert!(invalid(&bad).3.contains("unknown variant `cloud`"));
         let empty = MINIMAL.replace("backends = [ { address = \"127.0.0.1:9001\" } ]", "backends = []");
         assert!(invalid(&empty).3.contains("or an `autoscale` table"));
+    }
+
+    #[test]
+    fn schedule_entries_parse_or_point_at_the_bad_time() {
+        let base = MINIMAL.replace("backends = [ { address = \"127.0.0.1:9001\" } ]", "backends = []")
+            + "\n[pools.shop.autoscale]\nmax = 20\nhook = { kind = \"local\" }\n\n[[pools.shop.autoscale.schedule]]\n";
+        let ok = format!("{base}start = \"2026-11-27T20:00:00Z\"\nend = \"2026-11-27T22:00:00Z\"\nmin = 12\n");
+        let c = parse_str(&ok).unwrap();
+        assert_eq!(c.pools["shop"].autoscale.as_ref().unwrap().schedule[0].min, 12);
+        let daily = format!("{base}start = \"20:00\"\nend = \"22:00\"\nmin = 12\n");
+        assert!(parse_str(&daily).is_ok());
+        let bad = format!("{base}start = \"8pm\"\nend = \"22:00\"\nmin = 12\n");
+        let (_, _, key, message) = invalid(&bad);
+        assert_eq!(key, "pools.shop.autoscale.schedule[0].start");
+        assert!(message.contains("daily"), "{message}");
+        let mixed = format!("{base}start = \"20:00\"\nend = \"2026-11-27T22:00:00Z\"\nmin = 12\n");
+        assert!(invalid(&mixed).3.contains("both"));
     }
 
     #[test]
