@@ -40,12 +40,6 @@ pub enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
-/// A connection ready to carry one request.
-pub enum Conn {
-    H1(http1::SendRequest<RequestBody>),
-    H2(http2::SendRequest<RequestBody>),
-}
-
 struct Idle {
     sender: http1::SendRequest<RequestBody>,
     since: Instant,
@@ -68,11 +62,6 @@ impl Upstream {
 
     pub fn set_max_idle(&self, max_idle: usize) {
         self.max_idle.store(max_idle, Ordering::Relaxed);
-    }
-
-    /// Idle HTTP/1.1 connections currently pooled.
-    pub fn idle_count(&self) -> usize {
-        self.idle.len()
     }
 
     /// A pooled HTTP/1.1 connection that is still open and younger than

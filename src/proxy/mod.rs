@@ -101,7 +101,7 @@ async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Respo
         _ => None,
     };
     let replayable = cfg.retry_idempotent && is_idempotent(req.method()) && has_no_body(&req);
-    let mut first = upstream_request(req, conn, cfg, target.max_body);
+    let mut first = upstream_request(req, upgrade, conn, cfg, target.max_body);
     first.body_mut().prime().await.map_err(|e| match e {
         body::RequestBodyError::TooLarge(_) => ProxyError::PayloadTooLarge,
         body::RequestBodyError::Client(_) => ProxyError::BadRequest("malformed request body"),
@@ -271,11 +271,11 @@ fn affinity_key(key: &HashKey, headers: &HeaderMap, client: IpAddr) -> Option<u6
 /// (or HTTP/2 for h2c pools), hop-by-hop fields gone, forwarded-for added.
 fn upstream_request(
     req: Request<Incoming>,
+    upgrade: bool,
     conn: &ConnContext,
     cfg: &PoolConfig,
     max_body: u64,
 ) -> Request<RequestBody> {
-    let upgrade = wants_upgrade(&req);
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
     if !parts.headers.contains_key(header::HOST) {
