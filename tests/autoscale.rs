@@ -233,3 +233,98 @@ hook = {{ kind = \"local\", service_time = \"10ms\", concurrency = 4 }}\n\n\
     assert_eq!(m.stats().await["pools"][0]["autoscale"]["desired"], 3);
     m.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_becomes_healthy_is_reported_and_replaced() {
+    let good = backend("good").await;
+    let dead = dead_addr().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The "cloud" first hands out a machine that never answers; once asked
+    // to remove it, a good one.
+    let marker = dir.path().join("replaced");
+    let hook = exec_hook(
+        &dir,
+        &format!(
+            r#"input=$(cat)
+case "$input" in *'"remove":["{dead}"]'*) touch '{m}';; esac
+if [ -e '{m}' ]; then echo '{{"members":["{good}"]}}'; else echo '{{"members":["{dead}"]}}'; fi"#,
+            m = marker.display(),
+            good = good.addr,
+        ),
+    );
+    let text = elastic(&hook).replace("scale_down_window", "ready_deadline = \"2s\", scale_down_window");
+    let m = managed(&text, false).await;
+    eventually("the good member replaced the dead one and is ready", || async {
+        active(&m) == vec![good.addr]
+    })
+    .await;
+    let s = m.state.load();
+    assert!(
+        s.pools[0].backends.iter().all(|b| b.address != dead),
+        "the dead member left the pool"
+    );
+    assert_eq!(get(m.addr, "/").await.backend(), "good");
+    eventually("the loop has seen the good member come up", || async {
+        m.stats().await["pools"][0]["autoscale"]["provisioning_delay_learned"] == true
+    })
+    .await;
+    let stats = m.stats().await;
+    let auto = &stats["pools"][0]["autoscale"];
+    assert_eq!(auto["replaced"], 1, "{auto}");
+    assert_eq!(auto["provisioning_delay_learned"], true, "{auto}");
+    assert!(
+        auto["provisioning_delay_s"].as_f64().unwrap() < 2.0,
+        "learned from the good member, not the 1 s guess's replacement: {auto}"
+    );
+    let metrics = get(m.admin, "/metrics").await.text();
+    assert!(
+        metrics.contains("tidegate_autoscale_replaced_total{pool=\"shop\"} 1"),
+        "{metrics}"
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_history_pre_scales_an_idle_pool_before_yesterdays_peak() {
+    // Yesterday, in the minutes just ahead of now, the shop had 400 req/s.
+    let state_dir = tempfile::tempdir().unwrap();
+    let now_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60;
+    let mut csv = String::from("minute,arrivals_per_second,peak_concurrency,peak_queued\n");
+    for minute in now_minute - 1440 - 10..now_minute - 1440 + 10 {
+        csv.push_str(&format!("{minute},400.000,20.0,0.0\n"));
+    }
+    csv.push_str("garbage line from a torn write\n");
+    let file = state_dir.path().join("shop.minutes.csv");
+    std::fs::write(&file, csv).unwrap();
+    let text = elastic("{ kind = \"local\", service_time = \"10ms\", concurrency = 2 }")
+        .replace("max = 4", "max = 3")
+        .replace(
+            "[admin]",
+            &format!("[runtime]\nstate_dir = \"{}\"\n\n[admin]", state_dir.path().display()),
+        );
+    let m = managed(&text, false).await;
+    eventually("three members ready with no load at all", || async {
+        active(&m).len() == 3
+    })
+    .await;
+    let stats = m.stats().await;
+    let auto = &stats["pools"][0]["autoscale"];
+    assert_eq!(auto["forecast_rate"], 400.0, "{auto}");
+    assert_eq!(auto["history_minutes"], 20, "{auto}");
+    assert!(
+        auto["decisions"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("forecast 400 req/s"),
+        "{auto}"
+    );
+    // The file was rewritten without the torn line and stays the history.
+    let kept = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(kept.lines().count(), 21, "{kept}");
+    assert!(!kept.contains("garbage"));
+    m.shutdown().await;
+}

@@ -1,24 +1,126 @@
 //! Predictive pre-scaling from recorded history: the arrival rate expected a
 //! little ahead, read from the same minutes yesterday and last week.
 //!
-//! Pure. The caller keeps one mean arrival rate per minute (the live loop in
-//! a file under the state directory, the simulator in memory) and turns the
-//! forecast into a floor for the policy: a forecast can only raise the pool,
-//! never shrink it.
+//! Pure. [`Minutes`] folds the per-second samples into one record per
+//! minute (keyed by minute number: Unix minutes live, minutes since the
+//! start in the simulator); `history_file.rs` keeps them on disk so they
+//! survive restarts. The caller turns the forecast into a floor for the
+//! policy: a forecast can only raise the pool, never shrink it.
+
+use std::collections::BTreeMap;
 
 /// Minutes in a day and a week.
-pub const DAY: usize = 24 * 60;
-pub const WEEK: usize = 7 * DAY;
+pub const DAY: u64 = 24 * 60;
+pub const WEEK: u64 = 7 * DAY;
+/// Minutes kept: a week back from yesterday's minute ahead.
+pub const KEPT: u64 = WEEK + DAY;
+
+/// One recorded minute of a pool.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Minute {
+    pub minute: u64,
+    /// Mean arrivals per second over the seconds recorded in the minute.
+    pub rate: f64,
+    /// Highest in flight + queued seen in the minute.
+    pub peak_concurrency: f64,
+    /// Highest queue depth seen in the minute.
+    pub peak_queued: f64,
+}
+
+/// The minute being filled.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    minute: u64,
+    arrivals: f64,
+    seconds: u32,
+    peak_concurrency: f64,
+    peak_queued: f64,
+}
+
+/// Recorded minutes, the last [`KEPT`] of them, plus the one being filled.
+#[derive(Debug, Clone, Default)]
+pub struct Minutes {
+    recorded: BTreeMap<u64, Minute>,
+    open: Option<Open>,
+}
+
+impl Minutes {
+    /// Adds one second (at `second`, counted like the minute numbers x 60).
+    /// Returns the minute this second closed, if it started a new one.
+    pub fn add_second(&mut self, second: u64, arrivals: f64, concurrency: f64, queued: f64) -> Option<Minute> {
+        let minute = second / 60;
+        let closed = match self.open {
+            Some(o) if o.minute == minute => None,
+            Some(o) => {
+                let m = Minute {
+                    minute: o.minute,
+                    rate: o.arrivals / f64::from(o.seconds.max(1)),
+                    peak_concurrency: o.peak_concurrency,
+                    peak_queued: o.peak_queued,
+                };
+                self.insert(m);
+                self.open = None;
+                Some(m)
+            }
+            None => None,
+        };
+        let o = self.open.get_or_insert(Open {
+            minute,
+            arrivals: 0.0,
+            seconds: 0,
+            peak_concurrency: 0.0,
+            peak_queued: 0.0,
+        });
+        o.arrivals += arrivals;
+        o.seconds += 1;
+        o.peak_concurrency = o.peak_concurrency.max(concurrency);
+        o.peak_queued = o.peak_queued.max(queued);
+        closed
+    }
+
+    /// Records a whole minute (read back from the file), dropping any older
+    /// than [`KEPT`] before the newest.
+    pub fn insert(&mut self, m: Minute) {
+        self.recorded.insert(m.minute, m);
+        let newest = self.recorded.keys().next_back().copied().unwrap_or(0);
+        let oldest_kept = newest.saturating_sub(KEPT);
+        while self.recorded.first_key_value().is_some_and(|(k, _)| *k < oldest_kept) {
+            self.recorded.pop_first();
+        }
+    }
+
+    pub fn rate(&self, minute: u64) -> Option<f64> {
+        self.recorded.get(&minute).map(|m| m.rate)
+    }
+
+    pub fn len(&self) -> usize {
+        self.recorded.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.recorded.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Minute> {
+        self.recorded.values()
+    }
+}
+
+/// Minutes to look ahead so capacity asked for now is ready in time: the
+/// provisioning delay plus two minutes of margin.
+pub fn lookahead(provisioning_delay_secs: f64) -> u64 {
+    ((provisioning_delay_secs.max(0.0) + 120.0) / 60.0).ceil() as u64
+}
 
 /// The highest rate recorded at the same time of day yesterday or at the
 /// same time last week, over the minutes `now + 1 ..= now + ahead`. `None`
 /// when neither day is recorded.
-pub fn expected_rate(per_minute: &[f64], now: usize, ahead: usize) -> Option<f64> {
+pub fn expected_rate(rate_at: impl Fn(u64) -> Option<f64>, now: u64, ahead: u64) -> Option<f64> {
     let mut best: Option<f64> = None;
     for m in now + 1..=now + ahead {
         for back in [DAY, WEEK] {
-            if let Some(v) = m.checked_sub(back).and_then(|i| per_minute.get(i)) {
-                best = Some(best.map_or(*v, |b: f64| b.max(*v)));
+            if let Some(v) = m.checked_sub(back).and_then(&rate_at) {
+                best = Some(best.map_or(v, |b: f64| b.max(v)));
             }
         }
     }
@@ -31,12 +133,49 @@ mod tests {
 
     #[test]
     fn reads_yesterday_and_last_week_ahead_of_now() {
-        let mut history = vec![10.0; WEEK + DAY];
-        history[WEEK + 600 - DAY] = 500.0; // yesterday at 10:00
+        let mut history = vec![10.0; (WEEK + DAY) as usize];
+        history[(WEEK + 600 - DAY) as usize] = 500.0; // yesterday at 10:00
         history[600] = 900.0; // last week at 10:00
-                              // At 09:58 of day 8, looking 3 minutes ahead, 10:00 is in view.
-        assert_eq!(expected_rate(&history, WEEK + 598, 3), Some(900.0));
-        assert_eq!(expected_rate(&history, WEEK + 590, 3), Some(10.0));
-        assert_eq!(expected_rate(&history[..100], 50, 3), None, "no day recorded yet");
+        fn at(h: &[f64]) -> impl Fn(u64) -> Option<f64> + '_ {
+            move |m| h.get(m as usize).copied()
+        }
+        // At 09:58 of day 8, looking 3 minutes ahead, 10:00 is in view.
+        assert_eq!(expected_rate(at(&history), WEEK + 598, 3), Some(900.0));
+        assert_eq!(expected_rate(at(&history), WEEK + 590, 3), Some(10.0));
+        assert_eq!(expected_rate(at(&history[..100]), 50, 3), None, "no day recorded yet");
+    }
+
+    #[test]
+    fn seconds_fold_into_minutes() {
+        let mut m = Minutes::default();
+        for s in 120..180 {
+            assert_eq!(m.add_second(s, if s < 150 { 10.0 } else { 30.0 }, 5.0, 0.0), None);
+        }
+        let closed = m.add_second(180, 1.0, 7.0, 2.0).expect("minute 2 closed");
+        assert_eq!(closed.minute, 2);
+        assert_eq!(closed.rate, 20.0);
+        assert_eq!(closed.peak_concurrency, 5.0);
+        assert_eq!(m.rate(2), Some(20.0));
+        assert_eq!(m.rate(3), None, "still open");
+        // A gap (the process was down) closes the open minute over the
+        // seconds it saw.
+        let closed = m.add_second(600, 0.0, 0.0, 0.0).unwrap();
+        assert_eq!((closed.minute, closed.rate, closed.peak_queued), (3, 1.0, 2.0));
+    }
+
+    #[test]
+    fn keeps_eight_days() {
+        let mut m = Minutes::default();
+        for minute in 0..KEPT + 100 {
+            m.insert(Minute {
+                minute,
+                rate: 1.0,
+                peak_concurrency: 0.0,
+                peak_queued: 0.0,
+            });
+        }
+        assert_eq!(m.len() as u64, KEPT + 1);
+        assert_eq!(m.rate(98), None);
+        assert_eq!(m.rate(99), Some(1.0));
     }
 }

@@ -8,8 +8,10 @@
 
 pub mod erlang;
 pub mod forecast;
+pub mod history_file;
 pub mod hook;
 pub mod policy;
 pub mod run;
 pub mod schedule;
 pub mod signal;
+pub mod warmup;

@@ -33,8 +33,12 @@ pub struct PoolView {
     pub slots: u32,
     pub min: u32,
     pub max: u32,
-    /// Scheduled or forecast capacity in force now: never go below it.
+    /// Scheduled capacity in force now: never go below it.
     pub floor: u32,
+    /// The arrival rate recorded history expects within the lookahead
+    /// (same minutes yesterday and last week); only the default policy
+    /// reads it, and only to raise the pool.
+    pub forecast_rate: Option<f64>,
     /// Seconds a new backend takes to become ready (learned from the hook).
     pub provisioning_delay: f64,
 }
@@ -239,6 +243,12 @@ fn tidegate(p: &TidegateParams, st: &mut PolicyState, h: &History, now: u64, poo
     // The rate part scales down late (highest need of the window); the
     // backlog part goes as soon as the backlog does.
     let peak = st.recommendations.iter().map(|(_, r)| *r).max().unwrap_or(for_rate) + for_backlog;
+    // Pre-scaling: what the expected rate will need, as a floor (a forecast
+    // never takes capacity away).
+    let for_forecast = pool
+        .forecast_rate
+        .map_or(0, |r| backends_for(r, service, slots, p.slo, p.epsilon) as u32);
+    let peak = peak.max(for_forecast);
     let current = pool.current();
     let desired = if peak >= current {
         peak
@@ -247,13 +257,19 @@ fn tidegate(p: &TidegateParams, st: &mut PolicyState, h: &History, now: u64, poo
     } else {
         peak
     };
-    let reason = format!(
+    let mut reason = format!(
         "tidegate: {rate:.0} req/s x {:.0} ms needs {for_rate} (Erlang C, P(wait > {:.0} ms) <= {}), backlog {projected:.0} needs {for_backlog}, {}s peak {peak}",
         service * 1000.0,
         p.slo * 1000.0,
         p.epsilon,
         p.scale_down_window
     );
+    if let Some(r) = pool.forecast_rate {
+        reason.push_str(&format!(", forecast {r:.0} req/s needs {for_forecast}"));
+    }
+    if pool.floor > desired {
+        reason.push_str(&format!(", scheduled minimum {}", pool.floor));
+    }
     Decision {
         desired: pool.clamp(desired),
         reason,
@@ -273,6 +289,7 @@ mod tests {
             min: 1,
             max: 100,
             floor: 0,
+            forecast_rate: None,
             provisioning_delay: 30.0,
         }
     }
@@ -408,5 +425,29 @@ mod tests {
         }
         let view = PoolView { max: 5, ..pool(3) };
         assert_eq!(decide(&Policy::Static(50), &mut st, &h, 60, &view).unwrap().desired, 5);
+    }
+
+    #[test]
+    fn a_forecast_raises_the_pool_ahead_of_load_and_never_lowers_it() {
+        let p = Policy::Tidegate(TidegateParams::default());
+        let (mut st, mut h) = (PolicyState::default(), History::new(600));
+        steady(&mut h, 1, 60, 100.0, 0.02);
+        let quiet = decide(&p, &mut st, &h, 60, &pool(1)).unwrap();
+        let view = PoolView {
+            forecast_rate: Some(2000.0),
+            ..pool(quiet.desired)
+        };
+        let ahead = decide(&p, &mut st, &h, 61, &view).unwrap();
+        assert_eq!(ahead.desired, backends_for(2000.0, 0.02, 10, 0.1, 0.0003) as u32);
+        assert!(ahead.reason.contains("forecast 2000 req/s"), "{}", ahead.reason);
+        // A forecast of less than the load changes nothing.
+        let (mut st2, mut h2) = (PolicyState::default(), History::new(600));
+        steady(&mut h2, 1, 60, 2000.0, 0.02);
+        let busy = decide(&p, &mut st2, &h2, 60, &pool(4)).unwrap().desired;
+        let low = PoolView {
+            forecast_rate: Some(10.0),
+            ..pool(busy)
+        };
+        assert_eq!(decide(&p, &mut st2, &h2, 61, &low).unwrap().desired, busy);
     }
 }

@@ -8,7 +8,11 @@
 //! first (they turn `draining`), and only once their in-flight count is zero
 //! are they sent to the hook as `remove`. A hook failure changes nothing; it
 //! is recorded and retried after a backoff while the queue keeps serving.
-//! New members join `warming` and take traffic once a probe passes.
+//! New members join `warming` and take traffic once a probe passes; the
+//! time they take teaches the provisioning delay ([`Warmup`]), and one not
+//! ready within `ready_deadline` is reported and replaced. Each closed
+//! minute is appended to the pool's history file under `runtime.state_dir`
+//! and feeds the forecast (the same minutes yesterday and last week).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -19,9 +23,12 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::forecast::{expected_rate, lookahead, Minutes};
+use super::history_file;
 use super::hook::{backoff, call_exec, call_webhook, HookError, HookRequest, LocalProvisioner};
 use super::policy::{decide, Policy, PolicyState, PoolView, TidegateParams};
 use super::signal::{History, Sample};
+use super::warmup::Warmup;
 use crate::config::HookConfig;
 use crate::pool::{BackendState, Pool};
 use crate::state::State;
@@ -31,6 +38,7 @@ const KEPT: usize = 20;
 pub const POOL_DESIRED_BACKENDS: &str = "tidegate_pool_desired_backends";
 pub const AUTOSCALE_DECISIONS_TOTAL: &str = "tidegate_autoscale_decisions_total";
 pub const HOOK_CALLS_TOTAL: &str = "tidegate_hook_calls_total";
+pub const REPLACED_TOTAL: &str = "tidegate_autoscale_replaced_total";
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DecisionRecord {
@@ -61,6 +69,17 @@ pub struct Status {
     pub ready: u32,
     pub draining: usize,
     pub hook_failures: u64,
+    /// Seconds a new member takes to become ready: learned from the
+    /// members seen so far, or the configured guess before any.
+    pub provisioning_delay_s: f64,
+    pub provisioning_delay_learned: bool,
+    /// Members reported by the hook that never became ready in time.
+    pub replaced: u64,
+    /// The rate the recorded history expects within the lookahead.
+    pub forecast_rate: Option<f64>,
+    /// Minutes of history recorded (and where, when kept on disk).
+    pub history_minutes: usize,
+    pub history_file: Option<String>,
     /// Newest first.
     pub decisions: VecDeque<DecisionRecord>,
     pub hook_calls: VecDeque<HookRecord>,
@@ -165,6 +184,9 @@ struct Membership {
     members: Vec<SocketAddr>,
     /// Taken out of the pool, waiting for their last requests.
     draining: Vec<SocketAddr>,
+    /// Replaced for never becoming ready: ignored while the provisioner
+    /// still lists them.
+    rejected: Vec<SocketAddr>,
     requested: Option<u32>,
     seq: u64,
     failures: u32,
@@ -185,18 +207,94 @@ fn ready_count(pool: &Pool) -> (u32, u32) {
     (ready, warming)
 }
 
+/// The pool's per-minute history, on disk when a state directory is set.
+struct Recorder {
+    minutes: Minutes,
+    /// The state directory last opened (`Some(None)`: none configured).
+    dir: Option<Option<PathBuf>>,
+    file: Option<PathBuf>,
+}
+
+impl Recorder {
+    fn new() -> Recorder {
+        Recorder {
+            minutes: Minutes::default(),
+            dir: None,
+            file: None,
+        }
+    }
+
+    /// (Re)opens the history when the state directory is set or changed.
+    async fn open(&mut self, pool: &str, dir: Option<&PathBuf>) {
+        if self.dir.as_ref().is_some_and(|d| d.as_ref() == dir) {
+            return;
+        }
+        self.dir = Some(dir.cloned());
+        self.file = None;
+        let Some(dir) = dir else { return };
+        let path = history_file::path_for(dir, pool);
+        let load = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || history_file::load(&path)).await
+        };
+        match load {
+            Ok(Ok((minutes, skipped))) => {
+                if skipped > 0 {
+                    tracing::warn!(pool, file = %path.display(), skipped, "history lines that did not parse were dropped");
+                }
+                tracing::info!(pool, file = %path.display(), minutes = minutes.len(), "autoscale history loaded");
+                // Minutes recorded before the file was opened are kept too.
+                let mut merged = minutes;
+                for m in self
+                    .minutes
+                    .iter()
+                    .filter(|m| merged.rate(m.minute).is_none())
+                    .copied()
+                    .collect::<Vec<_>>()
+                {
+                    if let Err(e) = history_file::append(&path, &m) {
+                        tracing::warn!(pool, error = %e, "cannot append to the autoscale history");
+                    }
+                    merged.insert(m);
+                }
+                self.minutes = merged;
+                self.file = Some(path);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(pool, file = %path.display(), error = %e, "cannot keep the autoscale history; the forecast lives in memory only")
+            }
+            Err(e) => tracing::warn!(pool, error = %e, "history loader failed"),
+        }
+    }
+
+    async fn second(&mut self, pool: &str, unix: u64, s: &Sample) {
+        let Some(closed) = self.minutes.add_second(unix, s.arrivals, s.concurrency, s.queued) else {
+            return;
+        };
+        if let Some(path) = self.file.clone() {
+            let written = tokio::task::spawn_blocking(move || history_file::append(&path, &closed)).await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!(pool, error = %e, "cannot append to the autoscale history");
+            }
+        }
+    }
+}
+
 async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, exe: Option<PathBuf>) {
     let mut history = History::new(600);
     let mut policy_state = PolicyState::default();
     let mut provisioner = Provisioner { local: None, exe };
+    let mut recorder = Recorder::new();
     let mut m = Membership {
         members: Vec::new(),
         draining: Vec::new(),
+        rejected: Vec::new(),
         requested: None,
         seq: 0,
         failures: 0,
         retry_at: None,
     };
+    let mut warmup: Option<Warmup> = None;
     let started = Instant::now();
     let (mut last_arrivals, mut last_completed) = (None::<u64>, None::<u64>);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -210,25 +308,62 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
         let Some(cfg) = pool.config.autoscale.clone() else {
             return;
         };
-        let t = started.elapsed().as_secs();
+        recorder.open(&name, snapshot.config.runtime.state_dir.as_ref()).await;
+        let warmup = warmup.get_or_insert_with(|| Warmup::new(cfg.provisioning_delay.as_secs_f64()));
+        let elapsed = started.elapsed().as_secs_f64();
+        let t = elapsed as u64;
 
         // Sample.
         let arrivals = pool.shared.arrivals();
         let completed: u64 = pool.shared.response_counts().iter().sum();
         let in_flight: u32 = pool.backends.iter().chain(&pool.draining).map(|b| b.in_flight()).sum();
         let queued = pool.shared.queue.depth() as f64;
-        history.push(Sample {
+        let sample = Sample {
             t,
             arrivals: last_arrivals.map_or(0.0, |l| (arrivals - l) as f64),
             completed: last_completed.map_or(0.0, |l| (completed - l) as f64),
             concurrency: f64::from(in_flight) + queued,
             queued,
-        });
+        };
+        history.push(sample);
+        recorder.second(&name, unix_now() as u64, &sample).await;
         (last_arrivals, last_completed) = (Some(arrivals), Some(completed));
+
+        // Learn from members that came up; replace the ones that did not.
+        for addr in warmup.pending().collect::<Vec<_>>() {
+            let up = pool
+                .backends
+                .iter()
+                .any(|b| b.address == addr && b.state() == BackendState::Active);
+            if up {
+                warmup.ready(addr, elapsed);
+            } else if !m.members.contains(&addr) {
+                warmup.forget(&addr);
+            }
+        }
+        let overdue = warmup.overdue(elapsed, cfg.ready_deadline.as_secs_f64());
+        if !overdue.is_empty() && !cfg.dry_run {
+            for addr in &overdue {
+                warmup.forget(addr);
+                tracing::warn!(pool = %name, member = %addr, deadline = ?cfg.ready_deadline, "a provisioned member never became healthy; replacing it");
+            }
+            metrics::counter!(REPLACED_TOTAL, "pool" => name.clone()).increment(overdue.len() as u64);
+            status.lock().unwrap_or_else(|p| p.into_inner()).replaced += overdue.len() as u64;
+            m.members.retain(|a| !overdue.contains(a));
+            m.draining.extend(&overdue);
+            m.rejected.extend(&overdue);
+            state.set_members(&name, m.members.clone());
+        }
 
         // Decide.
         let statics = pool.config.backends.len() as u32;
         let (ready, warming) = ready_count(pool);
+        let delay = warmup.delay();
+        let forecast_rate = expected_rate(
+            |min| recorder.minutes.rate(min),
+            unix_now() as u64 / 60,
+            lookahead(delay),
+        );
         let view = PoolView {
             ready,
             provisioning: warming,
@@ -236,8 +371,9 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
             min: cfg.min,
             max: cfg.max,
             // Scheduled capacity, ready five minutes before the peak.
-            floor: super::schedule::floor(&cfg.schedule, unix_now(), cfg.provisioning_delay.as_secs() as i64 + 300),
-            provisioning_delay: cfg.provisioning_delay.as_secs_f64(),
+            floor: super::schedule::floor(&cfg.schedule, unix_now(), delay as i64 + 300),
+            forecast_rate,
+            provisioning_delay: delay,
         };
         let params = TidegateParams {
             slo: cfg.slo.as_secs_f64(),
@@ -269,6 +405,11 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
             s.current = statics + m.members.len() as u32;
             s.ready = ready;
             s.draining = m.draining.len();
+            s.provisioning_delay_s = delay;
+            s.provisioning_delay_learned = warmup.is_learned();
+            s.forecast_rate = forecast_rate;
+            s.history_minutes = recorder.minutes.len();
+            s.history_file = recorder.file.as_ref().map(|p| p.display().to_string());
         }
         metrics::gauge!(POOL_DESIRED_BACKENDS, "pool" => name.clone()).set(f64::from(decision.desired));
         if cfg.dry_run {
@@ -355,7 +496,14 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
                 m.retry_at = None;
                 m.requested = Some(desired);
                 m.draining.retain(|a| !drained.contains(a));
-                m.members = members.into_iter().filter(|a| !m.draining.contains(a)).collect();
+                m.rejected.retain(|a| members.contains(a));
+                let members: Vec<SocketAddr> = members
+                    .into_iter()
+                    .filter(|a| !m.draining.contains(a) && !m.rejected.contains(a))
+                    .collect();
+                let asked_at = began.duration_since(started).as_secs_f64();
+                warmup.reported(members.iter().copied().filter(|a| !m.members.contains(a)), asked_at);
+                m.members = members;
                 state.set_members(&name, m.members.clone());
                 metrics::counter!(HOOK_CALLS_TOTAL, "pool" => name.clone(), "result" => "ok").increment(1);
                 record("ok", None, m.members.len())

@@ -55,6 +55,9 @@ pub const SLOW_START: Duration = Duration::ZERO;
 pub const PROVISIONING_DELAY: Duration = Duration::from_secs(30);
 /// Autoscaling: scale down only below the highest need of this window.
 pub const SCALE_DOWN_WINDOW: Duration = Duration::from_secs(45);
+/// Autoscaling: a provisioned member not healthy this long after the hook
+/// reported it is replaced.
+pub const READY_DEADLINE: Duration = Duration::from_secs(300);
 /// Autoscaling: the queue-wait SLO the default policy sizes for.
 pub const AUTOSCALE_SLO: Duration = Duration::from_millis(100);
 /// Autoscaling: a hook call that takes longer failed.

@@ -37,6 +37,8 @@ pub struct RawConfig {
 pub struct RawRuntime {
     pub worker_threads: Option<Spanned<usize>>,
     pub shutdown_timeout: Option<HumanDuration>,
+    /// Where the autoscaler keeps its per-minute history.
+    pub state_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +122,8 @@ pub struct RawAutoscale {
     pub scale_down_window: Option<HumanDuration>,
     /// Queue-wait SLO the policy sizes for.
     pub slo: Option<HumanDuration>,
+    /// A provisioned member not healthy within this long is replaced.
+    pub ready_deadline: Option<HumanDuration>,
     /// Known peaks: `[[pools.X.autoscale.schedule]]`.
     #[serde(default)]
     pub schedule: Vec<RawScheduleEntry>,

@@ -46,6 +46,9 @@ pub struct Runtime {
     /// Tokio worker threads; `None` = one per CPU.
     pub worker_threads: Option<usize>,
     pub shutdown_timeout: Duration,
+    /// Autoscaler history (per pool, per minute); `None` = kept in memory
+    /// only, so the forecast starts empty after a restart.
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +166,9 @@ pub struct AutoscaleConfig {
     pub provisioning_delay: Duration,
     pub scale_down_window: Duration,
     pub slo: Duration,
+    /// A provisioned member that is not healthy this long after the hook
+    /// reported it is reported and replaced.
+    pub ready_deadline: Duration,
     /// Scheduled capacity (a floor while an entry is in force).
     pub schedule: Vec<crate::autoscale::schedule::Entry>,
 }

@@ -134,6 +134,7 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
             w => w.map(Spanned::into_inner),
         },
         shutdown_timeout: raw.runtime.shutdown_timeout.map_or(d::SHUTDOWN_TIMEOUT, |x| x.0),
+        state_dir: raw.runtime.state_dir.map(|dir| base_dir.join(dir)),
     };
 
     let admin = match raw.admin {
@@ -511,6 +512,7 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale) -> Result<A
         provisioning_delay: a.provisioning_delay.map_or(d::PROVISIONING_DELAY, |t| t.0),
         scale_down_window: a.scale_down_window.map_or(d::SCALE_DOWN_WINDOW, |t| t.0),
         slo: a.slo.map_or(d::AUTOSCALE_SLO, |t| t.0),
+        ready_deadline: a.ready_deadline.map_or(d::READY_DEADLINE, |t| t.0),
     })
 }
 

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::autoscale::erlang::{backends_for, wait_exceeds};
-use crate::autoscale::forecast::expected_rate;
+use crate::autoscale::forecast::{expected_rate, lookahead};
 use crate::autoscale::policy::{decide, Policy, PolicyState, PoolView};
 use crate::autoscale::signal::{History, Sample};
 
@@ -166,11 +166,11 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
             per_minute.push(minute_sum / 60.0);
             minute_sum = 0.0;
         }
-        let floor = if predictive {
-            let ahead = (p.delay as usize + 120).div_ceil(60);
-            expected_rate(&per_minute, t / 60, ahead).map_or(0, |rate| memo.need(rate, p))
+        let forecast_rate = if predictive {
+            let at = |m: u64| per_minute.get(m as usize).copied();
+            expected_rate(at, t as u64 / 60, lookahead(p.delay as f64))
         } else {
-            0
+            None
         };
         let view = PoolView {
             ready,
@@ -178,7 +178,8 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
             slots: p.slots,
             min: p.min,
             max: p.max,
-            floor,
+            floor: 0,
+            forecast_rate,
             provisioning_delay: p.delay as f64,
         };
         if let Some(d) = decide(policy, &mut st, &history, t as u64, &view) {

@@ -1,0 +1,144 @@
+//! The per-minute signal history on disk: control path, one file per
+//! autoscaled pool under `runtime.state_dir`, so the forecast survives
+//! restarts.
+//!
+//! Format: CSV, `minute,arrivals_per_second,peak_concurrency,peak_queued`,
+//! one line per minute (Unix minutes), appended as each minute closes. At
+//! start the file is read (lines that do not parse are skipped and
+//! counted, so a torn last line after a crash loses one minute, not the
+//! history) and rewritten with only the minutes still kept, through a
+//! temporary file and a rename.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::forecast::{Minute, Minutes};
+
+const HEADER: &str = "minute,arrivals_per_second,peak_concurrency,peak_queued";
+
+/// `<dir>/<pool>.minutes.csv`, with anything but `[A-Za-z0-9_-]` in the
+/// pool name replaced so a name cannot leave the directory.
+pub fn path_for(dir: &Path, pool: &str) -> PathBuf {
+    let safe: String = pool
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("{safe}.minutes.csv"))
+}
+
+fn parse(line: &str) -> Option<Minute> {
+    let mut f = line.split(',');
+    let minute = f.next()?.trim().parse().ok()?;
+    let mut num = || {
+        f.next()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    };
+    let m = Minute {
+        minute,
+        rate: num()?,
+        peak_concurrency: num()?,
+        peak_queued: num()?,
+    };
+    f.next().is_none().then_some(m)
+}
+
+fn line(m: &Minute) -> String {
+    format!(
+        "{},{:.3},{:.1},{:.1}\n",
+        m.minute, m.rate, m.peak_concurrency, m.peak_queued
+    )
+}
+
+/// Reads the history (a missing file is an empty history) and rewrites the
+/// file with what is kept. Returns the minutes and the count of skipped lines.
+pub fn load(path: &Path) -> io::Result<(Minutes, usize)> {
+    let mut minutes = Minutes::default();
+    let mut skipped = 0;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            for l in text.lines().filter(|l| !l.trim().is_empty() && *l != HEADER) {
+                match parse(l) {
+                    Some(m) => minutes.insert(m),
+                    None => skipped += 1,
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("csv.tmp");
+    {
+        let mut f = io::BufWriter::new(std::fs::File::create(&tmp)?);
+        writeln!(f, "{HEADER}")?;
+        for m in minutes.iter() {
+            f.write_all(line(m).as_bytes())?;
+        }
+        f.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok((minutes, skipped))
+}
+
+/// Appends one closed minute.
+pub fn append(path: &Path, m: &Minute) -> io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
+    f.write_all(line(m).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minute(minute: u64, rate: f64) -> Minute {
+        Minute {
+            minute,
+            rate,
+            peak_concurrency: rate / 10.0,
+            peak_queued: 0.0,
+        }
+    }
+
+    #[test]
+    fn minutes_survive_a_restart_and_a_torn_line_costs_one_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(&dir.path().join("state"), "shop");
+        let (empty, skipped) = load(&path).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(skipped, 0);
+        append(&path, &minute(29_000_000, 120.5)).unwrap();
+        append(&path, &minute(29_000_001, 1500.0)).unwrap();
+        // A crash in the middle of a write.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"29000002,17")
+            .unwrap();
+        let (back, skipped) = load(&path).unwrap();
+        assert_eq!(skipped, 1);
+        assert_eq!(back.rate(29_000_000), Some(120.5));
+        assert_eq!(back.rate(29_000_001), Some(1500.0));
+        // The rewrite dropped the torn line; appending goes on cleanly.
+        append(&path, &minute(29_000_002, 3.0)).unwrap();
+        let (again, skipped) = load(&path).unwrap();
+        assert_eq!((again.len(), skipped), (3, 0));
+    }
+
+    #[test]
+    fn a_pool_name_cannot_leave_the_directory() {
+        let p = path_for(Path::new("/var/lib/tidegate"), "../etc/passwd");
+        assert_eq!(p, Path::new("/var/lib/tidegate/___etc_passwd.minutes.csv"));
+    }
+}

@@ -1,0 +1,119 @@
+//! How long new members take to become ready: control path, pure.
+//!
+//! Each member the hook reports for the first time is timed from the start
+//! of the call that asked for it until its health check passes. The
+//! observed times teach the provisioning delay the policy and the forecast
+//! use (the configured value is only the guess before the first
+//! observation). A member still not ready after the deadline is overdue:
+//! the live loop reports it and asks the hook to replace it.
+//!
+//! Time is passed in (seconds on any monotonic clock).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// Weight of a new observation in the learned delay.
+const ALPHA: f64 = 0.3;
+
+#[derive(Debug, Clone)]
+pub struct Warmup {
+    configured: f64,
+    learned: Option<f64>,
+    /// Members reported and not ready yet: when they were asked for.
+    pending: HashMap<SocketAddr, f64>,
+}
+
+impl Warmup {
+    pub fn new(configured_delay: f64) -> Warmup {
+        Warmup {
+            configured: configured_delay,
+            learned: None,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// The provisioning delay to plan with, seconds.
+    pub fn delay(&self) -> f64 {
+        self.learned.unwrap_or(self.configured)
+    }
+
+    pub fn is_learned(&self) -> bool {
+        self.learned.is_some()
+    }
+
+    /// The hook answered a call begun at `asked_at`; `new` are the members it
+    /// reported for the first time.
+    pub fn reported(&mut self, new: impl IntoIterator<Item = SocketAddr>, asked_at: f64) {
+        for a in new {
+            self.pending.entry(a).or_insert(asked_at);
+        }
+    }
+
+    /// A pending member passed its health check at `now`: learn from it.
+    pub fn ready(&mut self, addr: SocketAddr, now: f64) {
+        if let Some(asked) = self.pending.remove(&addr) {
+            let observed = (now - asked).max(0.0);
+            self.learned = Some(self.learned.map_or(observed, |l| l + ALPHA * (observed - l)));
+        }
+    }
+
+    /// Stops timing a member (removed, or replaced).
+    pub fn forget(&mut self, addr: &SocketAddr) {
+        self.pending.remove(addr);
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.pending.keys().copied()
+    }
+
+    /// Members not ready `deadline` seconds after they were asked for.
+    pub fn overdue(&self, now: f64, deadline: f64) -> Vec<SocketAddr> {
+        let mut late: Vec<SocketAddr> = self
+            .pending
+            .iter()
+            .filter(|(_, asked)| now - **asked > deadline)
+            .map(|(a, _)| *a)
+            .collect();
+        late.sort();
+        late
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn learns_the_delay_from_observed_warm_ups() {
+        let mut w = Warmup::new(30.0);
+        assert_eq!(w.delay(), 30.0, "the configured guess until something is observed");
+        w.reported([addr(1), addr(2)], 100.0);
+        w.ready(addr(1), 108.0);
+        assert!(w.is_learned());
+        assert_eq!(w.delay(), 8.0, "the first observation replaces the guess");
+        w.ready(addr(2), 118.0);
+        assert!((w.delay() - (8.0 + 0.3 * 10.0)).abs() < 1e-9);
+        w.ready(addr(2), 500.0);
+        assert!((w.delay() - 11.0).abs() < 1e-9, "a member is learned from once");
+        // Reported again by a later answer: still timed from the first ask.
+        w.reported([addr(3)], 200.0);
+        w.reported([addr(3)], 205.0);
+        assert_eq!(w.overdue(261.0, 60.0), vec![addr(3)]);
+    }
+
+    #[test]
+    fn overdue_members_are_the_ones_past_the_deadline() {
+        let mut w = Warmup::new(30.0);
+        w.reported([addr(1)], 0.0);
+        w.reported([addr(2)], 50.0);
+        assert!(w.overdue(60.0, 60.0).is_empty());
+        assert_eq!(w.overdue(61.0, 60.0), vec![addr(1)]);
+        w.forget(&addr(1));
+        assert_eq!(w.overdue(200.0, 60.0), vec![addr(2)]);
+        assert_eq!(w.delay(), 30.0, "a forgotten member teaches nothing");
+    }
+}
