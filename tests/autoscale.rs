@@ -328,3 +328,51 @@ async fn recorded_history_pre_scales_an_idle_pool_before_yesterdays_peak() {
     assert!(!kept.contains("garbage"));
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn dry_run_shows_guarded_decisions_and_never_calls_the_hook() {
+    let fixed = backend("fixed").await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("called");
+    let hook = exec_hook(
+        &dir,
+        &format!(
+            "cat > /dev/null; touch '{}'; echo '{{\"members\":[]}}'",
+            marker.display()
+        ),
+    );
+    let text = elastic(&hook)
+        .replace(
+            "backends = []",
+            &format!("backends = [ {{ address = \"{}\" }} ]", fixed.addr),
+        )
+        .replace("min = 1", "min = 3, dry_run = true, max_step_up = 1");
+    let m = managed(&text, false).await;
+    eventually("the wanted size reaches the minimum, one step at a time", || async {
+        m.stats().await["pools"][0]["autoscale"]["desired"] == 3
+    })
+    .await;
+    let stats = m.stats().await;
+    let auto = &stats["pools"][0]["autoscale"];
+    let steps: Vec<(u64, u64)> = auto["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|d| (d["from"].as_u64().unwrap(), d["to"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(steps, vec![(0, 2), (2, 3)], "{auto}");
+    assert!(
+        auto["decisions"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("wants 3, max_step_up 1"),
+        "{auto}"
+    );
+    assert_eq!(auto["dry_run"], true);
+    assert!(auto["hook_calls"].as_array().unwrap().is_empty(), "{auto}");
+    assert!(!marker.exists(), "a dry run never calls the hook");
+    assert_eq!(m.state.load().pools[0].backends.len(), 1);
+    assert_eq!(get(m.addr, "/").await.backend(), "fixed");
+    m.shutdown().await;
+}

@@ -8,6 +8,7 @@
 
 pub mod erlang;
 pub mod forecast;
+pub mod guard;
 pub mod history_file;
 pub mod hook;
 pub mod policy;

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::forecast::{expected_rate, lookahead, Minutes};
+use super::guard::{guard, GuardState};
 use super::history_file;
 use super::hook::{backoff, call_exec, call_webhook, HookError, HookRequest, LocalProvisioner};
 use super::policy::{decide, Policy, PolicyState, PoolView, TidegateParams};
@@ -295,6 +296,8 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
         retry_at: None,
     };
     let mut warmup: Option<Warmup> = None;
+    let mut guard_state = GuardState::default();
+    let mut asked: Option<u32> = None;
     let started = Instant::now();
     let (mut last_arrivals, mut last_completed) = (None::<u64>, None::<u64>);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -380,9 +383,18 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
             scale_down_window: cfg.scale_down_window.as_secs(),
             ..TidegateParams::default()
         };
-        let Some(decision) = decide(&Policy::Tidegate(params), &mut policy_state, &history, t, &view) else {
+        let Some(mut decision) = decide(&Policy::Tidegate(params), &mut policy_state, &history, t, &view) else {
             continue;
         };
+        let previous = *asked.get_or_insert(view.current());
+        let (size, limited) = guard(&cfg.guards, &mut guard_state, t, previous, decision.desired);
+        if let Some(why) = limited {
+            decision
+                .reason
+                .push_str(&format!("; wants {}, {why}", decision.desired));
+        }
+        decision.desired = size;
+        asked = Some(size);
         let desired = decision.desired.saturating_sub(statics);
         {
             let mut s = status.lock().unwrap_or_else(|p| p.into_inner());

@@ -124,6 +124,13 @@ pub struct RawAutoscale {
     pub slo: Option<HumanDuration>,
     /// A provisioned member not healthy within this long is replaced.
     pub ready_deadline: Option<HumanDuration>,
+    /// At most this many backends more / fewer per decision.
+    pub max_step_up: Option<Spanned<u32>>,
+    pub max_step_down: Option<Spanned<u32>>,
+    /// No scale-up within this long of the last one; no scale-down within
+    /// this long of the last change.
+    pub cooldown_up: Option<HumanDuration>,
+    pub cooldown_down: Option<HumanDuration>,
     /// Known peaks: `[[pools.X.autoscale.schedule]]`.
     #[serde(default)]
     pub schedule: Vec<RawScheduleEntry>,

@@ -169,6 +169,8 @@ pub struct AutoscaleConfig {
     /// A provisioned member that is not healthy this long after the hook
     /// reported it is reported and replaced.
     pub ready_deadline: Duration,
+    /// Step limits and cooldowns on the wanted size.
+    pub guards: crate::autoscale::guard::Guards,
     /// Scheduled capacity (a floor while an entry is in force).
     pub schedule: Vec<crate::autoscale::schedule::Entry>,
 }

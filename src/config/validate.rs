@@ -20,6 +20,7 @@ use super::{
     Admin, AutoscaleConfig, BackendConfig, Balance, CertificatePaths, CheckKind, Config, ConfigError, HashKey,
     HealthCheck, HookConfig, Limits, Listener, PassiveHealth, PoolConfig, Route, Runtime, Tls, UpstreamProtocol,
 };
+use crate::autoscale::guard::Guards;
 
 /// Hyper refuses read buffers smaller than this.
 const MIN_HEADER_BYTES: usize = 8192;
@@ -503,7 +504,18 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale) -> Result<A
         }
         schedule.push(Entry { start, end, min: e.min });
     }
+    let step = |v: Option<Spanned<u32>>, name: &str| match v {
+        Some(v) if *v.get_ref() == 0 => Err(cx.error(v.span(), format!("{key}.{name}"), "must be at least 1")),
+        v => Ok(v.map(Spanned::into_inner)),
+    };
+    let guards = Guards {
+        max_step_up: step(a.max_step_up, "max_step_up")?,
+        max_step_down: step(a.max_step_down, "max_step_down")?,
+        cooldown_up: a.cooldown_up.map_or(0, |t| t.0.as_secs()),
+        cooldown_down: a.cooldown_down.map_or(0, |t| t.0.as_secs()),
+    };
     Ok(AutoscaleConfig {
+        guards,
         schedule,
         min,
         max,
@@ -732,6 +744,23 @@ backends = [ { address = "127.0.0.1:9001" } ]
         assert!(invalid(&bad).3.contains("unknown variant `cloud`"));
         let empty = MINIMAL.replace("backends = [ { address = \"127.0.0.1:9001\" } ]", "backends = []");
         assert!(invalid(&empty).3.contains("or an `autoscale` table"));
+        let guarded = text.replace(
+            "max = 5,",
+            "max = 5, max_step_up = 4, max_step_down = 1, cooldown_up = \"30s\", cooldown_down = \"2m\", ready_deadline = \"90s\",",
+        );
+        let a = parse_str(&guarded).unwrap().pools["shop"].autoscale.clone().unwrap();
+        assert_eq!(
+            a.guards,
+            Guards {
+                max_step_up: Some(4),
+                max_step_down: Some(1),
+                cooldown_up: 30,
+                cooldown_down: 120
+            }
+        );
+        assert_eq!(a.ready_deadline, Duration::from_secs(90));
+        let (_, col, key, _) = invalid(&text.replace("max = 5,", "max = 5, max_step_up = 0,"));
+        assert_eq!((key.as_str(), col > 1), ("pools.shop.autoscale.max_step_up", true));
     }
 
     #[test]
