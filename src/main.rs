@@ -66,6 +66,10 @@ enum Command {
         /// Seeds (generated scenarios).
         #[arg(long, default_value_t = 1)]
         seeds: u64,
+        /// The operator's `max` for every policy, as a multiple of the
+        /// oracle's peak (0 = 1000 backends).
+        #[arg(long, default_value_t = 2.0)]
+        max_factor: f64,
         /// One JSON object per policy instead of a table.
         #[arg(long)]
         json: bool,
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
             service_time,
             rate,
             seeds,
+            max_factor,
             json,
             svg,
         } => {
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
                 slo: slo.as_secs_f64(),
                 slots,
                 service: service_time.as_secs_f64(),
+                max_factor,
                 ..Default::default()
             };
             simulate(scenario, trace, params, rate, seeds, json, svg)

@@ -29,6 +29,9 @@ pub struct Summary {
     pub seeds: usize,
     /// Share of requests that waited longer than the SLO.
     pub violation_share: f64,
+    /// Of which in the trace's surprises (unannounced steps and spikes,
+    /// the first sale): the part no forecast could prevent.
+    pub surprise_violation_share: f64,
     /// Backend-seconds divided by the oracle's.
     pub cost_vs_oracle: f64,
     /// Worst seconds from a step to capacity (none when the trace has no step).
@@ -60,11 +63,15 @@ pub fn compare(traces: &[Trace], p: &SimParams) -> (Vec<Summary>, Vec<Outcome>, 
         let need = oracle(trace, p, &mut memo);
         let oracle_cost: f64 = need.iter().map(|&n| f64::from(n)).sum();
         let peak = need.iter().copied().max().unwrap_or(p.min);
-        // The operator's guard, the same for every policy: room for twice
-        // the peak (KPA counts queued requests as load and would otherwise
+        // The operator's guard, the same for every policy: by default room
+        // for twice the peak (KPA counts queued requests as load and would otherwise
         // scale to whatever `max` allows during a provisioning delay).
         let p = &SimParams {
-            max: (2 * peak).max(peak + 4),
+            max: if p.max_factor > 0.0 {
+                ((f64::from(peak) * p.max_factor).ceil() as u32).max(peak + 4)
+            } else {
+                p.max
+            },
             ..*p
         };
         let outcomes: Vec<Outcome> = policies(peak)
@@ -87,6 +94,7 @@ pub fn compare(traces: &[Trace], p: &SimParams) -> (Vec<Summary>, Vec<Outcome>, 
         .map(|runs| {
             let requests: f64 = runs.iter().map(|(o, _)| o.requests).sum();
             let violations: f64 = runs.iter().map(|(o, _)| o.violations).sum();
+            let surprise: f64 = runs.iter().map(|(o, _)| o.surprise_violations).sum();
             let cost: f64 = runs.iter().map(|(o, _)| o.backend_seconds).sum();
             let oracle_cost: f64 = runs.iter().map(|(_, c)| c).sum();
             let hours: f64 = traces.iter().map(|t| t.arrivals.len() as f64 / 3600.0).sum();
@@ -98,6 +106,7 @@ pub fn compare(traces: &[Trace], p: &SimParams) -> (Vec<Summary>, Vec<Outcome>, 
                 delay_s: p.delay,
                 seeds: runs.len(),
                 violation_share: if requests > 0.0 { violations / requests } else { 0.0 },
+                surprise_violation_share: if requests > 0.0 { surprise / requests } else { 0.0 },
                 cost_vs_oracle: cost / oracle_cost.max(1.0),
                 time_to_capacity_s: worst(&|o| &o.time_to_capacity),
                 back_to_oracle_s: worst(&|o| &o.back_to_oracle),
@@ -114,17 +123,18 @@ pub fn compare(traces: &[Trace], p: &SimParams) -> (Vec<Summary>, Vec<Outcome>, 
 /// A Markdown table of summaries.
 pub fn table(rows: &[Summary]) -> String {
     let mut out = String::from(
-        "| scenario | delay | policy | SLO-violating requests | cost vs oracle | time to capacity | back to oracle | sales ready | hook calls/h |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| scenario | delay | policy | SLO-violating requests | of which in surprises | cost vs oracle | time to capacity | back to oracle | sales ready | hook calls/h |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |s| format!("{s} s"));
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} s | {} | {:.3} % | {:.2}x | {} | {} | {} | {:.1} |\n",
+            "| {} | {} s | {} | {:.3} % | {:.3} % | {:.2}x | {} | {} | {} | {:.1} |\n",
             r.scenario,
             r.delay_s,
             r.policy,
             r.violation_share * 100.0,
+            r.surprise_violation_share * 100.0,
             r.cost_vs_oracle,
             opt(r.time_to_capacity_s),
             opt(r.back_to_oracle_s),

@@ -32,6 +32,9 @@ pub struct SimParams {
     pub epsilon: f64,
     pub min: u32,
     pub max: u32,
+    /// The operator's `max` as a multiple of the oracle's peak, the same
+    /// for every policy (0 = `max` as given).
+    pub max_factor: f64,
 }
 
 impl Default for SimParams {
@@ -44,6 +47,7 @@ impl Default for SimParams {
             epsilon: 0.001,
             min: 1,
             max: 1000,
+            max_factor: 2.0,
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct Outcome {
     pub policy: String,
     pub requests: f64,
     pub violations: f64,
+    /// Of which in the trace's surprises (no forecast could help).
+    pub surprise_violations: f64,
     pub backend_seconds: f64,
     pub hook_calls: u64,
     /// Seconds from each step to capacity (ready >= the oracle's need).
@@ -115,6 +121,7 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
     let mut ready = start.clamp(p.min, p.max);
     let mut provisioning: VecDeque<u64> = VecDeque::new();
     let (mut queue, mut requests, mut violations, mut cost) = (0.0f64, 0.0, 0.0, 0.0);
+    let mut surprise_violations = 0.0;
     let (mut st, mut history) = (PolicyState::default(), History::new(600));
     let mut per_minute: Vec<f64> = Vec::with_capacity(n / 60 + 1);
     let mut minute_sum = 0.0;
@@ -148,6 +155,9 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
         };
         requests += a;
         violations += a * late_share;
+        if trace.surprises.iter().any(|r| r.contains(&t)) {
+            surprise_violations += a * late_share;
+        }
         queue = next;
         cost += f64::from(ready) + provisioning.len() as f64;
         ready_series.push(ready);
@@ -228,6 +238,7 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
         policy: policy.name().to_string(),
         requests,
         violations,
+        surprise_violations,
         backend_seconds: cost,
         hook_calls,
         time_to_capacity,

@@ -16,6 +16,9 @@ pub struct Trace {
     pub falls: Vec<usize>,
     /// Seconds at which a recurring (predictable) sale starts.
     pub sales: Vec<usize>,
+    /// Seconds no history could foresee (the unannounced steps and spikes,
+    /// the first sale), plus ten minutes after each for the backlog.
+    pub surprises: Vec<std::ops::Range<usize>>,
 }
 
 pub const SCENARIOS: [&str; 5] = ["step", "spike", "diurnal", "flash-sale", "shop-14d"];
@@ -46,6 +49,7 @@ pub fn generate(name: &str, base: f64, seed: u64) -> Option<Trace> {
         steps: vec![],
         falls: vec![],
         sales: vec![],
+        surprises: vec![],
     };
     let mut push = |rate: f64, t: &mut Trace| {
         let a = noisy(&mut rng, rate);
@@ -58,6 +62,7 @@ pub fn generate(name: &str, base: f64, seed: u64) -> Option<Trace> {
                 push(if s >= 600 { base * 10.0 } else { base }, &mut t);
             }
             t.steps.push(600);
+            t.surprises.push(600..1800);
         }
         // Flat, a five-minute 10x spike, flat again.
         "spike" => {
@@ -66,6 +71,7 @@ pub fn generate(name: &str, base: f64, seed: u64) -> Option<Trace> {
             }
             t.steps.push(600);
             t.falls.push(900);
+            t.surprises.push(600..1500);
         }
         // Two days of the daily curve.
         "diurnal" => {
@@ -90,15 +96,20 @@ fn shop(name: &str, base: f64, days: usize, spikes: &[(usize, usize)], rng: &mut
         steps: vec![],
         falls: vec![],
         sales: vec![],
+        surprises: vec![],
     };
     let (sale_from, sale_to) = (20 * 3600, 21 * 3600);
     for day in 0..days {
         let start = day * SECONDS_PER_DAY;
         t.sales.push(start + sale_from);
+        if day == 0 {
+            t.surprises.push(start + sale_from..start + sale_to + 600);
+        }
         for &(d, at) in spikes {
             if d == day {
                 t.steps.push(start + at);
                 t.falls.push(start + at + 1800);
+                t.surprises.push(start + at..start + at + 1800 + 600);
             }
         }
         for s in 0..SECONDS_PER_DAY {
@@ -135,6 +146,7 @@ pub fn from_csv(name: &str, text: &str) -> Result<Trace, String> {
         steps: vec![],
         falls: vec![],
         sales: vec![],
+        surprises: vec![],
     })
 }
 
