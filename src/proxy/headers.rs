@@ -5,6 +5,7 @@
 //! the forwarded-for family is added on the way in. `Host` is kept as the
 //! client sent it (for HTTP/2 clients it is taken from `:authority`).
 
+use std::io::Write;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -14,7 +15,7 @@ use http::Version;
 /// plus the legacy ones still seen in the wild). `Trailer` is deliberately
 /// absent: RFC 2616 listed it, RFC 9110 does not, and hyper only sends the
 /// trailer fields a response declares in it.
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     header::TE,
     header::TRANSFER_ENCODING,
@@ -22,11 +23,12 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
 ];
-const PROXY_CONNECTION: &str = "proxy-connection";
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
+// Constants, so the names are checked once at compile time, not per request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop fields. With `upgrade`, `Connection: upgrade` and
 /// `Upgrade` are kept so the backend can switch protocols. Returns whether
@@ -51,17 +53,52 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
             }
         }
     }
-    for name in &HOP_BY_HOP {
-        if upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
-            continue;
+    // One pass over the names first: most messages carry none of these,
+    // and removing an absent name still costs a hash and a probe.
+    if headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        for name in &HOP_BY_HOP {
+            if upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+                continue;
+            }
+            headers.remove(name);
         }
-        headers.remove(name);
     }
-    headers.remove(PROXY_CONNECTION);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     te_trailers
+}
+
+/// The address as text, on the stack (an IPv6 address is at most 45
+/// characters). IPv4, nearly every client, without `fmt`.
+fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
+    let mut n = 0;
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+        }
+        IpAddr::V6(_) => {
+            let mut w = &mut buf[..];
+            let _ = write!(w, "{ip}");
+            n = 48 - w.len();
+        }
+    }
+    &buf[..n]
 }
 
 fn is_common_connection_value(v: &[u8]) -> bool {
@@ -71,22 +108,33 @@ fn is_common_connection_value(v: &[u8]) -> bool {
 /// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`,
 /// `X-Forwarded-Host` and `Via` to a request on its way to a backend.
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&HeaderValue>, version: Version) {
-    let xff = HeaderName::from_static(X_FORWARDED_FOR);
-    let prior: Vec<&str> = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect();
-    let value = if prior.is_empty() {
-        client.to_string()
+    let mut buf = [0u8; 48];
+    let ip = format_ip(client, &mut buf);
+    let mut prior = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter(|v| v.to_str().is_ok())
+        .peekable();
+    let value = if prior.peek().is_none() {
+        HeaderValue::from_bytes(ip)
     } else {
-        format!("{}, {client}", prior.join(", "))
+        let mut joined = Vec::with_capacity(64);
+        for v in prior {
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(ip);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(joined))
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(xff, v);
+    if let Ok(v) = value {
+        headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(
-        HeaderName::from_static(X_FORWARDED_PROTO),
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
     if let Some(h) = host {
-        headers.insert(HeaderName::from_static(X_FORWARDED_HOST), h.clone());
+        headers.insert(X_FORWARDED_HOST, h.clone());
     }
     let hop = match version {
         Version::HTTP_10 => "1.0 tidegate",
@@ -118,6 +166,22 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn addresses_format_like_display() {
+        let mut buf = [0u8; 48];
+        for ip in [
+            "0.0.0.0",
+            "10.0.9.100",
+            "203.0.113.7",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::ff00:42:8329",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(format_ip(ip, &mut buf), ip.to_string().as_bytes());
+        }
     }
 
     #[test]

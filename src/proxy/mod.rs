@@ -15,7 +15,7 @@
 
 pub mod body;
 mod error;
-mod headers;
+pub mod headers;
 
 use std::convert::Infallible;
 use std::future::Future;
