@@ -101,6 +101,10 @@ pub struct Queue {
     next_id: AtomicU64,
     depth_gauge: Gauge,
     wait_seconds: Histogram,
+    /// Requests that left the queue and their summed wait, for the
+    /// autoscaler's per-second mean.
+    waited: AtomicU64,
+    waited_nanos: AtomicU64,
 }
 
 impl Queue {
@@ -112,6 +116,8 @@ impl Queue {
             next_id: AtomicU64::new(0),
             depth_gauge: metrics::gauge!(names::POOL_QUEUE_DEPTH, "pool" => pool.to_string()),
             wait_seconds: metrics::histogram!(names::QUEUE_WAIT_SECONDS, "pool" => pool.to_string()),
+            waited: AtomicU64::new(0),
+            waited_nanos: AtomicU64::new(0),
         }
     }
 
@@ -119,6 +125,15 @@ impl Queue {
     #[inline]
     pub fn depth(&self) -> usize {
         self.depth.load(Ordering::SeqCst)
+    }
+
+    /// Requests that have left the queue (served or timed out) and the
+    /// nanoseconds they waited in all, since the queue was created.
+    pub fn waited(&self) -> (u64, u64) {
+        (
+            self.waited.load(Ordering::Relaxed),
+            self.waited_nanos.load(Ordering::Relaxed),
+        )
     }
 
     pub fn set_max_depth(&self, max_depth: usize) {
@@ -201,7 +216,12 @@ impl Waiting {
             // A slot may have arrived in the instant the timer fired.
             Err(_) => self.rx.try_recv().map_err(|_| QueueError::Timeout(timeout)),
         };
-        self.queue.wait_seconds.record(self.since.elapsed().as_secs_f64());
+        let waited = self.since.elapsed();
+        self.queue.wait_seconds.record(waited.as_secs_f64());
+        self.queue.waited.fetch_add(1, Ordering::Relaxed);
+        self.queue
+            .waited_nanos
+            .fetch_add(waited.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
         result
     }
 }

@@ -61,6 +61,13 @@ async fn the_pool_grows_under_load_and_shrinks_back_without_a_failed_request() {
             }
         }));
     }
+    eventually("the signal sees requests waiting in the queue", || async {
+        m.stats().await["pools"][0]["autoscale"]["queue_wait_ms"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    })
+    .await;
     eventually("the pool grows to four ready backends", || async {
         active(&m).len() == 4
     })
@@ -293,9 +300,9 @@ async fn recorded_history_pre_scales_an_idle_pool_before_yesterdays_peak() {
         .unwrap()
         .as_secs()
         / 60;
-    let mut csv = String::from("minute,arrivals_per_second,peak_concurrency,peak_queued\n");
+    let mut csv = String::from("minute,arrivals_per_second,peak_concurrency,peak_queued,peak_queue_wait_ms\n");
     for minute in now_minute - 1440 - 10..now_minute - 1440 + 10 {
-        csv.push_str(&format!("{minute},400.000,20.0,0.0\n"));
+        csv.push_str(&format!("{minute},400.000,20.0,0.0,0.0\n"));
     }
     csv.push_str("garbage line from a torn write\n");
     let file = state_dir.path().join("shop.minutes.csv");

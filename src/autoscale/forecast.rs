@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use super::signal::Sample;
+
 /// Minutes in a day and a week.
 pub const DAY: u64 = 24 * 60;
 pub const WEEK: u64 = 7 * DAY;
@@ -25,6 +27,8 @@ pub struct Minute {
     pub peak_concurrency: f64,
     /// Highest queue depth seen in the minute.
     pub peak_queued: f64,
+    /// Highest per-second mean queue wait in the minute, seconds.
+    pub peak_queue_wait: f64,
 }
 
 /// The minute being filled.
@@ -35,6 +39,7 @@ struct Open {
     seconds: u32,
     peak_concurrency: f64,
     peak_queued: f64,
+    peak_queue_wait: f64,
 }
 
 /// Recorded minutes, the last [`KEPT`] of them, plus the one being filled.
@@ -47,7 +52,7 @@ pub struct Minutes {
 impl Minutes {
     /// Adds one second (at `second`, counted like the minute numbers x 60).
     /// Returns the minute this second closed, if it started a new one.
-    pub fn add_second(&mut self, second: u64, arrivals: f64, concurrency: f64, queued: f64) -> Option<Minute> {
+    pub fn add_second(&mut self, second: u64, s: &Sample) -> Option<Minute> {
         let minute = second / 60;
         let closed = match self.open {
             Some(o) if o.minute == minute => None,
@@ -57,6 +62,7 @@ impl Minutes {
                     rate: o.arrivals / f64::from(o.seconds.max(1)),
                     peak_concurrency: o.peak_concurrency,
                     peak_queued: o.peak_queued,
+                    peak_queue_wait: o.peak_queue_wait,
                 };
                 self.insert(m);
                 self.open = None;
@@ -70,11 +76,13 @@ impl Minutes {
             seconds: 0,
             peak_concurrency: 0.0,
             peak_queued: 0.0,
+            peak_queue_wait: 0.0,
         });
-        o.arrivals += arrivals;
+        o.arrivals += s.arrivals;
         o.seconds += 1;
-        o.peak_concurrency = o.peak_concurrency.max(concurrency);
-        o.peak_queued = o.peak_queued.max(queued);
+        o.peak_concurrency = o.peak_concurrency.max(s.concurrency);
+        o.peak_queued = o.peak_queued.max(s.queued);
+        o.peak_queue_wait = o.peak_queue_wait.max(s.queue_wait);
         closed
     }
 
@@ -145,13 +153,25 @@ mod tests {
         assert_eq!(expected_rate(at(&history[..100]), 50, 3), None, "no day recorded yet");
     }
 
+    fn second(t: u64, arrivals: f64, concurrency: f64, queued: f64) -> Sample {
+        Sample {
+            t,
+            arrivals,
+            completed: arrivals,
+            concurrency,
+            queued,
+            queue_wait: queued / 100.0,
+        }
+    }
+
     #[test]
     fn seconds_fold_into_minutes() {
         let mut m = Minutes::default();
         for s in 120..180 {
-            assert_eq!(m.add_second(s, if s < 150 { 10.0 } else { 30.0 }, 5.0, 0.0), None);
+            let arrivals = if s < 150 { 10.0 } else { 30.0 };
+            assert_eq!(m.add_second(s, &second(s, arrivals, 5.0, 0.0)), None);
         }
-        let closed = m.add_second(180, 1.0, 7.0, 2.0).expect("minute 2 closed");
+        let closed = m.add_second(180, &second(180, 1.0, 7.0, 2.0)).expect("minute 2 closed");
         assert_eq!(closed.minute, 2);
         assert_eq!(closed.rate, 20.0);
         assert_eq!(closed.peak_concurrency, 5.0);
@@ -159,8 +179,9 @@ mod tests {
         assert_eq!(m.rate(3), None, "still open");
         // A gap (the process was down) closes the open minute over the
         // seconds it saw.
-        let closed = m.add_second(600, 0.0, 0.0, 0.0).unwrap();
+        let closed = m.add_second(600, &second(600, 0.0, 0.0, 0.0)).unwrap();
         assert_eq!((closed.minute, closed.rate, closed.peak_queued), (3, 1.0, 2.0));
+        assert_eq!(closed.peak_queue_wait, 0.02);
     }
 
     #[test]
@@ -172,6 +193,7 @@ mod tests {
                 rate: 1.0,
                 peak_concurrency: 0.0,
                 peak_queued: 0.0,
+                peak_queue_wait: 0.0,
             });
         }
         assert_eq!(m.len() as u64, KEPT + 1);

@@ -2,7 +2,8 @@
 //! autoscaled pool under `runtime.state_dir`, so the forecast survives
 //! restarts.
 //!
-//! Format: CSV, `minute,arrivals_per_second,peak_concurrency,peak_queued`,
+//! Format: CSV,
+//! `minute,arrivals_per_second,peak_concurrency,peak_queued,peak_queue_wait_ms`,
 //! one line per minute (Unix minutes), appended as each minute closes. At
 //! start the file is read (lines that do not parse are skipped and
 //! counted, so a torn last line after a crash loses one minute, not the
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use super::forecast::{Minute, Minutes};
 
-const HEADER: &str = "minute,arrivals_per_second,peak_concurrency,peak_queued";
+const HEADER: &str = "minute,arrivals_per_second,peak_concurrency,peak_queued,peak_queue_wait_ms";
 
 /// `<dir>/<pool>.minutes.csv`, with anything but `[A-Za-z0-9_-]` in the
 /// pool name replaced so a name cannot leave the directory.
@@ -47,14 +48,19 @@ fn parse(line: &str) -> Option<Minute> {
         rate: num()?,
         peak_concurrency: num()?,
         peak_queued: num()?,
+        peak_queue_wait: num()? / 1000.0,
     };
     f.next().is_none().then_some(m)
 }
 
 fn line(m: &Minute) -> String {
     format!(
-        "{},{:.3},{:.1},{:.1}\n",
-        m.minute, m.rate, m.peak_concurrency, m.peak_queued
+        "{},{:.3},{:.1},{:.1},{:.1}\n",
+        m.minute,
+        m.rate,
+        m.peak_concurrency,
+        m.peak_queued,
+        m.peak_queue_wait * 1000.0
     )
 }
 
@@ -107,6 +113,7 @@ mod tests {
             rate,
             peak_concurrency: rate / 10.0,
             peak_queued: 0.0,
+            peak_queue_wait: 0.012,
         }
     }
 
@@ -130,6 +137,7 @@ mod tests {
         assert_eq!(skipped, 1);
         assert_eq!(back.rate(29_000_000), Some(120.5));
         assert_eq!(back.rate(29_000_001), Some(1500.0));
+        assert_eq!(back.iter().next().unwrap().peak_queue_wait, 0.012);
         // The rewrite dropped the torn line; appending goes on cleanly.
         append(&path, &minute(29_000_002, 3.0)).unwrap();
         let (again, skipped) = load(&path).unwrap();

@@ -264,6 +264,9 @@ fn tidegate(p: &TidegateParams, st: &mut PolicyState, h: &History, now: u64, poo
         p.epsilon,
         p.scale_down_window
     );
+    if let Some(wait) = h.last().map(|s| s.queue_wait).filter(|w| *w > 0.0) {
+        reason.push_str(&format!(", queue wait {:.0} ms", wait * 1000.0));
+    }
     if let Some(r) = pool.forecast_rate {
         reason.push_str(&format!(", forecast {r:.0} req/s needs {for_forecast}"));
     }
@@ -303,6 +306,7 @@ mod tests {
                 completed: arrivals,
                 concurrency: arrivals * service,
                 queued: 0.0,
+                queue_wait: 0.0,
             });
         }
     }
@@ -361,9 +365,15 @@ mod tests {
             completed: 2000.0,
             concurrency: 40.0 + 5000.0,
             queued: 5000.0,
+            queue_wait: 2.5,
         });
         let with_backlog = decide(&p, &mut st, &h, 61, &pool(4)).unwrap();
         assert!(with_backlog.desired >= d.desired + 2, "{with_backlog:?}");
+        assert!(
+            with_backlog.reason.contains("queue wait 2500 ms"),
+            "{}",
+            with_backlog.reason
+        );
     }
 
     #[test]
@@ -403,6 +413,7 @@ mod tests {
                 completed: 500.0,
                 concurrency: 10.0 + 100.0 * t as f64,
                 queued: 100.0 * t as f64,
+                queue_wait: 0.2 * t as f64,
             });
         }
         decide(&p, &mut st, &h, 30, &pool(1)).unwrap();

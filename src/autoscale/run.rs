@@ -78,6 +78,8 @@ pub struct Status {
     pub replaced: u64,
     /// The rate the recorded history expects within the lookahead.
     pub forecast_rate: Option<f64>,
+    /// Mean queue wait of the requests that left the queue in the last second.
+    pub queue_wait_ms: f64,
     /// Minutes of history recorded (and where, when kept on disk).
     pub history_minutes: usize,
     pub history_file: Option<String>,
@@ -269,7 +271,7 @@ impl Recorder {
     }
 
     async fn second(&mut self, pool: &str, unix: u64, s: &Sample) {
-        let Some(closed) = self.minutes.add_second(unix, s.arrivals, s.concurrency, s.queued) else {
+        let Some(closed) = self.minutes.add_second(unix, s) else {
             return;
         };
         if let Some(path) = self.file.clone() {
@@ -300,6 +302,7 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
     let mut asked: Option<u32> = None;
     let started = Instant::now();
     let (mut last_arrivals, mut last_completed) = (None::<u64>, None::<u64>);
+    let mut last_waited = (0u64, 0u64);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rng = fastrand::Rng::new();
@@ -321,12 +324,23 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
         let completed: u64 = pool.shared.response_counts().iter().sum();
         let in_flight: u32 = pool.backends.iter().chain(&pool.draining).map(|b| b.in_flight()).sum();
         let queued = pool.shared.queue.depth() as f64;
+        let waited = pool.shared.queue.waited();
+        let (left, nanos) = (
+            waited.0.wrapping_sub(last_waited.0),
+            waited.1.wrapping_sub(last_waited.1),
+        );
+        last_waited = waited;
         let sample = Sample {
             t,
             arrivals: last_arrivals.map_or(0.0, |l| (arrivals - l) as f64),
             completed: last_completed.map_or(0.0, |l| (completed - l) as f64),
             concurrency: f64::from(in_flight) + queued,
             queued,
+            queue_wait: if left == 0 {
+                0.0
+            } else {
+                nanos as f64 / left as f64 / 1e9
+            },
         };
         history.push(sample);
         recorder.second(&name, unix_now() as u64, &sample).await;
@@ -420,6 +434,7 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
             s.provisioning_delay_s = delay;
             s.provisioning_delay_learned = warmup.is_learned();
             s.forecast_rate = forecast_rate;
+            s.queue_wait_ms = sample.queue_wait * 1000.0;
             s.history_minutes = recorder.minutes.len();
             s.history_file = recorder.file.as_ref().map(|p| p.display().to_string());
         }

@@ -21,6 +21,9 @@ pub struct Sample {
     pub concurrency: f64,
     /// Queued at the end of the second.
     pub queued: f64,
+    /// Mean seconds waited by the requests that left the queue during the
+    /// second (0 when none did).
+    pub queue_wait: f64,
 }
 
 /// The last `capacity` samples, oldest first.
@@ -85,6 +88,7 @@ mod tests {
             completed: arrivals,
             concurrency: arrivals / 10.0,
             queued: 0.0,
+            queue_wait: 0.0,
         }
     }
 

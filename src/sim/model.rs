@@ -170,6 +170,7 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
             // In flight = busy servers (Little: throughput x service time).
             concurrency: (served * p.service).min(servers as f64) + queue,
             queued: queue,
+            queue_wait: if capacity > 0.0 { queue / capacity } else { 0.0 },
         });
         minute_sum += a;
         if t % 60 == 59 {
