@@ -71,6 +71,10 @@ pub struct TidegateParams {
     pub scale_down_window: u64,
     /// Share of the pool the dead band ignores on the way down.
     pub dead_band: f64,
+    /// Seconds the backlog's capacity stays after the queue has emptied
+    /// (releasing it the same second let a pool whose newest member was
+    /// still ramping up flap every few seconds).
+    pub backlog_linger: u64,
 }
 
 impl Default for TidegateParams {
@@ -81,6 +85,7 @@ impl Default for TidegateParams {
             drain_within: 5.0,
             scale_down_window: 45,
             dead_band: 0.1,
+            backlog_linger: 10,
         }
     }
 }
@@ -112,6 +117,7 @@ pub struct PolicyState {
     service_estimate: Option<f64>,
     /// Backlog share held until the queue is empty.
     backlog_hold: u32,
+    backlog_seen: Option<u64>,
 }
 
 /// KPA and HPA target this share of a backend's limit.
@@ -226,11 +232,12 @@ fn tidegate(p: &TidegateParams, st: &mut PolicyState, h: &History, now: u64, poo
     // Held at its peak until the queue is empty: shedding it as the backlog
     // shrinks would drain it exponentially, and late, instead of at once.
     let wanted = (projected * service / (p.drain_within * slots as f64)).ceil() as u32;
-    st.backlog_hold = if projected > 0.0 {
-        st.backlog_hold.max(wanted)
-    } else {
-        0
-    };
+    if projected > 0.0 {
+        st.backlog_hold = st.backlog_hold.max(wanted);
+        st.backlog_seen = Some(now);
+    } else if st.backlog_seen.is_none_or(|t| now >= t + p.backlog_linger) {
+        st.backlog_hold = 0;
+    }
     let for_backlog = st.backlog_hold;
     st.recommendations.push_back((now, for_rate));
     while st
@@ -374,6 +381,30 @@ mod tests {
             "{}",
             with_backlog.reason
         );
+    }
+
+    #[test]
+    fn backlog_capacity_lingers_after_the_queue_empties() {
+        let (mut st, mut h) = (PolicyState::default(), History::new(600));
+        let p = Policy::Tidegate(TidegateParams::default());
+        steady(&mut h, 1, 60, 200.0, 0.02);
+        let base = decide(&p, &mut st, &h, 60, &pool(1)).unwrap().desired;
+        h.push(Sample {
+            t: 61,
+            arrivals: 200.0,
+            completed: 200.0,
+            concurrency: 4.0 + 400.0,
+            queued: 400.0,
+            queue_wait: 0.5,
+        });
+        let up = decide(&p, &mut st, &h, 61, &pool(base)).unwrap().desired;
+        assert!(up > base, "{up} vs {base}");
+        // The queue is gone at once, but the capacity that drained it stays
+        // ten seconds: releasing it the same second made small pools flap.
+        steady(&mut h, 62, 70, 200.0, 0.02);
+        assert_eq!(decide(&p, &mut st, &h, 70, &pool(up)).unwrap().desired, up);
+        steady(&mut h, 71, 72, 200.0, 0.02);
+        assert_eq!(decide(&p, &mut st, &h, 72, &pool(up)).unwrap().desired, base);
     }
 
     #[test]

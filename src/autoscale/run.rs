@@ -446,27 +446,20 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
             continue;
         }
 
-        // Scale-in: take the least busy members out of the pool first.
+        // Scale-in: take members out of the pool first (they drain).
         if (m.members.len() as u32) > desired {
-            let mut by_load: Vec<(u32, SocketAddr)> = m
+            let serving: Vec<(SocketAddr, bool)> = m
                 .members
                 .iter()
                 .map(|a| {
-                    (
-                        pool.backends
-                            .iter()
-                            .find(|b| b.address == *a)
-                            .map_or(0, |b| b.in_flight()),
-                        *a,
-                    )
+                    let active = pool
+                        .backends
+                        .iter()
+                        .any(|b| b.address == *a && b.state() == BackendState::Active);
+                    (*a, active)
                 })
                 .collect();
-            by_load.sort();
-            let victims: Vec<SocketAddr> = by_load
-                .iter()
-                .take(m.members.len() - desired as usize)
-                .map(|(_, a)| *a)
-                .collect();
+            let victims = warmup.victims(&serving, m.members.len() - desired as usize);
             m.members.retain(|a| !victims.contains(a));
             m.draining.extend(&victims);
             state.set_members(&name, m.members.clone());
@@ -530,6 +523,7 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
                     .collect();
                 let asked_at = began.duration_since(started).as_secs_f64();
                 warmup.reported(members.iter().copied().filter(|a| !m.members.contains(a)), asked_at);
+                warmup.retain(&members);
                 m.members = members;
                 state.set_members(&name, m.members.clone());
                 metrics::counter!(HOOK_CALLS_TOTAL, "pool" => name.clone(), "result" => "ok").increment(1);

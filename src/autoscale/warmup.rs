@@ -5,7 +5,10 @@
 //! observed times teach the provisioning delay the policy and the forecast
 //! use (the configured value is only the guess before the first
 //! observation). A member still not ready after the deadline is overdue:
-//! the live loop reports it and asks the hook to replace it.
+//! the live loop reports it and asks the hook to replace it. On the way
+//! down, [`Warmup::victims`] picks the members to drain: the ones not
+//! serving yet, then the youngest (still in slow start, coldest caches), so
+//! the warmed-up members stay.
 //!
 //! Time is passed in (seconds on any monotonic clock).
 
@@ -21,6 +24,8 @@ pub struct Warmup {
     learned: Option<f64>,
     /// Members reported and not ready yet: when they were asked for.
     pending: HashMap<SocketAddr, f64>,
+    /// Every member reported: when it was first asked for.
+    joined: HashMap<SocketAddr, f64>,
 }
 
 impl Warmup {
@@ -29,6 +34,7 @@ impl Warmup {
             configured: configured_delay,
             learned: None,
             pending: HashMap::new(),
+            joined: HashMap::new(),
         }
     }
 
@@ -46,7 +52,25 @@ impl Warmup {
     pub fn reported(&mut self, new: impl IntoIterator<Item = SocketAddr>, asked_at: f64) {
         for a in new {
             self.pending.entry(a).or_insert(asked_at);
+            self.joined.entry(a).or_insert(asked_at);
         }
+    }
+
+    /// Forgets everything about members no longer provided.
+    pub fn retain(&mut self, members: &[SocketAddr]) {
+        self.pending.retain(|a, _| members.contains(a));
+        self.joined.retain(|a, _| members.contains(a));
+    }
+
+    /// The `n` members to drain first, from `(member, serving)`: those not
+    /// serving, then the youngest; members of unknown age count as oldest.
+    pub fn victims(&self, members: &[(SocketAddr, bool)], n: usize) -> Vec<SocketAddr> {
+        let mut order: Vec<(bool, f64, SocketAddr)> = members
+            .iter()
+            .map(|(a, serving)| (*serving, -self.joined.get(a).copied().unwrap_or(f64::NEG_INFINITY), *a))
+            .collect();
+        order.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)).then(x.2.cmp(&y.2)));
+        order.into_iter().take(n).map(|(_, _, a)| a).collect()
     }
 
     /// A pending member passed its health check at `now`: learn from it.
@@ -103,6 +127,34 @@ mod tests {
         w.reported([addr(3)], 200.0);
         w.reported([addr(3)], 205.0);
         assert_eq!(w.overdue(261.0, 60.0), vec![addr(3)]);
+    }
+
+    #[test]
+    fn scale_in_drains_members_not_serving_then_the_youngest() {
+        let mut w = Warmup::new(30.0);
+        w.reported([addr(1), addr(2)], 0.0);
+        w.reported([addr(3)], 100.0);
+        w.reported([addr(4)], 200.0);
+        let members = [
+            (addr(9), true),
+            (addr(1), true),
+            (addr(3), true),
+            (addr(4), false),
+            (addr(2), true),
+        ];
+        assert_eq!(w.victims(&members, 1), vec![addr(4)], "not serving yet");
+        assert_eq!(w.victims(&members, 2), vec![addr(4), addr(3)], "then the youngest");
+        assert_eq!(
+            w.victims(&members, 5).last(),
+            Some(&addr(9)),
+            "unknown age counts as oldest"
+        );
+        w.retain(&[addr(1)]);
+        assert_eq!(
+            w.victims(&[(addr(1), true), (addr(2), true)], 1),
+            vec![addr(1)],
+            "addr 2 forgotten"
+        );
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! Not on tidegate's data path: a client like any other, on loopback only,
 //! bounded in time, stopping by itself. `workers` keep-alive connections each
-//! pace their requests to share the phase's rate; when the proxy queues,
-//! they wait (so the offered load never runs away).
+//! pace their requests to share the phase's rate, with exponential gaps
+//! (so arrivals are Poisson, as shoppers are, instead of 128 workers firing
+//! in step); when the proxy queues, they wait (so the offered load never
+//! runs away).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,8 +64,10 @@ pub async fn play(target: SocketAddr, phases: Vec<Phase>, workers: usize, tally:
             tokio::spawn(async move {
                 let mut conn = None;
                 let mut n: u64 = 0;
+                let mut rng = fastrand::Rng::with_seed(w as u64);
                 while let Some(phase) = phase_at(&phases, started.elapsed()) {
-                    let gap = Duration::from_secs_f64(workers as f64 / phase.rate.max(0.1));
+                    let mean = workers as f64 / phase.rate.max(0.1);
+                    let gap = Duration::from_secs_f64(exponential(&mut rng, mean));
                     let next = Instant::now() + gap;
                     if conn.is_none() {
                         conn = connect(target).await;
@@ -87,6 +91,11 @@ pub async fn play(target: SocketAddr, phases: Vec<Phase>, workers: usize, tally:
     for t in tasks {
         let _ = t.await;
     }
+}
+
+/// An exponentially distributed gap with the given mean, capped at 10x.
+fn exponential(rng: &mut fastrand::Rng, mean: f64) -> f64 {
+    (-(1.0 - rng.f64()).ln() * mean).min(10.0 * mean)
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
@@ -115,6 +124,18 @@ async fn request(sender: &mut Sender, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_are_exponential_with_the_mean_asked_for() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let n = 100_000;
+        let gaps: Vec<f64> = (0..n).map(|_| exponential(&mut rng, 0.5)).collect();
+        let mean = gaps.iter().sum::<f64>() / n as f64;
+        assert!((mean - 0.5).abs() < 0.01, "{mean}");
+        // P(gap > mean) = 1/e for an exponential.
+        let over = gaps.iter().filter(|g| **g > 0.5).count() as f64 / n as f64;
+        assert!((over - (-1.0f64).exp()).abs() < 0.01, "{over}");
+    }
 
     #[test]
     fn phases_follow_each_other_and_end() {
