@@ -254,3 +254,44 @@ async fn the_dashboard_renders_the_backends_table_from_stats_in_a_real_browser()
     println!("dashboard screenshot: {}", shot.display());
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_shows_an_elastic_pools_decisions_and_hook_calls() {
+    use std::os::unix::fs::PermissionsExt;
+    let fixed = backend("fixed").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("provision.sh");
+    std::fs::write(
+        &hook,
+        "#!/usr/bin/env bash\ncat > /dev/null; echo 'quota exceeded' >&2; exit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\
+[pools.shop]\nbackends = [ {{ address = \"{}\" }} ]\n\
+autoscale = {{ min = 2, max = 3, hook = {{ kind = \"exec\", command = [\"{}\"] }} }}\n",
+        fixed.addr,
+        hook.display()
+    );
+    let m = managed(&text, false).await;
+    eventually("the hook has been called", || async {
+        m.stats().await["pools"][0]["autoscale"]["hook_calls"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    })
+    .await;
+    let out = chromium(&["--dump-dom".into(), format!("http://{}/", m.admin)]).await;
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let row_start = dom
+        .find("data-seq=\"1\"")
+        .unwrap_or_else(|| panic!("no row for hook call 1:\n{dom}"));
+    let row = &dom[row_start..row_start + dom[row_start..].find("</tr>").unwrap()];
+    assert!(row.contains("failed: ") && row.contains("quota exceeded"), "{row}");
+    assert!(
+        dom.contains("tidegate: "),
+        "the decisions table shows the reason:\n{dom}"
+    );
+    assert!(dom.contains("desired 2, current 1"), "the size line:\n{dom}");
+    m.shutdown().await;
+}
