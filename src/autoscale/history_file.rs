@@ -8,12 +8,15 @@
 //! start the file is read (lines that do not parse are skipped and
 //! counted, so a torn last line after a crash loses one minute, not the
 //! history) and rewritten with only the minutes still kept, through a
-//! temporary file and a rename.
+//! temporary file and a rename. [`Recorder`] is the live loop's handle:
+//! it folds seconds into minutes and appends each closed one, off the
+//! runtime's worker threads.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::forecast::{Minute, Minutes};
+use super::signal::Sample;
 
 const HEADER: &str = "minute,arrivals_per_second,peak_concurrency,peak_queued,peak_queue_wait_ms";
 
@@ -101,6 +104,73 @@ pub fn load(path: &Path) -> io::Result<(Minutes, usize)> {
 pub fn append(path: &Path, m: &Minute) -> io::Result<()> {
     let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
     f.write_all(line(m).as_bytes())
+}
+
+/// The pool's per-minute history, on disk when a state directory is set.
+#[derive(Default)]
+pub struct Recorder {
+    pub minutes: Minutes,
+    /// The state directory last opened (`Some(None)`: none configured;
+    /// `None`: not opened yet).
+    dir: Option<Option<PathBuf>>,
+    pub file: Option<PathBuf>,
+}
+
+impl Recorder {
+    /// (Re)opens the history when the state directory is set or changed.
+    pub async fn open(&mut self, pool: &str, dir: Option<&PathBuf>) {
+        if self.dir.as_ref().is_some_and(|d| d.as_ref() == dir) {
+            return;
+        }
+        self.dir = Some(dir.cloned());
+        self.file = None;
+        let Some(dir) = dir else { return };
+        let path = path_for(dir, pool);
+        let load = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || load(&path)).await
+        };
+        match load {
+            Ok(Ok((minutes, skipped))) => {
+                if skipped > 0 {
+                    tracing::warn!(pool, file = %path.display(), skipped, "history lines that did not parse were dropped");
+                }
+                tracing::info!(pool, file = %path.display(), minutes = minutes.len(), "autoscale history loaded");
+                // Minutes recorded before the file was opened are kept too.
+                let mut merged = minutes;
+                for m in self
+                    .minutes
+                    .iter()
+                    .filter(|m| merged.rate(m.minute).is_none())
+                    .copied()
+                    .collect::<Vec<_>>()
+                {
+                    if let Err(e) = append(&path, &m) {
+                        tracing::warn!(pool, error = %e, "cannot append to the autoscale history");
+                    }
+                    merged.insert(m);
+                }
+                self.minutes = merged;
+                self.file = Some(path);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(pool, file = %path.display(), error = %e, "cannot keep the autoscale history; the forecast lives in memory only")
+            }
+            Err(e) => tracing::warn!(pool, error = %e, "history loader failed"),
+        }
+    }
+
+    pub async fn second(&mut self, pool: &str, unix: u64, s: &Sample) {
+        let Some(closed) = self.minutes.add_second(unix, s) else {
+            return;
+        };
+        if let Some(path) = self.file.clone() {
+            let written = tokio::task::spawn_blocking(move || append(&path, &closed)).await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!(pool, error = %e, "cannot append to the autoscale history");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -23,9 +23,9 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::forecast::{expected_rate, lookahead, Minutes};
+use super::forecast::{expected_rate, lookahead};
 use super::guard::{guard, GuardState};
-use super::history_file;
+use super::history_file::Recorder;
 use super::hook::{backoff, call_exec, call_webhook, HookError, HookRequest, LocalProvisioner};
 use super::policy::{decide, Policy, PolicyState, PoolView, TidegateParams};
 use super::signal::{History, Sample};
@@ -210,84 +210,11 @@ fn ready_count(pool: &Pool) -> (u32, u32) {
     (ready, warming)
 }
 
-/// The pool's per-minute history, on disk when a state directory is set.
-struct Recorder {
-    minutes: Minutes,
-    /// The state directory last opened (`Some(None)`: none configured).
-    dir: Option<Option<PathBuf>>,
-    file: Option<PathBuf>,
-}
-
-impl Recorder {
-    fn new() -> Recorder {
-        Recorder {
-            minutes: Minutes::default(),
-            dir: None,
-            file: None,
-        }
-    }
-
-    /// (Re)opens the history when the state directory is set or changed.
-    async fn open(&mut self, pool: &str, dir: Option<&PathBuf>) {
-        if self.dir.as_ref().is_some_and(|d| d.as_ref() == dir) {
-            return;
-        }
-        self.dir = Some(dir.cloned());
-        self.file = None;
-        let Some(dir) = dir else { return };
-        let path = history_file::path_for(dir, pool);
-        let load = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || history_file::load(&path)).await
-        };
-        match load {
-            Ok(Ok((minutes, skipped))) => {
-                if skipped > 0 {
-                    tracing::warn!(pool, file = %path.display(), skipped, "history lines that did not parse were dropped");
-                }
-                tracing::info!(pool, file = %path.display(), minutes = minutes.len(), "autoscale history loaded");
-                // Minutes recorded before the file was opened are kept too.
-                let mut merged = minutes;
-                for m in self
-                    .minutes
-                    .iter()
-                    .filter(|m| merged.rate(m.minute).is_none())
-                    .copied()
-                    .collect::<Vec<_>>()
-                {
-                    if let Err(e) = history_file::append(&path, &m) {
-                        tracing::warn!(pool, error = %e, "cannot append to the autoscale history");
-                    }
-                    merged.insert(m);
-                }
-                self.minutes = merged;
-                self.file = Some(path);
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(pool, file = %path.display(), error = %e, "cannot keep the autoscale history; the forecast lives in memory only")
-            }
-            Err(e) => tracing::warn!(pool, error = %e, "history loader failed"),
-        }
-    }
-
-    async fn second(&mut self, pool: &str, unix: u64, s: &Sample) {
-        let Some(closed) = self.minutes.add_second(unix, s) else {
-            return;
-        };
-        if let Some(path) = self.file.clone() {
-            let written = tokio::task::spawn_blocking(move || history_file::append(&path, &closed)).await;
-            if let Ok(Err(e)) = written {
-                tracing::warn!(pool, error = %e, "cannot append to the autoscale history");
-            }
-        }
-    }
-}
-
 async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, exe: Option<PathBuf>) {
     let mut history = History::new(600);
     let mut policy_state = PolicyState::default();
     let mut provisioner = Provisioner { local: None, exe };
-    let mut recorder = Recorder::new();
+    let mut recorder = Recorder::default();
     let mut m = Membership {
         members: Vec::new(),
         draining: Vec::new(),
