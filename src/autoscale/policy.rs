@@ -82,7 +82,7 @@ impl Default for TidegateParams {
         TidegateParams {
             slo: 0.1,
             epsilon: 0.0003,
-            drain_within: 5.0,
+            drain_within: 1.0,
             scale_down_window: 45,
             dead_band: 0.1,
             backlog_linger: 10,
