@@ -73,7 +73,8 @@ pub struct TidegateParams {
     pub dead_band: f64,
     /// Seconds the backlog's capacity stays after the queue has emptied
     /// (releasing it the same second let a pool whose newest member was
-    /// still ramping up flap every few seconds).
+    /// still ramping up flap every few seconds); the live loop caps it at
+    /// the configured `scale_down_window`.
     pub backlog_linger: u64,
 }
 

@@ -319,10 +319,13 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
             forecast_rate,
             provisioning_delay: delay,
         };
+        let defaults = TidegateParams::default();
         let params = TidegateParams {
             slo: cfg.slo.as_secs_f64(),
             scale_down_window: cfg.scale_down_window.as_secs(),
-            ..TidegateParams::default()
+            // Backlog capacity never outstays the operator's window.
+            backlog_linger: defaults.backlog_linger.min(cfg.scale_down_window.as_secs()),
+            ..defaults
         };
         let Some(mut decision) = decide(&Policy::Tidegate(params), &mut policy_state, &history, t, &view) else {
             continue;
