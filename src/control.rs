@@ -230,11 +230,10 @@ pub async fn run(
             _ = tick.tick() => {
                 ticks += 1;
                 upkeep(&shared, ticks);
-                // Membership also changes without a reload (the autoscaler):
-                // new backends need their probes within a second.
-                if ticks % 4 == 0 {
-                    probes.reconcile(&state);
-                }
+                // Membership also changes without a reload (the autoscaler
+                // publishes its members): a cheap pass that starts probes
+                // for backends that have none.
+                probes.reconcile(&state);
             }
             _ = &mut shutdown => break,
         }
@@ -270,10 +269,7 @@ fn upkeep(shared: &Shared, ticks: u64) {
         if health::tick(pool, now) {
             pool.dispatch(&mut rng);
         }
-        let mut counts = [0usize; 4];
-        for b in &pool.backends {
-            counts[b.state() as usize] += 1;
-        }
+        let mut counts = pool.state_counts();
         counts[BackendState::Draining as usize] += pool.draining.iter().filter(|b| b.in_flight() > 0).count();
         for (state, n) in [
             BackendState::Active,
@@ -293,10 +289,16 @@ fn upkeep(shared: &Shared, ticks: u64) {
     }
 }
 
-fn record(shared: &Shared, trigger: Trigger, result: &Result<u64, String>) {
-    let at_unix_ms = SystemTime::now()
+/// Wall-clock milliseconds since the Unix epoch: the time stamp of every
+/// record `/stats` shows (reloads, autoscaling decisions, hook calls).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn record(shared: &Shared, trigger: Trigger, result: &Result<u64, String>) {
+    let at_unix_ms = unix_ms();
     let mut log = (*shared.reloads.load_full()).clone();
     let attempt = match result {
         Ok(generation) => {

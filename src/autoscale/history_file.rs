@@ -67,9 +67,11 @@ fn line(m: &Minute) -> String {
     )
 }
 
-/// Reads the history (a missing file is an empty history) and rewrites the
-/// file with what is kept. Returns the minutes and the count of skipped lines.
-pub fn load(path: &Path) -> io::Result<(Minutes, usize)> {
+/// Reads the history (a missing file is an empty history), adds the
+/// minutes of `recorded` the file lacks (kept in memory before the file was
+/// opened), and rewrites the file with what is kept. Returns the minutes
+/// and the count of skipped lines.
+pub fn load(path: &Path, recorded: &Minutes) -> io::Result<(Minutes, usize)> {
     let mut minutes = Minutes::default();
     let mut skipped = 0;
     match std::fs::read_to_string(path) {
@@ -83,6 +85,11 @@ pub fn load(path: &Path) -> io::Result<(Minutes, usize)> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
+    }
+    for m in recorded.iter() {
+        if minutes.rate(m.minute).is_none() {
+            minutes.insert(*m);
+        }
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -127,8 +134,8 @@ impl Recorder {
         let Some(dir) = dir else { return };
         let path = path_for(dir, pool);
         let load = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || load(&path)).await
+            let (path, recorded) = (path.clone(), self.minutes.clone());
+            tokio::task::spawn_blocking(move || load(&path, &recorded)).await
         };
         match load {
             Ok(Ok((minutes, skipped))) => {
@@ -136,21 +143,7 @@ impl Recorder {
                     tracing::warn!(pool, file = %path.display(), skipped, "history lines that did not parse were dropped");
                 }
                 tracing::info!(pool, file = %path.display(), minutes = minutes.len(), "autoscale history loaded");
-                // Minutes recorded before the file was opened are kept too.
-                let mut merged = minutes;
-                for m in self
-                    .minutes
-                    .iter()
-                    .filter(|m| merged.rate(m.minute).is_none())
-                    .copied()
-                    .collect::<Vec<_>>()
-                {
-                    if let Err(e) = append(&path, &m) {
-                        tracing::warn!(pool, error = %e, "cannot append to the autoscale history");
-                    }
-                    merged.insert(m);
-                }
-                self.minutes = merged;
+                self.minutes = minutes;
                 self.file = Some(path);
             }
             Ok(Err(e)) => {
@@ -191,7 +184,7 @@ mod tests {
     fn minutes_survive_a_restart_and_a_torn_line_costs_one_minute() {
         let dir = tempfile::tempdir().unwrap();
         let path = path_for(&dir.path().join("state"), "shop");
-        let (empty, skipped) = load(&path).unwrap();
+        let (empty, skipped) = load(&path, &Minutes::default()).unwrap();
         assert!(empty.is_empty());
         assert_eq!(skipped, 0);
         append(&path, &minute(29_000_000, 120.5)).unwrap();
@@ -203,14 +196,14 @@ mod tests {
             .unwrap()
             .write_all(b"29000002,17")
             .unwrap();
-        let (back, skipped) = load(&path).unwrap();
+        let (back, skipped) = load(&path, &Minutes::default()).unwrap();
         assert_eq!(skipped, 1);
         assert_eq!(back.rate(29_000_000), Some(120.5));
         assert_eq!(back.rate(29_000_001), Some(1500.0));
         assert_eq!(back.iter().next().unwrap().peak_queue_wait, 0.012);
         // The rewrite dropped the torn line; appending goes on cleanly.
         append(&path, &minute(29_000_002, 3.0)).unwrap();
-        let (again, skipped) = load(&path).unwrap();
+        let (again, skipped) = load(&path, &Minutes::default()).unwrap();
         assert_eq!((again.len(), skipped), (3, 0));
     }
 

@@ -260,13 +260,9 @@ impl LocalProvisioner {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map_err(|e| HookError::Local(format!("no free port: {e}")))?;
-            let child = Command::new(&self.exe)
-                .args(["backend", "--listen", &port.to_string(), "--name", &port.to_string()])
-                .args(["--service-time", &format!("{}ms", self.service_time.as_millis())])
-                .args(["--concurrency", &self.concurrency.to_string()])
+            let child = crate::demo::backend_command(&self.exe, port, self.service_time, self.concurrency)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| HookError::Local(format!("cannot start {}: {e}", self.exe.display())))?;
             self.children.insert(port, child);

@@ -73,8 +73,8 @@ pub struct TidegateParams {
     pub dead_band: f64,
     /// Seconds the backlog's capacity stays after the queue has emptied
     /// (releasing it the same second let a pool whose newest member was
-    /// still ramping up flap every few seconds); the live loop caps it at
-    /// the configured `scale_down_window`.
+    /// still ramping up flap every few seconds), never longer than
+    /// `scale_down_window`.
     pub backlog_linger: u64,
 }
 
@@ -236,7 +236,10 @@ fn tidegate(p: &TidegateParams, st: &mut PolicyState, h: &History, now: u64, poo
     if projected > 0.0 {
         st.backlog_hold = st.backlog_hold.max(wanted);
         st.backlog_seen = Some(now);
-    } else if st.backlog_seen.is_none_or(|t| now >= t + p.backlog_linger) {
+    } else if st
+        .backlog_seen
+        .is_none_or(|t| now >= t + p.backlog_linger.min(p.scale_down_window))
+    {
         st.backlog_hold = 0;
     }
     let for_backlog = st.backlog_hold;

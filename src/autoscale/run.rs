@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -31,6 +31,7 @@ use super::policy::{decide, Policy, PolicyState, PoolView, TidegateParams};
 use super::signal::{History, Sample};
 use super::warmup::Warmup;
 use crate::config::HookConfig;
+use crate::control::unix_ms;
 use crate::pool::{BackendState, Pool};
 use crate::state::State;
 
@@ -86,18 +87,6 @@ pub struct Status {
     /// Newest first.
     pub decisions: VecDeque<DecisionRecord>,
     pub hook_calls: VecDeque<HookRecord>,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The running autoscalers and their statuses.
@@ -196,18 +185,44 @@ struct Membership {
     retry_at: Option<Instant>,
 }
 
-fn ready_count(pool: &Pool) -> (u32, u32) {
-    let ready = pool
-        .backends
-        .iter()
-        .filter(|b| b.state() == BackendState::Active)
-        .count() as u32;
-    let warming = pool
-        .backends
-        .iter()
-        .filter(|b| b.state() == BackendState::Warming)
-        .count() as u32;
-    (ready, warming)
+/// The pool's running counters, read once a second; a sample is the
+/// difference between two readings.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    arrivals: u64,
+    completed: u64,
+    left_queue: u64,
+    waited_ns: u64,
+}
+
+impl Totals {
+    fn read(pool: &Pool) -> Totals {
+        let (left_queue, waited_ns) = pool.shared.queue.waited();
+        Totals {
+            arrivals: pool.shared.arrivals(),
+            completed: pool.shared.response_counts().iter().sum(),
+            left_queue,
+            waited_ns,
+        }
+    }
+
+    /// One second of the pool, from the reading before (`None`: the first).
+    fn sample(&self, before: Option<Totals>, t: u64, in_flight: u32, queued: f64) -> Sample {
+        let b = before.unwrap_or(*self);
+        let left = self.left_queue.saturating_sub(b.left_queue);
+        Sample {
+            t,
+            arrivals: self.arrivals.saturating_sub(b.arrivals) as f64,
+            completed: self.completed.saturating_sub(b.completed) as f64,
+            concurrency: f64::from(in_flight) + queued,
+            queued,
+            queue_wait: if left == 0 {
+                0.0
+            } else {
+                self.waited_ns.saturating_sub(b.waited_ns) as f64 / left as f64 / 1e9
+            },
+        }
+    }
 }
 
 async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, exe: Option<PathBuf>) {
@@ -228,8 +243,7 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
     let mut guard_state = GuardState::default();
     let mut asked: Option<u32> = None;
     let started = Instant::now();
-    let (mut last_arrivals, mut last_completed) = (None::<u64>, None::<u64>);
-    let mut last_waited = (0u64, 0u64);
+    let mut last: Option<Totals> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rng = fastrand::Rng::new();
@@ -245,50 +259,25 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
         let warmup = warmup.get_or_insert_with(|| Warmup::new(cfg.provisioning_delay.as_secs_f64()));
         let elapsed = started.elapsed().as_secs_f64();
         let t = elapsed as u64;
+        let unix = unix_ms() / 1000;
 
         // Sample.
-        let arrivals = pool.shared.arrivals();
-        let completed: u64 = pool.shared.response_counts().iter().sum();
+        let totals = Totals::read(pool);
         let in_flight: u32 = pool.backends.iter().chain(&pool.draining).map(|b| b.in_flight()).sum();
-        let queued = pool.shared.queue.depth() as f64;
-        let waited = pool.shared.queue.waited();
-        let (left, nanos) = (
-            waited.0.wrapping_sub(last_waited.0),
-            waited.1.wrapping_sub(last_waited.1),
-        );
-        last_waited = waited;
-        let sample = Sample {
-            t,
-            arrivals: last_arrivals.map_or(0.0, |l| (arrivals - l) as f64),
-            completed: last_completed.map_or(0.0, |l| (completed - l) as f64),
-            concurrency: f64::from(in_flight) + queued,
-            queued,
-            queue_wait: if left == 0 {
-                0.0
-            } else {
-                nanos as f64 / left as f64 / 1e9
-            },
-        };
+        let sample = totals.sample(last.replace(totals), t, in_flight, pool.shared.queue.depth() as f64);
         history.push(sample);
-        recorder.second(&name, unix_now() as u64, &sample).await;
-        (last_arrivals, last_completed) = (Some(arrivals), Some(completed));
+        recorder.second(&name, unix, &sample).await;
 
         // Learn from members that came up; replace the ones that did not.
+        warmup.retain(&m.members);
         for addr in warmup.pending().collect::<Vec<_>>() {
-            let up = pool
-                .backends
-                .iter()
-                .any(|b| b.address == addr && b.state() == BackendState::Active);
-            if up {
+            if pool.is_active(addr) {
                 warmup.ready(addr, elapsed);
-            } else if !m.members.contains(&addr) {
-                warmup.forget(&addr);
             }
         }
         let overdue = warmup.overdue(elapsed, cfg.ready_deadline.as_secs_f64());
         if !overdue.is_empty() && !cfg.dry_run {
             for addr in &overdue {
-                warmup.forget(addr);
                 tracing::warn!(pool = %name, member = %addr, deadline = ?cfg.ready_deadline, "a provisioned member never became healthy; replacing it");
             }
             metrics::counter!(REPLACED_TOTAL, "pool" => name.clone()).increment(overdue.len() as u64);
@@ -301,13 +290,11 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
 
         // Decide.
         let statics = pool.config.backends.len() as u32;
-        let (ready, warming) = ready_count(pool);
+        let counts = pool.state_counts();
+        let ready = counts[BackendState::Active as usize] as u32;
+        let warming = counts[BackendState::Warming as usize] as u32;
         let delay = warmup.delay();
-        let forecast_rate = expected_rate(
-            |min| recorder.minutes.rate(min),
-            unix_now() as u64 / 60,
-            lookahead(delay),
-        );
+        let forecast_rate = expected_rate(|min| recorder.minutes.rate(min), unix / 60, lookahead(delay));
         let view = PoolView {
             ready,
             provisioning: warming,
@@ -315,17 +302,14 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
             min: cfg.min,
             max: cfg.max,
             // Scheduled capacity, ready five minutes before the peak.
-            floor: super::schedule::floor(&cfg.schedule, unix_now(), delay as i64 + 300),
+            floor: super::schedule::floor(&cfg.schedule, unix as i64, delay as i64 + 300),
             forecast_rate,
             provisioning_delay: delay,
         };
-        let defaults = TidegateParams::default();
         let params = TidegateParams {
             slo: cfg.slo.as_secs_f64(),
             scale_down_window: cfg.scale_down_window.as_secs(),
-            // Backlog capacity never outstays the operator's window.
-            backlog_linger: defaults.backlog_linger.min(cfg.scale_down_window.as_secs()),
-            ..defaults
+            ..TidegateParams::default()
         };
         let Some(mut decision) = decide(&Policy::Tidegate(params), &mut policy_state, &history, t, &view) else {
             continue;
@@ -348,7 +332,7 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
                     .increment(1);
                 let from = s.desired;
                 s.decisions.push_front(DecisionRecord {
-                    at_unix_ms: now_ms(),
+                    at_unix_ms: unix_ms(),
                     from,
                     to: decision.desired,
                     reason: decision.reason.clone(),
@@ -378,17 +362,7 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
 
         // Scale-in: take members out of the pool first (they drain).
         if (m.members.len() as u32) > desired {
-            let serving: Vec<(SocketAddr, bool)> = m
-                .members
-                .iter()
-                .map(|a| {
-                    let active = pool
-                        .backends
-                        .iter()
-                        .any(|b| b.address == *a && b.state() == BackendState::Active);
-                    (*a, active)
-                })
-                .collect();
+            let serving: Vec<(SocketAddr, bool)> = m.members.iter().map(|a| (*a, pool.is_active(*a))).collect();
             let victims = warmup.victims(&serving, m.members.len() - desired as usize);
             m.members.retain(|a| !victims.contains(a));
             m.draining.extend(&victims);
@@ -431,7 +405,7 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
         let began = Instant::now();
         let result = provisioner.call(&cfg.hook, &req).await;
         let record = |result: &'static str, error: Option<String>, members: usize| HookRecord {
-            at_unix_ms: now_ms(),
+            at_unix_ms: unix_ms(),
             seq: req.seq,
             desired,
             removed: drained.len(),
@@ -453,7 +427,6 @@ async fn run_pool(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, 
                     .collect();
                 let asked_at = began.duration_since(started).as_secs_f64();
                 warmup.reported(members.iter().copied().filter(|a| !m.members.contains(a)), asked_at);
-                warmup.retain(&members);
                 m.members = members;
                 state.set_members(&name, m.members.clone());
                 metrics::counter!(HOOK_CALLS_TOTAL, "pool" => name.clone(), "result" => "ok").increment(1);

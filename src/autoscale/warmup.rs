@@ -56,7 +56,8 @@ impl Warmup {
         }
     }
 
-    /// Forgets everything about members no longer provided.
+    /// Forgets everything about members no longer in the pool (removed,
+    /// draining, or given up on).
     pub fn retain(&mut self, members: &[SocketAddr]) {
         self.pending.retain(|a, _| members.contains(a));
         self.joined.retain(|a, _| members.contains(a));
@@ -79,11 +80,6 @@ impl Warmup {
             let observed = (now - asked).max(0.0);
             self.learned = Some(self.learned.map_or(observed, |l| l + ALPHA * (observed - l)));
         }
-    }
-
-    /// Stops timing a member (removed, or replaced).
-    pub fn forget(&mut self, addr: &SocketAddr) {
-        self.pending.remove(addr);
     }
 
     pub fn pending(&self) -> impl Iterator<Item = SocketAddr> + '_ {
@@ -164,7 +160,7 @@ mod tests {
         w.reported([addr(2)], 50.0);
         assert!(w.overdue(60.0, 60.0).is_empty());
         assert_eq!(w.overdue(61.0, 60.0), vec![addr(1)]);
-        w.forget(&addr(1));
+        w.retain(&[addr(2)]);
         assert_eq!(w.overdue(200.0, 60.0), vec![addr(2)]);
         assert_eq!(w.delay(), 30.0, "a forgotten member teaches nothing");
     }

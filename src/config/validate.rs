@@ -504,9 +504,9 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale) -> Result<A
         }
         schedule.push(Entry { start, end, min: e.min });
     }
-    let step = |v: Option<Spanned<u32>>, name: &str| match v {
-        Some(v) if *v.get_ref() == 0 => Err(cx.error(v.span(), format!("{key}.{name}"), "must be at least 1")),
-        v => Ok(v.map(Spanned::into_inner)),
+    let step = |v: Option<Spanned<u32>>, name: &str| {
+        v.map(|v| at_least_one(cx, Some(v), format!("{key}.{name}"), 1))
+            .transpose()
     };
     let guards = Guards {
         max_step_up: step(a.max_step_up, "max_step_up")?,

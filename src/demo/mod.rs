@@ -17,9 +17,9 @@ use tokio::process::{Child, Command};
 use crate::config::Config;
 
 /// Service time each demo backend spends per request.
-pub const DEMO_SERVICE_TIME: &str = "20ms";
+pub const DEMO_SERVICE_TIME: Duration = Duration::from_millis(20);
 /// Requests each demo backend serves at once.
-pub const DEMO_BACKEND_CONCURRENCY: &str = "16";
+pub const DEMO_BACKEND_CONCURRENCY: usize = 16;
 /// How long to wait for a child to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -38,17 +38,7 @@ impl Children {
             .collect();
         let mut children = Vec::with_capacity(addrs.len());
         for addr in &addrs {
-            let child = Command::new(exe)
-                .args(["backend", "--listen", &addr.to_string(), "--name", &addr.to_string()])
-                .args([
-                    "--service-time",
-                    DEMO_SERVICE_TIME,
-                    "--concurrency",
-                    DEMO_BACKEND_CONCURRENCY,
-                ])
-                .kill_on_drop(true)
-                .spawn()?;
-            children.push(child);
+            children.push(backend_command(exe, *addr, DEMO_SERVICE_TIME, DEMO_BACKEND_CONCURRENCY).spawn()?);
         }
         let started = Children { children };
         for addr in &addrs {
@@ -71,6 +61,17 @@ impl Children {
             let _ = child.wait().await;
         }
     }
+}
+
+/// `tidegate backend` on `addr`, named after it, ended when its handle is
+/// dropped: the demo's children and the `local` provisioner's.
+pub fn backend_command(exe: &Path, addr: SocketAddr, service_time: Duration, concurrency: usize) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(["backend", "--listen", &addr.to_string(), "--name", &addr.to_string()])
+        .args(["--service-time", &format!("{}ms", service_time.as_millis())])
+        .args(["--concurrency", &concurrency.to_string()])
+        .kill_on_drop(true);
+    cmd
 }
 
 async fn wait_until_accepting(addr: SocketAddr) -> std::io::Result<()> {
@@ -101,17 +102,12 @@ pub async fn play_flash_sale(web: SocketAddr, state: std::sync::Arc<crate::state
     let pool_size = |state: &crate::state::State| {
         let snapshot = state.load();
         let pool = &snapshot.pools[0];
-        let ready = pool
-            .backends
-            .iter()
-            .filter(|b| b.state() == BackendState::Active)
-            .count();
-        let warming = pool
-            .backends
-            .iter()
-            .filter(|b| b.state() == BackendState::Warming)
-            .count();
-        (ready, warming, pool.shared.queue.depth())
+        let counts = pool.state_counts();
+        (
+            counts[BackendState::Active as usize],
+            counts[BackendState::Warming as usize],
+            pool.shared.queue.depth(),
+        )
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while pool_size(&state).0 == 0 {

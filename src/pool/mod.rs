@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod upstream;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -145,6 +146,23 @@ impl Pool {
             exclude: &[],
         };
         self.shared.queue.dispatch(|| self.try_claim(&mut cx));
+    }
+
+    /// Control path: how many of `backends` are in each state, indexed by
+    /// `BackendState as usize`.
+    pub fn state_counts(&self) -> [usize; 4] {
+        let mut counts = [0usize; 4];
+        for b in &self.backends {
+            counts[b.state() as usize] += 1;
+        }
+        counts
+    }
+
+    /// Control path: whether `addr` is one of `backends` and takes traffic.
+    pub fn is_active(&self, addr: SocketAddr) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.address == addr && b.state() == BackendState::Active)
     }
 
     /// Position of a backend in `backends`, by identity.
