@@ -8,10 +8,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tidegate::balance::{hash_bytes, Balancer, PickContext};
 use tidegate::config::Balance;
 use tidegate::pool::Backend;
-use tidegate::queue::{InFlight, Queue};
+use tidegate::pool::{InFlight, Queue};
 
 fn pool(n: usize, rng: &mut fastrand::Rng) -> (Vec<Arc<Backend>>, Vec<InFlight>) {
-    let queue = Arc::new(Queue::new("bench", 1024));
+    let queue = Arc::new(Queue::new(1024));
     let backends: Vec<_> = (0..n)
         .map(|i| {
             Arc::new(Backend::new(

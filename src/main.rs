@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tidegate::config::{units::parse_duration, Config};
-use tidegate::demo::{backend, Children};
+use tidegate::demo::{shop, Children};
 use tidegate::state::State;
 
 #[derive(Parser)]
@@ -135,7 +135,7 @@ fn main() -> ExitCode {
             name,
             threads,
         } => {
-            let opts = backend::BackendOptions {
+            let opts = shop::BackendOptions {
                 name: name.unwrap_or_else(|| listen.to_string()),
                 service_time,
                 concurrency,
@@ -143,7 +143,7 @@ fn main() -> ExitCode {
             runtime(Some(threads)).and_then(|rt| {
                 rt.block_on(async {
                     let (tx, rx) = tokio::sync::watch::channel(false);
-                    let serve = backend::run(listen, opts, rx);
+                    let serve = shop::run(listen, opts, rx);
                     tokio::pin!(serve);
                     tokio::select! {
                         r = &mut serve => r.with_context(|| format!("backend on {listen}")),
@@ -244,8 +244,8 @@ fn run(path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
         } else {
             None
         };
-        let bound = tidegate::bind(&config).await?;
-        let admin = tidegate::bind_admin(&config).await?;
+        let bound = tidegate::server::bind(&config).await?;
+        let admin = tidegate::server::bind_admin(&config).await?;
         for (l, b) in config.listeners.iter().zip(&bound) {
             let scheme = if l.tls.is_some() { "https" } else { "http" };
             tracing::info!(listener = %l.name, "serving on {scheme}://{}", b.listener.local_addr()?);
@@ -273,13 +273,13 @@ fn run(path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
         if demo {
             tokio::spawn(tidegate::demo::play_flash_sale(web, std::sync::Arc::clone(&state)));
         }
-        let opts = tidegate::control::Options {
+        let opts = tidegate::app::Options {
             config_path: path.clone(),
             watch_file: watch && path.is_some(),
             reload_on_sighup: true,
             tidegate_exe: std::env::current_exe().ok(),
         };
-        tidegate::control::run(state, bound, admin, opts, shutdown_signal()).await;
+        tidegate::app::run(state, bound, admin, opts, shutdown_signal()).await;
         if let Some(c) = children {
             c.stop().await;
         }

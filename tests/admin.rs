@@ -12,14 +12,11 @@ const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 #[tokio::test]
 async fn stats_reports_pools_backends_queue_latency_and_config() {
     let (b1, b2) = (backend("b1").await, backend("b2").await);
-    let m = managed(
-        &config_text(
-            &[b1.addr, b2.addr],
-            ADMIN,
-            "max_concurrency = 1\nqueue = { max_depth = 8, timeout = \"5s\" }",
-        ),
-        false,
-    )
+    let m = tidegate(&config_text(
+        &[b1.addr, b2.addr],
+        ADMIN,
+        "max_concurrency = 1\nqueue = { max_depth = 8, timeout = \"5s\" }",
+    ))
     .await;
     for i in 0..10 {
         assert_eq!(get(m.addr, format!("/products/{i}")).await.status, 200);
@@ -27,12 +24,9 @@ async fn stats_reports_pools_backends_queue_latency_and_config() {
     assert_eq!(get(m.addr, "/status/503").await.status, 503);
     // Hold both slots and queue one request, then read the live numbers.
     let held: Vec<_> = (0..2).map(|_| tokio::spawn(get(m.addr, "/?delay=400"))).collect();
-    until("both slots held", || {
-        m.state.load().pools[0].backends.iter().all(|b| b.in_flight() == 1)
-    })
-    .await;
+    eventually("both slots held", || async { m.in_flight().await == 2 }).await;
     let queued = tokio::spawn(get(m.addr, "/"));
-    until("one queued", || m.state.load().pools[0].shared.queue.depth() == 1).await;
+    eventually("one queued", || async { m.queue_depth().await == 1 }).await;
     let s = m.stats().await;
     let pool = &s["pools"][0];
     assert_eq!(pool["name"], "shop");
@@ -66,9 +60,9 @@ async fn stats_reports_pools_backends_queue_latency_and_config() {
 #[tokio::test]
 async fn metrics_are_prometheus_text_with_the_documented_names() {
     let b = backend("b1").await;
-    let m = managed(&config_text(&[b.addr], ADMIN, "max_concurrency = 1"), false).await;
+    let m = tidegate(&config_text(&[b.addr], ADMIN, "max_concurrency = 1")).await;
     let held = tokio::spawn(get(m.addr, "/?delay=200"));
-    until("held", || m.state.load().pools[0].backends[0].in_flight() == 1).await;
+    eventually("held", || async { m.in_flight().await == 1 }).await;
     let queued = tokio::spawn(get(m.addr, "/"));
     held.await.unwrap();
     queued.await.unwrap();
@@ -107,11 +101,7 @@ async fn metrics_are_prometheus_text_with_the_documented_names() {
 #[tokio::test]
 async fn a_token_protects_every_admin_route() {
     let b = backend("b1").await;
-    let m = managed(
-        &config_text(&[b.addr], &format!("{ADMIN}token = \"s3cret\"\n"), ""),
-        false,
-    )
-    .await;
+    let m = tidegate(&config_text(&[b.addr], &format!("{ADMIN}token = \"s3cret\"\n"), "")).await;
     for path in ["/", "/stats", "/metrics", "/healthz", "/readyz"] {
         let a = get(m.admin, path).await;
         assert_eq!(a.status, 401, "{path}");
@@ -137,7 +127,7 @@ async fn a_token_protects_every_admin_route() {
 #[tokio::test]
 async fn health_readiness_and_wrong_methods() {
     let b = backend("b1").await;
-    let m = managed(&config_text(&[b.addr], ADMIN, ""), false).await;
+    let m = tidegate(&config_text(&[b.addr], ADMIN, "")).await;
     assert_eq!(get(m.admin, "/healthz").await.text(), "ok\n");
     assert_eq!(get(m.admin, "/readyz").await.status, 200);
     assert_eq!(get(m.admin, "/reload").await.status, 405);
@@ -212,12 +202,14 @@ async fn chromium(args: &[String]) -> std::process::Output {
 
 #[tokio::test]
 async fn the_dashboard_renders_the_backends_table_from_stats_in_a_real_browser() {
-    let (b1, b2) = (backend("b1").await, backend("b2").await);
-    let m = managed(&config_text(&[b1.addr, b2.addr], ADMIN, ""), false).await;
+    let (b1, b2) = (toggle("b1").await, toggle("b2").await);
+    let checks = "health = { interval = \"50ms\", timeout = \"100ms\", healthy = 1, unhealthy = 1 }";
+    let m = tidegate(&config_text(&[b1.addr, b2.addr], ADMIN, checks)).await;
     for i in 0..20 {
         get(m.addr, format!("/products/{i}")).await;
     }
-    m.state.load().pools[0].backends[1].set_state(tidegate::pool::BackendState::Down);
+    b2.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("b2 is down", || async { m.backend_state(1).await == "down" }).await;
     let url = format!("http://{}/", m.admin);
     let out = chromium(&["--dump-dom".into(), url.clone()]).await;
     let dom = String::from_utf8_lossy(&out.stdout);
@@ -274,7 +266,7 @@ autoscale = {{ min = 2, max = 3, hook = {{ kind = \"exec\", command = [\"{}\"] }
         fixed.addr,
         hook.display()
     );
-    let m = managed(&text, false).await;
+    let m = tidegate(&text).await;
     eventually("the hook has been called", || async {
         m.stats().await["pools"][0]["autoscale"]["hook_calls"]
             .as_array()

@@ -9,20 +9,12 @@ use std::time::Duration;
 use common::*;
 use tokio::io::AsyncWriteExt;
 
-fn queue_depth(p: &TestProxy) -> usize {
-    p.state.load().pools[0].shared.queue.depth()
-}
-
-fn total_in_flight(p: &TestProxy) -> u32 {
-    p.state.load().pools[0].backends.iter().map(|b| b.in_flight()).sum()
-}
-
 #[tokio::test]
 async fn a_freed_slot_goes_to_the_oldest_waiter() {
     let b = backend("b1").await;
-    let p = proxy(&config_text(&[b.addr], "", "max_concurrency = 1")).await;
+    let p = tidegate(&config_text(&[b.addr], "", "max_concurrency = 1")).await;
     let holder = tokio::spawn(get(p.addr, "/products/0?delay=300"));
-    until("the holder has the slot", || total_in_flight(&p) == 1).await;
+    eventually("the holder has the slot", || async { p.in_flight().await == 1 }).await;
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
     for i in 1..=4 {
@@ -32,30 +24,30 @@ async fn a_freed_slot_goes_to_the_oldest_waiter() {
             order.lock().unwrap().push(i);
             a.status
         }));
-        until("the request is queued", || queue_depth(&p) == i).await;
+        eventually("the request is queued", || async { p.queue_depth().await == i as u64 }).await;
     }
     assert_eq!(holder.await.unwrap().status, 200);
     for w in waiters {
         assert_eq!(w.await.unwrap(), 200);
     }
     assert_eq!(*order.lock().unwrap(), vec![1, 2, 3, 4], "served in arrival order");
-    assert_eq!(queue_depth(&p), 0);
+    assert_eq!(p.queue_depth().await, 0);
     p.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after_at_once() {
     let b = backend("b1").await;
-    let p = proxy(&config_text(
+    let p = tidegate(&config_text(
         &[b.addr],
         "",
         "max_concurrency = 1\nqueue = { max_depth = 1, timeout = \"5s\" }",
     ))
     .await;
     let holder = tokio::spawn(get(p.addr, "/?delay=500"));
-    until("the holder has the slot", || total_in_flight(&p) == 1).await;
+    eventually("the holder has the slot", || async { p.in_flight().await == 1 }).await;
     let queued = tokio::spawn(get(p.addr, "/"));
-    until("one request is queued", || queue_depth(&p) == 1).await;
+    eventually("one request is queued", || async { p.queue_depth().await == 1 }).await;
     let refused = get(p.addr, "/").await;
     assert_eq!(refused.status, 503);
     assert_eq!(refused.headers["retry-after"], "1");
@@ -68,19 +60,19 @@ async fn a_full_queue_answers_503_with_retry_after_at_once() {
 #[tokio::test]
 async fn a_request_that_waits_past_the_queue_timeout_gets_503() {
     let b = backend("b1").await;
-    let p = proxy(&config_text(
+    let p = tidegate(&config_text(
         &[b.addr],
         "",
         "max_concurrency = 1\nqueue = { max_depth = 10, timeout = \"200ms\" }",
     ))
     .await;
     let holder = tokio::spawn(get(p.addr, "/?delay=1500"));
-    until("the holder has the slot", || total_in_flight(&p) == 1).await;
+    eventually("the holder has the slot", || async { p.in_flight().await == 1 }).await;
     let late = get(p.addr, "/").await;
     assert_eq!(late.status, 503);
     assert_eq!(late.headers["x-tidegate-error"], "queue_timeout");
     assert_eq!(late.headers["retry-after"], "1");
-    assert_eq!(queue_depth(&p), 0);
+    assert_eq!(p.queue_depth().await, 0);
     assert_eq!(holder.await.unwrap().status, 200);
     p.shutdown().await;
 }
@@ -88,20 +80,23 @@ async fn a_request_that_waits_past_the_queue_timeout_gets_503() {
 #[tokio::test]
 async fn a_client_that_disconnects_while_queued_leaves_the_queue_at_once() {
     let b = backend("b1").await;
-    let p = proxy(&config_text(
+    let p = tidegate(&config_text(
         &[b.addr],
         "",
         "max_concurrency = 1\nqueue = { max_depth = 10, timeout = \"30s\" }",
     ))
     .await;
     let holder = tokio::spawn(get(p.addr, "/?delay=800"));
-    until("the holder has the slot", || total_in_flight(&p) == 1).await;
+    eventually("the holder has the slot", || async { p.in_flight().await == 1 }).await;
     // HTTP/1.1 client: closes its socket while queued.
     let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
-    until("the request is queued", || queue_depth(&p) == 1).await;
+    eventually("the request is queued", || async { p.queue_depth().await == 1 }).await;
     drop(s);
-    until("the departed client left the queue", || queue_depth(&p) == 0).await;
+    eventually("the departed client left the queue", || async {
+        p.queue_depth().await == 0
+    })
+    .await;
     // HTTP/2 client: resets its stream while queued.
     let mut h = h2(p.addr).await;
     let req = http::Request::builder()
@@ -109,9 +104,12 @@ async fn a_client_that_disconnects_while_queued_leaves_the_queue_at_once() {
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let pending = tokio::spawn(async move { h.send_request(req).await });
-    until("the h2 request is queued", || queue_depth(&p) == 1).await;
+    eventually("the h2 request is queued", || async { p.queue_depth().await == 1 }).await;
     pending.abort();
-    until("the reset stream left the queue", || queue_depth(&p) == 0).await;
+    eventually("the reset stream left the queue", || async {
+        p.queue_depth().await == 0
+    })
+    .await;
     assert_eq!(holder.await.unwrap().status, 200);
     p.shutdown().await;
 }
@@ -119,7 +117,7 @@ async fn a_client_that_disconnects_while_queued_leaves_the_queue_at_once() {
 #[tokio::test]
 async fn least_conn_spreads_concurrent_load_evenly() {
     let (b1, b2, b3) = (backend("b1").await, backend("b2").await, backend("b3").await);
-    let p = proxy(&config_text(
+    let p = tidegate(&config_text(
         &[b1.addr, b2.addr, b3.addr],
         "",
         "balance = \"least_conn\"\nmax_concurrency = 4",
@@ -128,9 +126,9 @@ async fn least_conn_spreads_concurrent_load_evenly() {
     let tasks: Vec<_> = (0..12)
         .map(|i| tokio::spawn(get(p.addr, format!("/products/{i}?delay=300"))))
         .collect();
-    until("all twelve are in flight", || total_in_flight(&p) == 12).await;
-    for b in &p.state.load().pools[0].backends {
-        assert_eq!(b.in_flight(), 4, "{b:?}");
+    eventually("all twelve are in flight", || async { p.in_flight().await == 12 }).await;
+    for b in p.pool().await["backends"].as_array().unwrap() {
+        assert_eq!(b["in_flight"], 4, "{b}");
     }
     for t in tasks {
         assert_eq!(t.await.unwrap().status, 200);
@@ -141,7 +139,7 @@ async fn least_conn_spreads_concurrent_load_evenly() {
 #[tokio::test]
 async fn hash_on_a_cookie_keeps_a_cart_on_one_backend() {
     let (b1, b2, b3) = (backend("b1").await, backend("b2").await, backend("b3").await);
-    let p = proxy(&config_text(
+    let p = tidegate(&config_text(
         &[b1.addr, b2.addr, b3.addr],
         "",
         "balance = \"hash\"\nhash_key = \"cookie:cart\"",
@@ -164,7 +162,7 @@ async fn hash_on_a_cookie_keeps_a_cart_on_one_backend() {
 #[tokio::test]
 async fn in_flight_returns_to_zero_after_success_error_and_client_cancel() {
     let (b1, b2) = (backend("b1").await, backend("b2").await);
-    let p = proxy(&config_text(&[b1.addr, b2.addr], "", "balance = \"p2c\"")).await;
+    let p = tidegate(&config_text(&[b1.addr, b2.addr], "", "balance = \"p2c\"")).await;
     let mut tasks = Vec::new();
     for i in 0..60u32 {
         let addr = p.addr;
@@ -193,6 +191,6 @@ async fn in_flight_returns_to_zero_after_success_error_and_client_cancel() {
     for t in tasks {
         t.await.unwrap();
     }
-    until("every slot is released", || total_in_flight(&p) == 0).await;
+    eventually("every slot is released", || async { p.in_flight().await == 0 }).await;
     p.shutdown().await;
 }

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use tidegate::pool::BackendState;
 
 fn elastic(hook: &str) -> String {
     format!(
@@ -18,25 +17,42 @@ autoscale = {{ min = 1, max = 4, provisioning_delay = \"1s\", scale_down_window 
     )
 }
 
-fn active(m: &Managed) -> Vec<SocketAddr> {
-    let s = m.state.load();
-    s.pools[0]
-        .backends
+/// Addresses of the members taking traffic.
+async fn active(m: &Tidegate) -> Vec<SocketAddr> {
+    members(m, |b| b["state"] == "active").await
+}
+
+/// Addresses of the members matching `which`, as `/stats` lists them.
+async fn members(m: &Tidegate, which: impl Fn(&serde_json::Value) -> bool) -> Vec<SocketAddr> {
+    m.pool().await["backends"]
+        .as_array()
+        .unwrap()
         .iter()
-        .filter(|b| b.state() == BackendState::Active)
-        .map(|b| b.address)
+        .filter(|b| which(b))
+        .map(|b| b["address"].as_str().unwrap().parse().unwrap())
         .collect()
+}
+
+/// Members still in the pool (not draining), and whether any draining one
+/// still carries a request.
+async fn in_pool_and_draining_busy(m: &Tidegate) -> (usize, bool) {
+    let pool = m.pool().await;
+    let backends = pool["backends"].as_array().unwrap();
+    let in_pool = backends.iter().filter(|b| b["state"] != "draining").count();
+    let busy = backends
+        .iter()
+        .any(|b| b["state"] == "draining" && b["in_flight"].as_u64().unwrap() > 0);
+    (in_pool, busy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_grows_under_load_and_shrinks_back_without_a_failed_request() {
-    let m = managed(
-        &elastic("{ kind = \"local\", service_time = \"100ms\", concurrency = 2 }"),
-        false,
-    )
+    let m = tidegate(&elastic(
+        "{ kind = \"local\", service_time = \"100ms\", concurrency = 2 }",
+    ))
     .await;
     eventually("the first backend is provisioned and healthy", || async {
-        active(&m).len() == 1
+        active(&m).await.len() == 1
     })
     .await;
 
@@ -69,10 +85,10 @@ async fn the_pool_grows_under_load_and_shrinks_back_without_a_failed_request() {
     })
     .await;
     eventually("the pool grows to four ready backends", || async {
-        active(&m).len() == 4
+        active(&m).await.len() == 4
     })
     .await;
-    let grown = active(&m);
+    let grown = active(&m).await;
     stop_most.store(true, Ordering::Relaxed);
     // Lower the ceiling by a reload while two clients keep going: the loop
     // must drain two members and deprovision them without cutting a request.
@@ -81,8 +97,7 @@ async fn the_pool_grows_under_load_and_shrinks_back_without_a_failed_request() {
     );
     assert_eq!(m.reload().await.status, 200);
     eventually("the pool shrinks to two while two clients keep going", || async {
-        let s = m.state.load();
-        s.pools[0].backends.len() == 2 && s.pools[0].draining.iter().all(|b| b.in_flight() == 0)
+        in_pool_and_draining_busy(&m).await == (2, false)
     })
     .await;
     stop_rest.store(true, Ordering::Relaxed);
@@ -90,17 +105,14 @@ async fn the_pool_grows_under_load_and_shrinks_back_without_a_failed_request() {
         c.await.expect("every response was a 200, also while the pool shrank");
     }
     eventually("back to the minimum, nothing draining", || async {
-        let s = m.state.load();
-        active(&m).len() == 1
-            && s.pools[0].backends.len() == 1
-            && s.pools[0].draining.iter().all(|b| b.in_flight() == 0)
+        active(&m).await.len() == 1 && in_pool_and_draining_busy(&m).await == (1, false)
     })
     .await;
     assert!(ok.load(Ordering::Relaxed) > 50);
-    let s = m.state.load();
-    let errors: u64 = s.pools[0].shared.response_counts()[4..].iter().sum();
+    let pool = m.pool().await;
+    let errors = pool["responses"]["5xx"].as_u64().unwrap() + pool["responses"]["error"].as_u64().unwrap();
     assert_eq!(errors, 0, "no 5xx and no failed exchange behind the proxy");
-    let kept = active(&m)[0];
+    let kept = active(&m).await[0];
     for addr in grown.into_iter().filter(|a| *a != kept) {
         eventually("a removed backend's process is gone", || async move {
             tokio::net::TcpStream::connect(addr).await.is_err()
@@ -161,8 +173,8 @@ echo "{{\"members\":[$out]}}""#,
             list.join(" ")
         ),
     );
-    let m = managed(&elastic(&hook).replace("max = 4", "max = 3"), false).await;
-    eventually("one member", || async { active(&m).len() == 1 }).await;
+    let m = tidegate(&elastic(&hook).replace("max = 4", "max = 3")).await;
+    eventually("one member", || async { active(&m).await.len() == 1 }).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..10 {
@@ -178,7 +190,7 @@ echo "{{\"members\":[$out]}}""#,
             seen
         }));
     }
-    eventually("three members ready", || async { active(&m).len() == 3 }).await;
+    eventually("three members ready", || async { active(&m).await.len() == 3 }).await;
     stop.store(true, Ordering::Relaxed);
     let mut seen = std::collections::HashSet::new();
     for c in clients {
@@ -197,7 +209,7 @@ async fn a_failing_hook_leaves_the_pool_serving_and_is_retried_with_backoff() {
         "backends = []",
         &format!("backends = [ {{ address = \"{}\" }} ]", fixed.addr),
     );
-    let m = managed(&text.replace("min = 1", "min = 2"), false).await;
+    let m = tidegate(&text.replace("min = 1", "min = 2")).await;
     eventually("the hook has failed once", || async {
         m.stats().await["pools"][0]["autoscale"]["hook_failures"]
             .as_u64()
@@ -235,8 +247,11 @@ async fn scheduled_capacity_is_provisioned_without_any_load() {
 hook = {{ kind = \"local\", service_time = \"10ms\", concurrency = 4 }}\n\n\
 [[pools.shop.autoscale.schedule]]\nstart = \"{start}\"\nend = \"{end}\"\nmin = 3\n"
     );
-    let m = managed(&text, false).await;
-    eventually("the scheduled three are ready", || async { active(&m).len() == 3 }).await;
+    let m = tidegate(&text).await;
+    eventually("the scheduled three are ready", || async {
+        active(&m).await.len() == 3
+    })
+    .await;
     assert_eq!(m.stats().await["pools"][0]["autoscale"]["desired"], 3);
     m.shutdown().await;
 }
@@ -260,14 +275,13 @@ if [ -e '{m}' ]; then echo '{{"members":["{good}"]}}'; else echo '{{"members":["
         ),
     );
     let text = elastic(&hook).replace("scale_down_window", "ready_deadline = \"2s\", scale_down_window");
-    let m = managed(&text, false).await;
+    let m = tidegate(&text).await;
     eventually("the good member replaced the dead one and is ready", || async {
-        active(&m) == vec![good.addr]
+        active(&m).await == vec![good.addr]
     })
     .await;
-    let s = m.state.load();
     assert!(
-        s.pools[0].backends.iter().all(|b| b.address != dead),
+        members(&m, |_| true).await.iter().all(|a| *a != dead),
         "the dead member left the pool"
     );
     assert_eq!(get(m.addr, "/").await.backend(), "good");
@@ -313,9 +327,9 @@ async fn recorded_history_pre_scales_an_idle_pool_before_yesterdays_peak() {
             "[admin]",
             &format!("[runtime]\nstate_dir = \"{}\"\n\n[admin]", state_dir.path().display()),
         );
-    let m = managed(&text, false).await;
+    let m = tidegate(&text).await;
     eventually("three members ready with no load at all", || async {
-        active(&m).len() == 3
+        active(&m).await.len() == 3
     })
     .await;
     let stats = m.stats().await;
@@ -354,7 +368,7 @@ async fn dry_run_shows_guarded_decisions_and_never_calls_the_hook() {
             &format!("backends = [ {{ address = \"{}\" }} ]", fixed.addr),
         )
         .replace("min = 1", "min = 3, dry_run = true, max_step_up = 1");
-    let m = managed(&text, false).await;
+    let m = tidegate(&text).await;
     eventually("the wanted size reaches the minimum, one step at a time", || async {
         m.stats().await["pools"][0]["autoscale"]["desired"] == 3
     })
@@ -379,7 +393,7 @@ async fn dry_run_shows_guarded_decisions_and_never_calls_the_hook() {
     assert_eq!(auto["dry_run"], true);
     assert!(auto["hook_calls"].as_array().unwrap().is_empty(), "{auto}");
     assert!(!marker.exists(), "a dry run never calls the hook");
-    assert_eq!(m.state.load().pools[0].backends.len(), 1);
+    assert_eq!(in_pool_and_draining_busy(&m).await, (1, false));
     assert_eq!(get(m.addr, "/").await.backend(), "fixed");
     m.shutdown().await;
 }

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 async fn refused_without_reaching_the_backend(input: &[u8], expect_status: &str) {
     let rec = recorder().await;
-    let p = proxy(&config_text(&[rec.addr], "", "")).await;
+    let p = tidegate(&config_text(&[rec.addr], "", "")).await;
     let out = raw(p.addr, input).await;
     let text = String::from_utf8_lossy(&out);
     assert!(
@@ -174,7 +174,7 @@ async fn h2_exchange(addr: std::net::SocketAddr, frames: &[Vec<u8>]) -> String {
 async fn http2_header_values_with_cr_or_lf_never_reach_the_backend() {
     use h2raw::*;
     let rec = recorder().await;
-    let p = proxy(&config_text(&[rec.addr], "", "")).await;
+    let p = tidegate(&config_text(&[rec.addr], "", "")).await;
     for evil in [&b"a\r\nx-injected: 1"[..], b"a\nb", b"a\rb"] {
         let block = headers(&[
             (":method", b"GET"),
@@ -194,7 +194,7 @@ async fn http2_header_values_with_cr_or_lf_never_reach_the_backend() {
 async fn http2_content_length_mismatches_never_reach_the_backend() {
     use h2raw::*;
     let rec = recorder().await;
-    let p = proxy(&config_text(&[rec.addr], "", "")).await;
+    let p = tidegate(&config_text(&[rec.addr], "", "")).await;
     for (declared, sent) in [(&b"10"[..], &b"hello"[..]), (b"3", b"hello")] {
         let block = headers(&[
             (":method", b"POST"),
@@ -225,7 +225,7 @@ async fn http2_content_length_mismatches_never_reach_the_backend() {
 #[tokio::test]
 async fn oversized_heads_get_431() {
     let rec = recorder().await;
-    let p = proxy(&config_text(
+    let p = tidegate(&config_text(
         &[rec.addr],
         "[limits]\nmax_header_bytes = \"16KiB\"\nmax_headers = 20\n",
         "",
@@ -245,7 +245,7 @@ async fn oversized_heads_get_431() {
 async fn bodies_over_the_route_limit_get_413_whether_declared_or_chunked() {
     let rec = recorder().await;
     let route = "[[route]]\npool = \"shop\"\nmax_body = 10\n";
-    let p = proxy(&config_text(&[rec.addr], route, "")).await;
+    let p = tidegate(&config_text(&[rec.addr], route, "")).await;
     let out = raw(
         p.addr,
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world",
@@ -265,7 +265,7 @@ async fn bodies_over_the_route_limit_get_413_whether_declared_or_chunked() {
 #[tokio::test]
 async fn slow_or_silent_clients_are_disconnected_after_the_header_timeout() {
     let rec = recorder().await;
-    let p = proxy(&config_text(
+    let p = tidegate(&config_text(
         &[rec.addr],
         "[limits]\nheader_read_timeout = \"300ms\"\n",
         "",
@@ -291,7 +291,7 @@ async fn slow_or_silent_clients_are_disconnected_after_the_header_timeout() {
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_until_one_closes() {
     let b = backend("b1").await;
-    let p = proxy(&config_text(&[b.addr], "[limits]\nmax_connections = 2\n", "")).await;
+    let p = tidegate(&config_text(&[b.addr], "[limits]\nmax_connections = 2\n", "")).await;
     let mut first = h1(p.addr).await;
     let mut second = h1(p.addr).await;
     for s in [&mut first, &mut second] {

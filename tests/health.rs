@@ -5,24 +5,18 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use common::*;
-use tidegate::pool::BackendState;
 
 const FAST_CHECKS: &str = "health = { interval = \"50ms\", timeout = \"100ms\", healthy = 2, unhealthy = 2 }";
-
-fn state_of(p: &TestProxy, i: usize) -> BackendState {
-    p.state.load().pools[0].backends[i].state()
-}
 
 #[tokio::test]
 async fn a_failing_backend_is_taken_out_and_comes_back_after_passing_again() {
     let (sick, well) = (toggle("sick").await, toggle("well").await);
-    let p = proxy(&config_text(&[sick.addr, well.addr], "", FAST_CHECKS)).await;
+    let p = tidegate(&config_text(&[sick.addr, well.addr], "", FAST_CHECKS)).await;
     sick.healthy.store(false, Ordering::SeqCst);
     eventually("the failing backend is down", || async {
-        state_of(&p, 0) == BackendState::Down
+        p.backend_state(0).await == "down"
     })
     .await;
     for _ in 0..20 {
@@ -32,16 +26,10 @@ async fn a_failing_backend_is_taken_out_and_comes_back_after_passing_again() {
             "a down backend gets no traffic"
         );
     }
-    let stats_error = p.state.load().pools[0].backends[0]
-        .health
-        .detail(&p.state.load().pools[0].backends[0])
-        .last_error;
-    assert!(stats_error.unwrap().contains("status 503"));
+    let stats_error = p.backend(0).await["health"]["last_error"].clone();
+    assert!(stats_error.as_str().unwrap().contains("status 503"), "{stats_error}");
     sick.healthy.store(true, Ordering::SeqCst);
-    eventually("the backend is back", || async {
-        state_of(&p, 0) == BackendState::Active
-    })
-    .await;
+    eventually("the backend is back", || async { p.backend_state(0).await == "active" }).await;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..40 {
         seen.insert(get(p.addr, "/").await.backend());
@@ -54,15 +42,16 @@ async fn a_failing_backend_is_taken_out_and_comes_back_after_passing_again() {
 async fn a_hanging_backend_fails_its_checks_by_timeout() {
     let hang = gate().await; // accepts and never answers
     let well = toggle("well").await;
-    let p = proxy(&config_text(&[hang.addr, well.addr], "", FAST_CHECKS)).await;
+    let p = tidegate(&config_text(&[hang.addr, well.addr], "", FAST_CHECKS)).await;
     eventually("the hanging backend is down", || async {
-        state_of(&p, 0) == BackendState::Down
+        p.backend_state(0).await == "down"
     })
     .await;
-    let detail = p.state.load().pools[0].backends[0]
-        .health
-        .detail(&p.state.load().pools[0].backends[0]);
-    assert!(detail.last_error.unwrap().contains("no answer within"));
+    let detail = p.backend(0).await["health"].clone();
+    assert!(
+        detail["last_error"].as_str().unwrap().contains("no answer within"),
+        "{detail}"
+    );
     p.shutdown().await;
 }
 
@@ -71,12 +60,12 @@ async fn a_tcp_check_only_needs_the_port_to_accept() {
     let live = gate().await;
     let dead = dead_addr().await;
     let checks = "health = { kind = \"tcp\", interval = \"50ms\", timeout = \"100ms\", healthy = 1, unhealthy = 1 }";
-    let p = proxy(&config_text(&[live.addr, dead], "", checks)).await;
+    let p = tidegate(&config_text(&[live.addr, dead], "", checks)).await;
     eventually("the closed port is down", || async {
-        state_of(&p, 1) == BackendState::Down
+        p.backend_state(1).await == "down"
     })
     .await;
-    assert_eq!(state_of(&p, 0), BackendState::Active);
+    assert_eq!(p.backend_state(0).await, "active");
     p.shutdown().await;
 }
 
@@ -84,8 +73,8 @@ async fn a_tcp_check_only_needs_the_port_to_accept() {
 async fn when_every_backend_is_down_the_pool_answers_503_at_once_or_fails_open() {
     let sick = toggle("sick").await;
     sick.healthy.store(false, Ordering::SeqCst);
-    let p = proxy(&config_text(&[sick.addr], "", FAST_CHECKS)).await;
-    eventually("down", || async { state_of(&p, 0) == BackendState::Down }).await;
+    let p = tidegate(&config_text(&[sick.addr], "", FAST_CHECKS)).await;
+    eventually("down", || async { p.backend_state(0).await == "down" }).await;
     let started = tokio::time::Instant::now();
     let a = get(p.addr, "/").await;
     assert_eq!(a.status, 503);
@@ -96,13 +85,13 @@ async fn when_every_backend_is_down_the_pool_answers_503_at_once_or_fails_open()
     );
     p.shutdown().await;
 
-    let p = proxy(&config_text(
+    let p = tidegate(&config_text(
         &[sick.addr],
         "",
         &format!("{FAST_CHECKS}\nfail_open = true"),
     ))
     .await;
-    eventually("down", || async { state_of(&p, 0) == BackendState::Down }).await;
+    eventually("down", || async { p.backend_state(0).await == "down" }).await;
     let a = get(p.addr, "/").await;
     assert_eq!(
         (a.status.as_u16(), a.backend().as_str()),
@@ -117,31 +106,32 @@ async fn consecutive_failures_eject_a_backend_within_the_pool_cap() {
     let s = slammer().await;
     let good = backend("good").await;
     let passive = "balance = \"round_robin\"\npassive = { consecutive_failures = 2, ejection = \"60s\", max_ejected_percent = 50 }";
-    let p = proxy(&config_text(&[s.addr, good.addr], "", passive)).await;
+    let p = tidegate(&config_text(&[s.addr, good.addr], "", passive)).await;
     for _ in 0..4 {
         let _ = get(p.addr, "/").await;
     }
-    assert_eq!(state_of(&p, 0), BackendState::Down, "ejected after two failures");
+    assert_eq!(p.backend_state(0).await, "down", "ejected after two failures");
     let heads = s.heads.load(Ordering::SeqCst);
     for _ in 0..10 {
         assert_eq!(get(p.addr, "/").await.backend(), "good");
     }
     assert_eq!(s.heads.load(Ordering::SeqCst), heads, "an ejected backend gets nothing");
-    let b = Arc::clone(&p.state.load().pools[0].backends[0]);
-    assert_eq!(b.health.detail(&b).ejections, 1);
+    assert_eq!(p.backend(0).await["health"]["ejections"], 1);
     p.shutdown().await;
 
     // Two failing backends at a 50 % cap: only one may be out at a time.
     let (s1, s2) = (slammer().await, slammer().await);
     let passive = "passive = { consecutive_failures = 1, ejection = \"60s\", max_ejected_percent = 50 }";
-    let p = proxy(&config_text(&[s1.addr, s2.addr], "", passive)).await;
+    let p = tidegate(&config_text(&[s1.addr, s2.addr], "", passive)).await;
     for _ in 0..6 {
         let _ = get(p.addr, "/").await;
     }
-    let down = p.state.load().pools[0]
-        .backends
+    let pool = p.pool().await;
+    let down = pool["backends"]
+        .as_array()
+        .unwrap()
         .iter()
-        .filter(|b| b.state() == BackendState::Down)
+        .filter(|b| b["state"] == "down")
         .count();
     assert_eq!(down, 1);
     p.shutdown().await;

@@ -84,7 +84,7 @@ async fn a_hanging_exec_hook_times_out_and_is_killed() {
     assert!(matches!(e, HookError::Timeout(_)), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
     let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
-    until("the hung hook is gone", || {
+    eventually("the hung hook is gone", || async {
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
     })
     .await;
@@ -230,7 +230,7 @@ async fn the_local_provisioner_starts_and_stops_real_backends() {
     assert!(!b.members.contains(&a.members[0]));
     drop(local);
     for pid in first_pids {
-        until("every child is gone", || {
+        eventually("every child is gone", || async {
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
         })
         .await;

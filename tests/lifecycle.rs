@@ -12,11 +12,10 @@ const EXE: &str = env!("CARGO_BIN_EXE_tidegate");
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     let b = backend("b1").await;
-    let mut p = proxy(&config_text(&[b.addr], "", "")).await;
+    let mut p = tidegate(&config_text(&[b.addr], "", "")).await;
     let addr = p.addr;
-    let backend_obj = std::sync::Arc::clone(&p.state.load().pools[0].backends[0]);
     let slow = tokio::spawn(get(addr, "/products/1?delay=400"));
-    until("the request is in flight", || backend_obj.in_flight() == 1).await;
+    eventually("the request is in flight", || async { p.in_flight().await == 1 }).await;
     p.signal_shutdown();
     let a = slow.await.unwrap();
     assert_eq!(a.status, 200, "the in-flight request finished normally");
@@ -30,10 +29,9 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
 #[tokio::test]
 async fn shutdown_gives_up_on_requests_that_outlast_the_deadline() {
     let b = backend("b1").await;
-    let mut p = proxy(&config_text(&[b.addr], "[runtime]\nshutdown_timeout = \"200ms\"\n", "")).await;
-    let backend_obj = std::sync::Arc::clone(&p.state.load().pools[0].backends[0]);
+    let mut p = tidegate(&config_text(&[b.addr], "[runtime]\nshutdown_timeout = \"200ms\"\n", "")).await;
     let _stuck = tokio::spawn(get(p.addr, "/?delay=20000"));
-    until("the request is in flight", || backend_obj.in_flight() == 1).await;
+    eventually("the request is in flight", || async { p.in_flight().await == 1 }).await;
     let started = tokio::time::Instant::now();
     p.signal_shutdown();
     p.join().await;

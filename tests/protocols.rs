@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 #[tokio::test]
 async fn h2c_with_prior_knowledge_multiplexes_requests() {
     let b = backend("b1").await;
-    let p = proxy(&config_text(&[b.addr], "", "")).await;
+    let p = tidegate(&config_text(&[b.addr], "", "")).await;
     let s = h2(p.addr).await;
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -49,7 +49,7 @@ async fn h2c_with_prior_knowledge_multiplexes_requests() {
 #[tokio::test]
 async fn an_h2c_upstream_pool_speaks_http2_to_its_backends() {
     let b = backend("b1").await;
-    let p = proxy(&config_text(&[b.addr], "", "upstream = \"h2c\"")).await;
+    let p = tidegate(&config_text(&[b.addr], "", "upstream = \"h2c\"")).await;
     for _ in 0..3 {
         let a = get(p.addr, "/headers").await;
         assert_eq!(a.status, 200);
@@ -65,7 +65,7 @@ async fn an_h2c_upstream_pool_speaks_http2_to_its_backends() {
 #[tokio::test]
 async fn an_upgrade_is_tunnelled_both_ways_and_holds_its_slot_until_closed() {
     let b = backend("b1").await;
-    let p = proxy(&config_text(&[b.addr], "", "")).await;
+    let p = tidegate(&config_text(&[b.addr], "", "")).await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();
     s.write_all(
         b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -85,8 +85,7 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
-    let backend_obj = Arc::clone(&p.state.load().pools[0].backends[0]);
-    assert_eq!(backend_obj.in_flight(), 1, "the tunnel holds a slot");
+    assert_eq!(p.in_flight().await, 1, "the tunnel holds a slot");
     // A masked WebSocket text frame "hi", and a second message, echoed byte for byte.
     for frame in [&b"\x81\x82\x01\x02\x03\x04\x69\x6b"[..], b"and more bytes"] {
         s.write_all(frame).await.unwrap();
@@ -98,7 +97,7 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n
         assert_eq!(back, frame);
     }
     drop(s);
-    until("the tunnel's slot is released", || backend_obj.in_flight() == 0).await;
+    eventually("the tunnel's slot is released", || async { p.in_flight().await == 0 }).await;
     p.shutdown().await;
 }
 
@@ -169,7 +168,7 @@ async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_http11_by_alpn() {
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"127.0.0.1:0\"\n{listener_tls}"),
     );
-    let p = proxy(&text).await;
+    let p = tidegate(&text).await;
 
     // SNI admin.example gets the second certificate (the handshake verifies
     // the name against the CA), and ALPN h2 gives HTTP/2.
@@ -211,7 +210,11 @@ async fn a_listener_with_a_missing_certificate_refuses_to_start() {
         "listen = \"127.0.0.1:0\"\ntls = { certificates = [ { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" } ] }",
     );
     let config = tidegate::config::Config::parse(&text, "t.toml", std::path::Path::new(".")).unwrap();
-    let err = tidegate::bind(&config).await.err().expect("refused").to_string();
+    let err = tidegate::server::bind(&config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(
         err.contains("listener `web`") && err.contains("/nonexistent/c.pem"),
         "{err}"
@@ -227,7 +230,7 @@ async fn a_reload_picks_up_a_renewed_certificate_without_rebinding() {
         "listen = \"127.0.0.1:0\"\n\n[pools",
         &format!("listen = \"127.0.0.1:0\"\ntls = {{ certificates = [ {{ cert = \"{d}/shop.example.pem\", key = \"{d}/shop.example.key\" }} ] }}\n\n[pools"),
     );
-    let m = managed(&text, false).await;
+    let m = tidegate(&text).await;
     let peer_cert =
         |tls: &tokio_rustls::client::TlsStream<TcpStream>| tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     let before = peer_cert(&tls_connect(&pki, m.addr, "shop.example", b"http/1.1").await.unwrap());

@@ -30,7 +30,7 @@ fn shop(backends: &[SocketAddr], balance: &str, extra_route: bool) -> String {
 #[tokio::test]
 async fn a_bad_file_changes_nothing_and_reports_file_line_col_key() {
     let b = backend("b1").await;
-    let m = managed(&shop(&[b.addr], "least_conn", false), false).await;
+    let m = tidegate(&shop(&[b.addr], "least_conn", false)).await;
     m.write_config(&shop(&[b.addr], "least_conn", false).replace("balance = \"least_conn\"", "balance = \"fastest\""));
     let a = m.reload().await;
     assert_eq!(a.status, 400);
@@ -64,7 +64,7 @@ async fn a_bad_file_changes_nothing_and_reports_file_line_col_key() {
 #[tokio::test]
 async fn a_file_replaced_by_rename_is_picked_up_by_the_watcher() {
     let (b1, b2) = (backend("b1").await, backend("b2").await);
-    let m = managed(&shop(&[b1.addr], "least_conn", false), true).await;
+    let m = tidegate_watching(&shop(&[b1.addr], "least_conn", false)).await;
     m.write_config(&shop(&[b2.addr], "least_conn", false));
     eventually("generation 2", || async { m.generation().await == 2 }).await;
     assert_eq!(get(m.addr, "/").await.backend(), "b2");
@@ -84,40 +84,24 @@ async fn a_symlinked_config_reloads_when_the_link_is_swapped() {
     std::fs::write(&v1, shop(&[b1.addr], "least_conn", false)).unwrap();
     std::fs::write(&v2, shop(&[b2.addr], "p2c", false)).unwrap();
     std::os::unix::fs::symlink(&v1, &link).unwrap();
-    let config = tidegate::config::Config::load(&link).unwrap();
-    let bound = tidegate::bind(&config).await.unwrap();
-    let admin = tidegate::bind_admin(&config).await.unwrap().unwrap();
-    let (addr, admin_addr) = (bound[0].listener.local_addr().unwrap(), admin.local_addr().unwrap());
-    let state = tidegate::state::State::new(config);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = tidegate::control::Options {
-        config_path: Some(link.clone()),
-        watch_file: true,
-        reload_on_sighup: false,
-        tidegate_exe: None,
-    };
-    let task = tokio::spawn(tidegate::control::run(state, bound, Some(admin), opts, async {
-        let _ = rx.await;
-    }));
-    assert_eq!(get(addr, "/").await.backend(), "b1");
+    let m = tidegate_at(&link, true).await;
+    assert_eq!(get(m.addr, "/").await.backend(), "b1");
     let tmp = dir.path().join("live.tmp");
     std::os::unix::fs::symlink(&v2, &tmp).unwrap();
     std::fs::rename(&tmp, &link).unwrap();
     eventually("the swapped link is loaded", || async {
-        get(addr, "/").await.backend() == "b2"
+        get(m.addr, "/").await.backend() == "b2"
     })
     .await;
-    let stats: serde_json::Value = serde_json::from_slice(&get(admin_addr, "/stats").await.body).unwrap();
-    assert_eq!(stats["pools"][0]["balance"], "p2c");
-    let _ = tx.send(());
-    task.await.unwrap();
+    assert_eq!(m.pool().await["balance"], "p2c");
+    m.shutdown().await;
 }
 
 #[tokio::test]
 async fn listeners_are_added_and_removed_without_touching_the_others() {
     let b = backend("b1").await;
     let base = shop(&[b.addr], "least_conn", false);
-    let m = managed(&base, false).await;
+    let m = tidegate(&base).await;
     let with_extra = format!("{base}\n[[listener]]\nname = \"extra\"\nlisten = \"127.0.0.1:0\"\n");
     m.write_config(&with_extra);
     assert_eq!(m.reload().await.status, 200);
@@ -163,7 +147,7 @@ async fn fifty_reloads_under_load_fail_not_one_request() {
         variants[1].replace("[pools.shop]", "[pools.shop]\nunknown_key = 1"),
         "[[listener]\nname = broken".to_string(),
     ];
-    let m = managed(&variants[0], false).await;
+    let m = tidegate(&variants[0]).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
@@ -253,7 +237,7 @@ async fn futures_join<const N: usize>(names: [&str; N]) -> Vec<TestBackend> {
 #[tokio::test]
 async fn pool_totals_survive_a_reload_that_replaces_every_backend() {
     let (b1, b2) = (backend("b1").await, backend("b2").await);
-    let m = managed(&shop(&[b1.addr], "least_conn", false), false).await;
+    let m = tidegate(&shop(&[b1.addr], "least_conn", false)).await;
     for _ in 0..5 {
         get(m.addr, "/").await;
     }

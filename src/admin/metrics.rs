@@ -1,58 +1,144 @@
-//! The Prometheus recorder behind `GET /metrics`.
+//! `GET /metrics`: the live families read from the snapshot's atomics,
+//! followed by the control-path events the recorder holds.
 //!
-//! Installed once per process, before the first backend exists (the first
-//! [`crate::state::State`] does it): metric handles bind to the recorder
-//! present when they are created, so handles made earlier would stay no-ops.
-//! The data path only touches handles kept on backends and queues.
+//! Control path, at scrape time only. Names and HELP texts come from
+//! `telemetry.rs`. A backend's series are written while it is in the
+//! snapshot (serving or draining) and vanish with it, so an autoscaled pool
+//! on ephemeral ports does not leak series.
 
-use std::sync::OnceLock;
+use super::Shared;
+use crate::pool::backend::CLASSES;
+use crate::pool::{BackendState, Pool};
+use crate::proxy::REASONS;
+use crate::telemetry::{self as t, write_header, write_histogram, write_sample};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::control::{CONFIG_RELOADS_TOTAL, POOL_BACKENDS};
-use crate::pool::backend::names;
-
-/// Histogram buckets for every `_seconds` metric: 1 ms to 30 s.
-const SECONDS_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+const STATES: [BackendState; 4] = [
+    BackendState::Active,
+    BackendState::Warming,
+    BackendState::Draining,
+    BackendState::Down,
 ];
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-
-/// The process's recorder handle, installing the recorder on first use.
-pub fn handle() -> &'static PrometheusHandle {
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
-            .expect("non-empty buckets")
-            .build_recorder();
-        let handle = recorder.handle();
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+/// The whole exposition text.
+pub(super) fn render(shared: &Shared) -> String {
+    let state = &shared.view.state;
+    let snapshot = state.load();
+    let pools = &snapshot.pools;
+    let mut out = String::with_capacity(4096 + pools.len() * 2048);
+    let header = |out: &mut String, name: &str| {
+        if let Some(f) = t::family(name) {
+            write_header(out, f);
         }
-        describe();
-        handle
-    })
+    };
+
+    header(&mut out, t::BUILD_INFO);
+    write_sample(&mut out, t::BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    header(&mut out, t::CONFIG_GENERATION);
+    write_sample(&mut out, t::CONFIG_GENERATION, &[], snapshot.generation as f64);
+
+    header(&mut out, t::REQUESTS_TOTAL);
+    for_backends(pools, |pool, b, addr| {
+        for (class, n) in CLASSES.iter().zip(b.response_counts()) {
+            write_sample(
+                &mut out,
+                t::REQUESTS_TOTAL,
+                &[("pool", pool), ("backend", addr), ("code", class)],
+                n as f64,
+            );
+        }
+    });
+    header(&mut out, t::REQUEST_DURATION_SECONDS);
+    for_backends(pools, |pool, b, addr| {
+        let (cumulative, count, sum) = b.duration().read();
+        write_histogram(
+            &mut out,
+            t::REQUEST_DURATION_SECONDS,
+            &[("pool", pool), ("backend", addr)],
+            &cumulative,
+            count,
+            sum,
+        );
+    });
+    header(&mut out, t::BACKEND_IN_FLIGHT);
+    for_backends(pools, |pool, b, addr| {
+        write_sample(
+            &mut out,
+            t::BACKEND_IN_FLIGHT,
+            &[("pool", pool), ("backend", addr)],
+            f64::from(b.in_flight()),
+        );
+    });
+
+    header(&mut out, t::POOL_BACKENDS);
+    for p in pools {
+        let mut counts = p.state_counts();
+        counts[BackendState::Draining as usize] += p.draining.iter().filter(|b| b.in_flight() > 0).count();
+        for s in STATES {
+            write_sample(
+                &mut out,
+                t::POOL_BACKENDS,
+                &[("pool", &p.name), ("state", s.as_str())],
+                counts[s as usize] as f64,
+            );
+        }
+    }
+    header(&mut out, t::POOL_QUEUE_DEPTH);
+    for p in pools {
+        write_sample(
+            &mut out,
+            t::POOL_QUEUE_DEPTH,
+            &[("pool", &p.name)],
+            p.shared.queue.depth() as f64,
+        );
+    }
+    header(&mut out, t::QUEUE_WAIT_SECONDS);
+    for p in pools {
+        let (cumulative, count, sum) = p.shared.queue.wait_histogram().read();
+        write_histogram(
+            &mut out,
+            t::QUEUE_WAIT_SECONDS,
+            &[("pool", &p.name)],
+            &cumulative,
+            count,
+            sum,
+        );
+    }
+
+    header(&mut out, t::PROXY_ERRORS_TOTAL);
+    let unrouted = state.unrouted_errors();
+    for (reason, n) in REASONS.iter().zip(unrouted) {
+        if n > 0 {
+            write_sample(
+                &mut out,
+                t::PROXY_ERRORS_TOTAL,
+                &[("pool", ""), ("reason", reason)],
+                n as f64,
+            );
+        }
+    }
+    for p in pools {
+        for (reason, n) in REASONS.iter().zip(p.shared.error_counts()) {
+            write_sample(
+                &mut out,
+                t::PROXY_ERRORS_TOTAL,
+                &[("pool", &p.name), ("reason", reason)],
+                n as f64,
+            );
+        }
+    }
+
+    let recorder = t::install();
+    recorder.run_upkeep();
+    out.push_str(&recorder.render());
+    out
 }
 
-fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        names::REQUESTS_TOTAL,
-        "Responses by pool, backend and status class (error = no response)"
-    );
-    describe_histogram!(
-        names::REQUEST_DURATION_SECONDS,
-        Unit::Seconds,
-        "Time from sending a request to its response head"
-    );
-    describe_histogram!(
-        names::QUEUE_WAIT_SECONDS,
-        Unit::Seconds,
-        "Time requests spent in a pool's queue"
-    );
-    describe_gauge!(names::POOL_QUEUE_DEPTH, "Requests waiting in a pool's queue");
-    describe_gauge!(names::BACKEND_IN_FLIGHT, "Requests in flight on a backend");
-    describe_gauge!(POOL_BACKENDS, "Backends of a pool by state");
-    describe_counter!(CONFIG_RELOADS_TOTAL, "Config reload attempts by result");
+/// Calls `f` for every backend of every pool, serving or draining, with
+/// the pool name and the address as text.
+fn for_backends(pools: &[std::sync::Arc<Pool>], mut f: impl FnMut(&str, &crate::pool::Backend, &str)) {
+    for p in pools {
+        for b in p.backends.iter().chain(&p.draining) {
+            f(&p.name, b, &b.address.to_string());
+        }
+    }
 }

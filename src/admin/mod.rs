@@ -2,12 +2,14 @@
 //! readiness, and `POST /reload`.
 //!
 //! Control path, on its own listener (loopback unless configured, and then
-//! only with a token). It reads the snapshot and atomics and never writes
-//! them; a reload is a request to the owner task in `control.rs`. With
+//! only with a token). It reads the snapshot, atomics, the control path's
+//! published view (`control::View`) and the autoscalers' statuses, and
+//! never writes them; a reload is a request to the owner task in
+//! `control/`. With
 //! `admin.token` set, every route needs `Authorization: Bearer <token>`
 //! (or `?token=` in the URL, for opening the dashboard in a browser).
 
-pub mod metrics;
+mod metrics;
 mod stats;
 
 use std::convert::Infallible;
@@ -24,15 +26,23 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::control::{Shared, Trigger};
-use crate::server::stopped;
+use crate::autoscale::live::Statuses;
+use crate::control::{Trigger, View};
+use crate::shutdown::accept;
 
 pub use stats::Stats;
+
+/// What the admin routes read.
+pub struct Shared {
+    pub view: Arc<View>,
+    pub autoscale: Arc<Statuses>,
+}
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves the admin routes until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, shared: Shared, mut shutdown: watch::Receiver<bool>) {
+    let shared = Arc::new(shared);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -40,9 +50,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
         .header_read_timeout(std::time::Duration::from_secs(10));
     let builder = Arc::new(builder);
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            _ = stopped(&mut shutdown) => return,
+        let Some((stream, _)) = accept(&listener, &mut shutdown, "admin").await else {
+            return;
         };
         let (shared, builder) = (Arc::clone(&shared), Arc::clone(&builder));
         tokio::spawn(async move {
@@ -71,7 +80,7 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Byte
 }
 
 fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
-    let snapshot = shared.state.load();
+    let snapshot = shared.view.state.load();
     let Some(token) = snapshot.config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
         return true;
     };
@@ -109,17 +118,17 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         (&Method::GET, "/metrics") => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(),
+            metrics::render(shared),
         ),
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {
-            if shared.ready.load(Ordering::SeqCst) {
+            if shared.view.ready.load(Ordering::SeqCst) {
                 respond(StatusCode::OK, "text/plain", "ready\n")
             } else {
                 respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
             }
         }
-        (&Method::POST, "/reload") => match shared.control.reload(Trigger::Admin).await {
+        (&Method::POST, "/reload") => match shared.view.control.reload(Trigger::Admin).await {
             Ok(generation) => json(
                 StatusCode::OK,
                 &serde_json::json!({ "ok": true, "generation": generation }),

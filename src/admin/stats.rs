@@ -6,11 +6,12 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::control::{ListenerInfo, ReloadLog, Shared};
-use crate::health::HealthDetail;
+use super::Shared;
+use crate::control::{ListenerInfo, ReloadLog};
+use crate::histogram::percentiles_ms;
 use crate::pool::backend::CLASSES;
+use crate::pool::health::HealthDetail;
 use crate::pool::Backend;
-use crate::stats::percentiles_ms;
 
 #[derive(Serialize)]
 pub struct Stats {
@@ -101,7 +102,8 @@ fn backend_stats(b: &Backend) -> BackendStats {
 }
 
 pub fn collect(shared: &Shared) -> Stats {
-    let snapshot = shared.state.load();
+    let view = &shared.view;
+    let snapshot = view.state.load();
     let pools = snapshot
         .pools
         .iter()
@@ -133,14 +135,14 @@ pub fn collect(shared: &Shared) -> Stats {
     Stats {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: SystemTime::now()
-            .duration_since(shared.started)
+            .duration_since(view.started)
             .map_or(0.0, |d| d.as_secs_f64()),
-        ready: shared.ready.load(std::sync::atomic::Ordering::SeqCst),
-        listeners: (*shared.listeners.load_full()).clone(),
+        ready: view.ready.load(std::sync::atomic::Ordering::SeqCst),
+        listeners: (*view.listeners.load_full()).clone(),
         config: ConfigStats {
             source: snapshot.config.source.clone(),
             generation: snapshot.generation,
-            reloads: (*shared.reloads.load_full()).clone(),
+            reloads: (*view.reloads.load_full()).clone(),
         },
         pools,
     }

@@ -5,16 +5,10 @@
 //! most `max_step_up` / `max_step_down` backends per decision, and no
 //! further scale-up within `cooldown_up` of the last one, no scale-down
 //! within `cooldown_down` of the last change of either kind. Time is
-//! passed in (seconds).
+//! passed in (seconds). The limits themselves are config
+//! ([`Guards`]).
 
-/// Limits on how the wanted size may move; `None` = unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Guards {
-    pub max_step_up: Option<u32>,
-    pub max_step_down: Option<u32>,
-    pub cooldown_up: u64,
-    pub cooldown_down: u64,
-}
+use crate::config::Guards;
 
 /// When the size last went up and last changed.
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,18 +1,26 @@
-//! The elastic pool's decision layer: control path, pure.
+//! The elastic pool: control path.
 //!
-//! `signal.rs` keeps one sample per second; `policy.rs` turns the history
-//! into a desired size (tidegate's default and faithful KPA/HPA baselines);
-//! `erlang.rs` is the queueing math the default policy and the simulator's
-//! oracle share. Nothing here does I/O or reads a clock, so the live loop
-//! and the simulator run the same code.
+//! **Pure** (no tokio, no I/O, no clock; time and randomness come in as
+//! arguments, and none of these import `state` or `pool`): `signal.rs`
+//! (one sample per second, a bounded history), `policy.rs` (tidegate's
+//! default and the KPA/HPA baselines), `erlang.rs` (the queueing math the
+//! policy and the simulator's oracle share), `forecast.rs` (per-minute
+//! history, same minutes yesterday and last week), `guard.rs` (step limits
+//! and cooldowns), `schedule.rs` (the flash-sale calendar's floor),
+//! `warmup.rs` (learning the provisioning delay, choosing scale-in
+//! victims) and `step.rs`, the one step function (sample -> decide ->
+//! guard -> floor) that the live loop and `tidegate simulate` both run.
+//!
+//! **I/O**: `hook/` (one file per provisioner kind behind one trait) and
+//! `live/` (the per-pool loop on tokio, its status, the history file).
 
 pub mod erlang;
 pub mod forecast;
 pub mod guard;
-pub mod history_file;
 pub mod hook;
+pub mod live;
 pub mod policy;
-pub mod run;
 pub mod schedule;
 pub mod signal;
+pub mod step;
 pub mod warmup;

@@ -2,9 +2,10 @@
 //!
 //! Each member the hook reports for the first time is timed from the start
 //! of the call that asked for it until its health check passes. The
-//! observed times teach the provisioning delay the policy and the forecast
-//! use (the configured value is only the guess before the first
-//! observation). A member still not ready after the deadline is overdue:
+//! observed times teach the provisioning delay ([`DelayEstimate`]) that the
+//! policy and the forecast use (the configured value is only the guess
+//! before the first observation). A member still not ready after the
+//! deadline is overdue:
 //! the live loop reports it and asks the hook to replace it. On the way
 //! down, [`Warmup::victims`] picks the members to drain: the ones not
 //! serving yet, then the youngest (still in slow start, coldest caches), so
@@ -18,27 +19,23 @@ use std::net::SocketAddr;
 /// Weight of a new observation in the learned delay.
 const ALPHA: f64 = 0.3;
 
-#[derive(Debug, Clone)]
-pub struct Warmup {
+/// The provisioning delay to plan with: the configured guess until the
+/// first observation, then an EWMA of observed warm-ups.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DelayEstimate {
     configured: f64,
     learned: Option<f64>,
-    /// Members reported and not ready yet: when they were asked for.
-    pending: HashMap<SocketAddr, f64>,
-    /// Every member reported: when it was first asked for.
-    joined: HashMap<SocketAddr, f64>,
 }
 
-impl Warmup {
-    pub fn new(configured_delay: f64) -> Warmup {
-        Warmup {
+impl DelayEstimate {
+    pub fn new(configured_delay: f64) -> DelayEstimate {
+        DelayEstimate {
             configured: configured_delay,
             learned: None,
-            pending: HashMap::new(),
-            joined: HashMap::new(),
         }
     }
 
-    /// The provisioning delay to plan with, seconds.
+    /// Seconds.
     pub fn delay(&self) -> f64 {
         self.learned.unwrap_or(self.configured)
     }
@@ -47,6 +44,23 @@ impl Warmup {
         self.learned.is_some()
     }
 
+    /// One member took `observed` seconds from being asked for to ready.
+    pub fn observe(&mut self, observed: f64) {
+        let observed = observed.max(0.0);
+        self.learned = Some(self.learned.map_or(observed, |l| l + ALPHA * (observed - l)));
+    }
+}
+
+/// The members asked for and not yet ready, and when each joined.
+#[derive(Debug, Clone, Default)]
+pub struct Warmup {
+    /// Members reported and not ready yet: when they were asked for.
+    pending: HashMap<SocketAddr, f64>,
+    /// Every member reported: when it was first asked for.
+    joined: HashMap<SocketAddr, f64>,
+}
+
+impl Warmup {
     /// The hook answered a call begun at `asked_at`; `new` are the members it
     /// reported for the first time.
     pub fn reported(&mut self, new: impl IntoIterator<Item = SocketAddr>, asked_at: f64) {
@@ -74,12 +88,11 @@ impl Warmup {
         order.into_iter().take(n).map(|(_, _, a)| a).collect()
     }
 
-    /// A pending member passed its health check at `now`: learn from it.
-    pub fn ready(&mut self, addr: SocketAddr, now: f64) {
-        if let Some(asked) = self.pending.remove(&addr) {
-            let observed = (now - asked).max(0.0);
-            self.learned = Some(self.learned.map_or(observed, |l| l + ALPHA * (observed - l)));
-        }
+    /// A pending member passed its health check at `now`: the seconds it
+    /// took since it was asked for (once per member).
+    pub fn ready(&mut self, addr: SocketAddr, now: f64) -> Option<f64> {
+        let asked = self.pending.remove(&addr)?;
+        Some((now - asked).max(0.0))
     }
 
     pub fn pending(&self) -> impl Iterator<Item = SocketAddr> + '_ {
@@ -109,16 +122,16 @@ mod tests {
 
     #[test]
     fn learns_the_delay_from_observed_warm_ups() {
-        let mut w = Warmup::new(30.0);
-        assert_eq!(w.delay(), 30.0, "the configured guess until something is observed");
+        let mut w = Warmup::default();
+        let mut d = DelayEstimate::new(30.0);
+        assert_eq!(d.delay(), 30.0, "the configured guess until something is observed");
         w.reported([addr(1), addr(2)], 100.0);
-        w.ready(addr(1), 108.0);
-        assert!(w.is_learned());
-        assert_eq!(w.delay(), 8.0, "the first observation replaces the guess");
-        w.ready(addr(2), 118.0);
-        assert!((w.delay() - (8.0 + 0.3 * 10.0)).abs() < 1e-9);
-        w.ready(addr(2), 500.0);
-        assert!((w.delay() - 11.0).abs() < 1e-9, "a member is learned from once");
+        d.observe(w.ready(addr(1), 108.0).unwrap());
+        assert!(d.is_learned());
+        assert_eq!(d.delay(), 8.0, "the first observation replaces the guess");
+        d.observe(w.ready(addr(2), 118.0).unwrap());
+        assert!((d.delay() - (8.0 + 0.3 * 10.0)).abs() < 1e-9);
+        assert_eq!(w.ready(addr(2), 500.0), None, "a member is learned from once");
         // Reported again by a later answer: still timed from the first ask.
         w.reported([addr(3)], 200.0);
         w.reported([addr(3)], 205.0);
@@ -127,7 +140,7 @@ mod tests {
 
     #[test]
     fn scale_in_drains_members_not_serving_then_the_youngest() {
-        let mut w = Warmup::new(30.0);
+        let mut w = Warmup::default();
         w.reported([addr(1), addr(2)], 0.0);
         w.reported([addr(3)], 100.0);
         w.reported([addr(4)], 200.0);
@@ -155,13 +168,13 @@ mod tests {
 
     #[test]
     fn overdue_members_are_the_ones_past_the_deadline() {
-        let mut w = Warmup::new(30.0);
+        let mut w = Warmup::default();
         w.reported([addr(1)], 0.0);
         w.reported([addr(2)], 50.0);
         assert!(w.overdue(60.0, 60.0).is_empty());
         assert_eq!(w.overdue(61.0, 60.0), vec![addr(1)]);
         w.retain(&[addr(2)]);
         assert_eq!(w.overdue(200.0, 60.0), vec![addr(2)]);
-        assert_eq!(w.delay(), 30.0, "a forgotten member teaches nothing");
+        assert_eq!(w.ready(addr(1), 201.0), None, "a forgotten member teaches nothing");
     }
 }

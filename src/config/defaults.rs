@@ -58,6 +58,9 @@ pub const SCALE_DOWN_WINDOW: Duration = Duration::from_secs(45);
 /// Autoscaling: a provisioned member not healthy this long after the hook
 /// reported it is replaced.
 pub const READY_DEADLINE: Duration = Duration::from_secs(300);
+/// Autoscaling: a draining member is removed after this long even with
+/// requests still open (a WebSocket would otherwise pin it forever).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Autoscaling: the queue-wait SLO the default policy sizes for.
 pub const AUTOSCALE_SLO: Duration = Duration::from_millis(100);
 /// Autoscaling: a hook call that takes longer failed.

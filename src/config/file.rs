@@ -124,6 +124,8 @@ pub struct RawAutoscale {
     pub slo: Option<HumanDuration>,
     /// A provisioned member not healthy within this long is replaced.
     pub ready_deadline: Option<HumanDuration>,
+    /// A draining member is removed after this long even with requests open.
+    pub drain_timeout: Option<HumanDuration>,
     /// At most this many backends more / fewer per decision.
     pub max_step_up: Option<Spanned<u32>>,
     pub max_step_down: Option<Spanned<u32>>,

@@ -10,6 +10,7 @@
 
 pub mod defaults;
 mod file;
+pub mod schedule;
 pub mod units;
 mod validate;
 pub mod watch;
@@ -169,10 +170,22 @@ pub struct AutoscaleConfig {
     /// A provisioned member that is not healthy this long after the hook
     /// reported it is reported and replaced.
     pub ready_deadline: Duration,
+    /// A draining member is removed after this long even if requests (a
+    /// long WebSocket, say) are still open on it.
+    pub drain_timeout: Duration,
     /// Step limits and cooldowns on the wanted size.
-    pub guards: crate::autoscale::guard::Guards,
+    pub guards: Guards,
     /// Scheduled capacity (a floor while an entry is in force).
-    pub schedule: Vec<crate::autoscale::schedule::Entry>,
+    pub schedule: Vec<schedule::Entry>,
+}
+
+/// The operator's limits on how the wanted size may move; `None` = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Guards {
+    pub max_step_up: Option<u32>,
+    pub max_step_down: Option<u32>,
+    pub cooldown_up: u64,
+    pub cooldown_down: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

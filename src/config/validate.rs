@@ -17,10 +17,9 @@ use super::file::{
     RawAutoscale, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool, RawUpstream,
 };
 use super::{
-    Admin, AutoscaleConfig, BackendConfig, Balance, CertificatePaths, CheckKind, Config, ConfigError, HashKey,
+    Admin, AutoscaleConfig, BackendConfig, Balance, CertificatePaths, CheckKind, Config, ConfigError, Guards, HashKey,
     HealthCheck, HookConfig, Limits, Listener, PassiveHealth, PoolConfig, Route, Runtime, Tls, UpstreamProtocol,
 };
-use crate::autoscale::guard::Guards;
 
 /// Hyper refuses read buffers smaller than this.
 const MIN_HEADER_BYTES: usize = 8192;
@@ -485,7 +484,7 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale) -> Result<A
     };
     let mut schedule = Vec::with_capacity(a.schedule.len());
     for (i, e) in a.schedule.into_iter().enumerate() {
-        use crate::autoscale::schedule::{parse_when, Entry, When};
+        use super::schedule::{parse_when, Entry, When};
         let k = format!("{key}.schedule[{i}]");
         let start = parse_when(e.start.get_ref()).map_err(|m| cx.error(e.start.span(), format!("{k}.start"), m))?;
         let end = parse_when(e.end.get_ref()).map_err(|m| cx.error(e.end.span(), format!("{k}.end"), m))?;
@@ -525,6 +524,7 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale) -> Result<A
         scale_down_window: a.scale_down_window.map_or(d::SCALE_DOWN_WINDOW, |t| t.0),
         slo: a.slo.map_or(d::AUTOSCALE_SLO, |t| t.0),
         ready_deadline: a.ready_deadline.map_or(d::READY_DEADLINE, |t| t.0),
+        drain_timeout: a.drain_timeout.map_or(d::DRAIN_TIMEOUT, |t| t.0),
     })
 }
 

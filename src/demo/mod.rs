@@ -1,19 +1,23 @@
 //! The demo: tidegate on the embedded `conf/demo.toml` plus one
-//! `tidegate backend` child process per backend address in it.
+//! `tidegate backend` child process per static backend address in it, and a
+//! flash sale played against it.
 //!
-//! Control path (start-up only). Children are started with
-//! `kill_on_drop`, and [`Children::stop`] ends them by PID when tidegate
-//! stops, so a demo never leaves processes behind.
+//! Tooling: only `main.rs` imports this module. `shop.rs` is the simulated
+//! shop backend (`tidegate backend`), `load.rs` the load generator.
+//! Children are started with `kill_on_drop`, and [`Children::stop`] ends
+//! them by PID when tidegate stops, so a demo never leaves processes
+//! behind.
 
-pub mod backend;
 pub mod load;
+pub mod shop;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
+use crate::autoscale::hook::backend_command;
 use crate::config::Config;
 
 /// Service time each demo backend spends per request.
@@ -61,17 +65,6 @@ impl Children {
             let _ = child.wait().await;
         }
     }
-}
-
-/// `tidegate backend` on `addr`, named after it, ended when its handle is
-/// dropped: the demo's children and the `local` provisioner's.
-pub fn backend_command(exe: &Path, addr: SocketAddr, service_time: Duration, concurrency: usize) -> Command {
-    let mut cmd = Command::new(exe);
-    cmd.args(["backend", "--listen", &addr.to_string(), "--name", &addr.to_string()])
-        .args(["--service-time", &format!("{}ms", service_time.as_millis())])
-        .args(["--concurrency", &concurrency.to_string()])
-        .kill_on_drop(true);
-    cmd
 }
 
 async fn wait_until_accepting(addr: SocketAddr) -> std::io::Result<()> {

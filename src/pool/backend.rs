@@ -12,20 +12,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use metrics::{Counter, Gauge, Histogram};
-
-use super::upstream::Upstream;
-use crate::health::Health;
-use crate::stats::LatencyHistogram;
-
-/// Metric names: one constant each, with unit suffixes.
-pub mod names {
-    pub const REQUESTS_TOTAL: &str = "tidegate_requests_total";
-    pub const REQUEST_DURATION_SECONDS: &str = "tidegate_request_duration_seconds";
-    pub const BACKEND_IN_FLIGHT: &str = "tidegate_backend_in_flight";
-    pub const QUEUE_WAIT_SECONDS: &str = "tidegate_queue_wait_seconds";
-    pub const POOL_QUEUE_DEPTH: &str = "tidegate_pool_queue_depth";
-}
+use super::health::Health;
+use crate::histogram::{LatencyHistogram, SecondsHistogram};
+use crate::upstream::Upstream;
 
 /// Where a backend stands in its life cycle. Only `Active` takes new requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,20 +74,8 @@ pub struct Backend {
     latency: LatencyHistogram,
     pub health: Health,
     pub upstream: Upstream,
-    metrics: BackendMetrics,
-}
-
-struct BackendMetrics {
-    responses: [Counter; 6],
-    duration: Histogram,
-    in_flight: Gauge,
-}
-
-/// Nanoseconds since the process's first call: the clock the EWMA uses.
-/// Tokio's clock, so paused-time tests control it.
-pub fn clock_ns() -> u64 {
-    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(tokio::time::Instant::now).elapsed().as_nanos() as u64
+    /// Time to the response head in Prometheus buckets, for `/metrics`.
+    duration: SecondsHistogram,
 }
 
 /// Index into [`CLASSES`]: 1xx..5xx, or `error` when there was no response.
@@ -118,13 +95,6 @@ const EWMA_INITIAL_NS: f64 = 1_000_000.0;
 
 impl Backend {
     pub fn new(pool: Arc<str>, address: SocketAddr, weight: u32, limit: u32, max_idle: usize) -> Backend {
-        let label = address.to_string();
-        let counter = |class: &'static str| metrics::counter!(names::REQUESTS_TOTAL, "pool" => pool.to_string(), "backend" => label.clone(), "code" => class);
-        let metrics = BackendMetrics {
-            responses: CLASSES.map(counter),
-            duration: metrics::histogram!(names::REQUEST_DURATION_SECONDS, "pool" => pool.to_string(), "backend" => label.clone()),
-            in_flight: metrics::gauge!(names::BACKEND_IN_FLIGHT, "pool" => pool.to_string(), "backend" => label),
-        };
         Backend {
             address,
             pool,
@@ -141,7 +111,7 @@ impl Backend {
             latency: LatencyHistogram::default(),
             health: Health::default(),
             upstream: Upstream::new(max_idle),
-            metrics,
+            duration: SecondsHistogram::default(),
         }
     }
 
@@ -228,20 +198,14 @@ impl Backend {
     #[inline]
     fn claim_below_limit(&self) -> bool {
         let limit = self.limit();
-        let claimed = self
-            .in_flight
+        self.in_flight
             .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| (n < limit).then_some(n + 1))
-            .is_ok();
-        if claimed {
-            self.metrics.in_flight.increment(1.0);
-        }
-        claimed
+            .is_ok()
     }
 
     #[inline]
     pub(crate) fn release_slot(&self) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.metrics.in_flight.decrement(1.0);
     }
 
     /// Records a finished exchange: status class (`None` = no response) and
@@ -250,8 +214,7 @@ impl Backend {
     pub fn record(&self, status: Option<u16>, elapsed_ns: u64, now_ns: u64, decay_ns: f64) -> usize {
         let class = status_class(status);
         self.responses[class].fetch_add(1, Ordering::Relaxed);
-        self.metrics.responses[class].increment(1);
-        self.metrics.duration.record(elapsed_ns as f64 / 1e9);
+        self.duration.record_ns(elapsed_ns);
         self.latency.record_ns(elapsed_ns);
         if status.is_some() {
             self.observe_latency(elapsed_ns as f64, now_ns, decay_ns);
@@ -285,6 +248,11 @@ impl Backend {
     /// Time-to-response-head histogram (cumulative since start).
     pub fn latency(&self) -> &LatencyHistogram {
         &self.latency
+    }
+
+    /// Time to the response head in Prometheus buckets.
+    pub fn duration(&self) -> &SecondsHistogram {
+        &self.duration
     }
 
     /// Responses counted per class, in [`CLASSES`] order.

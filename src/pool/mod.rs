@@ -1,14 +1,18 @@
 //! A pool: the backends one route sends to, and how a request gets a slot
 //! on one of them.
 //!
-//! `backend.rs` is the per-backend object the data path reads (atomics) and
-//! the control path carries across reloads; `upstream.rs` holds the
-//! keep-alive connections to one backend. [`Pool`] is one generation's view
-//! of a pool (immutable once published in a snapshot); its [`Queue`] and
-//! round-robin cursor live in [`PoolShared`], which outlives generations.
+//! Data path, below the proxy: imports only `balance`, `upstream`,
+//! `histogram`, `config` and `clock`. `backend.rs` is the per-backend object
+//! the data path reads (atomics) and the control path carries across
+//! reloads; `queue.rs` is admission's bounded FIFO and the in-flight guard;
+//! `health/` keeps each backend's health (probe streaks, passive ejection,
+//! slow start). [`Pool`] is one generation's view of a pool (immutable once
+//! published in a snapshot); its [`Queue`] and round-robin cursor live in
+//! [`PoolShared`], which outlives generations.
 
 pub mod backend;
-pub mod upstream;
+pub mod health;
+pub mod queue;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,8 +22,8 @@ pub use backend::{Backend, BackendState};
 
 use crate::balance::{Balancer, PickContext};
 use crate::config::PoolConfig;
-use crate::queue::{InFlight, Queue, QueueError};
-use crate::stats::LatencyHistogram;
+use crate::histogram::LatencyHistogram;
+pub use queue::{InFlight, Queue, QueueError, Waiting};
 
 /// Times a request re-picks after losing a claim race before queueing.
 const CLAIM_ATTEMPTS: usize = 4;
@@ -33,17 +37,38 @@ pub struct PoolShared {
     responses: [AtomicU64; 6],
     latency: LatencyHistogram,
     arrivals: AtomicU64,
+    /// Responses tidegate answered itself for this pool, by reason index
+    /// (the proxy's error labels).
+    errors: [AtomicU64; ERROR_SLOTS],
 }
+
+/// Reason slots counted per pool (the proxy has fewer reasons than this).
+pub const ERROR_SLOTS: usize = 24;
 
 impl PoolShared {
     pub fn new(config: &PoolConfig) -> PoolShared {
         PoolShared {
-            queue: Arc::new(Queue::new(&config.name, config.queue_max_depth)),
+            queue: Arc::new(Queue::new(config.queue_max_depth)),
             rr_cursor: Arc::new(AtomicUsize::new(0)),
             responses: Default::default(),
             latency: LatencyHistogram::default(),
             arrivals: AtomicU64::new(0),
+            errors: Default::default(),
         }
+    }
+
+    /// Data path: tidegate answered a request of this pool itself, for the
+    /// reason at `index` (out of range is ignored).
+    #[inline]
+    pub fn count_error(&self, index: usize) {
+        if let Some(c) = self.errors.get(index) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Errors counted since the pool was created, by reason index.
+    pub fn error_counts(&self) -> [u64; ERROR_SLOTS] {
+        std::array::from_fn(|i| self.errors[i].load(Ordering::Relaxed))
     }
 
     /// Data path: a request was routed to this pool (the autoscaler's
@@ -90,6 +115,9 @@ pub struct Pool {
     pub backends: Vec<Arc<Backend>>,
     /// Removed backends still finishing requests; shown in stats, never picked.
     pub draining: Vec<Arc<Backend>>,
+    /// The members the provisioner provides (autoscaled pools; the one
+    /// place membership is held). Static members are in `config.backends`.
+    pub provisioned: Vec<SocketAddr>,
     pub balancer: Balancer,
     pub shared: Arc<PoolShared>,
 }
@@ -168,5 +196,39 @@ impl Pool {
     /// Position of a backend in `backends`, by identity.
     pub fn index_of(&self, backend: &Arc<Backend>) -> Option<usize> {
         self.backends.iter().position(|b| Arc::ptr_eq(b, backend))
+    }
+}
+
+/// A pool named `p` built from the TOML of a `[pools.p]` table, for unit
+/// tests below the state layer.
+#[cfg(test)]
+pub(crate) fn test_pool(pool_toml: &str) -> Pool {
+    let text = format!("[[listener]]\nname = \"w\"\nlisten = \"127.0.0.1:0\"\n[pools.p]\n{pool_toml}\n");
+    let config = crate::config::Config::parse(&text, "t", std::path::Path::new(".")).expect("valid test pool");
+    let pc = Arc::clone(&config.pools["p"]);
+    let shared = Arc::new(PoolShared::new(&pc));
+    let name: Arc<str> = Arc::from("p");
+    let backends: Vec<Arc<Backend>> = pc
+        .backends
+        .iter()
+        .map(|b| {
+            Arc::new(Backend::new(
+                Arc::clone(&name),
+                b.address,
+                b.weight,
+                pc.max_concurrency,
+                pc.max_idle_per_backend,
+            ))
+        })
+        .collect();
+    let balancer = Balancer::new(pc.balance, &backends, Arc::clone(&shared.rr_cursor));
+    Pool {
+        name,
+        config: pc,
+        backends,
+        draining: Vec::new(),
+        provisioned: Vec::new(),
+        balancer,
+        shared,
     }
 }

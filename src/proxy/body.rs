@@ -1,12 +1,11 @@
-//! Bodies that stream through tidegate, never buffered whole.
+//! The body returned to the client, never buffered whole.
 //!
-//! Data path. [`RequestBody`] is the client's body on its way to a backend,
-//! enforcing the route's size limit as bytes pass. [`ResponseBody`] is what
-//! goes back to the client: either the backend's body, carrying the
+//! Data path. [`ResponseBody`] is either the backend's body, carrying the
 //! request's in-flight slot and its keep-alive connection until the last
 //! byte has gone (so in-flight falls when the response has really finished,
 //! and a half-read connection is never reused), or a short body tidegate
-//! wrote itself.
+//! wrote itself. (The request body on its way to a backend is
+//! `upstream::body::RequestBody`.)
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -16,123 +15,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 
-use crate::queue::InFlight;
-
-/// The request body exceeded the route's `max_body`.
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the limit of {limit} bytes")]
-pub struct BodyTooLarge {
-    pub limit: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RequestBodyError {
-    #[error(transparent)]
-    TooLarge(#[from] BodyTooLarge),
-    #[error("reading the client's body: {0}")]
-    Client(#[from] hyper::Error),
-}
-
-/// The client's request body with a byte limit.
-pub struct RequestBody {
-    inner: Option<Incoming>,
-    /// A frame read ahead by [`RequestBody::prime`], sent first.
-    first: Option<Frame<Bytes>>,
-    limit: u64,
-    seen: u64,
-}
-
-impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
-        RequestBody {
-            inner: Some(inner),
-            first: None,
-            limit,
-            seen: 0,
-        }
-    }
-
-    pub fn empty() -> RequestBody {
-        RequestBody {
-            inner: None,
-            first: None,
-            limit: 0,
-            seen: 0,
-        }
-    }
-
-    /// Reads the first frame before any backend is involved, so a body
-    /// that is malformed from its first byte (a bad chunk size, an HTTP/2
-    /// length mismatch) or already over the limit fails here, and the
-    /// request never reaches a backend. It also means a slow uploader holds
-    /// no backend slot while tidegate waits for its first bytes.
-    pub async fn prime(&mut self) -> Result<(), RequestBodyError> {
-        use http_body_util::BodyExt;
-        if self.first.is_some() || self.is_end_stream() {
-            return Ok(());
-        }
-        match self.frame().await {
-            Some(Ok(frame)) => self.first = Some(frame),
-            Some(Err(e)) => return Err(e),
-            None => {}
-        }
-        Ok(())
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = RequestBodyError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        if let Some(frame) = this.first.take() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.seen += data.len() as u64;
-                    if this.seen > this.limit {
-                        this.inner = None;
-                        return Poll::Ready(Some(Err(BodyTooLarge { limit: this.limit }.into())));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        // An exact hint makes the upstream request length-delimited, as the
-        // client's was; chunked stays chunked. A primed frame counts too.
-        let inner = self
-            .inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
-        let first = self
-            .first
-            .as_ref()
-            .and_then(Frame::data_ref)
-            .map_or(0, |d| d.len() as u64);
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + first);
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + first);
-        }
-        hint
-    }
-}
+use crate::pool::InFlight;
+use crate::upstream::body::RequestBody;
 
 /// What a finished upstream body gives back.
 struct Lease {

@@ -12,9 +12,21 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
 use super::body::ResponseBody;
-use crate::pool::upstream::ConnectError;
-use crate::pool::AdmitError;
-use crate::queue::QueueError;
+use crate::pool::{AdmitError, QueueError};
+use crate::upstream::ConnectError;
+
+/// Every error label, indexed by [`ProxyError::index`].
+pub const REASONS: [&str; 9] = [
+    "bad_request",
+    "payload_too_large",
+    "no_route",
+    "no_backend",
+    "queue_full",
+    "queue_timeout",
+    "connect_failed",
+    "response_timeout",
+    "upstream_failed",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -60,18 +72,25 @@ impl ProxyError {
         }
     }
 
-    /// Stable label for logs and metrics.
+    /// Stable label for the `x-tidegate-error` header, logs and the
+    /// `reason` of `tidegate_proxy_errors_total`.
     pub fn label(&self) -> &'static str {
+        REASONS[self.index()]
+    }
+
+    /// Position of [`ProxyError::label`] in [`REASONS`] (the per-pool error
+    /// counters are indexed by it).
+    pub fn index(&self) -> usize {
         match self {
-            ProxyError::BadRequest(_) => "bad_request",
-            ProxyError::PayloadTooLarge => "payload_too_large",
-            ProxyError::NoRoute => "no_route",
-            ProxyError::NoBackend => "no_backend",
-            ProxyError::QueueFull => "queue_full",
-            ProxyError::QueueTimeout => "queue_timeout",
-            ProxyError::Connect(_) => "connect_failed",
-            ProxyError::ResponseTimeout => "response_timeout",
-            ProxyError::Upstream(_) => "upstream_failed",
+            ProxyError::BadRequest(_) => 0,
+            ProxyError::PayloadTooLarge => 1,
+            ProxyError::NoRoute => 2,
+            ProxyError::NoBackend => 3,
+            ProxyError::QueueFull => 4,
+            ProxyError::QueueTimeout => 5,
+            ProxyError::Connect(_) => 6,
+            ProxyError::ResponseTimeout => 7,
+            ProxyError::Upstream(_) => 8,
         }
     }
 
@@ -80,9 +99,11 @@ impl ProxyError {
         if status.is_server_error() {
             tracing::debug!(error = %self, "request failed");
         }
+        // The client learns which failure it was, never the internals
+        // behind it (addresses, OS errors): those go to the log above.
         let body = match &self {
             ProxyError::BadRequest(why) => format!("tidegate: bad request: {why}\n"),
-            other => format!("tidegate: {other}\n"),
+            other => format!("tidegate: {}\n", other.label()),
         };
         let mut resp = Response::new(ResponseBody::full(body));
         *resp.status_mut() = status;

@@ -1,45 +1,58 @@
 //! The per-request handler: route, admit, forward, respond.
 //!
-//! Data path. One [`Proxy`] service per client connection (a `tower`
-//! service, served by hyper); for each request it:
-//! 1. loads the live snapshot once and rejects ambiguous framing (400);
+//! Data path, above `pool/`, `balance/` and `upstream/`, below nothing but
+//! `server/` (it never imports the control path). One [`Proxy`] service per
+//! client connection (a `tower` service, served by hyper); for each request
+//! it:
+//! 1. loads the live snapshot once and rejects ambiguous framing (400,
+//!    `request.rs`);
 //! 2. routes host + path to a pool, enforcing the route's body limit (413);
 //! 3. gets an in-flight slot from the pool's admission (pick, or queue);
 //! 4. rewrites headers and sends the request over a pooled keep-alive
-//!    connection; a connect failure (nothing sent) tries another backend;
+//!    connection (`send.rs`); a connect failure (nothing sent) tries another
+//!    backend;
 //! 5. returns the backend's response with the slot moved into its body, so
 //!    in-flight falls when the body has finished streaming;
-//! 6. tunnels the connection both ways after a `101 Switching Protocols`.
+//! 6. tunnels the connection both ways after a `101 Switching Protocols`
+//!    (`upgrade.rs`).
 //!
-//! Every failure is a [`ProxyError`], turned into a response in one place.
+//! Every failure is a [`ProxyError`], turned into a response and counted
+//! (per pool, or before routing) in one place: [`Proxy::call`].
 
 pub mod body;
 mod error;
 pub mod headers;
+mod request;
+mod send;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 
-pub use body::{RequestBody, ResponseBody};
-pub use error::ProxyError;
+pub use body::ResponseBody;
+pub use error::{ProxyError, REASONS};
 
-use crate::balance::{hash_bytes, Balancer, PickContext};
-use crate::config::{HashKey, PoolConfig, UpstreamProtocol};
-use crate::health;
-use crate::pool::upstream::ConnectError;
-use crate::pool::{backend, AdmitError, Backend};
-use crate::queue::InFlight;
-use crate::state::State;
+use crate::balance::{Balancer, PickContext};
+use crate::clock::clock_ns;
+use crate::config::defaults::EWMA_DECAY;
+use crate::pool::health::passive_outcome;
+use crate::pool::{AdmitError, InFlight};
+use crate::state::{Snapshot, State};
+use crate::upstream::body::RequestBodyError;
+use request::{
+    affinity_key, check_framing, content_length, has_no_body, head_of, is_idempotent, rebuild, request_host,
+    upstream_request,
+};
+use send::{is_body_too_large, send, SendError};
+use upgrade::{tunnel, wants_upgrade};
 
 /// The proxy service for one client connection.
 #[derive(Clone)]
@@ -47,7 +60,7 @@ pub struct Proxy {
     conn: Arc<ConnContext>,
 }
 
-struct ConnContext {
+pub(crate) struct ConnContext {
     state: Arc<State>,
     client: SocketAddr,
     tls: bool,
@@ -73,25 +86,47 @@ impl tower::Service<Request<Incoming>> for Proxy {
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let conn = Arc::clone(&self.conn);
         Box::pin(async move {
-            Ok(match forward(&conn, req).await {
+            let mut at = Place {
+                snapshot: conn.state.load(),
+                pool: None,
+            };
+            Ok(match forward(&conn, req, &mut at).await {
                 Ok(resp) => resp,
-                Err(e) => e.into_response(),
+                Err(e) => {
+                    match at.pool {
+                        Some(i) => at.snapshot.pools[i].shared.count_error(e.index()),
+                        None => conn.state.count_error(e.index()),
+                    }
+                    e.into_response()
+                }
             })
         })
     }
 }
 
-async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
-    let snapshot = conn.state.load();
+/// Where a request stands: the snapshot it uses and, once routed, its pool.
+struct Place {
+    snapshot: Arc<Snapshot>,
+    pool: Option<usize>,
+}
+
+async fn forward(
+    conn: &ConnContext,
+    mut req: Request<Incoming>,
+    at: &mut Place,
+) -> Result<Response<ResponseBody>, ProxyError> {
     check_framing(&req)?;
-    let target = snapshot
+    let target = at
+        .snapshot
         .router
         .route(request_host(&req), req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
-    let pool = &snapshot.pools[target.pool];
+    at.pool = Some(target.pool);
+    let max_body = at.snapshot.config.routes[target.route].max_body;
+    let pool = &at.snapshot.pools[target.pool];
     pool.shared.count_arrival();
     let cfg = &*pool.config;
-    if content_length(req.headers()).is_some_and(|n| n > target.max_body) {
+    if content_length(req.headers()).is_some_and(|n| n > max_body) {
         return Err(ProxyError::PayloadTooLarge);
     }
     let upgrade = wants_upgrade(&req);
@@ -101,10 +136,10 @@ async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Respo
         _ => None,
     };
     let replayable = cfg.retry_idempotent && is_idempotent(req.method()) && has_no_body(&req);
-    let mut first = upstream_request(req, upgrade, conn, cfg, target.max_body);
+    let mut first = upstream_request(req, upgrade, conn, cfg, max_body);
     first.body_mut().prime().await.map_err(|e| match e {
-        body::RequestBodyError::TooLarge(_) => ProxyError::PayloadTooLarge,
-        body::RequestBodyError::Client(_) => ProxyError::BadRequest("malformed request body"),
+        RequestBodyError::TooLarge(_) => ProxyError::PayloadTooLarge,
+        RequestBodyError::Client(_) => ProxyError::BadRequest("malformed request body"),
     })?;
     let mut request = Some(first);
     let replay = replayable.then(|| head_of(request.as_ref().expect("just built")));
@@ -113,9 +148,9 @@ async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Respo
     let mut exclude: Vec<usize> = Vec::new();
     let mut connect_failures = 0;
     let mut replays_left = u32::from(replayable);
-    let (mut snapshot, mut pool_index) = (snapshot, target.pool);
     loop {
-        let pool = &snapshot.pools[pool_index];
+        let snapshot = Arc::clone(&at.snapshot);
+        let pool = &snapshot.pools[at.pool.expect("routed")];
         let cfg = &*pool.config;
         let mut cx = PickContext {
             rng: &mut rng,
@@ -136,7 +171,10 @@ async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Respo
                     .router
                     .route(request_host(req), req.uri().path())
                     .ok_or(ProxyError::NoRoute)?;
-                (snapshot, pool_index) = (fresh, target.pool);
+                *at = Place {
+                    snapshot: fresh,
+                    pool: Some(target.pool),
+                };
                 exclude.clear();
                 continue;
             }
@@ -147,16 +185,15 @@ async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Respo
         let outcome = send(cfg, &backend, request.take().expect("a request per attempt")).await;
         let elapsed_ns = started.elapsed().as_nanos() as u64;
         let status = outcome.as_ref().ok().map(|(r, _)| r.status().as_u16());
-        let now_ns = backend::clock_ns();
-        let decay_ns = crate::config::defaults::EWMA_DECAY.as_nanos() as f64;
-        let class = backend.record(status, elapsed_ns, now_ns, decay_ns);
+        let now_ns = clock_ns();
+        let class = backend.record(status, elapsed_ns, now_ns, EWMA_DECAY.as_nanos() as f64);
         pool.shared.record(class, elapsed_ns);
         let failed = match &outcome {
             Ok((r, _)) => r.status().is_server_error(),
             Err(SendError::Connect(..)) | Err(SendError::Timeout) => true,
             Err(SendError::Failed(e)) => !is_body_too_large(e),
         };
-        health::passive_outcome(pool, &backend, failed, now_ns);
+        passive_outcome(pool, &backend, failed, now_ns);
         match outcome {
             Ok((resp, sender)) => return Ok(respond(resp, sender, slot, client_upgrade)),
             Err(SendError::Connect(e, back)) => {
@@ -186,251 +223,12 @@ async fn forward(conn: &ConnContext, mut req: Request<Incoming>) -> Result<Respo
     }
 }
 
-/// Ambiguous or malformed framing is refused before anything is sent.
-/// (hyper already refuses conflicting `Content-Length` values, a
-/// `Transfer-Encoding` not ending in `chunked`, bad chunk sizes and control
-/// characters in fields.)
-fn check_framing(req: &Request<Incoming>) -> Result<(), ProxyError> {
-    let h = req.headers();
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding"));
-    }
-    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Err(ProxyError::BadRequest("more than one Content-Length"));
-    }
-    let hosts = h.get_all(header::HOST).iter().count();
-    if hosts > 1 {
-        return Err(ProxyError::BadRequest("more than one Host"));
-    }
-    if hosts == 0 && req.version() == Version::HTTP_11 {
-        return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
-    }
-    Ok(())
-}
-
-/// The host the client asked for, without port: `:authority` for HTTP/2,
-/// else the `Host` header.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.host(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?,
-    };
-    Some(strip_port(raw))
-}
-
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
-}
-
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-fn wants_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-        })
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
-    )
-}
-
-fn has_no_body<B: http_body::Body>(req: &Request<B>) -> bool {
-    req.body().is_end_stream() || content_length(req.headers()) == Some(0)
-}
-
-fn affinity_key(key: &HashKey, headers: &HeaderMap, client: IpAddr) -> Option<u64> {
-    match key {
-        HashKey::ClientIp => Some(match client {
-            IpAddr::V4(v4) => hash_bytes(&v4.octets()),
-            IpAddr::V6(v6) => hash_bytes(&v6.octets()),
-        }),
-        HashKey::Header(name) => headers.get(name).map(|v| hash_bytes(v.as_bytes())),
-        HashKey::Cookie(name) => headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| hash_bytes(v.as_bytes())),
-    }
-}
-
-/// The request as the backend will see it: origin-form target, HTTP/1.1
-/// (or HTTP/2 for h2c pools), hop-by-hop fields gone, forwarded-for added.
-fn upstream_request(
-    req: Request<Incoming>,
-    upgrade: bool,
-    conn: &ConnContext,
-    cfg: &PoolConfig,
-    max_body: u64,
-) -> Request<RequestBody> {
-    let client_version = req.version();
-    let (mut parts, body) = req.into_parts();
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(v) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
-    if headers::strip_hop_by_hop(&mut parts.headers, upgrade) {
-        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    // tidegate answers `Expect: 100-continue` itself (hyper sends the 100
-    // when the body is first read, i.e. once a backend is ready for it).
-    parts.headers.remove(header::EXPECT);
-    let host = parts.headers.get(header::HOST).cloned();
-    headers::add_forwarded(
-        &mut parts.headers,
-        conn.client.ip(),
-        conn.tls,
-        host.as_ref(),
-        client_version,
-    );
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    match cfg.upstream {
-        UpstreamProtocol::Http1 => {
-            parts.version = Version::HTTP_11;
-            if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
-                parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
-            }
-        }
-        UpstreamProtocol::H2c => {
-            parts.version = Version::HTTP_2;
-            let authority = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-            parts.uri = Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(path)
-                .build()
-                .unwrap_or_else(|_| Uri::from_static("/"));
-            parts.headers.remove(header::HOST);
-        }
-    }
-    Request::from_parts(parts, RequestBody::new(body, max_body))
-}
-
-/// A bodiless request's head, kept to resend it (idempotent retries only).
-struct Head {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-}
-
-fn head_of(req: &Request<RequestBody>) -> Head {
-    Head {
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        version: req.version(),
-        headers: req.headers().clone(),
-    }
-}
-
-fn rebuild(head: &Head) -> Request<RequestBody> {
-    let mut req = Request::new(RequestBody::empty());
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = head.uri.clone();
-    *req.version_mut() = head.version;
-    *req.headers_mut() = head.headers.clone();
-    req
-}
-
-enum SendError {
-    /// Nothing reached the backend; the request comes back for a retry.
-    Connect(ConnectError, Box<Request<RequestBody>>),
-    Timeout,
-    Failed(hyper::Error),
-}
-
-type Sent = (Response<Incoming>, Option<http1::SendRequest<RequestBody>>);
-
-/// Sends one request to one backend. A pooled HTTP/1.1 connection that
-/// turns out to be closed hands the request back unsent, and a fresh
-/// connection is tried on the same backend.
-async fn send(cfg: &PoolConfig, backend: &Backend, mut req: Request<RequestBody>) -> Result<Sent, SendError> {
-    let up = &backend.upstream;
-    let header_timeout = cfg.response_header_timeout;
-    match cfg.upstream {
-        UpstreamProtocol::Http1 => loop {
-            let (mut sender, fresh) = match up.pooled_h1(cfg.idle_timeout).await {
-                Some(s) => (s, false),
-                None => match up.connect_h1(backend.address, cfg.connect_timeout).await {
-                    Ok(s) => (s, true),
-                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-                },
-            };
-            match tokio::time::timeout(header_timeout, sender.try_send_request(req)).await {
-                Err(_) => return Err(SendError::Timeout),
-                Ok(Ok(resp)) => return Ok((resp, Some(sender))),
-                Ok(Err(mut e)) => match e.take_message() {
-                    Some(back) if !fresh => req = back,
-                    Some(back) => {
-                        return Err(SendError::Connect(
-                            ConnectError::Handshake(e.into_error()),
-                            Box::new(back),
-                        ))
-                    }
-                    None => return Err(SendError::Failed(e.into_error())),
-                },
-            }
-        },
-        UpstreamProtocol::H2c => {
-            let mut sender = match up.h2(backend.address, cfg.connect_timeout).await {
-                Ok(s) => s,
-                Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-            };
-            match tokio::time::timeout(header_timeout, sender.try_send_request(req)).await {
-                Err(_) => Err(SendError::Timeout),
-                Ok(Ok(resp)) => Ok((resp, None)),
-                Ok(Err(mut e)) => match e.take_message() {
-                    Some(back) => Err(SendError::Connect(
-                        ConnectError::Handshake(e.into_error()),
-                        Box::new(back),
-                    )),
-                    None => Err(SendError::Failed(e.into_error())),
-                },
-            }
-        }
-    }
-}
-
-fn is_body_too_large(e: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<body::BodyTooLarge>().is_some()
-            || matches!(
-                s.downcast_ref::<body::RequestBodyError>(),
-                Some(body::RequestBodyError::TooLarge(_))
-            )
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
 /// The client's response: the backend's head minus hop-by-hop fields, and
 /// its body carrying the slot. A 101 to an upgrade request starts a tunnel
 /// that holds the slot until either side closes.
 fn respond(
     mut resp: Response<Incoming>,
-    sender: Option<http1::SendRequest<RequestBody>>,
+    sender: Option<http1::SendRequest<crate::upstream::body::RequestBody>>,
     slot: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ResponseBody> {
@@ -446,41 +244,4 @@ fn respond(
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     Response::from_parts(parts, ResponseBody::upstream(body, slot, sender))
-}
-
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, slot: InFlight) {
-    match tokio::try_join!(client, upstream) {
-        Ok((c, u)) => {
-            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!(error = %e, "upgraded tunnel ended with an error");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-    }
-    drop(slot);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strips_ports_from_hosts() {
-        assert_eq!(strip_port("shop.example:8080"), "shop.example");
-        assert_eq!(strip_port("shop.example"), "shop.example");
-        assert_eq!(strip_port("[::1]:8080"), "::1");
-    }
-
-    #[test]
-    fn cookie_affinity_reads_the_named_cookie() {
-        let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; cart=xyz; b=2"));
-        let k = affinity_key(&HashKey::Cookie("cart".into()), &h, "127.0.0.1".parse().unwrap());
-        assert_eq!(k, Some(hash_bytes(b"xyz")));
-        assert_eq!(
-            affinity_key(&HashKey::Cookie("none".into()), &h, "127.0.0.1".parse().unwrap()),
-            None
-        );
-    }
 }

@@ -1,7 +1,9 @@
 //! Client-facing listeners: accept, optional TLS, HTTP/1.1 + HTTP/2 on one
 //! port, connection limits, graceful shutdown.
 //!
-//! Data path entry. [`serve`] takes a listener it was given (it never binds)
+//! Data path entry, the top of the data path (imports `proxy`, `state`,
+//! never the control path). [`serve`] takes a listener it was given (it
+//! never binds; `bind.rs` does, before anything serves)
 //! and a shutdown signal. Each accepted connection gets its own task running
 //! hyper-util's auto server (HTTP/2 by prior knowledge or ALPN, otherwise
 //! HTTP/1.1) around a [`Proxy`] service. Limits that protect the proxy:
@@ -14,42 +16,32 @@
 //! requests (HTTP/1.1 stops keep-alive, HTTP/2 sends GOAWAY), and wait for
 //! them up to the deadline.
 
+pub mod bind;
 mod h1_guard;
 pub mod tls;
 
+pub use bind::{bind, bind_admin, Bound, StartError};
 use h1_guard::H1Guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
 use crate::proxy::Proxy;
+use crate::shutdown::{accept, stopped};
 use crate::state::State;
 
-/// Pause after a failed accept (e.g. out of file descriptors) before
-/// trying again, so the loop does not spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// HTTP/2 keep-alive pings on idle client connections.
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-
-/// A bound listener with what it needs to serve. The TLS acceptor sits
-/// behind an `ArcSwapOption` so a reload can replace certificates under a
-/// live listener; each handshake uses the acceptor current at accept time.
-pub struct Bound {
-    pub name: String,
-    pub listener: TcpListener,
-    pub tls: Arc<ArcSwapOption<TlsAcceptor>>,
-}
 
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -82,16 +74,8 @@ pub async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::Receive
             p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore is never closed"),
             _ = stopped(&mut shutdown) => break,
         };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => break,
+        let Some((stream, peer)) = accept(&listener, &mut shutdown, &name).await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         let current = &state.load().config.limits;
@@ -118,11 +102,6 @@ pub async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::Receive
         _ = graceful.shutdown() => tracing::info!(listener = %name, "all connections finished"),
         _ = tokio::time::sleep(drain_timeout) => tracing::warn!(listener = %name, "drain deadline passed; closing the rest"),
     }
-}
-
-/// Completes once the shutdown flag is set (or its sender is gone).
-pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 struct Connection {

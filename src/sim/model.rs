@@ -12,9 +12,10 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::autoscale::erlang::{backends_for, wait_exceeds};
-use crate::autoscale::forecast::{expected_rate, lookahead};
-use crate::autoscale::policy::{decide, Policy, PolicyState, PoolView};
-use crate::autoscale::signal::{History, Sample};
+use crate::autoscale::policy::Policy;
+use crate::autoscale::signal::Sample;
+use crate::autoscale::step::{StepParams, Stepper, Tick};
+use crate::config::Guards;
 
 use super::scenario::Trace;
 
@@ -108,11 +109,25 @@ pub struct Outcome {
     pub queue: Vec<f32>,
 }
 
-/// Runs `policy` over `trace`. `need` is the oracle's (for the per-event
-/// measures). The tidegate policy also gets its predictive floor.
+/// The step the simulator runs for `policy`: the live loop's, with no
+/// guards or schedule (the operator's `max` is the simulation's).
+pub fn step_params(policy: &Policy, p: &SimParams) -> StepParams {
+    StepParams {
+        policy: *policy,
+        slots: p.slots,
+        min: p.min,
+        max: p.max,
+        guards: Guards::default(),
+        schedule: Vec::new(),
+        provisioning_delay: p.delay as f64,
+    }
+}
+
+/// Runs `policy` over `trace` through the live loop's step function
+/// (decide -> guard -> floor, forecast and delay learning included). `need`
+/// is the oracle's (for the per-event measures).
 pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], memo: &mut Memo) -> Outcome {
     let n = trace.arrivals.len();
-    let predictive = matches!(policy, Policy::Tidegate(_));
     // Every policy starts where the oracle does; a static pool at its size.
     let start = match policy {
         Policy::Static(size) => *size,
@@ -122,9 +137,7 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
     let mut provisioning: VecDeque<u64> = VecDeque::new();
     let (mut queue, mut requests, mut violations, mut cost) = (0.0f64, 0.0, 0.0, 0.0);
     let mut surprise_violations = 0.0;
-    let (mut st, mut history) = (PolicyState::default(), History::new(600));
-    let mut per_minute: Vec<f64> = Vec::with_capacity(n / 60 + 1);
-    let mut minute_sum = 0.0;
+    let mut stepper = Stepper::new(step_params(policy, p));
     let mut last_desired = ready;
     let mut hook_calls = 0;
     let mut ready_series = Vec::with_capacity(n);
@@ -133,6 +146,7 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
         while provisioning.front().is_some_and(|&at| at <= t as u64) {
             provisioning.pop_front();
             ready += 1;
+            stepper.learn_delay(p.delay as f64);
         }
         let a = trace.arrivals[t];
         let servers = u64::from(ready) * u64::from(p.slots);
@@ -163,7 +177,7 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
         ready_series.push(ready);
         queue_series.push(queue as f32);
 
-        history.push(Sample {
+        let sample = Sample {
             t: t as u64,
             arrivals: a,
             completed: served,
@@ -171,34 +185,20 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
             concurrency: (served * p.service).min(servers as f64) + queue,
             queued: queue,
             queue_wait: if capacity > 0.0 { queue / capacity } else { 0.0 },
-        });
-        minute_sum += a;
-        if t % 60 == 59 {
-            per_minute.push(minute_sum / 60.0);
-            minute_sum = 0.0;
-        }
-        let forecast_rate = if predictive {
-            let at = |m: u64| per_minute.get(m as usize).copied();
-            expected_rate(at, t as u64 / 60, lookahead(p.delay as f64))
-        } else {
-            None
         };
-        let view = PoolView {
+        let tick = Tick {
+            t: t as u64,
+            unix: t as i64,
+            sample,
             ready,
             provisioning: provisioning.len() as u32,
-            slots: p.slots,
-            min: p.min,
-            max: p.max,
-            floor: 0,
-            forecast_rate,
-            provisioning_delay: p.delay as f64,
         };
-        if let Some(d) = decide(policy, &mut st, &history, t as u64, &view) {
+        if let Some(d) = stepper.step(&tick).decision {
             if d.desired != last_desired {
                 hook_calls += 1;
                 last_desired = d.desired;
             }
-            let current = view.current();
+            let current = ready + provisioning.len() as u32;
             if d.desired > current {
                 for _ in current..d.desired {
                     provisioning.push_back(t as u64 + p.delay);

@@ -1,6 +1,9 @@
-//! Shared test harness: real sockets on 127.0.0.1 with ephemeral ports.
-//! Backends are the real `tidegate backend` server run in-process; the
-//! proxy is the real library (`bind` + `run`); clients are hyper's.
+//! The one test harness: real sockets on 127.0.0.1 with ephemeral ports.
+//! Backends are the real `tidegate backend` server run in-process (or small
+//! purpose-built servers below); tidegate is the real library started the
+//! way `tidegate run --config FILE` starts it (a file, the admin listener,
+//! reloadable); clients are hyper's or raw sockets. Tests observe tidegate
+//! through its admin API (`/stats`), never its internals.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -13,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tidegate::config::Config;
-use tidegate::demo::backend::{self, BackendOptions};
+use tidegate::demo::shop::{self, BackendOptions};
 use tidegate::state::State;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,7 +45,7 @@ pub async fn backend_with(name: &str, service_time: Duration, concurrency: usize
         service_time,
         concurrency,
     };
-    tokio::spawn(backend::serve(listener, opts, rx));
+    tokio::spawn(shop::serve(listener, opts, rx));
     TestBackend { addr, _stop: tx }
 }
 
@@ -52,18 +55,129 @@ pub async fn dead_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-pub struct TestProxy {
+/// A running tidegate: its first listener, its admin listener, its config
+/// file.
+pub struct Tidegate {
     pub addr: SocketAddr,
-    pub state: Arc<State>,
+    pub admin: SocketAddr,
+    pub path: std::path::PathBuf,
+    _dir: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
-impl TestProxy {
-    /// Signals shutdown and waits for the drain to finish.
-    pub async fn shutdown(mut self) {
-        self.signal_shutdown();
-        self.join().await;
+/// Starts tidegate on `text` (written to a file in a temporary folder; an
+/// `[admin]` table on an ephemeral loopback port is added when absent).
+pub async fn tidegate(text: &str) -> Tidegate {
+    start(text, false).await
+}
+
+/// Like [`tidegate`], and reloading when the file changes.
+pub async fn tidegate_watching(text: &str) -> Tidegate {
+    start(text, true).await
+}
+
+async fn start(text: &str, watch_file: bool) -> Tidegate {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidegate.toml");
+    let text = if text.contains("[admin]") {
+        text.to_string()
+    } else {
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n{text}")
+    };
+    std::fs::write(&path, text).unwrap();
+    let mut t = tidegate_at(&path, watch_file).await;
+    t._dir = Some(dir);
+    t
+}
+
+/// Starts tidegate on the config file at `path` (which must have an
+/// `[admin]` table).
+pub async fn tidegate_at(path: &std::path::Path, watch_file: bool) -> Tidegate {
+    let config = Config::load(path).expect("valid test config");
+    let bound = tidegate::server::bind(&config).await.expect("bind");
+    let admin = tidegate::server::bind_admin(&config)
+        .await
+        .unwrap()
+        .expect("an [admin] table");
+    let (addr, admin_addr) = (bound[0].listener.local_addr().unwrap(), admin.local_addr().unwrap());
+    let state = State::new(config);
+    let (tx, rx) = oneshot::channel::<()>();
+    let opts = tidegate::app::Options {
+        config_path: Some(path.to_path_buf()),
+        watch_file,
+        reload_on_sighup: false,
+        tidegate_exe: Some(env!("CARGO_BIN_EXE_tidegate").into()),
+    };
+    let task = tokio::spawn(tidegate::app::run(state, bound, Some(admin), opts, async {
+        let _ = rx.await;
+    }));
+    Tidegate {
+        addr,
+        admin: admin_addr,
+        path: path.to_path_buf(),
+        _dir: None,
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl Tidegate {
+    /// Replaces the config file the way editors do: write aside, rename.
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    /// `POST /reload`.
+    pub async fn reload(&self) -> Answer {
+        let mut s = h1(self.admin).await;
+        let req = http::Request::post("/reload")
+            .header("host", "127.0.0.1")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        collect(s.send_request(req).await.unwrap()).await
+    }
+
+    /// `GET /stats`, parsed.
+    pub async fn stats(&self) -> serde_json::Value {
+        let a = get(self.admin, "/stats").await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        serde_json::from_slice(&a.body).unwrap()
+    }
+
+    /// The first pool of `/stats`.
+    pub async fn pool(&self) -> serde_json::Value {
+        self.stats().await["pools"][0].clone()
+    }
+
+    pub async fn queue_depth(&self) -> u64 {
+        self.pool().await["queue_depth"].as_u64().unwrap()
+    }
+
+    /// In flight on the first pool (serving and draining backends).
+    pub async fn in_flight(&self) -> u64 {
+        self.pool().await["in_flight"].as_u64().unwrap()
+    }
+
+    /// Backend `i` of the first pool, as `/stats` shows it.
+    pub async fn backend(&self, i: usize) -> serde_json::Value {
+        self.pool().await["backends"][i].clone()
+    }
+
+    /// `active`, `warming`, `draining` or `down`.
+    pub async fn backend_state(&self, i: usize) -> String {
+        self.backend(i).await["state"].as_str().unwrap().to_string()
+    }
+
+    pub async fn generation(&self) -> u64 {
+        self.stats().await["config"]["generation"].as_u64().unwrap()
+    }
+
+    /// `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        get(self.admin, "/metrics").await.text()
     }
 
     /// Signals shutdown (as SIGTERM does) without waiting.
@@ -73,12 +187,18 @@ impl TestProxy {
         }
     }
 
-    /// Waits for `run` to return.
+    /// Waits for tidegate to return after a shutdown signal.
     pub async fn join(self) {
         tokio::time::timeout(BOUND, self.task)
             .await
-            .expect("proxy stopped in time")
+            .expect("stopped in time")
             .unwrap();
+    }
+
+    /// Signals shutdown and waits for the drain to finish.
+    pub async fn shutdown(mut self) {
+        self.signal_shutdown();
+        self.join().await;
     }
 }
 
@@ -90,27 +210,6 @@ pub fn config_text(backends: &[SocketAddr], top: &str, pool_extra: &str) -> Stri
         "{top}\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n[pools.shop]\n{pool_extra}\nbackends = [ {} ]\n",
         list.join(", ")
     )
-}
-
-pub async fn proxy(text: &str) -> TestProxy {
-    let config = Config::parse(text, "test.toml", std::path::Path::new(".")).expect("valid test config");
-    proxy_from(config).await
-}
-
-pub async fn proxy_from(config: Config) -> TestProxy {
-    let bound = tidegate::bind(&config).await.expect("bind");
-    let addr = bound[0].listener.local_addr().unwrap();
-    let state = State::new(config);
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(tidegate::run(Arc::clone(&state), bound, async {
-        let _ = rx.await;
-    }));
-    TestProxy {
-        addr,
-        state,
-        stop: Some(tx),
-        task,
-    }
 }
 
 pub struct Answer {
@@ -226,16 +325,6 @@ pub async fn recorder() -> Recorder {
     Recorder { addr, received }
 }
 
-/// Waits (yielding, bounded) until `cond` holds: for observing state the
-/// proxy changes on another task, instead of sleeping.
-pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// A backend that reads one request head, counts it, and closes the
 /// connection without answering (a crash mid-exchange).
 pub struct Slammer {
@@ -290,91 +379,6 @@ pub async fn gate() -> Gate {
     Gate { addr, arrived, release }
 }
 
-/// A proxy run the way `tidegate run --config FILE` runs it: from a file,
-/// with an admin listener, reloadable.
-pub struct Managed {
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-    pub state: Arc<State>,
-    pub path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-/// `text` must contain `[admin]` with `listen = "127.0.0.1:0"`.
-pub async fn managed(text: &str, watch_file: bool) -> Managed {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tidegate.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).expect("valid test config");
-    let bound = tidegate::bind(&config).await.unwrap();
-    let admin = tidegate::bind_admin(&config).await.unwrap().expect("an [admin] table");
-    let (addr, admin_addr) = (bound[0].listener.local_addr().unwrap(), admin.local_addr().unwrap());
-    let state = State::new(config);
-    let (tx, rx) = oneshot::channel::<()>();
-    let opts = tidegate::control::Options {
-        config_path: Some(path.clone()),
-        watch_file,
-        reload_on_sighup: false,
-        tidegate_exe: Some(env!("CARGO_BIN_EXE_tidegate").into()),
-    };
-    let task = tokio::spawn(tidegate::control::run(
-        Arc::clone(&state),
-        bound,
-        Some(admin),
-        opts,
-        async {
-            let _ = rx.await;
-        },
-    ));
-    Managed {
-        addr,
-        admin: admin_addr,
-        state,
-        path,
-        _dir: dir,
-        stop: Some(tx),
-        task,
-    }
-}
-
-impl Managed {
-    /// Replaces the config file the way editors do: write aside, rename.
-    pub fn write_config(&self, text: &str) {
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &self.path).unwrap();
-    }
-
-    pub async fn reload(&self) -> Answer {
-        let mut s = h1(self.admin).await;
-        let req = http::Request::post("/reload")
-            .header("host", "admin")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        collect(s.send_request(req).await.unwrap()).await
-    }
-
-    pub async fn stats(&self) -> serde_json::Value {
-        let a = get(self.admin, "/stats").await;
-        assert_eq!(a.status, 200);
-        serde_json::from_slice(&a.body).unwrap()
-    }
-
-    pub async fn generation(&self) -> u64 {
-        self.stats().await["config"]["generation"].as_u64().unwrap()
-    }
-
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(BOUND, self.task)
-            .await
-            .expect("stopped in time")
-            .unwrap();
-    }
-}
-
 /// A backend whose `/healthz` answers 200 or 503 as the test decides, and
 /// every other path `200` with `x-backend: <name>`.
 pub struct Toggle {
@@ -425,7 +429,7 @@ where
     let deadline = tokio::time::Instant::now() + BOUND;
     while !cond().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -1,11 +1,18 @@
-//! Latency histograms cheap enough for the data path: one atomic add per
-//! sample into log-linear buckets (8 per power of two, so a reported
-//! percentile is within ~6 % of the true value).
+//! Latency histograms cheap enough for the data path.
 //!
-//! Data path records; the control path (stats endpoint) reads and merges.
-//! Cumulative since the backend was created.
+//! Data path records (atomics only, no lock, no allocation); the control
+//! path (`/stats`, `/metrics`) reads and merges. Cumulative since the owner
+//! (backend, pool, queue) was created. Two shapes:
+//! - [`LatencyHistogram`]: log-linear buckets (8 per power of two, so a
+//!   reported percentile is within ~6 % of the true value), for `/stats`
+//!   percentiles;
+//! - [`SecondsHistogram`]: the Prometheus buckets of
+//!   [`crate::telemetry::SECONDS_BUCKETS`] plus sum and count, exact for
+//!   `/metrics`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::telemetry::SECONDS_BUCKETS;
 
 const LINEAR: usize = 16;
 const SUB_BITS: u32 = 3;
@@ -88,6 +95,51 @@ pub fn percentiles_ms<'a>(hists: impl IntoIterator<Item = &'a LatencyHistogram>,
     )
 }
 
+/// Bucket bounds of [`SECONDS_BUCKETS`] in nanoseconds.
+const BOUNDS_NS: [u64; SECONDS_BUCKETS.len()] = {
+    let mut out = [0u64; SECONDS_BUCKETS.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = (SECONDS_BUCKETS[i] * 1e9) as u64;
+        i += 1;
+    }
+    out
+};
+
+/// A Prometheus histogram kept in atomics: per-bucket counts (not yet
+/// cumulative), the count and the sum in nanoseconds.
+#[derive(Default)]
+pub struct SecondsHistogram {
+    buckets: [AtomicU64; SECONDS_BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl SecondsHistogram {
+    #[inline]
+    pub fn record_ns(&self, ns: u64) {
+        let i = BOUNDS_NS.partition_point(|&b| b < ns);
+        if i < BOUNDS_NS.len() {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Cumulative bucket counts (`le` each bound), the count and the sum in
+    /// seconds, for the exposition format.
+    pub fn read(&self) -> ([u64; SECONDS_BUCKETS.len()], u64, f64) {
+        let mut cumulative = [0u64; SECONDS_BUCKETS.len()];
+        let mut running = 0;
+        for (c, b) in cumulative.iter_mut().zip(&self.buckets) {
+            running += b.load(Ordering::Relaxed);
+            *c = running;
+        }
+        let count = self.count.load(Ordering::Relaxed).max(running);
+        (cumulative, count, self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +167,19 @@ mod tests {
             assert!((got - want).abs() / want < 0.07, "{got} vs {want}");
         }
         assert!(percentiles_ms([&LatencyHistogram::default()], &[0.5]).is_none());
+    }
+
+    #[test]
+    fn seconds_buckets_are_exact_at_their_bounds() {
+        let h = SecondsHistogram::default();
+        h.record_ns(1_000_000); // exactly 1 ms: le 0.001
+        h.record_ns(1_000_001); // just above: le 0.0025
+        h.record_ns(40_000_000_000); // beyond 30 s: only +Inf
+        let (cumulative, count, sum) = h.read();
+        assert_eq!(cumulative[0], 1);
+        assert_eq!(cumulative[1], 2);
+        assert_eq!(cumulative[13], 2);
+        assert_eq!(count, 3);
+        assert!((sum - 40.002000001).abs() < 1e-9, "{sum}");
     }
 }

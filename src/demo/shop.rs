@@ -36,7 +36,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::server::stopped;
+use crate::shutdown::accept;
 
 type Out = BoxBody<Bytes, hyper::Error>;
 
@@ -68,9 +68,8 @@ pub async fn serve(listener: TcpListener, opts: BackendOptions, mut shutdown: wa
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
     let builder = Arc::new(builder);
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            _ = stopped(&mut shutdown) => return,
+        let Some((stream, _)) = accept(&listener, &mut shutdown, &shared.opts.name).await else {
+            return;
         };
         let _ = stream.set_nodelay(true);
         let (shared, builder) = (Arc::clone(&shared), Arc::clone(&builder));

@@ -23,12 +23,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use metrics::{Gauge, Histogram};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::pool::backend::names;
-use crate::pool::Backend;
+use super::Backend;
+use crate::histogram::SecondsHistogram;
 
 /// A claimed slot on one backend. Dropping it gives the slot back and, if
 /// anyone is queued, hands it straight to the oldest waiter.
@@ -99,8 +98,8 @@ pub struct Queue {
     depth: AtomicUsize,
     max_depth: AtomicUsize,
     next_id: AtomicU64,
-    depth_gauge: Gauge,
-    wait_seconds: Histogram,
+    /// Time spent queued, for `/metrics`.
+    wait_seconds: SecondsHistogram,
     /// Requests that left the queue and their summed wait, for the
     /// autoscaler's per-second mean.
     waited: AtomicU64,
@@ -108,14 +107,13 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub fn new(pool: &str, max_depth: usize) -> Queue {
+    pub fn new(max_depth: usize) -> Queue {
         Queue {
             waiters: Mutex::new(VecDeque::new()),
             depth: AtomicUsize::new(0),
             max_depth: AtomicUsize::new(max_depth),
             next_id: AtomicU64::new(0),
-            depth_gauge: metrics::gauge!(names::POOL_QUEUE_DEPTH, "pool" => pool.to_string()),
-            wait_seconds: metrics::histogram!(names::QUEUE_WAIT_SECONDS, "pool" => pool.to_string()),
+            wait_seconds: SecondsHistogram::default(),
             waited: AtomicU64::new(0),
             waited_nanos: AtomicU64::new(0),
         }
@@ -136,6 +134,11 @@ impl Queue {
         )
     }
 
+    /// Time spent queued, for `/metrics`.
+    pub fn wait_histogram(&self) -> &SecondsHistogram {
+        &self.wait_seconds
+    }
+
     pub fn set_max_depth(&self, max_depth: usize) {
         self.max_depth.store(max_depth, Ordering::Relaxed);
     }
@@ -148,7 +151,6 @@ impl Queue {
 
     fn publish_depth(&self, q: &VecDeque<Waiter>) {
         self.depth.store(q.len(), Ordering::SeqCst);
-        self.depth_gauge.set(q.len() as f64);
     }
 
     /// Joins the back of the queue. The caller must then call
@@ -216,12 +218,10 @@ impl Waiting {
             // A slot may have arrived in the instant the timer fired.
             Err(_) => self.rx.try_recv().map_err(|_| QueueError::Timeout(timeout)),
         };
-        let waited = self.since.elapsed();
-        self.queue.wait_seconds.record(waited.as_secs_f64());
+        let waited = self.since.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.queue.wait_seconds.record_ns(waited);
         self.queue.waited.fetch_add(1, Ordering::Relaxed);
-        self.queue
-            .waited_nanos
-            .fetch_add(waited.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        self.queue.waited_nanos.fetch_add(waited, Ordering::Relaxed);
         result
     }
 }
@@ -248,7 +248,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_freed_slot_goes_to_the_oldest_waiter() {
         let b = backend(1);
-        let q = Arc::new(Queue::new("p", 10));
+        let q = Arc::new(Queue::new(10));
         let held = InFlight::claim(&b, &q).unwrap();
         let first = q.enqueue().unwrap();
         let second = q.enqueue().unwrap();
@@ -272,7 +272,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_times_out_and_leaves_the_queue() {
         let b = backend(1);
-        let q = Arc::new(Queue::new("p", 10));
+        let q = Arc::new(Queue::new(10));
         let _held = InFlight::claim(&b, &q).unwrap();
         let w = q.enqueue().unwrap();
         let start = Instant::now();
@@ -285,7 +285,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_waiter_leaves_at_once_and_does_not_swallow_the_slot() {
         let b = backend(1);
-        let q = Arc::new(Queue::new("p", 10));
+        let q = Arc::new(Queue::new(10));
         let held = InFlight::claim(&b, &q).unwrap();
         let gone = q.enqueue().unwrap();
         let stays = q.enqueue().unwrap();
@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses() {
-        let q = Arc::new(Queue::new("p", 1));
+        let q = Arc::new(Queue::new(1));
         let _w = q.enqueue().unwrap();
         assert_eq!(q.enqueue().err(), Some(QueueError::Full));
     }
@@ -307,7 +307,7 @@ mod tests {
     #[test]
     fn a_slot_offered_to_a_departed_waiter_passes_to_the_next() {
         let b = backend(1);
-        let q = Arc::new(Queue::new("p", 10));
+        let q = Arc::new(Queue::new(10));
         // The race: the receiver is closed but the entry is still listed
         // (its Drop has not run yet).
         let mut gone = q.enqueue().unwrap();

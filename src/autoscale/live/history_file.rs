@@ -9,14 +9,13 @@
 //! counted, so a torn last line after a crash loses one minute, not the
 //! history) and rewritten with only the minutes still kept, through a
 //! temporary file and a rename. [`Recorder`] is the live loop's handle:
-//! it folds seconds into minutes and appends each closed one, off the
-//! runtime's worker threads.
+//! it appends each minute the step closes, off the runtime's worker
+//! threads.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::forecast::{Minute, Minutes};
-use super::signal::Sample;
+use crate::autoscale::forecast::{Minute, Minutes};
 
 const HEADER: &str = "minute,arrivals_per_second,peak_concurrency,peak_queued,peak_queue_wait_ms";
 
@@ -113,10 +112,9 @@ pub fn append(path: &Path, m: &Minute) -> io::Result<()> {
     f.write_all(line(m).as_bytes())
 }
 
-/// The pool's per-minute history, on disk when a state directory is set.
+/// The pool's per-minute history file, when a state directory is set.
 #[derive(Default)]
 pub struct Recorder {
-    pub minutes: Minutes,
     /// The state directory last opened (`Some(None)`: none configured;
     /// `None`: not opened yet).
     dir: Option<Option<PathBuf>>,
@@ -124,17 +122,18 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// (Re)opens the history when the state directory is set or changed.
-    pub async fn open(&mut self, pool: &str, dir: Option<&PathBuf>) {
+    /// (Re)opens the history when the state directory is set or changed:
+    /// merges `recorded` (kept in memory so far) with the file and returns
+    /// the merged minutes for the step to forecast from.
+    pub async fn open(&mut self, pool: &str, dir: Option<&PathBuf>, recorded: &Minutes) -> Option<Minutes> {
         if self.dir.as_ref().is_some_and(|d| d.as_ref() == dir) {
-            return;
+            return None;
         }
         self.dir = Some(dir.cloned());
         self.file = None;
-        let Some(dir) = dir else { return };
-        let path = path_for(dir, pool);
+        let path = path_for(dir?, pool);
         let load = {
-            let (path, recorded) = (path.clone(), self.minutes.clone());
+            let (path, recorded) = (path.clone(), recorded.clone());
             tokio::task::spawn_blocking(move || load(&path, &recorded)).await
         };
         match load {
@@ -143,20 +142,22 @@ impl Recorder {
                     tracing::warn!(pool, file = %path.display(), skipped, "history lines that did not parse were dropped");
                 }
                 tracing::info!(pool, file = %path.display(), minutes = minutes.len(), "autoscale history loaded");
-                self.minutes = minutes;
                 self.file = Some(path);
+                Some(minutes)
             }
             Ok(Err(e)) => {
-                tracing::warn!(pool, file = %path.display(), error = %e, "cannot keep the autoscale history; the forecast lives in memory only")
+                tracing::warn!(pool, file = %path.display(), error = %e, "cannot keep the autoscale history; the forecast lives in memory only");
+                None
             }
-            Err(e) => tracing::warn!(pool, error = %e, "history loader failed"),
+            Err(e) => {
+                tracing::warn!(pool, error = %e, "history loader failed");
+                None
+            }
         }
     }
 
-    pub async fn second(&mut self, pool: &str, unix: u64, s: &Sample) {
-        let Some(closed) = self.minutes.add_second(unix, s) else {
-            return;
-        };
+    /// Appends a closed minute, if the history is on disk.
+    pub async fn append(&self, pool: &str, closed: Minute) {
         if let Some(path) = self.file.clone() {
             let written = tokio::task::spawn_blocking(move || append(&path, &closed)).await;
             if let Ok(Err(e)) = written {

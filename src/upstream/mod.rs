@@ -1,6 +1,7 @@
 //! Keep-alive connections from tidegate to one backend.
 //!
-//! Data path. HTTP/1.1: a lock-free stack of idle `SendRequest` handles
+//! Data path, below `proxy/` and beside `pool/` (a backend owns one
+//! [`Upstream`]); imports nothing above it. HTTP/1.1: a lock-free stack of idle `SendRequest` handles
 //! (`crossbeam_queue::ArrayQueue`); a request pops one or dials a new
 //! connection, and the response body hands it back when it has been read to
 //! the end (a connection whose body was abandoned is closed, never reused
@@ -24,7 +25,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::proxy::body::RequestBody;
+pub mod body;
+
+use body::RequestBody;
 
 /// Upper bound on idle HTTP/1.1 connections kept per backend, whatever the
 /// config says (the stack is allocated once, at this size or smaller).

@@ -1,0 +1,139 @@
+//! The composition root: the one place that starts tidegate's long-lived
+//! tasks and wires them together.
+//!
+//! Given a live [`State`], bound listeners and an optional admin listener
+//! (binding is the caller's, before anything serves), [`run`] starts:
+//! - the client listeners (`server::serve`, one task each, owned by the
+//!   control path's [`Listeners`] so a reload can add and remove them);
+//! - the control owner task (`control::run`: reloads);
+//! - the reload triggers: the config file watcher and SIGHUP, each a task
+//!   sending to the owner through a [`Control`] handle;
+//! - the health checker (`health::run`);
+//! - the autoscaler supervisor (`autoscale::live::run`);
+//! - the admin listener (`admin::serve`), which reads the control path's
+//!   published [`View`] and the autoscalers' statuses.
+//!
+//! Each service owns its child tasks (connections, probes, per-pool
+//! loops) and ends them when it ends. Shutdown is a designed path: stop
+//! being ready, stop accepting and let connections finish within
+//! `runtime.shutdown_timeout` (the control task waits for the listeners),
+//! then stop the background services and the admin listener.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::autoscale::live::Statuses;
+use crate::control::{Control, Listeners, Trigger, View};
+use crate::server::Bound;
+use crate::state::State;
+use crate::{admin, autoscale, config, control, health, telemetry};
+
+/// How `run` finds and watches its config.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The file reloads read; `None` (the embedded demo) cannot reload.
+    pub config_path: Option<PathBuf>,
+    /// Reload when the file changes.
+    pub watch_file: bool,
+    /// Reload on SIGHUP.
+    pub reload_on_sighup: bool,
+    /// The `tidegate` binary, for the `local` provisioner's children.
+    pub tidegate_exe: Option<PathBuf>,
+}
+
+/// Serves until `shutdown` completes: the listeners in `bound`, the admin
+/// listener if given, reloads from the triggers `opts` enables, health
+/// checks and the elastic pools. Then drains and returns.
+pub async fn run(
+    state: Arc<State>,
+    bound: Vec<Bound>,
+    admin_listener: Option<TcpListener>,
+    opts: Options,
+    shutdown: impl Future<Output = ()>,
+) {
+    telemetry::install();
+    let (control, commands) = Control::channel();
+    let view = Arc::new(View::new(Arc::clone(&state), control.clone(), opts.config_path.clone()));
+    let listeners = Listeners::start(bound, &state);
+    let (stop, stopping) = watch::channel(false);
+    let statuses = Arc::new(Statuses::default());
+
+    let mut services = JoinSet::new();
+    services.spawn(health::run(Arc::clone(&state), stopping.clone()));
+    services.spawn(autoscale::live::run(
+        Arc::clone(&state),
+        Arc::clone(&statuses),
+        opts.tidegate_exe.clone(),
+        stopping.clone(),
+    ));
+    let mut triggers = JoinSet::new();
+    if let (true, Some(path)) = (opts.watch_file, opts.config_path.clone()) {
+        let loaded = state.load().config.loaded_from.clone();
+        triggers.spawn(watch_file(path, loaded, control.clone()));
+    }
+    if opts.reload_on_sighup {
+        triggers.spawn(reload_on_sighup(control.clone()));
+    }
+    let admin_task = admin_listener.map(|l| {
+        let shared = admin::Shared {
+            view: Arc::clone(&view),
+            autoscale: Arc::clone(&statuses),
+        };
+        tokio::spawn(admin::serve(l, shared, stopping.clone()))
+    });
+    drop(control);
+    view.ready.store(true, Ordering::SeqCst);
+
+    let stopped_view = Arc::clone(&view);
+    let shutdown = async move {
+        shutdown.await;
+        stopped_view.ready.store(false, Ordering::SeqCst);
+    };
+    control::run(Arc::clone(&view), listeners, commands, shutdown).await;
+
+    triggers.shutdown().await;
+    let _ = stop.send(true);
+    while services.join_next().await.is_some() {}
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+}
+
+/// The simple form: `bound` listeners and the live `state` until
+/// `shutdown`, without an admin listener or reload triggers.
+pub async fn serve(state: Arc<State>, bound: Vec<Bound>, shutdown: impl Future<Output = ()>) {
+    run(state, bound, None, Options::default(), shutdown).await
+}
+
+/// Turns file changes into reload requests until the owner is gone.
+async fn watch_file(path: PathBuf, loaded: Option<config::watch::Fingerprint>, control: Control) {
+    let (tx, mut changes) = tokio::sync::mpsc::channel(1);
+    let watcher = config::watch::watch(path, loaded, tx);
+    tokio::pin!(watcher);
+    loop {
+        tokio::select! {
+            _ = &mut watcher => return,
+            change = changes.recv() => {
+                if change.is_none() || !control.request(Trigger::File).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Turns SIGHUP into reload requests until the owner is gone.
+async fn reload_on_sighup(control: Control) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /reload or by editing the file");
+        return;
+    };
+    while hup.recv().await.is_some() && control.request(Trigger::Signal).await {}
+}

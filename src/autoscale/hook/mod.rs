@@ -1,0 +1,210 @@
+//! The provisioning hook: how the autoscaler asks for backends.
+//!
+//! Control path (it does I/O: processes, HTTP). One JSON object per call
+//! (contract in `docs/HOOKS.md`): `{"version":1,"pool":"shop","seq":17,
+//! "desired":5,"current":3,"ready":3,"members":[...],"remove":[...],
+//! "reason":"..."}`; the answer is `{"members":[...]}`, every address the
+//! provisioner now provides for the pool. Calls are declarative and
+//! idempotent. Each kind is one file behind the [`Provisioner`] trait:
+//! - `exec.rs`: a command; the request on stdin, the answer on stdout;
+//! - `webhook.rs`: HTTP POST of the same JSON; a 2xx answer carries it;
+//! - `local.rs`: built in; `tidegate backend` children on free loopback
+//!   ports (the demo's provisioner).
+//!
+//! A failure changes nothing in the pool; the caller logs it, counts it and
+//! retries after [`backoff`]. Nothing here touches the data path.
+
+mod exec;
+mod local;
+mod webhook;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::HookConfig;
+pub use exec::{call_exec, Exec};
+pub use local::{backend_command, LocalProvisioner};
+pub use webhook::{call_webhook, Webhook};
+
+/// Largest answer read from a hook (a list of addresses).
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+/// First retry delay after a failed call, and the longest.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// One call. Field names are the public contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookRequest {
+    pub version: u32,
+    pub pool: String,
+    pub seq: u64,
+    pub desired: u32,
+    pub current: u32,
+    pub ready: u32,
+    pub members: Vec<String>,
+    /// Drained members to stop.
+    pub remove: Vec<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnswer {
+    members: Vec<String>,
+}
+
+/// What the provisioner now provides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookAnswer {
+    pub members: Vec<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot start `{command}`: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("exited with {status}: {stderr}")]
+    Exit {
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("invalid answer: {0}")]
+    InvalidAnswer(String),
+    #[error("webhook: {0}")]
+    Http(String),
+    #[error("webhook answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("local provisioner: {0}")]
+    Local(String),
+}
+
+impl HookError {
+    /// Stable label for `tidegate_hook_calls_total{result}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HookError::Timeout(_) => "timeout",
+            HookError::Spawn { .. } | HookError::Exit { .. } | HookError::Local(_) => "failed",
+            HookError::InvalidAnswer(_) => "invalid",
+            HookError::Http(_) | HookError::Status { .. } => "failed",
+        }
+    }
+}
+
+/// Parses and checks an answer: JSON `{"members":[...]}` of `host:port`
+/// socket addresses, no duplicates.
+pub fn parse_answer(bytes: &[u8]) -> Result<HookAnswer, HookError> {
+    let raw: RawAnswer = serde_json::from_slice(bytes).map_err(|e| {
+        let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into_owned();
+        HookError::InvalidAnswer(format!("{e} (answer began {shown:?})"))
+    })?;
+    let mut members = Vec::with_capacity(raw.members.len());
+    for m in raw.members {
+        let addr: SocketAddr = m
+            .parse()
+            .map_err(|_| HookError::InvalidAnswer(format!("`{m}` is not an address such as 127.0.0.1:9001")))?;
+        if members.contains(&addr) {
+            return Err(HookError::InvalidAnswer(format!("{addr} is listed twice")));
+        }
+        members.push(addr);
+    }
+    Ok(HookAnswer { members })
+}
+
+/// Delay before retry number `attempt` (1-based): doubling from 1 s up to
+/// 60 s, with up to 20 % jitter drawn from `rng` so hooks do not retry in
+/// lockstep.
+pub fn backoff(attempt: u32, rng: &mut fastrand::Rng) -> Duration {
+    let base = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    base.mul_f64(1.0 + rng.f64() * 0.2).min(BACKOFF_MAX)
+}
+
+/// A future a provisioner returns.
+pub type Call<'a> = Pin<Box<dyn Future<Output = Result<HookAnswer, HookError>> + Send + 'a>>;
+
+/// One kind of provisioner: answers a request with the members it now
+/// provides. Implementations bound their own time (the configured timeout).
+pub trait Provisioner: Send {
+    fn call<'a>(&'a mut self, req: &'a HookRequest) -> Call<'a>;
+}
+
+/// The provisioner a pool's `hook` table describes. `exe` is the tidegate
+/// binary, which the `local` kind starts as its backends.
+pub fn provisioner(hook: &HookConfig, exe: Option<PathBuf>) -> Box<dyn Provisioner> {
+    match hook {
+        HookConfig::Exec { command, timeout } => Box::new(Exec {
+            command: command.clone(),
+            timeout: *timeout,
+        }),
+        HookConfig::Webhook { url, timeout } => Box::new(Webhook {
+            url: url.clone(),
+            timeout: *timeout,
+        }),
+        HookConfig::Local {
+            service_time,
+            concurrency,
+            timeout,
+        } => Box::new(local::Local {
+            timeout: *timeout,
+            inner: exe.map(|exe| LocalProvisioner::new(exe, *service_time, *concurrency)),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_checked() {
+        let a = parse_answer(br#"{"members":["127.0.0.1:9001","[::1]:9002"]}"#).unwrap();
+        assert_eq!(a.members.len(), 2);
+        for (bad, why) in [
+            (&br#"{"members":["localhost"]}"#[..], "not an address"),
+            (br#"{"members":["127.0.0.1:1","127.0.0.1:1"]}"#, "listed twice"),
+            (br#"{"members":[], "extra": 1}"#, "unknown field"),
+            (b"garbage", "answer began"),
+        ] {
+            let e = parse_answer(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let d: Vec<Duration> = (1..=8).map(|n| backoff(n, &mut rng)).collect();
+        assert!(d[0] >= Duration::from_secs(1) && d[0] <= Duration::from_millis(1200));
+        assert!(d[3] >= Duration::from_secs(8) && d[3] <= Duration::from_millis(9600));
+        assert_eq!(d[7], BACKOFF_MAX);
+    }
+
+    #[test]
+    fn the_request_serialises_with_the_contract_field_names() {
+        let req = HookRequest {
+            version: 1,
+            pool: "shop".into(),
+            seq: 17,
+            desired: 5,
+            current: 3,
+            ready: 3,
+            members: vec!["127.0.0.1:9001".into()],
+            remove: vec!["127.0.0.1:9003".into()],
+            reason: "r".into(),
+        };
+        let v = serde_json::to_value(&req).unwrap();
+        for key in [
+            "version", "pool", "seq", "desired", "current", "ready", "members", "remove", "reason",
+        ] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The live elastic pool: control path, the part of `autoscale/` that runs
+//! on tokio and does I/O.
+//!
+//! [`run`] (spawned once by `app.rs`) keeps one [`PoolLoop`] per
+//! autoscaled pool, reconciled whenever the state announces a new
+//! generation; a loop ends by itself when its pool is gone or no longer
+//! autoscaled, and every loop ends with the supervisor. Each loop calls
+//! the pure [`super::step::Stepper`] once a second, the same step the
+//! simulator runs. [`Statuses`] is what the admin listener reads.
+
+mod history_file;
+mod pool_loop;
+pub mod status;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::shutdown::stopped;
+use crate::state::State;
+pub use history_file::{append, load, path_for};
+pub use pool_loop::PoolLoop;
+pub use status::{DecisionRecord, HookRecord, Status};
+
+/// Every autoscaled pool's status, by pool name.
+#[derive(Default)]
+pub struct Statuses {
+    by_pool: Mutex<HashMap<String, Arc<Mutex<Status>>>>,
+}
+
+impl Statuses {
+    /// A copy of a pool's status, if it is autoscaled.
+    pub fn status(&self, pool: &str) -> Option<Status> {
+        let by_pool = self.by_pool.lock().unwrap_or_else(|p| p.into_inner());
+        by_pool
+            .get(pool)
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn insert(&self, pool: &str) -> Arc<Mutex<Status>> {
+        let status = Arc::new(Mutex::new(Status::default()));
+        self.by_pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pool.to_string(), Arc::clone(&status));
+        status
+    }
+}
+
+/// Runs every pool's loop until `stop` turns true. `exe` is the tidegate
+/// binary, for the `local` provisioner's children.
+pub async fn run(state: Arc<State>, statuses: Arc<Statuses>, exe: Option<PathBuf>, mut stop: watch::Receiver<bool>) {
+    let mut changes = state.subscribe();
+    let mut loops: JoinSet<()> = JoinSet::new();
+    let mut by_pool: HashMap<String, AbortHandle> = HashMap::new();
+    loop {
+        while loops.try_join_next().is_some() {}
+        by_pool.retain(|_, task| !task.is_finished());
+        for pool in &state.load().pools {
+            if pool.config.autoscale.is_none() || by_pool.contains_key(&*pool.name) {
+                continue;
+            }
+            let status = statuses.insert(&pool.name);
+            let pool_loop = PoolLoop::new(Arc::downgrade(&state), pool.name.to_string(), status, exe.clone());
+            by_pool.insert(pool.name.to_string(), loops.spawn(pool_loop.run()));
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    // Dropping the set aborts every loop (and a `local` provisioner's
+    // children with it).
+    loops.shutdown().await;
+}

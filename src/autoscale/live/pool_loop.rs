@@ -1,0 +1,485 @@
+//! One autoscaled pool's loop: control path, one task per pool.
+//!
+//! Every second, in this order (each a small method of [`PoolLoop`]):
+//! 1. **sample** the pool's counters (arrivals and completions since the
+//!    last second, in flight + queued, queue wait);
+//! 2. **learn** from members that came up (the provisioning delay) and
+//!    give up on the ones overdue (`ready_deadline`);
+//! 3. **decide** through the shared [`Stepper`] (decide -> guard -> floor),
+//!    the same step `tidegate simulate` runs, and append a closed minute to
+//!    the history file;
+//! 4. **publish** the status `/stats` shows;
+//! 5. **scale in**: members to drop are taken out of the pool (they turn
+//!    `draining`); only once their in-flight count is zero (or
+//!    `drain_timeout` passed) are they sent to the hook as `remove`;
+//! 6. **call the hook** when what to ask for changed, with backoff after a
+//!    failure (the pool is unchanged and the queue keeps serving);
+//! 7. **write** the membership once (`State::set_members`).
+//!
+//! Membership lives in one place, the snapshot (`Pool::provisioned`); the
+//! loop keeps only what is its own: members draining, given up on, or
+//! whose removal the provisioner ignored.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::history_file::Recorder;
+use super::status::{DecisionRecord, HookRecord, Status, KEPT};
+use crate::autoscale::hook::{backoff, provisioner, HookAnswer, HookRequest, Provisioner};
+use crate::autoscale::policy::{Decision, Policy, TidegateParams};
+use crate::autoscale::signal::Sample;
+use crate::autoscale::step::{Outcome, StepParams, Stepper, Tick};
+use crate::autoscale::warmup::Warmup;
+use crate::clock::unix_ms;
+use crate::config::{AutoscaleConfig, HookConfig};
+use crate::pool::{BackendState, Pool};
+use crate::state::State;
+use crate::telemetry::{AUTOSCALE_DECISIONS_TOTAL, HOOK_CALLS_TOTAL, POOL_DESIRED_BACKENDS, REPLACED_TOTAL};
+
+/// The pool's running counters, read once a second; a sample is the
+/// difference between two readings.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    arrivals: u64,
+    completed: u64,
+    left_queue: u64,
+    waited_ns: u64,
+}
+
+impl Totals {
+    fn read(pool: &Pool) -> Totals {
+        let (left_queue, waited_ns) = pool.shared.queue.waited();
+        Totals {
+            arrivals: pool.shared.arrivals(),
+            completed: pool.shared.response_counts().iter().sum(),
+            left_queue,
+            waited_ns,
+        }
+    }
+
+    /// One second of the pool, from the reading before (`None`: the first).
+    fn sample(&self, before: Option<Totals>, t: u64, in_flight: u32, queued: f64) -> Sample {
+        let b = before.unwrap_or(*self);
+        let left = self.left_queue.saturating_sub(b.left_queue);
+        Sample {
+            t,
+            arrivals: self.arrivals.saturating_sub(b.arrivals) as f64,
+            completed: self.completed.saturating_sub(b.completed) as f64,
+            concurrency: f64::from(in_flight) + queued,
+            queued,
+            queue_wait: if left == 0 {
+                0.0
+            } else {
+                self.waited_ns.saturating_sub(b.waited_ns) as f64 / left as f64 / 1e9
+            },
+        }
+    }
+}
+
+/// A member taken out of the pool, waiting for its last requests.
+#[derive(Debug, Clone, Copy)]
+struct Draining {
+    addr: SocketAddr,
+    since: f64,
+}
+
+/// The provisioner and when it may be called.
+struct Hook {
+    config: HookConfig,
+    provisioner: Box<dyn Provisioner>,
+    seq: u64,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// The `desired` of the last successful call.
+    asked: Option<u32>,
+}
+
+/// One pool's autoscaler.
+pub struct PoolLoop {
+    state: Weak<State>,
+    name: String,
+    status: Arc<Mutex<Status>>,
+    exe: Option<PathBuf>,
+    stepper: Option<Stepper>,
+    hook: Option<Hook>,
+    recorder: Recorder,
+    warmup: Warmup,
+    draining: Vec<Draining>,
+    /// Given up on for never becoming ready: ignored while listed.
+    rejected: Vec<SocketAddr>,
+    /// Sent as `remove` and still listed by the answer: listed once more
+    /// means the provisioner ignored the removal.
+    removed: Vec<SocketAddr>,
+    /// Removals the provisioner ignored: never used, never asked again.
+    ignored: Vec<SocketAddr>,
+    started: Instant,
+    last: Option<Totals>,
+    rng: fastrand::Rng,
+}
+
+/// The step's parameters for a pool's config.
+fn step_params(pool: &Pool, cfg: &AutoscaleConfig) -> StepParams {
+    StepParams {
+        policy: Policy::Tidegate(TidegateParams {
+            slo: cfg.slo.as_secs_f64(),
+            scale_down_window: cfg.scale_down_window.as_secs(),
+            ..TidegateParams::default()
+        }),
+        slots: pool.config.max_concurrency,
+        min: cfg.min,
+        max: cfg.max,
+        guards: cfg.guards,
+        schedule: cfg.schedule.clone(),
+        provisioning_delay: cfg.provisioning_delay.as_secs_f64(),
+    }
+}
+
+impl PoolLoop {
+    pub fn new(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, exe: Option<PathBuf>) -> PoolLoop {
+        PoolLoop {
+            state,
+            name,
+            status,
+            exe,
+            stepper: None,
+            hook: None,
+            recorder: Recorder::default(),
+            warmup: Warmup::default(),
+            draining: Vec::new(),
+            rejected: Vec::new(),
+            removed: Vec::new(),
+            ignored: Vec::new(),
+            started: Instant::now(),
+            last: None,
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    /// Runs once a second until the pool is gone or no longer autoscaled.
+    pub async fn run(mut self) {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if !self.tick().await {
+                return;
+            }
+        }
+    }
+
+    /// One second; `false` once the loop should end.
+    async fn tick(&mut self) -> bool {
+        let Some(state) = self.state.upgrade() else {
+            return false;
+        };
+        let snapshot = state.load();
+        let Some(pool) = snapshot.pool(&self.name) else {
+            return false;
+        };
+        let Some(cfg) = pool.config.autoscale.clone() else {
+            return false;
+        };
+        self.configure(pool, &cfg, snapshot.config.runtime.state_dir.as_ref())
+            .await;
+        let now = self.started.elapsed().as_secs_f64();
+        let sample = self.sample(pool, now as u64);
+        let mut members = pool.provisioned.clone();
+        self.learn(pool, &members, now);
+        if !cfg.dry_run {
+            self.give_up_on_overdue(&mut members, &cfg, now);
+        }
+        let counts = pool.state_counts();
+        let tick = Tick {
+            t: now as u64,
+            unix: (unix_ms() / 1000) as i64,
+            sample,
+            ready: counts[BackendState::Active as usize] as u32,
+            provisioning: counts[BackendState::Warming as usize] as u32,
+        };
+        let outcome = self.stepper.as_mut().expect("configured").step(&tick);
+        if let Some(closed) = outcome.closed {
+            self.recorder.append(&self.name, closed).await;
+        }
+        self.publish(&outcome, &tick, &cfg);
+        if let (Some(decision), false) = (&outcome.decision, cfg.dry_run) {
+            let statics = pool.config.backends.len() as u32;
+            let want = decision.desired.saturating_sub(statics);
+            let drained = self.drained(pool, now, cfg.drain_timeout.as_secs_f64());
+            self.scale_in(pool, &mut members, want, now);
+            if let Some(answer) = self.call_hook(&tick, want, &members, &drained, decision).await {
+                members = self.accept(answer, &drained);
+            }
+        }
+        state.set_members(&self.name, members);
+        true
+    }
+
+    /// Creates or updates the step, the provisioner and the history file
+    /// after a start or a reload.
+    async fn configure(&mut self, pool: &Pool, cfg: &AutoscaleConfig, state_dir: Option<&PathBuf>) {
+        let params = step_params(pool, cfg);
+        match &mut self.stepper {
+            Some(s) if *s.params() != params => s.set_params(params),
+            Some(_) => {}
+            None => self.stepper = Some(Stepper::new(params)),
+        }
+        if self.hook.as_ref().is_none_or(|h| h.config != cfg.hook) {
+            // A new kind or target: a fresh provisioner (the old one, and a
+            // `local` one's children, are dropped).
+            let (seq, asked) = self.hook.as_ref().map_or((0, None), |h| (h.seq, h.asked));
+            self.hook = Some(Hook {
+                config: cfg.hook.clone(),
+                provisioner: provisioner(&cfg.hook, self.exe.clone()),
+                seq,
+                failures: 0,
+                retry_at: None,
+                asked,
+            });
+        }
+        let stepper = self.stepper.as_mut().expect("just set");
+        if let Some(minutes) = self.recorder.open(&self.name, state_dir, stepper.minutes()).await {
+            stepper.seed_minutes(minutes);
+        }
+    }
+
+    fn sample(&mut self, pool: &Pool, t: u64) -> Sample {
+        let totals = Totals::read(pool);
+        let in_flight: u32 = pool.backends.iter().chain(&pool.draining).map(|b| b.in_flight()).sum();
+        totals.sample(
+            self.last.replace(totals),
+            t,
+            in_flight,
+            pool.shared.queue.depth() as f64,
+        )
+    }
+
+    /// Members that came up teach the provisioning delay.
+    fn learn(&mut self, pool: &Pool, members: &[SocketAddr], now: f64) {
+        self.warmup.retain(members);
+        let stepper = self.stepper.as_mut().expect("configured");
+        for addr in self.warmup.pending().collect::<Vec<_>>() {
+            if pool.is_active(addr) {
+                if let Some(observed) = self.warmup.ready(addr, now) {
+                    stepper.learn_delay(observed);
+                }
+            }
+        }
+    }
+
+    /// Members still not healthy `ready_deadline` after they were asked
+    /// for leave the pool and are sent as `remove` (the provisioner
+    /// provides another: `desired` is unchanged).
+    fn give_up_on_overdue(&mut self, members: &mut Vec<SocketAddr>, cfg: &AutoscaleConfig, now: f64) {
+        let overdue = self.warmup.overdue(now, cfg.ready_deadline.as_secs_f64());
+        if overdue.is_empty() {
+            return;
+        }
+        for addr in &overdue {
+            tracing::warn!(pool = %self.name, member = %addr, deadline = ?cfg.ready_deadline, "a provisioned member never became healthy; replacing it");
+        }
+        metrics::counter!(REPLACED_TOTAL, "pool" => self.name.clone()).increment(overdue.len() as u64);
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).replaced += overdue.len() as u64;
+        members.retain(|a| !overdue.contains(a));
+        self.draining
+            .extend(overdue.iter().map(|&addr| Draining { addr, since: now }));
+        self.rejected.extend(&overdue);
+        self.warmup.retain(members);
+    }
+
+    fn publish(&self, outcome: &Outcome, tick: &Tick, cfg: &AutoscaleConfig) {
+        let stepper = self.stepper.as_ref().expect("configured");
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = &outcome.decision {
+            if s.desired != d.desired || s.decisions.is_empty() {
+                let direction = if d.desired > s.desired { "up" } else { "down" };
+                metrics::counter!(AUTOSCALE_DECISIONS_TOTAL, "pool" => self.name.clone(), "direction" => direction)
+                    .increment(1);
+                tracing::info!(pool = %self.name, from = s.desired, to = d.desired, dry_run = cfg.dry_run, "{}", d.reason);
+                let from = s.desired;
+                s.decisions.push_front(DecisionRecord {
+                    at_unix_ms: unix_ms(),
+                    from,
+                    to: d.desired,
+                    reason: d.reason.clone(),
+                });
+                s.decisions.truncate(KEPT);
+            }
+            s.desired = d.desired;
+            metrics::gauge!(POOL_DESIRED_BACKENDS, "pool" => self.name.clone()).set(f64::from(d.desired));
+        }
+        s.dry_run = cfg.dry_run;
+        s.ready = tick.ready;
+        s.current = tick.ready + tick.provisioning;
+        s.draining = self.draining.len();
+        s.provisioning_delay_s = stepper.delay();
+        s.provisioning_delay_learned = stepper.delay_is_learned();
+        s.forecast_rate = outcome.forecast_rate;
+        s.scheduled_floor = outcome.floor;
+        s.queue_wait_ms = tick.sample.queue_wait * 1000.0;
+        s.history_minutes = stepper.minutes().len();
+        s.history_file = self.recorder.file.as_ref().map(|p| p.display().to_string());
+        s.ignored_removals = self.ignored.iter().map(ToString::to_string).collect();
+    }
+
+    /// Members drained since an earlier second: nothing in flight (or gone
+    /// from the pool), or draining longer than `drain_timeout`.
+    fn drained(&mut self, pool: &Pool, now: f64, drain_timeout: f64) -> Vec<SocketAddr> {
+        let mut drained = Vec::new();
+        let mut timed_out = 0;
+        for d in &self.draining {
+            let idle = pool
+                .draining
+                .iter()
+                .chain(&pool.backends)
+                .all(|b| b.address != d.addr || b.in_flight() == 0);
+            if idle {
+                drained.push(d.addr);
+            } else if now - d.since >= drain_timeout {
+                tracing::warn!(pool = %self.name, member = %d.addr, "drain_timeout passed with requests still open; removing the member anyway");
+                timed_out += 1;
+                drained.push(d.addr);
+            }
+        }
+        if timed_out > 0 {
+            self.status.lock().unwrap_or_else(|p| p.into_inner()).drain_timeouts += timed_out;
+        }
+        drained
+    }
+
+    /// Takes members beyond `want` out of the pool: first those not
+    /// serving yet, then the youngest, so warmed-up members stay.
+    fn scale_in(&mut self, pool: &Pool, members: &mut Vec<SocketAddr>, want: u32, now: f64) {
+        if members.len() as u32 <= want {
+            return;
+        }
+        let serving: Vec<(SocketAddr, bool)> = members.iter().map(|a| (*a, pool.is_active(*a))).collect();
+        let victims = self.warmup.victims(&serving, members.len() - want as usize);
+        members.retain(|a| !victims.contains(a));
+        self.draining
+            .extend(victims.iter().map(|&addr| Draining { addr, since: now }));
+        tracing::info!(pool = %self.name, ?victims, "draining before deprovisioning");
+    }
+
+    /// Calls the provisioner when what to ask for changed (or members are
+    /// drained); `None` when no call was made or it failed.
+    async fn call_hook(
+        &mut self,
+        tick: &Tick,
+        want: u32,
+        members: &[SocketAddr],
+        drained: &[SocketAddr],
+        decision: &Decision,
+    ) -> Option<HookAnswer> {
+        let hook = self.hook.as_mut().expect("configured");
+        if hook.retry_at.is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
+        // Members still draining are still provided (and may still carry
+        // requests) until they are sent as `remove`: asking for fewer would
+        // let the provisioner stop a member of its own choosing. Removals it
+        // ignored are still provided too.
+        let still_draining = self.draining.iter().filter(|d| !drained.contains(&d.addr)).count() as u32;
+        let desired = want + still_draining + self.ignored.len() as u32;
+        if hook.asked == Some(desired) && drained.is_empty() {
+            return None;
+        }
+        hook.seq += 1;
+        let req = HookRequest {
+            version: 1,
+            pool: self.name.clone(),
+            seq: hook.seq,
+            desired,
+            current: (members.len() + self.draining.len()) as u32,
+            ready: tick.ready,
+            members: members.iter().map(ToString::to_string).collect(),
+            remove: drained.iter().map(ToString::to_string).collect(),
+            reason: decision.reason.clone(),
+        };
+        let began = Instant::now();
+        let result = hook.provisioner.call(&req).await;
+        let (label, error) = match &result {
+            Ok(_) => {
+                hook.failures = 0;
+                hook.retry_at = None;
+                hook.asked = Some(desired);
+                ("ok", None)
+            }
+            Err(e) => {
+                hook.failures += 1;
+                let wait = backoff(hook.failures, &mut self.rng);
+                hook.retry_at = Some(Instant::now() + wait);
+                tracing::warn!(pool = %self.name, error = %e, retry_in = ?wait, "provisioning hook failed; the pool is unchanged");
+                (e.label(), Some(e.to_string()))
+            }
+        };
+        metrics::counter!(HOOK_CALLS_TOTAL, "pool" => self.name.clone(), "result" => label).increment(1);
+        let record = HookRecord {
+            at_unix_ms: unix_ms(),
+            seq: req.seq,
+            desired: want,
+            removed: drained.len(),
+            result: label,
+            error,
+            members: result.as_ref().map_or(members.len(), |a| a.members.len()),
+            duration_ms: began.elapsed().as_millis() as u64,
+        };
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if label != "ok" {
+            s.hook_failures += 1;
+        }
+        s.hook_calls.push_front(record);
+        s.hook_calls.truncate(KEPT);
+        drop(s);
+        if let Ok(answer) = &result {
+            let asked_at = began.duration_since(self.started).as_secs_f64();
+            let known: Vec<SocketAddr> = members.to_vec();
+            self.warmup
+                .reported(answer.members.iter().copied().filter(|a| !known.contains(a)), asked_at);
+        }
+        result.ok()
+    }
+
+    /// The members to use from a successful answer: everything listed,
+    /// minus what is draining, given up on, or being removed. A member sent
+    /// as `remove` and still listed gets one more call to go; listed after
+    /// that, the provisioner ignored the removal: it is warned about once,
+    /// never used and never asked about again (asking every second made
+    /// the pool flap).
+    fn accept(&mut self, answer: HookAnswer, drained: &[SocketAddr]) -> Vec<SocketAddr> {
+        let listed = &answer.members;
+        let mut still_listed = Vec::new();
+        for addr in drained.iter().chain(&self.removed) {
+            if !listed.contains(addr) || self.rejected.contains(addr) || still_listed.contains(addr) {
+                continue;
+            }
+            if self.removed.contains(addr) {
+                if !self.ignored.contains(addr) {
+                    tracing::warn!(pool = %self.name, member = %addr, "the provisioner keeps listing a member it was asked to remove; ignoring it from now on and not asking again");
+                    self.ignored.push(*addr);
+                }
+            } else {
+                still_listed.push(*addr);
+            }
+        }
+        self.removed = still_listed;
+        self.ignored.retain(|a| listed.contains(a));
+        self.draining.retain(|d| !drained.contains(&d.addr));
+        self.rejected.retain(|a| listed.contains(a));
+        let members: Vec<SocketAddr> = listed
+            .iter()
+            .copied()
+            .filter(|a| {
+                !self.draining.iter().any(|d| d.addr == *a)
+                    && !self.rejected.contains(a)
+                    && !self.ignored.contains(a)
+                    && !self.removed.contains(a)
+            })
+            .collect();
+        self.warmup.retain(&members);
+        members
+    }
+}

@@ -1,0 +1,271 @@
+//! One autoscaling step: sample -> view (with the floor) -> decide ->
+//! guard. The one function the live loop, `tidegate simulate` and its
+//! `--stdio` mode all run, so what the simulator proves is what runs.
+//!
+//! Control path, pure: no tokio, no I/O, no clock (time comes in with each
+//! [`Tick`]). A [`Stepper`] owns everything a decision depends on between
+//! seconds: the signal history, the per-minute history the forecast reads,
+//! the policy's state, the guards' state, and the learned provisioning
+//! delay. Each second the caller hands it one [`Tick`] (the pool as the
+//! proxy saw it) and gets the size to ask for:
+//!
+//! 1. the sample joins the signal history and the minute being recorded;
+//! 2. the view: the pool's size, the schedule's floor and the forecast
+//!    (same minutes yesterday and last week, over the provisioning delay);
+//! 3. the policy decides within `min`, `max` and the floor
+//!    (`policy::decide`);
+//! 4. the operator's guards bound the change (`guard::guard`): a step
+//!    limit is honoured even on the way to a raised `min` or floor, so an
+//!    operator's `max_step_up` always holds; `max` is never exceeded.
+
+use super::forecast::{expected_rate, lookahead, Minute, Minutes};
+use super::guard::{guard, GuardState};
+use super::policy::{decide, Decision, Policy, PolicyState, PoolView};
+use super::schedule::floor;
+use super::signal::{History, Sample};
+use super::warmup::DelayEstimate;
+use crate::config::schedule::Entry;
+use crate::config::Guards;
+
+/// Seconds of signal kept for the policies (the longest window they read).
+pub const HISTORY_SECONDS: usize = 600;
+/// The scheduled floor is in force this long before an entry's start, on
+/// top of the provisioning delay, so the capacity is ready in time.
+pub const SCHEDULE_MARGIN_SECS: f64 = 300.0;
+
+/// What the operator configured for one pool's autoscaler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepParams {
+    pub policy: Policy,
+    /// `max_concurrency` of one backend.
+    pub slots: u32,
+    pub min: u32,
+    pub max: u32,
+    pub guards: Guards,
+    pub schedule: Vec<Entry>,
+    /// The provisioning delay assumed before one is observed, seconds.
+    pub provisioning_delay: f64,
+}
+
+/// One second of the pool.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tick {
+    /// Seconds since the autoscaler started (monotonic).
+    pub t: u64,
+    /// Wall-clock seconds (UTC) for the schedule and the minute history;
+    /// the simulator passes simulated seconds.
+    pub unix: i64,
+    pub sample: Sample,
+    /// Members taking traffic.
+    pub ready: u32,
+    /// Members asked for and not ready yet.
+    pub provisioning: u32,
+}
+
+/// What one step produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The size to ask for, when the policy decided this second (KPA every
+    /// 2 s, HPA every 15 s, tidegate every second).
+    pub decision: Option<Decision>,
+    /// A minute of history that this second closed (to append to disk).
+    pub closed: Option<Minute>,
+    /// The rate the recorded history expects within the lookahead.
+    pub forecast_rate: Option<f64>,
+    /// The scheduled floor in force.
+    pub floor: u32,
+}
+
+/// One pool's autoscaler state between steps.
+#[derive(Debug, Clone)]
+pub struct Stepper {
+    params: StepParams,
+    history: History,
+    minutes: Minutes,
+    policy: PolicyState,
+    guards: GuardState,
+    delay: DelayEstimate,
+    /// The size asked for last (after the guards).
+    asked: Option<u32>,
+}
+
+impl Stepper {
+    pub fn new(params: StepParams) -> Stepper {
+        Stepper {
+            delay: DelayEstimate::new(params.provisioning_delay),
+            params,
+            history: History::new(HISTORY_SECONDS),
+            minutes: Minutes::default(),
+            policy: PolicyState::default(),
+            guards: GuardState::default(),
+            asked: None,
+        }
+    }
+
+    /// A reload changed the pool's autoscale settings: keep the history and
+    /// what was learned.
+    pub fn set_params(&mut self, params: StepParams) {
+        if params.provisioning_delay != self.params.provisioning_delay && !self.delay.is_learned() {
+            self.delay = DelayEstimate::new(params.provisioning_delay);
+        }
+        self.params = params;
+    }
+
+    pub fn params(&self) -> &StepParams {
+        &self.params
+    }
+
+    /// Per-minute history read back from disk.
+    pub fn seed_minutes(&mut self, minutes: Minutes) {
+        self.minutes = minutes;
+    }
+
+    pub fn minutes(&self) -> &Minutes {
+        &self.minutes
+    }
+
+    /// A member became ready `observed` seconds after it was asked for.
+    pub fn learn_delay(&mut self, observed: f64) {
+        self.delay.observe(observed);
+    }
+
+    /// The provisioning delay planned with, seconds.
+    pub fn delay(&self) -> f64 {
+        self.delay.delay()
+    }
+
+    pub fn delay_is_learned(&self) -> bool {
+        self.delay.is_learned()
+    }
+
+    /// The last size asked for.
+    pub fn asked(&self) -> Option<u32> {
+        self.asked
+    }
+
+    /// One second: see the module docs.
+    pub fn step(&mut self, tick: &Tick) -> Outcome {
+        let p = &self.params;
+        self.history.push(tick.sample);
+        let closed = self.minutes.add_second(tick.unix.max(0) as u64, &tick.sample);
+        let delay = self.delay.delay();
+        let minutes = &self.minutes;
+        let forecast_rate = expected_rate(|m| minutes.rate(m), tick.unix.max(0) as u64 / 60, lookahead(delay));
+        let floor = floor(&p.schedule, tick.unix, (delay + SCHEDULE_MARGIN_SECS) as i64);
+        let view = PoolView {
+            ready: tick.ready,
+            provisioning: tick.provisioning,
+            slots: p.slots,
+            min: p.min,
+            max: p.max,
+            floor,
+            forecast_rate,
+            provisioning_delay: delay,
+        };
+        let decision = decide(&p.policy, &mut self.policy, &self.history, tick.t, &view).map(|mut d| {
+            let previous = *self.asked.get_or_insert(view.current());
+            let (size, held) = guard(&p.guards, &mut self.guards, tick.t, previous, d.desired);
+            if let Some(why) = held {
+                d.reason.push_str(&format!("; wants {}, {why}", d.desired));
+            }
+            d.desired = size.min(p.max.max(p.min));
+            self.asked = Some(d.desired);
+            d
+        });
+        Outcome {
+            decision,
+            closed,
+            forecast_rate,
+            floor,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscale::policy::TidegateParams;
+    use crate::config::schedule::When;
+
+    fn params(policy: Policy) -> StepParams {
+        StepParams {
+            policy,
+            slots: 10,
+            min: 1,
+            max: 50,
+            guards: Guards::default(),
+            schedule: Vec::new(),
+            provisioning_delay: 30.0,
+        }
+    }
+
+    fn tick(t: u64, arrivals: f64, ready: u32) -> Tick {
+        Tick {
+            t,
+            unix: t as i64,
+            sample: Sample {
+                t,
+                arrivals,
+                completed: arrivals,
+                concurrency: arrivals * 0.02,
+                queued: 0.0,
+                queue_wait: 0.0,
+            },
+            ready,
+            provisioning: 0,
+        }
+    }
+
+    #[test]
+    fn the_floor_bounds_the_policy_and_the_guards_bound_the_step() {
+        let mut p = params(Policy::Tidegate(TidegateParams::default()));
+        p.guards.max_step_up = Some(2);
+        p.schedule = vec![Entry {
+            start: When::At(0),
+            end: When::At(1_000),
+            min: 6,
+        }];
+        let mut s = Stepper::new(p);
+        // No load, but a scheduled floor of 6: reached two at a time.
+        let d = s.step(&tick(1, 0.0, 1)).decision.unwrap();
+        assert_eq!(d.desired, 3, "{}", d.reason);
+        assert!(d.reason.contains("wants 6, max_step_up 2"), "{}", d.reason);
+        assert_eq!(s.step(&tick(2, 0.0, 3)).decision.unwrap().desired, 5);
+        assert_eq!(s.step(&tick(3, 0.0, 5)).decision.unwrap().desired, 6);
+        assert_eq!(s.step(&tick(4, 0.0, 6)).decision.unwrap().desired, 6);
+    }
+
+    #[test]
+    fn kpa_decides_every_other_second_through_the_same_step() {
+        let mut s = Stepper::new(params(Policy::Kpa));
+        assert!(s.step(&tick(1, 100.0, 1)).decision.is_none());
+        assert!(s.step(&tick(2, 100.0, 1)).decision.is_some());
+    }
+
+    #[test]
+    fn a_closed_minute_is_handed_back_and_feeds_the_forecast_a_day_later() {
+        let mut s = Stepper::new(params(Policy::Tidegate(TidegateParams::default())));
+        let mut closed = Vec::new();
+        for t in 0..121 {
+            closed.extend(s.step(&tick(t, 50.0, 1)).closed);
+        }
+        assert_eq!(closed.len(), 2);
+        assert_eq!(closed[0].rate, 50.0);
+        // A day later, the same minute is what the forecast reads.
+        let day = 86_400;
+        let out = s.step(&tick(day - 60, 50.0, 1));
+        assert_eq!(out.forecast_rate, Some(50.0));
+    }
+
+    #[test]
+    fn the_learned_delay_replaces_the_configured_one() {
+        let mut s = Stepper::new(params(Policy::Kpa));
+        assert_eq!(s.delay(), 30.0);
+        s.learn_delay(8.0);
+        assert_eq!(s.delay(), 8.0);
+        let mut p = s.params().clone();
+        p.provisioning_delay = 60.0;
+        s.set_params(p);
+        assert_eq!(s.delay(), 8.0, "what was learned survives a reload");
+    }
+}

@@ -1,0 +1,24 @@
+//! The two clocks tidegate reads, in one place.
+//!
+//! Leaf: imports no other tidegate module. [`clock_ns`] is tokio's
+//! monotonic clock (so `start_paused` tests control it) as nanoseconds since
+//! the process's first reading: the data path stamps latency EWMAs with it,
+//! the control path ejections and slow start. [`unix_ms`] is the wall clock,
+//! used only for records a person reads (reloads, autoscaling decisions,
+//! hook calls, the access log) and for the history file's minute keys.
+
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+/// Nanoseconds since the process's first call, on tokio's clock.
+pub fn clock_ns() -> u64 {
+    static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
+    EPOCH.get_or_init(tokio::time::Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,158 @@
+//! Building a snapshot from a validated config and the previous snapshot:
+//! control path, off the hot path, run only by [`super::State`]'s writer.
+//!
+//! Per-pool state ([`PoolShared`]: queue, round-robin cursor, totals) is
+//! carried by pool name and each [`Backend`] by (pool, address), so
+//! counters, in-flight counts and queued requests survive. A backend that
+//! disappears is returned to the caller, which marks it draining once the
+//! new snapshot is published; it stays in its pool's `draining` list until
+//! its last request finishes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::router::Router;
+use super::snapshot::Snapshot;
+use crate::balance::Balancer;
+use crate::config::{Config, PoolConfig};
+use crate::pool::{Backend, BackendState, Pool, PoolShared};
+
+/// Builds a whole snapshot. Autoscaled pools keep the members their
+/// provisioner provides (read from the previous snapshot). Also returns
+/// the backends it leaves out.
+pub(super) fn snapshot(config: Config, previous: Option<&Snapshot>, generation: u64) -> (Snapshot, Vec<Arc<Backend>>) {
+    let mut removed = Vec::new();
+    let pools: Vec<Arc<Pool>> = config
+        .pools
+        .iter()
+        .map(|(name, pc)| {
+            let old = previous.and_then(|s| s.pool(name)).map(|p| &**p);
+            let provisioned = match (old, pc.autoscale.is_some()) {
+                (Some(p), true) => p.provisioned.clone(),
+                _ => Vec::new(),
+            };
+            let (pool, gone) = pool(name, pc, old, provisioned);
+            removed.extend(gone);
+            Arc::new(pool)
+        })
+        .collect();
+    let index: HashMap<&str, usize> = pools.iter().enumerate().map(|(i, p)| (&*p.name, i)).collect();
+    let router = Router::new(&config.routes, &index);
+    let snapshot = Snapshot {
+        generation,
+        config: Arc::new(config),
+        router,
+        pools,
+    };
+    (snapshot, removed)
+}
+
+/// The same snapshot with one pool's provisioned members replaced: only
+/// that pool is rebuilt, the others (and the config) are shared.
+pub(super) fn with_members(
+    previous: &Snapshot,
+    name: &str,
+    members: Vec<SocketAddr>,
+    generation: u64,
+) -> Option<(Snapshot, Vec<Arc<Backend>>)> {
+    let at = previous.pools.iter().position(|p| &*p.name == name)?;
+    let old = &previous.pools[at];
+    let (pool, removed) = pool(name, &old.config, Some(old), members);
+    let mut pools = previous.pools.clone();
+    pools[at] = Arc::new(pool);
+    let index: HashMap<&str, usize> = pools.iter().enumerate().map(|(i, p)| (&*p.name, i)).collect();
+    let router = Router::new(&previous.config.routes, &index);
+    Some((
+        Snapshot {
+            generation,
+            config: Arc::clone(&previous.config),
+            router,
+            pools,
+        },
+        removed,
+    ))
+}
+
+/// One pool: static members from the file, then `provisioned` (autoscaled
+/// pools only), each address once. Returns the old pool's backends left out.
+fn pool(
+    name: &str,
+    pc: &Arc<PoolConfig>,
+    old: Option<&Pool>,
+    provisioned: Vec<SocketAddr>,
+) -> (Pool, Vec<Arc<Backend>>) {
+    let shared = match old {
+        Some(p) => {
+            p.shared.queue.set_max_depth(pc.queue_max_depth);
+            Arc::clone(&p.shared)
+        }
+        None => Arc::new(PoolShared::new(pc)),
+    };
+    let pool_name: Arc<str> = old.map_or_else(|| Arc::from(name), |p| Arc::clone(&p.name));
+    let mut members: Vec<(SocketAddr, u32, bool)> = pc.backends.iter().map(|b| (b.address, b.weight, false)).collect();
+    let provisioned: Vec<SocketAddr> = if pc.autoscale.is_some() {
+        provisioned
+    } else {
+        Vec::new()
+    };
+    for addr in &provisioned {
+        if !members.iter().any(|(a, _, _)| a == addr) {
+            members.push((*addr, 1, true));
+        }
+    }
+    let backends: Vec<Arc<Backend>> = members
+        .iter()
+        .map(|&(address, weight, dynamic)| {
+            let kept = old.and_then(|p| p.backends.iter().chain(&p.draining).find(|b| b.address == address));
+            match kept {
+                Some(b) => {
+                    b.reconfigure(weight, pc.max_concurrency, pc.max_idle_per_backend);
+                    if b.state() == BackendState::Draining {
+                        // Re-added while draining: it takes traffic again.
+                        b.set_state(BackendState::Active);
+                    }
+                    Arc::clone(b)
+                }
+                None => {
+                    let b = Arc::new(Backend::new(
+                        Arc::clone(&pool_name),
+                        address,
+                        weight,
+                        pc.max_concurrency,
+                        pc.max_idle_per_backend,
+                    ));
+                    if dynamic {
+                        // Provisioned: no traffic until a probe passes.
+                        b.set_state(BackendState::Warming);
+                    }
+                    b
+                }
+            }
+        })
+        .collect();
+    let mut removed = Vec::new();
+    let mut draining = Vec::new();
+    if let Some(p) = old {
+        for b in p.backends.iter().chain(&p.draining) {
+            if backends.iter().any(|n| Arc::ptr_eq(n, b)) {
+                continue;
+            }
+            removed.push(Arc::clone(b));
+            if b.in_flight() > 0 {
+                draining.push(Arc::clone(b));
+            }
+        }
+    }
+    let balancer = Balancer::new(pc.balance, &backends, Arc::clone(&shared.rr_cursor));
+    let pool = Pool {
+        name: pool_name,
+        config: Arc::clone(pc),
+        backends,
+        draining,
+        provisioned,
+        balancer,
+        shared,
+    };
+    (pool, removed)
+}

@@ -1,0 +1,233 @@
+//! Every metric tidegate exports: its name, type, unit and HELP text, in one
+//! table; the Prometheus recorder for the control path's events; and the
+//! few lines of exposition-format writing the admin listener needs.
+//!
+//! Leaf: imports no other tidegate module. Two kinds of family:
+//! - **Live families** ([`Source::Live`]) are read from the data path's own
+//!   atomics (per backend, per pool, per queue) when `/metrics` is scraped,
+//!   by `admin/metrics.rs`. The hot path never touches a metrics registry,
+//!   and a member that leaves the pool leaves `/metrics` with it: a series
+//!   exists exactly while its backend is in the snapshot.
+//! - **Event families** ([`Source::Recorder`]) count control-path events
+//!   (reloads, hook calls, scaling decisions) through the `metrics` crate
+//!   and `metrics-exporter-prometheus`, installed once by [`install`].
+//!
+//! Names carry their unit (`_seconds`, `_bytes`, `_total`).
+
+use std::fmt::Write;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Where a family's values come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Rendered at scrape time from the snapshot's atomics.
+    Live,
+    /// Recorded through the `metrics` facade.
+    Recorder,
+}
+
+/// Prometheus metric type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric family.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub source: Source,
+    pub help: &'static str,
+}
+
+macro_rules! families {
+    ($($konst:ident = $name:literal, $kind:ident, $source:ident, $help:literal;)*) => {
+        $(
+            #[doc = $help]
+            pub const $konst: &str = $name;
+        )*
+        /// Every family, in the order `/metrics` lists them.
+        pub const FAMILIES: &[Family] = &[
+            $(Family { name: $name, kind: Kind::$kind, source: Source::$source, help: $help },)*
+        ];
+    };
+}
+
+families! {
+    BUILD_INFO = "tidegate_build_info", Gauge, Live,
+        "Always 1; the version label says which tidegate is running";
+    REQUESTS_TOTAL = "tidegate_requests_total", Counter, Live,
+        "Exchanges with a backend by pool, backend and status class (error = no response)";
+    REQUEST_DURATION_SECONDS = "tidegate_request_duration_seconds", Histogram, Live,
+        "Time from sending a request to a backend to its response head";
+    BACKEND_IN_FLIGHT = "tidegate_backend_in_flight", Gauge, Live,
+        "Requests in flight on a backend";
+    POOL_BACKENDS = "tidegate_pool_backends", Gauge, Live,
+        "Backends of a pool by state (active, warming, draining, down)";
+    POOL_QUEUE_DEPTH = "tidegate_pool_queue_depth", Gauge, Live,
+        "Requests waiting in a pool's queue";
+    QUEUE_WAIT_SECONDS = "tidegate_queue_wait_seconds", Histogram, Live,
+        "Time requests that queued spent in a pool's queue";
+    PROXY_ERRORS_TOTAL = "tidegate_proxy_errors_total", Counter, Live,
+        "Responses tidegate generated itself, by pool (empty before routing) and reason";
+    CONFIG_GENERATION = "tidegate_config_generation", Gauge, Live,
+        "Snapshot generation: bumped by every reload and every membership change";
+    CONFIG_RELOADS_TOTAL = "tidegate_config_reloads_total", Counter, Recorder,
+        "Config reload attempts by result";
+    POOL_DESIRED_BACKENDS = "tidegate_pool_desired_backends", Gauge, Recorder,
+        "The autoscaler's wanted pool size";
+    AUTOSCALE_DECISIONS_TOTAL = "tidegate_autoscale_decisions_total", Counter, Recorder,
+        "Changes of the autoscaler's wanted size by direction";
+    HOOK_CALLS_TOTAL = "tidegate_hook_calls_total", Counter, Recorder,
+        "Provisioning hook calls by result";
+    REPLACED_TOTAL = "tidegate_autoscale_replaced_total", Counter, Recorder,
+        "Provisioned members replaced for not becoming healthy within ready_deadline";
+}
+
+/// Upper bounds of every `_seconds` histogram's buckets: 1 ms to 30 s.
+pub const SECONDS_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's recorder (once; later calls return the same
+/// handle). Call before anything records a control-path event.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; control-path events will not be exported");
+        }
+        for f in FAMILIES.iter().filter(|f| f.source == Source::Recorder) {
+            match f.kind {
+                Kind::Counter => metrics::describe_counter!(f.name, f.help),
+                Kind::Gauge => metrics::describe_gauge!(f.name, f.help),
+                Kind::Histogram => metrics::describe_histogram!(f.name, f.help),
+            }
+        }
+        handle
+    })
+}
+
+/// The family named `name` (a constant of this module).
+pub fn family(name: &str) -> Option<&'static Family> {
+    FAMILIES.iter().find(|f| f.name == name)
+}
+
+/// Writes the `# HELP` and `# TYPE` lines of a family.
+pub fn write_header(out: &mut String, f: &Family) {
+    let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+    let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind.as_str());
+}
+
+/// Writes one sample line: `name{k="v",...} value`. Label values are
+/// escaped as the exposition format requires.
+pub fn write_sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// Writes a histogram's `_bucket`, `_sum` and `_count` lines from
+/// cumulative bucket counts (one per [`SECONDS_BUCKETS`] bound), the total
+/// count and the sum in seconds.
+pub fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    cumulative: &[u64],
+    count: u64,
+    sum: f64,
+) {
+    let bucket = format!("{name}_bucket");
+    let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+    let bounds: Vec<String> = SECONDS_BUCKETS.iter().map(|b| b.to_string()).collect();
+    for (le, n) in bounds.iter().zip(cumulative) {
+        with_le.push(("le", le));
+        write_sample(out, &bucket, &with_le, *n as f64);
+        with_le.pop();
+    }
+    with_le.push(("le", "+Inf"));
+    write_sample(out, &bucket, &with_le, count as f64);
+    write_sample(out, &format!("{name}_sum"), labels, sum);
+    write_sample(out, &format!("{name}_count"), labels, count as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_named_with_a_unit_and_has_help() {
+        for f in FAMILIES {
+            assert!(f.name.starts_with("tidegate_"), "{}", f.name);
+            assert!(!f.help.is_empty(), "{}", f.name);
+            if f.kind == Kind::Counter {
+                assert!(f.name.ends_with("_total"), "{}", f.name);
+            }
+            if f.kind == Kind::Histogram {
+                assert!(f.name.ends_with("_seconds"), "{}", f.name);
+            }
+        }
+        let mut names: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FAMILIES.len(), "a name is listed twice");
+    }
+
+    #[test]
+    fn samples_escape_label_values() {
+        let mut out = String::new();
+        write_sample(&mut out, "x_total", &[("pool", "a\"b\\c\nd")], 2.0);
+        assert_eq!(out, "x_total{pool=\"a\\\"b\\\\c\\nd\"} 2\n");
+    }
+
+    #[test]
+    fn histograms_end_with_inf_sum_and_count() {
+        let mut out = String::new();
+        let cumulative = [1u64; 14];
+        write_histogram(&mut out, "h_seconds", &[("pool", "p")], &cumulative, 3, 0.5);
+        assert!(out.contains("h_seconds_bucket{pool=\"p\",le=\"0.001\"} 1\n"), "{out}");
+        assert!(out.contains("h_seconds_bucket{pool=\"p\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(
+            out.ends_with("h_seconds_sum{pool=\"p\"} 0.5\nh_seconds_count{pool=\"p\"} 3\n"),
+            "{out}"
+        );
+    }
+}
