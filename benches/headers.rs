@@ -6,6 +6,7 @@
 //! Wall time on a shared VM swings by 2x between runs; for an A/B, count
 //! instructions instead: with `TIDEGATE_BENCH_ITERS=N` the binary runs each
 //! case N times without criterion, for `valgrind --tool=callgrind`.
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
 use std::net::IpAddr;
 

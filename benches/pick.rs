@@ -1,5 +1,6 @@
 //! `pick` per policy at 4, 64 and 1024 backends, with random loads.
 //! Run: `cargo bench --bench pick` (figures in benches/README.md).
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -13,15 +14,7 @@ use tidegate::pool::{InFlight, Queue};
 fn pool(n: usize, rng: &mut fastrand::Rng) -> (Vec<Arc<Backend>>, Vec<InFlight>) {
     let queue = Arc::new(Queue::new(1024));
     let backends: Vec<_> = (0..n)
-        .map(|i| {
-            Arc::new(Backend::new(
-                "bench".into(),
-                ([10, 0, (i >> 8) as u8, i as u8], 80).into(),
-                1,
-                64,
-                1,
-            ))
-        })
+        .map(|i| Arc::new(Backend::new(([10, 0, (i >> 8) as u8, i as u8], 80).into(), 1, 64, 1)))
         .collect();
     // Hold a random number of slots on each backend (0..48 of 64).
     let mut held = Vec::new();

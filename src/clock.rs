@@ -11,13 +11,14 @@ use std::sync::OnceLock;
 use std::time::SystemTime;
 
 /// Nanoseconds since the process's first call, on tokio's clock.
-pub fn clock_ns() -> u64 {
+pub(crate) fn clock_ns() -> u64 {
     static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
     EPOCH.get_or_init(tokio::time::Instant::now).elapsed().as_nanos() as u64
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
+#[allow(clippy::disallowed_methods)] // the one wall-clock reading
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

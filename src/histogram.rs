@@ -20,7 +20,7 @@ const SUBS: usize = 1 << SUB_BITS;
 /// Up to 2^40 µs (about 12 days) in range; longer samples land in the last.
 const BUCKETS: usize = LINEAR + (40 - 4) * SUBS;
 
-pub struct LatencyHistogram {
+pub(crate) struct LatencyHistogram {
     buckets: [AtomicU64; BUCKETS],
 }
 
@@ -55,7 +55,7 @@ fn value(idx: usize) -> f64 {
 
 impl LatencyHistogram {
     #[inline]
-    pub fn record_ns(&self, ns: u64) {
+    pub(crate) fn record_ns(&self, ns: u64) {
         self.buckets[index(ns / 1000)].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -66,7 +66,10 @@ impl LatencyHistogram {
 
 /// Percentiles (`qs` in 0..=1) over several histograms merged, in
 /// milliseconds; `None` when there are no samples.
-pub fn percentiles_ms<'a>(hists: impl IntoIterator<Item = &'a LatencyHistogram>, qs: &[f64]) -> Option<Vec<f64>> {
+pub(crate) fn percentiles_ms<'a>(
+    hists: impl IntoIterator<Item = &'a LatencyHistogram>,
+    qs: &[f64],
+) -> Option<Vec<f64>> {
     let mut merged = [0u64; BUCKETS];
     for h in hists {
         for (m, c) in merged.iter_mut().zip(h.counts()) {
@@ -109,7 +112,7 @@ const BOUNDS_NS: [u64; SECONDS_BUCKETS.len()] = {
 /// A Prometheus histogram kept in atomics: per-bucket counts (not yet
 /// cumulative), the count and the sum in nanoseconds.
 #[derive(Default)]
-pub struct SecondsHistogram {
+pub(crate) struct SecondsHistogram {
     buckets: [AtomicU64; SECONDS_BUCKETS.len()],
     count: AtomicU64,
     sum_ns: AtomicU64,
@@ -117,7 +120,7 @@ pub struct SecondsHistogram {
 
 impl SecondsHistogram {
     #[inline]
-    pub fn record_ns(&self, ns: u64) {
+    pub(crate) fn record_ns(&self, ns: u64) {
         let i = BOUNDS_NS.partition_point(|&b| b < ns);
         if i < BOUNDS_NS.len() {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
@@ -128,7 +131,7 @@ impl SecondsHistogram {
 
     /// Cumulative bucket counts (`le` each bound), the count and the sum in
     /// seconds, for the exposition format.
-    pub fn read(&self) -> ([u64; SECONDS_BUCKETS.len()], u64, f64) {
+    pub(crate) fn read(&self) -> ([u64; SECONDS_BUCKETS.len()], u64, f64) {
         let mut cumulative = [0u64; SECONDS_BUCKETS.len()];
         let mut running = 0;
         for (c, b) in cumulative.iter_mut().zip(&self.buckets) {

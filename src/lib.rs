@@ -33,21 +33,21 @@
 //!
 //! The dependency rules are checked by `tests/architecture.rs`.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
 pub mod autoscale;
 pub mod balance;
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
-pub mod control;
+pub(crate) mod control;
 pub mod demo;
-pub mod health;
-pub mod histogram;
+pub(crate) mod health;
+pub(crate) mod histogram;
 pub mod pool;
 pub mod proxy;
 pub mod server;
-pub mod shutdown;
+pub(crate) mod shutdown;
 pub mod sim;
 pub mod state;
-pub mod telemetry;
-pub mod upstream;
+pub(crate) mod telemetry;
+pub(crate) mod upstream;

@@ -14,16 +14,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// Pause after a failed accept before trying again.
-pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Completes once the stop flag is set (or its sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
 /// The next connection, or `None` once `stop` turns true. Errors are
 /// logged under `listener` and followed by [`ACCEPT_ERROR_BACKOFF`].
-pub async fn accept(
+pub(crate) async fn accept(
     listener: &TcpListener,
     stop: &mut watch::Receiver<bool>,
     name: &str,

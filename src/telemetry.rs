@@ -21,7 +21,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Where a family's values come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// Rendered at scrape time from the snapshot's atomics.
     Live,
     /// Recorded through the `metrics` facade.
@@ -30,14 +30,14 @@ pub enum Source {
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
     Histogram,
 }
 
 impl Kind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
@@ -48,21 +48,21 @@ impl Kind {
 
 /// One metric family.
 #[derive(Debug, Clone, Copy)]
-pub struct Family {
-    pub name: &'static str,
-    pub kind: Kind,
-    pub source: Source,
-    pub help: &'static str,
+pub(crate) struct Family {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) source: Source,
+    pub(crate) help: &'static str,
 }
 
 macro_rules! families {
     ($($konst:ident = $name:literal, $kind:ident, $source:ident, $help:literal;)*) => {
         $(
             #[doc = $help]
-            pub const $konst: &str = $name;
+            pub(crate) const $konst: &str = $name;
         )*
         /// Every family, in the order `/metrics` lists them.
-        pub const FAMILIES: &[Family] = &[
+        pub(crate) const FAMILIES: &[Family] = &[
             $(Family { name: $name, kind: Kind::$kind, source: Source::$source, help: $help },)*
         ];
     };
@@ -100,7 +100,7 @@ families! {
 }
 
 /// Upper bounds of every `_seconds` histogram's buckets: 1 ms to 30 s.
-pub const SECONDS_BUCKETS: [f64; 14] = [
+pub(crate) const SECONDS_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
@@ -108,7 +108,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process's recorder (once; later calls return the same
 /// handle). Call before anything records a control-path event.
-pub fn install() -> &'static PrometheusHandle {
+pub(crate) fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
@@ -127,19 +127,19 @@ pub fn install() -> &'static PrometheusHandle {
 }
 
 /// The family named `name` (a constant of this module).
-pub fn family(name: &str) -> Option<&'static Family> {
+pub(crate) fn family(name: &str) -> Option<&'static Family> {
     FAMILIES.iter().find(|f| f.name == name)
 }
 
 /// Writes the `# HELP` and `# TYPE` lines of a family.
-pub fn write_header(out: &mut String, f: &Family) {
+pub(crate) fn write_header(out: &mut String, f: &Family) {
     let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
     let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind.as_str());
 }
 
 /// Writes one sample line: `name{k="v",...} value`. Label values are
 /// escaped as the exposition format requires.
-pub fn write_sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+pub(crate) fn write_sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
     out.push_str(name);
     if !labels.is_empty() {
         out.push('{');
@@ -167,7 +167,7 @@ pub fn write_sample(out: &mut String, name: &str, labels: &[(&str, &str)], value
 /// Writes a histogram's `_bucket`, `_sum` and `_count` lines from
 /// cumulative bucket counts (one per [`SECONDS_BUCKETS`] bound), the total
 /// count and the sum in seconds.
-pub fn write_histogram(
+pub(crate) fn write_histogram(
     out: &mut String,
     name: &str,
     labels: &[(&str, &str)],

@@ -17,6 +17,15 @@ autoscale = {{ min = 1, max = 4, provisioning_delay = \"1s\", scale_down_window 
     )
 }
 
+/// Wall-clock seconds: schedules and history files are keyed by real time.
+#[allow(clippy::disallowed_methods)]
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 /// Addresses of the members taking traffic.
 async fn active(m: &Tidegate) -> Vec<SocketAddr> {
     members(m, |b| b["state"] == "active").await
@@ -234,11 +243,7 @@ async fn a_failing_hook_leaves_the_pool_serving_and_is_retried_with_backoff() {
 #[tokio::test]
 async fn scheduled_capacity_is_provisioned_without_any_load() {
     // A daily entry in force now (UTC), wrapping midnight if need be.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        % 86_400;
+    let now = unix_secs() % 86_400;
     let hhmm = |s: u64| format!("{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60);
     let (start, end) = (hhmm(now + 86_400 - 120), hhmm(now + 1200));
     let text = format!(
@@ -309,11 +314,7 @@ if [ -e '{m}' ]; then echo '{{"members":["{good}"]}}'; else echo '{{"members":["
 async fn recorded_history_pre_scales_an_idle_pool_before_yesterdays_peak() {
     // Yesterday, in the minutes just ahead of now, the shop had 400 req/s.
     let state_dir = tempfile::tempdir().unwrap();
-    let now_minute = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 60;
+    let now_minute = unix_secs() / 60;
     let mut csv = String::from("minute,arrivals_per_second,peak_concurrency,peak_queued,peak_queue_wait_ms\n");
     for minute in now_minute - 1440 - 10..now_minute - 1440 + 10 {
         csv.push_str(&format!("{minute},400.000,20.0,0.0,0.0\n"));

@@ -107,9 +107,9 @@ async fn a_request_without_host_or_with_two_is_refused() {
 /// A minimal HTTP/2 client speaking raw frames, for what hyper's client
 /// refuses to send.
 mod h2raw {
-    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len() as u32;
         let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
         f.extend_from_slice(&stream.to_be_bytes());
@@ -118,7 +118,7 @@ mod h2raw {
     }
 
     /// HPACK literal header fields without indexing, no Huffman.
-    pub fn headers(fields: &[(&str, &[u8])]) -> Vec<u8> {
+    pub(crate) fn headers(fields: &[(&str, &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, value) in fields {
             out.push(0x00);
@@ -130,13 +130,13 @@ mod h2raw {
         out
     }
 
-    pub const DATA: u8 = 0;
-    pub const HEADERS: u8 = 1;
-    pub const RST_STREAM: u8 = 3;
-    pub const SETTINGS: u8 = 4;
-    pub const GOAWAY: u8 = 7;
-    pub const END_STREAM: u8 = 0x1;
-    pub const END_HEADERS: u8 = 0x4;
+    pub(crate) const DATA: u8 = 0;
+    pub(crate) const HEADERS: u8 = 1;
+    pub(crate) const RST_STREAM: u8 = 3;
+    pub(crate) const SETTINGS: u8 = 4;
+    pub(crate) const GOAWAY: u8 = 7;
+    pub(crate) const END_STREAM: u8 = 0x1;
+    pub(crate) const END_HEADERS: u8 = 0x4;
 }
 
 /// Sends frames after the preface and returns the error code of the first

@@ -30,18 +30,16 @@ use crate::autoscale::live::Statuses;
 use crate::control::{Trigger, View};
 use crate::shutdown::accept;
 
-pub use stats::Stats;
-
 /// What the admin routes read.
-pub struct Shared {
-    pub view: Arc<View>,
-    pub autoscale: Arc<Statuses>,
+pub(crate) struct Shared {
+    pub(crate) view: Arc<View>,
+    pub(crate) autoscale: Arc<Statuses>,
 }
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves the admin routes until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, shared: Shared, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(listener: TcpListener, shared: Shared, mut shutdown: watch::Receiver<bool>) {
     let shared = Arc::new(shared);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

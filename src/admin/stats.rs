@@ -2,8 +2,6 @@
 //! `docs/STATS.md`. Control path: reads the snapshot and atomics, writes
 //! nothing.
 
-use std::time::SystemTime;
-
 use serde::Serialize;
 
 use super::Shared;
@@ -14,57 +12,57 @@ use crate::pool::health::HealthDetail;
 use crate::pool::Backend;
 
 #[derive(Serialize)]
-pub struct Stats {
-    pub version: &'static str,
-    pub uptime_seconds: f64,
-    pub ready: bool,
-    pub listeners: Vec<ListenerInfo>,
-    pub config: ConfigStats,
-    pub pools: Vec<PoolStats>,
+pub(crate) struct Stats {
+    pub(crate) version: &'static str,
+    pub(crate) uptime_seconds: f64,
+    pub(crate) ready: bool,
+    pub(crate) listeners: Vec<ListenerInfo>,
+    pub(crate) config: ConfigStats,
+    pub(crate) pools: Vec<PoolStats>,
 }
 
 #[derive(Serialize)]
-pub struct ConfigStats {
-    pub source: String,
-    pub generation: u64,
-    pub reloads: ReloadLog,
+pub(crate) struct ConfigStats {
+    pub(crate) source: String,
+    pub(crate) generation: u64,
+    pub(crate) reloads: ReloadLog,
 }
 
 #[derive(Serialize)]
-pub struct Latency {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
+pub(crate) struct Latency {
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
 }
 
 #[derive(Serialize)]
-pub struct PoolStats {
-    pub name: String,
-    pub balance: &'static str,
-    pub queue_depth: usize,
-    pub queue_max_depth: usize,
-    pub in_flight: u32,
-    pub requests_total: u64,
-    pub errors_total: u64,
-    pub responses: serde_json::Map<String, serde_json::Value>,
-    pub latency_ms: Option<Latency>,
-    pub backends: Vec<BackendStats>,
+pub(crate) struct PoolStats {
+    pub(crate) name: String,
+    pub(crate) balance: &'static str,
+    pub(crate) queue_depth: usize,
+    pub(crate) queue_max_depth: usize,
+    pub(crate) in_flight: u32,
+    pub(crate) requests_total: u64,
+    pub(crate) errors_total: u64,
+    pub(crate) responses: serde_json::Map<String, serde_json::Value>,
+    pub(crate) latency_ms: Option<Latency>,
+    pub(crate) backends: Vec<BackendStats>,
     /// Filled by the autoscaler when the pool has one.
-    pub autoscale: Option<serde_json::Value>,
+    pub(crate) autoscale: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
-pub struct BackendStats {
-    pub address: String,
-    pub state: &'static str,
-    pub in_flight: u32,
-    pub max_concurrency: u32,
-    pub configured_max_concurrency: u32,
-    pub weight: u32,
-    pub requests_total: u64,
-    pub responses: serde_json::Map<String, serde_json::Value>,
-    pub latency_ms: Option<Latency>,
-    pub health: HealthDetail,
+pub(crate) struct BackendStats {
+    pub(crate) address: String,
+    pub(crate) state: &'static str,
+    pub(crate) in_flight: u32,
+    pub(crate) max_concurrency: u32,
+    pub(crate) configured_max_concurrency: u32,
+    pub(crate) weight: u32,
+    pub(crate) requests_total: u64,
+    pub(crate) responses: serde_json::Map<String, serde_json::Value>,
+    pub(crate) latency_ms: Option<Latency>,
+    pub(crate) health: HealthDetail,
 }
 
 const QS: [f64; 3] = [0.5, 0.9, 0.99];
@@ -101,7 +99,7 @@ fn backend_stats(b: &Backend) -> BackendStats {
     }
 }
 
-pub fn collect(shared: &Shared) -> Stats {
+pub(crate) fn collect(shared: &Shared) -> Stats {
     let view = &shared.view;
     let snapshot = view.state.load();
     let pools = snapshot
@@ -134,9 +132,7 @@ pub fn collect(shared: &Shared) -> Stats {
         .collect();
     Stats {
         version: env!("CARGO_PKG_VERSION"),
-        uptime_seconds: SystemTime::now()
-            .duration_since(view.started)
-            .map_or(0.0, |d| d.as_secs_f64()),
+        uptime_seconds: crate::clock::unix_ms().saturating_sub(view.started_unix_ms) as f64 / 1000.0,
         ready: view.ready.load(std::sync::atomic::Ordering::SeqCst),
         listeners: (*view.listeners.load_full()).clone(),
         config: ConfigStats {

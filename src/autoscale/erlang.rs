@@ -7,7 +7,7 @@
 
 /// Probability that an arrival waits at all, for `c` servers offered `a`
 /// erlangs (`a = arrival rate x mean service time`). 1 when `a >= c`.
-pub fn erlang_c(c: u64, a: f64) -> f64 {
+pub(crate) fn erlang_c(c: u64, a: f64) -> f64 {
     if c == 0 || a >= c as f64 {
         return 1.0;
     }
@@ -24,7 +24,7 @@ pub fn erlang_c(c: u64, a: f64) -> f64 {
 
 /// P(wait > t) in M/M/c: `C(c, a) * exp(-(c*mu - lambda) * t)`, with
 /// `lambda` arrivals per second, `service` mean service time in seconds.
-pub fn wait_exceeds(c: u64, lambda: f64, service: f64, t: f64) -> f64 {
+pub(crate) fn wait_exceeds(c: u64, lambda: f64, service: f64, t: f64) -> f64 {
     let a = lambda * service;
     if c == 0 || a >= c as f64 {
         return 1.0;
@@ -35,7 +35,7 @@ pub fn wait_exceeds(c: u64, lambda: f64, service: f64, t: f64) -> f64 {
 
 /// The fewest backends (each `slots` servers) for which an arrival waits
 /// longer than `slo` seconds with probability at most `epsilon`.
-pub fn backends_for(lambda: f64, service: f64, slots: u64, slo: f64, epsilon: f64) -> u64 {
+pub(crate) fn backends_for(lambda: f64, service: f64, slots: u64, slo: f64, epsilon: f64) -> u64 {
     if lambda <= 0.0 {
         return 0;
     }

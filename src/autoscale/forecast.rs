@@ -12,23 +12,23 @@ use std::collections::BTreeMap;
 use super::signal::Sample;
 
 /// Minutes in a day and a week.
-pub const DAY: u64 = 24 * 60;
-pub const WEEK: u64 = 7 * DAY;
+pub(crate) const DAY: u64 = 24 * 60;
+pub(crate) const WEEK: u64 = 7 * DAY;
 /// Minutes kept: a week back from yesterday's minute ahead.
-pub const KEPT: u64 = WEEK + DAY;
+pub(crate) const KEPT: u64 = WEEK + DAY;
 
 /// One recorded minute of a pool.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Minute {
-    pub minute: u64,
+pub(crate) struct Minute {
+    pub(crate) minute: u64,
     /// Mean arrivals per second over the seconds recorded in the minute.
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Highest in flight + queued seen in the minute.
-    pub peak_concurrency: f64,
+    pub(crate) peak_concurrency: f64,
     /// Highest queue depth seen in the minute.
-    pub peak_queued: f64,
+    pub(crate) peak_queued: f64,
     /// Highest per-second mean queue wait in the minute, seconds.
-    pub peak_queue_wait: f64,
+    pub(crate) peak_queue_wait: f64,
 }
 
 /// The minute being filled.
@@ -44,7 +44,7 @@ struct Open {
 
 /// Recorded minutes, the last [`KEPT`] of them, plus the one being filled.
 #[derive(Debug, Clone, Default)]
-pub struct Minutes {
+pub(crate) struct Minutes {
     recorded: BTreeMap<u64, Minute>,
     open: Option<Open>,
 }
@@ -52,7 +52,7 @@ pub struct Minutes {
 impl Minutes {
     /// Adds one second (at `second`, counted like the minute numbers x 60).
     /// Returns the minute this second closed, if it started a new one.
-    pub fn add_second(&mut self, second: u64, s: &Sample) -> Option<Minute> {
+    pub(crate) fn add_second(&mut self, second: u64, s: &Sample) -> Option<Minute> {
         let minute = second / 60;
         let closed = match self.open {
             Some(o) if o.minute == minute => None,
@@ -88,7 +88,7 @@ impl Minutes {
 
     /// Records a whole minute (read back from the file), dropping any older
     /// than [`KEPT`] before the newest.
-    pub fn insert(&mut self, m: Minute) {
+    pub(crate) fn insert(&mut self, m: Minute) {
         self.recorded.insert(m.minute, m);
         let newest = self.recorded.keys().next_back().copied().unwrap_or(0);
         let oldest_kept = newest.saturating_sub(KEPT);
@@ -97,33 +97,29 @@ impl Minutes {
         }
     }
 
-    pub fn rate(&self, minute: u64) -> Option<f64> {
+    pub(crate) fn rate(&self, minute: u64) -> Option<f64> {
         self.recorded.get(&minute).map(|m| m.rate)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.recorded.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.recorded.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Minute> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Minute> {
         self.recorded.values()
     }
 }
 
 /// Minutes to look ahead so capacity asked for now is ready in time: the
 /// provisioning delay plus two minutes of margin.
-pub fn lookahead(provisioning_delay_secs: f64) -> u64 {
+pub(crate) fn lookahead(provisioning_delay_secs: f64) -> u64 {
     ((provisioning_delay_secs.max(0.0) + 120.0) / 60.0).ceil() as u64
 }
 
 /// The highest rate recorded at the same time of day yesterday or at the
 /// same time last week, over the minutes `now + 1 ..= now + ahead`. `None`
 /// when neither day is recorded.
-pub fn expected_rate(rate_at: impl Fn(u64) -> Option<f64>, now: u64, ahead: u64) -> Option<f64> {
+pub(crate) fn expected_rate(rate_at: impl Fn(u64) -> Option<f64>, now: u64, ahead: u64) -> Option<f64> {
     let mut best: Option<f64> = None;
     for m in now + 1..=now + ahead {
         for back in [DAY, WEEK] {

@@ -12,14 +12,14 @@ use crate::config::Guards;
 
 /// When the size last went up and last changed.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct GuardState {
+pub(crate) struct GuardState {
     last_up: Option<u64>,
     last_change: Option<u64>,
 }
 
 /// The size to ask for when the policy wants `wanted` and the last size
 /// asked for is `previous`, and why it differs when it does.
-pub fn guard(g: &Guards, st: &mut GuardState, now: u64, previous: u32, wanted: u32) -> (u32, Option<String>) {
+pub(crate) fn guard(g: &Guards, st: &mut GuardState, now: u64, previous: u32, wanted: u32) -> (u32, Option<String>) {
     let within = |since: Option<u64>, secs: u64| since.is_some_and(|t| now < t + secs);
     let (size, why) = if wanted > previous {
         if within(st.last_up, g.cooldown_up) {

@@ -14,13 +14,13 @@
 //! **I/O**: `hook/` (one file per provisioner kind behind one trait) and
 //! `live/` (the per-pool loop on tokio, its status, the history file).
 
-pub mod erlang;
-pub mod forecast;
-pub mod guard;
+pub(crate) mod erlang;
+pub(crate) mod forecast;
+pub(crate) mod guard;
 pub mod hook;
-pub mod live;
-pub mod policy;
-pub mod schedule;
-pub mod signal;
-pub mod step;
-pub mod warmup;
+pub(crate) mod live;
+pub(crate) mod policy;
+pub(crate) mod schedule;
+pub(crate) mod signal;
+pub(crate) mod step;
+pub(crate) mod warmup;

@@ -24,27 +24,27 @@ use super::signal::History;
 
 /// The pool as the policy sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PoolView {
+pub(crate) struct PoolView {
     /// Healthy backends taking traffic.
-    pub ready: u32,
+    pub(crate) ready: u32,
     /// Asked for and not ready yet.
-    pub provisioning: u32,
+    pub(crate) provisioning: u32,
     /// `max_concurrency` of one backend.
-    pub slots: u32,
-    pub min: u32,
-    pub max: u32,
+    pub(crate) slots: u32,
+    pub(crate) min: u32,
+    pub(crate) max: u32,
     /// Scheduled capacity in force now: never go below it.
-    pub floor: u32,
+    pub(crate) floor: u32,
     /// The arrival rate recorded history expects within the lookahead
     /// (same minutes yesterday and last week); only the default policy
     /// reads it, and only to raise the pool.
-    pub forecast_rate: Option<f64>,
+    pub(crate) forecast_rate: Option<f64>,
     /// Seconds a new backend takes to become ready (learned from the hook).
-    pub provisioning_delay: f64,
+    pub(crate) provisioning_delay: f64,
 }
 
 impl PoolView {
-    pub fn current(&self) -> u32 {
+    pub(crate) fn current(&self) -> u32 {
         self.ready + self.provisioning
     }
 
@@ -54,28 +54,28 @@ impl PoolView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub desired: u32,
-    pub reason: String,
+pub(crate) struct Decision {
+    pub(crate) desired: u32,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TidegateParams {
+pub(crate) struct TidegateParams {
     /// Queue-wait bound, seconds.
-    pub slo: f64,
+    pub(crate) slo: f64,
     /// Share of requests allowed to wait longer than `slo`.
-    pub epsilon: f64,
+    pub(crate) epsilon: f64,
     /// A backlog is sized to drain within this many seconds.
-    pub drain_within: f64,
+    pub(crate) drain_within: f64,
     /// Scale down only below the highest need of this many seconds.
-    pub scale_down_window: u64,
+    pub(crate) scale_down_window: u64,
     /// Share of the pool the dead band ignores on the way down.
-    pub dead_band: f64,
+    pub(crate) dead_band: f64,
     /// Seconds the backlog's capacity stays after the queue has emptied
     /// (releasing it the same second let a pool whose newest member was
     /// still ramping up flap every few seconds), never longer than
     /// `scale_down_window`.
-    pub backlog_linger: u64,
+    pub(crate) backlog_linger: u64,
 }
 
 impl Default for TidegateParams {
@@ -92,7 +92,7 @@ impl Default for TidegateParams {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Policy {
+pub(crate) enum Policy {
     Tidegate(TidegateParams),
     Kpa,
     Hpa,
@@ -100,7 +100,7 @@ pub enum Policy {
 }
 
 impl Policy {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Policy::Tidegate(_) => "tidegate",
             Policy::Kpa => "kpa",
@@ -112,7 +112,7 @@ impl Policy {
 
 /// What a policy remembers between decisions.
 #[derive(Debug, Clone, Default)]
-pub struct PolicyState {
+pub(crate) struct PolicyState {
     panic_until: Option<u64>,
     recommendations: VecDeque<(u64, u32)>,
     service_estimate: Option<f64>,
@@ -128,7 +128,13 @@ const INITIAL_SERVICE_TIME: f64 = 0.05;
 
 /// The size the pool should have now, or `None` when this policy does not
 /// decide at `now` (KPA every 2 s, HPA every 15 s).
-pub fn decide(policy: &Policy, st: &mut PolicyState, h: &History, now: u64, pool: &PoolView) -> Option<Decision> {
+pub(crate) fn decide(
+    policy: &Policy,
+    st: &mut PolicyState,
+    h: &History,
+    now: u64,
+    pool: &PoolView,
+) -> Option<Decision> {
     match policy {
         Policy::Static(n) => Some(Decision {
             desired: pool.clamp(*n),

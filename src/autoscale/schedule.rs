@@ -29,7 +29,7 @@ fn in_force(entry: &Entry, now: i64, lead: i64) -> bool {
 }
 
 /// The highest `min` of the entries in force at `now` (0 when none).
-pub fn floor(entries: &[Entry], now: i64, lead: i64) -> u32 {
+pub(crate) fn floor(entries: &[Entry], now: i64, lead: i64) -> u32 {
     entries
         .iter()
         .filter(|e| in_force(e, now, lead))

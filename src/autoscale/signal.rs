@@ -9,46 +9,46 @@ use std::collections::VecDeque;
 
 /// One second of a pool, as the proxy sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Seconds since the start (of the process or the simulation).
-    pub t: u64,
+    pub(crate) t: u64,
     /// Requests that arrived during the second.
-    pub arrivals: f64,
+    pub(crate) arrivals: f64,
     /// Requests that finished during the second (throughput: under
     /// overload it is capacity, not arrivals).
-    pub completed: f64,
+    pub(crate) completed: f64,
     /// In flight + queued at the end of the second (Knative's concurrency).
-    pub concurrency: f64,
+    pub(crate) concurrency: f64,
     /// Queued at the end of the second.
-    pub queued: f64,
+    pub(crate) queued: f64,
     /// Mean seconds waited by the requests that left the queue during the
     /// second (0 when none did).
-    pub queue_wait: f64,
+    pub(crate) queue_wait: f64,
 }
 
 /// The last `capacity` samples, oldest first.
 #[derive(Debug, Clone)]
-pub struct History {
+pub(crate) struct History {
     samples: VecDeque<Sample>,
     capacity: usize,
 }
 
 impl History {
-    pub fn new(capacity: usize) -> History {
+    pub(crate) fn new(capacity: usize) -> History {
         History {
             samples: VecDeque::with_capacity(capacity),
             capacity,
         }
     }
 
-    pub fn push(&mut self, s: Sample) {
+    pub(crate) fn push(&mut self, s: Sample) {
         if self.samples.len() == self.capacity {
             self.samples.pop_front();
         }
         self.samples.push_back(s);
     }
 
-    pub fn last(&self) -> Option<&Sample> {
+    pub(crate) fn last(&self) -> Option<&Sample> {
         self.samples.back()
     }
 
@@ -62,18 +62,13 @@ impl History {
     }
 
     /// Mean of `f` over the last `secs` seconds (0 with no samples).
-    pub fn mean(&self, now: u64, secs: u64, f: impl Fn(&Sample) -> f64) -> f64 {
+    pub(crate) fn mean(&self, now: u64, secs: u64, f: impl Fn(&Sample) -> f64) -> f64 {
         let (sum, n) = self.window(now, secs).fold((0.0, 0u32), |(s, n), x| (s + f(x), n + 1));
         if n == 0 {
             0.0
         } else {
             sum / f64::from(n)
         }
-    }
-
-    /// Maximum of `f` over the last `secs` seconds.
-    pub fn max(&self, now: u64, secs: u64, f: impl Fn(&Sample) -> f64) -> f64 {
-        self.window(now, secs).map(f).fold(0.0, f64::max)
     }
 }
 
@@ -99,7 +94,6 @@ mod tests {
             h.push(s(t, t as f64 * 10.0));
         }
         assert_eq!(h.mean(10, 2, |x| x.arrivals), 95.0);
-        assert_eq!(h.max(10, 5, |x| x.concurrency), 10.0);
         assert_eq!(h.mean(10, 60, |x| x.arrivals), 55.0);
     }
 

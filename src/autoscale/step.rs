@@ -28,57 +28,57 @@ use crate::config::schedule::Entry;
 use crate::config::Guards;
 
 /// Seconds of signal kept for the policies (the longest window they read).
-pub const HISTORY_SECONDS: usize = 600;
+pub(crate) const HISTORY_SECONDS: usize = 600;
 /// The scheduled floor is in force this long before an entry's start, on
 /// top of the provisioning delay, so the capacity is ready in time.
-pub const SCHEDULE_MARGIN_SECS: f64 = 300.0;
+pub(crate) const SCHEDULE_MARGIN_SECS: f64 = 300.0;
 
 /// What the operator configured for one pool's autoscaler.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StepParams {
-    pub policy: Policy,
+pub(crate) struct StepParams {
+    pub(crate) policy: Policy,
     /// `max_concurrency` of one backend.
-    pub slots: u32,
-    pub min: u32,
-    pub max: u32,
-    pub guards: Guards,
-    pub schedule: Vec<Entry>,
+    pub(crate) slots: u32,
+    pub(crate) min: u32,
+    pub(crate) max: u32,
+    pub(crate) guards: Guards,
+    pub(crate) schedule: Vec<Entry>,
     /// The provisioning delay assumed before one is observed, seconds.
-    pub provisioning_delay: f64,
+    pub(crate) provisioning_delay: f64,
 }
 
 /// One second of the pool.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Tick {
+pub(crate) struct Tick {
     /// Seconds since the autoscaler started (monotonic).
-    pub t: u64,
+    pub(crate) t: u64,
     /// Wall-clock seconds (UTC) for the schedule and the minute history;
     /// the simulator passes simulated seconds.
-    pub unix: i64,
-    pub sample: Sample,
+    pub(crate) unix: i64,
+    pub(crate) sample: Sample,
     /// Members taking traffic.
-    pub ready: u32,
+    pub(crate) ready: u32,
     /// Members asked for and not ready yet.
-    pub provisioning: u32,
+    pub(crate) provisioning: u32,
 }
 
 /// What one step produced.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// The size to ask for, when the policy decided this second (KPA every
     /// 2 s, HPA every 15 s, tidegate every second).
-    pub decision: Option<Decision>,
+    pub(crate) decision: Option<Decision>,
     /// A minute of history that this second closed (to append to disk).
-    pub closed: Option<Minute>,
+    pub(crate) closed: Option<Minute>,
     /// The rate the recorded history expects within the lookahead.
-    pub forecast_rate: Option<f64>,
+    pub(crate) forecast_rate: Option<f64>,
     /// The scheduled floor in force.
-    pub floor: u32,
+    pub(crate) floor: u32,
 }
 
 /// One pool's autoscaler state between steps.
 #[derive(Debug, Clone)]
-pub struct Stepper {
+pub(crate) struct Stepper {
     params: StepParams,
     history: History,
     minutes: Minutes,
@@ -90,7 +90,7 @@ pub struct Stepper {
 }
 
 impl Stepper {
-    pub fn new(params: StepParams) -> Stepper {
+    pub(crate) fn new(params: StepParams) -> Stepper {
         Stepper {
             delay: DelayEstimate::new(params.provisioning_delay),
             params,
@@ -104,47 +104,42 @@ impl Stepper {
 
     /// A reload changed the pool's autoscale settings: keep the history and
     /// what was learned.
-    pub fn set_params(&mut self, params: StepParams) {
+    pub(crate) fn set_params(&mut self, params: StepParams) {
         if params.provisioning_delay != self.params.provisioning_delay && !self.delay.is_learned() {
             self.delay = DelayEstimate::new(params.provisioning_delay);
         }
         self.params = params;
     }
 
-    pub fn params(&self) -> &StepParams {
+    pub(crate) fn params(&self) -> &StepParams {
         &self.params
     }
 
     /// Per-minute history read back from disk.
-    pub fn seed_minutes(&mut self, minutes: Minutes) {
+    pub(crate) fn seed_minutes(&mut self, minutes: Minutes) {
         self.minutes = minutes;
     }
 
-    pub fn minutes(&self) -> &Minutes {
+    pub(crate) fn minutes(&self) -> &Minutes {
         &self.minutes
     }
 
     /// A member became ready `observed` seconds after it was asked for.
-    pub fn learn_delay(&mut self, observed: f64) {
+    pub(crate) fn learn_delay(&mut self, observed: f64) {
         self.delay.observe(observed);
     }
 
     /// The provisioning delay planned with, seconds.
-    pub fn delay(&self) -> f64 {
+    pub(crate) fn delay(&self) -> f64 {
         self.delay.delay()
     }
 
-    pub fn delay_is_learned(&self) -> bool {
+    pub(crate) fn delay_is_learned(&self) -> bool {
         self.delay.is_learned()
     }
 
-    /// The last size asked for.
-    pub fn asked(&self) -> Option<u32> {
-        self.asked
-    }
-
     /// One second: see the module docs.
-    pub fn step(&mut self, tick: &Tick) -> Outcome {
+    pub(crate) fn step(&mut self, tick: &Tick) -> Outcome {
         let p = &self.params;
         self.history.push(tick.sample);
         let closed = self.minutes.add_second(tick.unix.max(0) as u64, &tick.sample);

@@ -22,13 +22,13 @@ const ALPHA: f64 = 0.3;
 /// The provisioning delay to plan with: the configured guess until the
 /// first observation, then an EWMA of observed warm-ups.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DelayEstimate {
+pub(crate) struct DelayEstimate {
     configured: f64,
     learned: Option<f64>,
 }
 
 impl DelayEstimate {
-    pub fn new(configured_delay: f64) -> DelayEstimate {
+    pub(crate) fn new(configured_delay: f64) -> DelayEstimate {
         DelayEstimate {
             configured: configured_delay,
             learned: None,
@@ -36,16 +36,16 @@ impl DelayEstimate {
     }
 
     /// Seconds.
-    pub fn delay(&self) -> f64 {
+    pub(crate) fn delay(&self) -> f64 {
         self.learned.unwrap_or(self.configured)
     }
 
-    pub fn is_learned(&self) -> bool {
+    pub(crate) fn is_learned(&self) -> bool {
         self.learned.is_some()
     }
 
     /// One member took `observed` seconds from being asked for to ready.
-    pub fn observe(&mut self, observed: f64) {
+    pub(crate) fn observe(&mut self, observed: f64) {
         let observed = observed.max(0.0);
         self.learned = Some(self.learned.map_or(observed, |l| l + ALPHA * (observed - l)));
     }
@@ -53,7 +53,7 @@ impl DelayEstimate {
 
 /// The members asked for and not yet ready, and when each joined.
 #[derive(Debug, Clone, Default)]
-pub struct Warmup {
+pub(crate) struct Warmup {
     /// Members reported and not ready yet: when they were asked for.
     pending: HashMap<SocketAddr, f64>,
     /// Every member reported: when it was first asked for.
@@ -63,7 +63,7 @@ pub struct Warmup {
 impl Warmup {
     /// The hook answered a call begun at `asked_at`; `new` are the members it
     /// reported for the first time.
-    pub fn reported(&mut self, new: impl IntoIterator<Item = SocketAddr>, asked_at: f64) {
+    pub(crate) fn reported(&mut self, new: impl IntoIterator<Item = SocketAddr>, asked_at: f64) {
         for a in new {
             self.pending.entry(a).or_insert(asked_at);
             self.joined.entry(a).or_insert(asked_at);
@@ -72,14 +72,14 @@ impl Warmup {
 
     /// Forgets everything about members no longer in the pool (removed,
     /// draining, or given up on).
-    pub fn retain(&mut self, members: &[SocketAddr]) {
+    pub(crate) fn retain(&mut self, members: &[SocketAddr]) {
         self.pending.retain(|a, _| members.contains(a));
         self.joined.retain(|a, _| members.contains(a));
     }
 
     /// The `n` members to drain first, from `(member, serving)`: those not
     /// serving, then the youngest; members of unknown age count as oldest.
-    pub fn victims(&self, members: &[(SocketAddr, bool)], n: usize) -> Vec<SocketAddr> {
+    pub(crate) fn victims(&self, members: &[(SocketAddr, bool)], n: usize) -> Vec<SocketAddr> {
         let mut order: Vec<(bool, f64, SocketAddr)> = members
             .iter()
             .map(|(a, serving)| (*serving, -self.joined.get(a).copied().unwrap_or(f64::NEG_INFINITY), *a))
@@ -90,17 +90,17 @@ impl Warmup {
 
     /// A pending member passed its health check at `now`: the seconds it
     /// took since it was asked for (once per member).
-    pub fn ready(&mut self, addr: SocketAddr, now: f64) -> Option<f64> {
+    pub(crate) fn ready(&mut self, addr: SocketAddr, now: f64) -> Option<f64> {
         let asked = self.pending.remove(&addr)?;
         Some((now - asked).max(0.0))
     }
 
-    pub fn pending(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+    pub(crate) fn pending(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.pending.keys().copied()
     }
 
     /// Members not ready `deadline` seconds after they were asked for.
-    pub fn overdue(&self, now: f64, deadline: f64) -> Vec<SocketAddr> {
+    pub(crate) fn overdue(&self, now: f64, deadline: f64) -> Vec<SocketAddr> {
         let mut late: Vec<SocketAddr> = self
             .pending
             .iter()

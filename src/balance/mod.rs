@@ -1,22 +1,39 @@
 //! Choosing a backend: `least_conn`, `p2c`, `round_robin`, `peak_ewma`,
 //! `hash`, each honouring weights.
 //!
-//! Data path, and pure: [`Balancer::pick`] reads the backends' atomics and
-//! returns an index; it does no I/O, takes no lock and gets its randomness
-//! from the caller ([`PickContext::rng`]), so it is benchable and testable
-//! on its own. The policy layer here, not each policy, excludes backends
-//! that cannot take a request now (not `Active`, at their limit, or already
-//! tried by this request): a policy only ranks the eligible ones.
+//! Data path, and pure: [`Balancer::pick`] reads the backends' load through
+//! the [`Load`] trait (atomics, for `pool::Backend`) and returns an index;
+//! it does no I/O, takes no lock and gets its randomness from the caller
+//! ([`PickContext::rng`]), so it is benchable and testable on its own. It
+//! imports no other data-path module: the pool implements [`Load`]. The
+//! policy layer here, not each policy, excludes backends that cannot take a
+//! request now (not active, at their limit, or already tried by this
+//! request): a policy only ranks the eligible ones.
 
 mod ring;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub use ring::{hash_bytes, Ring};
 
 use crate::config::Balance;
-use crate::pool::Backend;
+
+/// What a balancer reads of a backend. Every method must be cheap and
+/// lock-free: `pick` calls them on the hot path.
+pub trait Load {
+    /// The backend's address (the hash ring's identity).
+    fn address(&self) -> SocketAddr;
+    /// Requests in flight now.
+    fn in_flight(&self) -> u32;
+    /// Effective weight (at least 1).
+    fn weight(&self) -> u32;
+    /// Whether it may take a new request now (serving and below its limit).
+    fn has_free_slot(&self) -> bool;
+    /// Latency estimate in nanoseconds (`peak_ewma`).
+    fn latency_estimate_ns(&self) -> f64;
+}
 
 /// Random draws p2c makes before falling back to a full scan (when most
 /// backends are full, random draws mostly miss).
@@ -26,6 +43,7 @@ const MAX_SCHEDULE: u64 = 1 << 16;
 
 /// What one pick may depend on besides the backends themselves.
 pub struct PickContext<'a> {
+    /// Randomness, from the caller (seeded in tests and benches).
     pub rng: &'a mut fastrand::Rng,
     /// The request's affinity key (`hash` only).
     pub hash: Option<u64>,
@@ -36,32 +54,39 @@ pub struct PickContext<'a> {
 /// A policy plus whatever it precomputed from the membership.
 #[derive(Debug)]
 pub enum Balancer {
+    /// Fewest in flight per unit of weight, ties at random.
     LeastConn,
+    /// The less loaded of two distinct random candidates.
     P2c,
+    /// Smooth weighted round robin over a precomputed schedule.
     RoundRobin {
+        /// Backend indices in serving order.
         schedule: Vec<u32>,
+        /// The pool's position in it (carried across reloads).
         cursor: Arc<AtomicUsize>,
     },
+    /// The lower of latency x load of two random candidates.
     PeakEwma,
+    /// A consistent-hash ring walked from the request's key.
     Hash(Ring),
 }
 
 #[inline]
-fn eligible(backends: &[Arc<Backend>], i: usize, exclude: &[usize]) -> bool {
+fn eligible<B: Load>(backends: &[Arc<B>], i: usize, exclude: &[usize]) -> bool {
     backends[i].has_free_slot() && !exclude.contains(&i)
 }
 
 /// `a` carries less load per unit of weight than `b`:
 /// (in_flight_a + 1) / w_a < (in_flight_b + 1) / w_b, without division.
 #[inline]
-fn load_cmp(a: &Backend, b: &Backend) -> std::cmp::Ordering {
+fn load_cmp<B: Load>(a: &B, b: &B) -> std::cmp::Ordering {
     let la = u64::from(a.in_flight() + 1) * u64::from(b.weight());
     let lb = u64::from(b.in_flight() + 1) * u64::from(a.weight());
     la.cmp(&lb)
 }
 
 #[inline]
-fn ewma_cost(b: &Backend) -> f64 {
+fn ewma_cost<B: Load>(b: &B) -> f64 {
     b.latency_estimate_ns() * f64::from(b.in_flight() + 1) / f64::from(b.weight())
 }
 
@@ -79,7 +104,7 @@ pub fn p2c_candidates(rng: &mut fastrand::Rng, n: usize) -> (usize, usize) {
 impl Balancer {
     /// Precomputes what the policy needs for this membership. `cursor` is
     /// the pool's round-robin position, carried across reloads.
-    pub fn new(balance: Balance, backends: &[Arc<Backend>], cursor: Arc<AtomicUsize>) -> Balancer {
+    pub fn new<B: Load>(balance: Balance, backends: &[Arc<B>], cursor: Arc<AtomicUsize>) -> Balancer {
         match balance {
             Balance::LeastConn => Balancer::LeastConn,
             Balance::P2c => Balancer::P2c,
@@ -89,14 +114,14 @@ impl Balancer {
                 cursor,
             },
             Balance::Hash => Balancer::Hash(Ring::new(
-                &backends.iter().map(|b| (b.address, b.weight())).collect::<Vec<_>>(),
+                &backends.iter().map(|b| (b.address(), b.weight())).collect::<Vec<_>>(),
             )),
         }
     }
 
     /// The index of the backend to send to, or `None` when no backend can
     /// take a request now (the caller queues).
-    pub fn pick(&self, backends: &[Arc<Backend>], cx: &mut PickContext<'_>) -> Option<usize> {
+    pub fn pick<B: Load>(&self, backends: &[Arc<B>], cx: &mut PickContext<'_>) -> Option<usize> {
         match self {
             Balancer::LeastConn => least_conn(backends, cx),
             Balancer::P2c => two_choices(backends, cx, |a, b| load_cmp(a, b).is_le()),
@@ -125,7 +150,7 @@ impl Balancer {
 
 /// Fewest in-flight per unit of weight; ties broken uniformly at random
 /// (reservoir sampling), never "always the first".
-fn least_conn(backends: &[Arc<Backend>], cx: &mut PickContext<'_>) -> Option<usize> {
+fn least_conn<B: Load>(backends: &[Arc<B>], cx: &mut PickContext<'_>) -> Option<usize> {
     let mut best: Option<usize> = None;
     let mut ties = 0u32;
     for i in 0..backends.len() {
@@ -137,7 +162,7 @@ fn least_conn(backends: &[Arc<Backend>], cx: &mut PickContext<'_>) -> Option<usi
                 best = Some(i);
                 ties = 1;
             }
-            Some(b) => match load_cmp(&backends[i], &backends[b]) {
+            Some(b) => match load_cmp(&*backends[i], &*backends[b]) {
                 std::cmp::Ordering::Less => {
                     best = Some(i);
                     ties = 1;
@@ -158,10 +183,10 @@ fn least_conn(backends: &[Arc<Backend>], cx: &mut PickContext<'_>) -> Option<usi
 /// Power of two choices: two distinct random candidates, `better(a, b)`
 /// decides. Falls back to a least-loaded scan when the draws keep hitting
 /// backends that cannot take a request.
-fn two_choices(
-    backends: &[Arc<Backend>],
+fn two_choices<B: Load>(
+    backends: &[Arc<B>],
     cx: &mut PickContext<'_>,
-    better: impl Fn(&Backend, &Backend) -> bool,
+    better: impl Fn(&B, &B) -> bool,
 ) -> Option<usize> {
     let n = backends.len();
     if n < 2 {
@@ -181,7 +206,7 @@ fn two_choices(
 
 /// nginx's smooth weighted round-robin, unrolled into a schedule of backend
 /// indices (weights 5,1,1 give a,a,b,a,c,a,a: spread, not bunched).
-fn smooth_weighted_schedule(weights: &[u32]) -> Vec<u32> {
+pub(crate) fn smooth_weighted_schedule(weights: &[u32]) -> Vec<u32> {
     if weights.is_empty() {
         return Vec::new();
     }
@@ -220,4 +245,12 @@ fn gcd(a: u32, b: u32) -> u32 {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_weighted_round_robin_spreads_heavy_backends() {
+        assert_eq!(smooth_weighted_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_weighted_schedule(&[2, 2]), vec![0, 1]);
+    }
+}

@@ -27,6 +27,7 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
+/// A consistent-hash ring over a pool's backends (weighted points).
 #[derive(Debug, Clone, Default)]
 pub struct Ring {
     /// (point, index into the pool's backend list), sorted by point.
@@ -34,7 +35,7 @@ pub struct Ring {
 }
 
 impl Ring {
-    pub fn new(members: &[(SocketAddr, u32)]) -> Ring {
+    pub(crate) fn new(members: &[(SocketAddr, u32)]) -> Ring {
         let wanted: usize = members.iter().map(|(_, w)| (*w * VNODES_PER_WEIGHT) as usize).sum();
         let scale = if wanted > MAX_POINTS {
             MAX_POINTS as f64 / wanted as f64
@@ -59,13 +60,13 @@ impl Ring {
     /// Backend indices in ring order starting at the key's position. The
     /// first is the key's owner; the rest are its fallbacks in a stable
     /// order (used when the owner is full or down). May repeat indices.
-    pub fn walk(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn walk(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
         let start = self.points.partition_point(|(p, _)| *p < key);
         let n = self.points.len();
         (0..n).map(move |i| self.points[(start + i) % n].1 as usize)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.points.is_empty()
     }
 }

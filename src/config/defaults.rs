@@ -65,8 +65,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 pub const AUTOSCALE_SLO: Duration = Duration::from_millis(100);
 /// Autoscaling: a hook call that takes longer failed.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Autoscaling, `local` hook: service time and capacity of its backends.
+/// Autoscaling, `local` hook: service time of its backends.
 pub const LOCAL_SERVICE_TIME: Duration = Duration::from_millis(20);
+/// Autoscaling, `local` hook: requests each of its backends serves at once.
 pub const LOCAL_CONCURRENCY: usize = 8;
 
 /// Client must send a whole request head within this (slowloris guard).

@@ -18,137 +18,137 @@ use super::units::{ByteSize, HumanDuration};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default)]
-    pub runtime: RawRuntime,
-    pub admin: Option<RawAdmin>,
+    pub(crate) runtime: RawRuntime,
+    pub(crate) admin: Option<RawAdmin>,
     #[serde(default)]
-    pub limits: RawLimits,
+    pub(crate) limits: RawLimits,
     #[serde(default, rename = "listener")]
-    pub listeners: Vec<RawListener>,
+    pub(crate) listeners: Vec<RawListener>,
     #[serde(default, rename = "route")]
-    pub routes: Vec<RawRoute>,
+    pub(crate) routes: Vec<RawRoute>,
     #[serde(default)]
-    pub pools: BTreeMap<String, Spanned<RawPool>>,
+    pub(crate) pools: BTreeMap<String, Spanned<RawPool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRuntime {
-    pub worker_threads: Option<Spanned<usize>>,
-    pub shutdown_timeout: Option<HumanDuration>,
+pub(crate) struct RawRuntime {
+    pub(crate) worker_threads: Option<Spanned<usize>>,
+    pub(crate) shutdown_timeout: Option<HumanDuration>,
     /// Where the autoscaler keeps its per-minute history.
-    pub state_dir: Option<String>,
+    pub(crate) state_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub listen: Option<Spanned<SocketAddr>>,
-    pub token: Option<String>,
+pub(crate) struct RawAdmin {
+    pub(crate) listen: Option<Spanned<SocketAddr>>,
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLimits {
-    pub max_connections: Option<Spanned<usize>>,
-    pub header_read_timeout: Option<HumanDuration>,
-    pub max_header_bytes: Option<Spanned<ByteSize>>,
-    pub max_headers: Option<Spanned<usize>>,
-    pub tls_handshake_timeout: Option<HumanDuration>,
-    pub h2_max_concurrent_streams: Option<u32>,
+pub(crate) struct RawLimits {
+    pub(crate) max_connections: Option<Spanned<usize>>,
+    pub(crate) header_read_timeout: Option<HumanDuration>,
+    pub(crate) max_header_bytes: Option<Spanned<ByteSize>>,
+    pub(crate) max_headers: Option<Spanned<usize>>,
+    pub(crate) tls_handshake_timeout: Option<HumanDuration>,
+    pub(crate) h2_max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListener {
-    pub name: Spanned<String>,
-    pub listen: SocketAddr,
-    pub tls: Option<RawTls>,
+pub(crate) struct RawListener {
+    pub(crate) name: Spanned<String>,
+    pub(crate) listen: SocketAddr,
+    pub(crate) tls: Option<RawTls>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
-    pub certificates: Spanned<Vec<RawCertificate>>,
+pub(crate) struct RawTls {
+    pub(crate) certificates: Spanned<Vec<RawCertificate>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCertificate {
-    pub cert: Spanned<PathBuf>,
-    pub key: Spanned<PathBuf>,
+pub(crate) struct RawCertificate {
+    pub(crate) cert: Spanned<PathBuf>,
+    pub(crate) key: Spanned<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
-    pub host: Option<Spanned<String>>,
-    pub path_prefix: Option<Spanned<String>>,
-    pub pool: Spanned<String>,
-    pub max_body: Option<ByteSize>,
+pub(crate) struct RawRoute {
+    pub(crate) host: Option<Spanned<String>>,
+    pub(crate) path_prefix: Option<Spanned<String>>,
+    pub(crate) pool: Spanned<String>,
+    pub(crate) max_body: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPool {
-    pub balance: Option<RawBalance>,
-    pub hash_key: Option<Spanned<String>>,
-    pub max_concurrency: Option<Spanned<u32>>,
-    pub queue: Option<RawQueue>,
-    pub timeouts: Option<RawTimeouts>,
-    pub upstream: Option<RawUpstream>,
-    pub retries: Option<RawRetries>,
-    pub max_idle_per_backend: Option<usize>,
-    pub health: Option<RawHealth>,
-    pub passive: Option<RawPassive>,
-    pub slow_start: Option<HumanDuration>,
-    pub fail_open: Option<bool>,
-    pub autoscale: Option<RawAutoscale>,
+pub(crate) struct RawPool {
+    pub(crate) balance: Option<RawBalance>,
+    pub(crate) hash_key: Option<Spanned<String>>,
+    pub(crate) max_concurrency: Option<Spanned<u32>>,
+    pub(crate) queue: Option<RawQueue>,
+    pub(crate) timeouts: Option<RawTimeouts>,
+    pub(crate) upstream: Option<RawUpstream>,
+    pub(crate) retries: Option<RawRetries>,
+    pub(crate) max_idle_per_backend: Option<usize>,
+    pub(crate) health: Option<RawHealth>,
+    pub(crate) passive: Option<RawPassive>,
+    pub(crate) slow_start: Option<HumanDuration>,
+    pub(crate) fail_open: Option<bool>,
+    pub(crate) autoscale: Option<RawAutoscale>,
     #[serde(default)]
-    pub backends: Vec<RawBackend>,
+    pub(crate) backends: Vec<RawBackend>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAutoscale {
-    pub min: Option<Spanned<u32>>,
-    pub max: Option<Spanned<u32>>,
-    pub dry_run: Option<bool>,
-    pub hook: Spanned<RawHook>,
+pub(crate) struct RawAutoscale {
+    pub(crate) min: Option<Spanned<u32>>,
+    pub(crate) max: Option<Spanned<u32>>,
+    pub(crate) dry_run: Option<bool>,
+    pub(crate) hook: Spanned<RawHook>,
     /// Initial estimate of the time a new backend takes to become ready.
-    pub provisioning_delay: Option<HumanDuration>,
+    pub(crate) provisioning_delay: Option<HumanDuration>,
     /// Scale down only below the highest need of this window.
-    pub scale_down_window: Option<HumanDuration>,
+    pub(crate) scale_down_window: Option<HumanDuration>,
     /// Queue-wait SLO the policy sizes for.
-    pub slo: Option<HumanDuration>,
+    pub(crate) slo: Option<HumanDuration>,
     /// A provisioned member not healthy within this long is replaced.
-    pub ready_deadline: Option<HumanDuration>,
+    pub(crate) ready_deadline: Option<HumanDuration>,
     /// A draining member is removed after this long even with requests open.
-    pub drain_timeout: Option<HumanDuration>,
+    pub(crate) drain_timeout: Option<HumanDuration>,
     /// At most this many backends more / fewer per decision.
-    pub max_step_up: Option<Spanned<u32>>,
-    pub max_step_down: Option<Spanned<u32>>,
+    pub(crate) max_step_up: Option<Spanned<u32>>,
+    pub(crate) max_step_down: Option<Spanned<u32>>,
     /// No scale-up within this long of the last one; no scale-down within
     /// this long of the last change.
-    pub cooldown_up: Option<HumanDuration>,
-    pub cooldown_down: Option<HumanDuration>,
+    pub(crate) cooldown_up: Option<HumanDuration>,
+    pub(crate) cooldown_down: Option<HumanDuration>,
     /// Known peaks: `[[pools.X.autoscale.schedule]]`.
     #[serde(default)]
-    pub schedule: Vec<RawScheduleEntry>,
+    pub(crate) schedule: Vec<RawScheduleEntry>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawScheduleEntry {
-    pub start: Spanned<String>,
-    pub end: Spanned<String>,
-    pub min: u32,
+pub(crate) struct RawScheduleEntry {
+    pub(crate) start: Spanned<String>,
+    pub(crate) end: Spanned<String>,
+    pub(crate) min: u32,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawHook {
+pub(crate) enum RawHook {
     Exec {
         command: Vec<String>,
         timeout: Option<HumanDuration>,
@@ -166,36 +166,36 @@ pub enum RawHook {
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RawCheckKind {
+pub(crate) enum RawCheckKind {
     Http,
     Tcp,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHealth {
-    pub kind: Option<RawCheckKind>,
-    pub path: Option<Spanned<String>>,
-    pub interval: Option<HumanDuration>,
-    pub timeout: Option<HumanDuration>,
-    pub healthy: Option<Spanned<u32>>,
-    pub unhealthy: Option<Spanned<u32>>,
+pub(crate) struct RawHealth {
+    pub(crate) kind: Option<RawCheckKind>,
+    pub(crate) path: Option<Spanned<String>>,
+    pub(crate) interval: Option<HumanDuration>,
+    pub(crate) timeout: Option<HumanDuration>,
+    pub(crate) healthy: Option<Spanned<u32>>,
+    pub(crate) unhealthy: Option<Spanned<u32>>,
     /// Accepted status range, e.g. "200-399".
-    pub expect: Option<Spanned<String>>,
+    pub(crate) expect: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPassive {
-    pub consecutive_failures: Option<Spanned<u32>>,
-    pub ejection: Option<HumanDuration>,
-    pub max_ejection: Option<HumanDuration>,
-    pub max_ejected_percent: Option<Spanned<u32>>,
+pub(crate) struct RawPassive {
+    pub(crate) consecutive_failures: Option<Spanned<u32>>,
+    pub(crate) ejection: Option<HumanDuration>,
+    pub(crate) max_ejection: Option<HumanDuration>,
+    pub(crate) max_ejected_percent: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RawBalance {
+pub(crate) enum RawBalance {
     LeastConn,
     P2c,
     RoundRobin,
@@ -205,39 +205,39 @@ pub enum RawBalance {
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RawUpstream {
+pub(crate) enum RawUpstream {
     Http1,
     H2c,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawQueue {
-    pub max_depth: Option<usize>,
-    pub timeout: Option<HumanDuration>,
+pub(crate) struct RawQueue {
+    pub(crate) max_depth: Option<usize>,
+    pub(crate) timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTimeouts {
-    pub connect: Option<HumanDuration>,
-    pub response_header: Option<HumanDuration>,
-    pub idle: Option<HumanDuration>,
+pub(crate) struct RawTimeouts {
+    pub(crate) connect: Option<HumanDuration>,
+    pub(crate) response_header: Option<HumanDuration>,
+    pub(crate) idle: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRetries {
+pub(crate) struct RawRetries {
     /// Other backends tried after a connect failure.
-    pub connect: Option<u32>,
+    pub(crate) connect: Option<u32>,
     /// Whether an idempotent request may be resent after the backend failed
     /// mid-exchange (off by default: the backend may have acted on it).
-    pub idempotent: Option<bool>,
+    pub(crate) idempotent: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBackend {
-    pub address: Spanned<SocketAddr>,
-    pub weight: Option<Spanned<u32>>,
+pub(crate) struct RawBackend {
+    pub(crate) address: Spanned<SocketAddr>,
+    pub(crate) weight: Option<Spanned<u32>>,
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 pub const DEMO_TOML: &str = include_str!("../../conf/demo.toml");
 
 /// A validated configuration. Cheap to share: the hot path sees it only
-/// through the [`crate::state::Snapshot`] built from it.
+/// through the snapshot built from it.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where it was read from (`<embedded demo>` for the demo).
@@ -34,78 +34,116 @@ pub struct Config {
     /// The file's identity when it was read, so the watcher reloads on any
     /// later change (even one made before the watcher started).
     pub loaded_from: Option<watch::Fingerprint>,
+    /// `[runtime]`: threads, shutdown, state directory.
     pub runtime: Runtime,
+    /// `[admin]`: the stats and control listener; `None` = no admin listener.
     pub admin: Option<Admin>,
+    /// `[limits]`: what one client may cost.
     pub limits: Limits,
+    /// `[[listener]]`: where clients connect.
     pub listeners: Vec<Listener>,
+    /// `[[route]]`: host and path prefix to pool.
     pub routes: Vec<Route>,
+    /// `[pools.NAME]`, by name.
     pub pools: BTreeMap<String, Arc<PoolConfig>>,
 }
 
+/// `[runtime]`.
 #[derive(Debug, Clone)]
 pub struct Runtime {
     /// Tokio worker threads; `None` = one per CPU.
     pub worker_threads: Option<usize>,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     pub shutdown_timeout: Duration,
     /// Autoscaler history (per pool, per minute); `None` = kept in memory
     /// only, so the forecast starts empty after a restart.
     pub state_dir: Option<PathBuf>,
 }
 
+/// `[admin]`.
 #[derive(Debug, Clone)]
 pub struct Admin {
+    /// Address of the admin listener (loopback unless a token is set).
     pub listen: SocketAddr,
+    /// Bearer token every admin route requires, when set.
     pub token: Option<String>,
 }
 
-/// Per-connection limits that protect the proxy from slow or hostile clients.
+/// `[limits]`: per-connection limits that protect the proxy from slow or
+/// hostile clients.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
+    /// Client connections open at once per listener; further accepts wait.
     pub max_connections: usize,
+    /// A client must send a whole request head within this.
     pub header_read_timeout: Duration,
+    /// Bytes a request head may take (larger: 431).
     pub max_header_bytes: usize,
+    /// Header fields a request may carry (more: 431).
     pub max_headers: usize,
+    /// A TLS handshake must finish within this.
     pub tls_handshake_timeout: Duration,
+    /// Concurrent HTTP/2 streams per client connection.
     pub h2_max_concurrent_streams: u32,
 }
 
+/// `[[listener]]`: one port clients connect to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
+    /// Unique name; a reload reconciles listeners by it.
     pub name: String,
+    /// Address to bind (port 0: any free port).
     pub listen: SocketAddr,
+    /// TLS termination; `None` = plain TCP.
     pub tls: Option<Tls>,
 }
 
+/// A listener's `tls` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
+    /// Certificates, chosen per handshake by SNI (the first is the default).
     pub certificates: Vec<CertificatePaths>,
 }
 
+/// One certificate chain and its key, as PEM files.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CertificatePaths {
+    /// The chain, leaf first.
     pub cert: PathBuf,
+    /// The private key.
     pub key: PathBuf,
 }
 
+/// `[[route]]`: which pool serves a host and path prefix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// Lower-case host without port; `None` matches any host.
     pub host: Option<String>,
+    /// Path prefix (the longest matching prefix wins).
     pub path_prefix: String,
+    /// The pool's name.
     pub pool: String,
+    /// Largest request body accepted (larger: 413).
     pub max_body: u64,
 }
 
+/// A pool's balancing policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
+    /// Fewest in flight per unit of weight, ties at random.
     LeastConn,
+    /// Power of two random choices.
     P2c,
+    /// Smooth weighted round robin.
     RoundRobin,
+    /// Latency (peak EWMA) times load.
     PeakEwma,
+    /// Consistent hashing on [`HashKey`] (cart affinity).
     Hash,
 }
 
 impl Balance {
+    /// The spelling in the config file and `/stats`.
     pub fn as_str(self) -> &'static str {
         match self {
             Balance::LeastConn => "least_conn",
@@ -120,34 +158,56 @@ impl Balance {
 /// What `balance = "hash"` hashes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
+    /// The client's address.
     ClientIp,
+    /// A request header's value.
     Header(http::HeaderName),
+    /// A cookie's value.
     Cookie(String),
 }
 
+/// How tidegate speaks to a pool's backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections.
     Http1,
+    /// HTTP/2 with prior knowledge, one multiplexed connection per backend.
     H2c,
 }
 
+/// `[pools.NAME]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
+    /// The pool's name (its key in `[pools]`).
     pub name: String,
+    /// Balancing policy.
     pub balance: Balance,
+    /// What `hash` hashes on.
     pub hash_key: HashKey,
+    /// In-flight requests one backend may carry before new ones queue.
     pub max_concurrency: u32,
+    /// Waiters the queue holds before it answers 503 at once.
     pub queue_max_depth: usize,
+    /// Longest a request waits in the queue.
     pub queue_timeout: Duration,
+    /// TCP connect to a backend.
     pub connect_timeout: Duration,
+    /// From sending a request to its response head.
     pub response_header_timeout: Duration,
+    /// An idle pooled upstream connection is closed after this long.
     pub idle_timeout: Duration,
+    /// Idle keep-alive connections kept per backend.
     pub max_idle_per_backend: usize,
+    /// HTTP/1.1 or h2c to the backends.
     pub upstream: UpstreamProtocol,
+    /// Other backends tried after a connect failure (nothing was sent).
     pub connect_retries: u32,
+    /// Whether a bodiless idempotent request may be resent after a backend
+    /// failed mid-exchange.
     pub retry_idempotent: bool,
     /// Active checks; `None` = backends are presumed healthy.
     pub health: Option<HealthCheck>,
+    /// Passive checks (ejection after consecutive failures).
     pub passive: PassiveHealth,
     /// Ramp window for a backend that comes up; zero = full share at once.
     pub slow_start: Duration,
@@ -155,17 +215,26 @@ pub struct PoolConfig {
     pub fail_open: bool,
     /// The elastic pool; `None` = a fixed pool.
     pub autoscale: Option<AutoscaleConfig>,
+    /// Static members.
     pub backends: Vec<BackendConfig>,
 }
 
+/// A pool's `autoscale` table: the elastic pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoscaleConfig {
+    /// Fewest backends (static members included).
     pub min: u32,
+    /// Most backends (static members included).
     pub max: u32,
+    /// Decide and show, never call the hook.
     pub dry_run: bool,
+    /// The provisioner.
     pub hook: HookConfig,
+    /// The provisioning delay assumed until one is observed.
     pub provisioning_delay: Duration,
+    /// Scale down only below the highest need of this window.
     pub scale_down_window: Duration,
+    /// The queue-wait bound the policy sizes for.
     pub slo: Duration,
     /// A provisioned member that is not healthy this long after the hook
     /// reported it is reported and replaced.
@@ -182,71 +251,117 @@ pub struct AutoscaleConfig {
 /// The operator's limits on how the wanted size may move; `None` = unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Guards {
+    /// At most this many backends more per decision.
     pub max_step_up: Option<u32>,
+    /// At most this many backends fewer per decision.
     pub max_step_down: Option<u32>,
+    /// Seconds after a scale-up before the next one.
     pub cooldown_up: u64,
+    /// Seconds after any change before a scale-down.
     pub cooldown_down: u64,
 }
 
+/// A pool's provisioner (`hook = { kind = ... }`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum HookConfig {
+    /// A command: the request on stdin, the answer on stdout.
     Exec {
+        /// Program and arguments.
         command: Vec<String>,
+        /// A call that takes longer failed (the process is killed).
         timeout: Duration,
     },
+    /// An HTTP POST of the request; the answer is the response body.
     Webhook {
+        /// Where to POST.
         url: http::Uri,
+        /// A call that takes longer failed.
         timeout: Duration,
     },
+    /// Built in: `tidegate backend` children on loopback (the demo's).
     Local {
+        /// Service time of each child backend.
         service_time: Duration,
+        /// Requests each child serves at once.
         concurrency: usize,
+        /// A call that takes longer failed.
         timeout: Duration,
     },
 }
 
+/// What an active check does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckKind {
+    /// An HTTP GET of `path`, expecting a status in `expect`.
     Http,
+    /// A TCP connect.
     Tcp,
 }
 
+/// A pool's `health` table: active checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
+    /// HTTP or TCP.
     pub kind: CheckKind,
+    /// Path an HTTP check requests.
     pub path: String,
+    /// Time between two checks of one backend.
     pub interval: Duration,
+    /// A check slower than this failed.
     pub timeout: Duration,
+    /// Consecutive passes that bring a down backend up.
     pub healthy: u32,
+    /// Consecutive failures that take an up backend down.
     pub unhealthy: u32,
+    /// Accepted status range, inclusive.
     pub expect: (u16, u16),
 }
 
+/// A pool's `passive` table: ejection after failures seen on real traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PassiveHealth {
+    /// Consecutive failures that eject a backend.
     pub consecutive_failures: u32,
+    /// First ejection period (doubles with each ejection).
     pub ejection: Duration,
+    /// The longest an ejection lasts.
     pub max_ejection: Duration,
+    /// Most of a pool that may be ejected at once, in percent.
     pub max_ejected_percent: u32,
 }
 
+/// One static member of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendConfig {
+    /// The backend's address.
     pub address: SocketAddr,
+    /// Relative share of traffic.
     pub weight: u32,
 }
 
 /// Why a config was refused. Displays as `file:line:col: key: message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("{path}: cannot read: {message}")]
-    Read { path: String, message: String },
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The file was read and something in it is wrong.
     #[error("{path}:{line}:{col}: {key}: {message}")]
     Invalid {
+        /// The file.
         path: String,
+        /// 1-based line of the offending value.
         line: usize,
+        /// 1-based column (in characters).
         col: usize,
+        /// The dotted key, such as `pools.shop.max_concurrency`.
         key: String,
+        /// What was expected.
         message: String,
     },
 }

@@ -17,10 +17,15 @@ pub enum When {
     Daily(i64),
 }
 
+/// One `[[pools.X.autoscale.schedule]]` entry: at least `min` backends
+/// from `start` to `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
+    /// When the capacity must be there.
     pub start: When,
+    /// When the entry ends.
     pub end: When,
+    /// Backends the pool keeps at least while the entry is in force.
     pub min: u32,
 }
 

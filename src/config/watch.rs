@@ -25,6 +25,7 @@ pub struct Fingerprint {
     inode: u64,
 }
 
+/// The file's identity now (through symlinks); `None` when it is missing.
 pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
     use std::os::unix::fs::MetadataExt;
     let target = std::fs::canonicalize(path).ok()?;

@@ -29,13 +29,13 @@ struct Running {
 
 /// The listeners serving now.
 #[derive(Default)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     running: HashMap<String, Running>,
 }
 
 /// What a reload will do to the listeners, prepared before anything is
 /// swapped: certificates loaded, new sockets bound.
-pub struct Plan {
+pub(crate) struct Plan {
     tls: Vec<(String, Option<TlsAcceptor>)>,
     add: Vec<Bound>,
     remove: Vec<String>,
@@ -43,7 +43,7 @@ pub struct Plan {
 
 impl Listeners {
     /// Starts serving every bound listener.
-    pub fn start(bound: Vec<Bound>, state: &Arc<State>) -> Listeners {
+    pub(crate) fn start(bound: Vec<Bound>, state: &Arc<State>) -> Listeners {
         let mut l = Listeners::default();
         for b in bound {
             l.add(b, state);
@@ -62,7 +62,7 @@ impl Listeners {
 
     /// Loads certificates and binds new sockets for `config`; nothing
     /// running changes.
-    pub async fn prepare(&self, config: &Config) -> Result<Plan, StartError> {
+    pub(crate) async fn prepare(&self, config: &Config) -> Result<Plan, StartError> {
         let mut plan = Plan {
             tls: Vec::new(),
             add: Vec::new(),
@@ -90,7 +90,7 @@ impl Listeners {
     }
 
     /// Carries out a prepared plan (after the new snapshot is published).
-    pub fn apply(&mut self, plan: Plan, state: &Arc<State>) {
+    pub(crate) fn apply(&mut self, plan: Plan, state: &Arc<State>) {
         for (name, tls) in plan.tls {
             if let Some(r) = self.running.get(&name) {
                 r.tls.store(tls.map(Arc::new));
@@ -109,7 +109,7 @@ impl Listeners {
     }
 
     /// The listeners as `/stats` shows them, by name.
-    pub fn info(&self) -> Vec<ListenerInfo> {
+    pub(crate) fn info(&self) -> Vec<ListenerInfo> {
         let mut list: Vec<ListenerInfo> = self
             .running
             .iter()
@@ -124,7 +124,7 @@ impl Listeners {
     }
 
     /// Stops accepting everywhere and waits for every listener to drain.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for r in self.running.values() {
             let _ = r.stop.send(true);
         }

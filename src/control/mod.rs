@@ -16,7 +16,7 @@
 //! state's own change announcements, not from here.
 
 mod listeners;
-pub mod view;
+pub(crate) mod view;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,12 +26,12 @@ use tokio::sync::mpsc;
 use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::telemetry::CONFIG_RELOADS_TOTAL;
-pub use listeners::Listeners;
-pub use view::{Command, Control, ListenerInfo, ReloadAttempt, ReloadLog, Trigger, View};
+pub(crate) use listeners::Listeners;
+pub(crate) use view::{Command, Control, ListenerInfo, ReloadAttempt, ReloadLog, Trigger, View};
 
 /// Serves reload commands until `shutdown` completes, then stops every
 /// listener and waits for them to drain.
-pub async fn run(
+pub(crate) async fn run(
     view: Arc<View>,
     mut listeners: Listeners,
     mut commands: mpsc::Receiver<Command>,

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
@@ -20,20 +19,20 @@ use tokio::sync::{mpsc, oneshot};
 use crate::state::State;
 
 /// Reload attempts kept for `/stats` and the dashboard.
-pub const RELOADS_KEPT: usize = 20;
+pub(crate) const RELOADS_KEPT: usize = 20;
 
 /// What started a reload. Logged and shown in `/stats` with the same
 /// spelling (`file`, `signal`, `admin`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Trigger {
+pub(crate) enum Trigger {
     File,
     Signal,
     Admin,
 }
 
 impl Trigger {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Trigger::File => "file",
             Trigger::Signal => "signal",
@@ -49,27 +48,27 @@ impl std::fmt::Display for Trigger {
 }
 
 /// A reload request to the owner task.
-pub struct Command {
-    pub trigger: Trigger,
-    pub reply: Option<oneshot::Sender<Result<u64, String>>>,
+pub(crate) struct Command {
+    pub(crate) trigger: Trigger,
+    pub(crate) reply: Option<oneshot::Sender<Result<u64, String>>>,
 }
 
 /// A handle for asking the owner task to reload.
 #[derive(Clone)]
-pub struct Control {
+pub(crate) struct Control {
     tx: mpsc::Sender<Command>,
 }
 
 impl Control {
     /// A handle and the receiving end the owner task reads.
-    pub fn channel() -> (Control, mpsc::Receiver<Command>) {
+    pub(crate) fn channel() -> (Control, mpsc::Receiver<Command>) {
         let (tx, rx) = mpsc::channel(16);
         (Control { tx }, rx)
     }
 
     /// Reloads and waits for the outcome: the new generation, or why the
     /// file was refused (the old config still serves).
-    pub async fn reload(&self, trigger: Trigger) -> Result<u64, String> {
+    pub(crate) async fn reload(&self, trigger: Trigger) -> Result<u64, String> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command {
@@ -83,54 +82,55 @@ impl Control {
 
     /// Asks for a reload without waiting for it; `false` once the owner is
     /// gone.
-    pub async fn request(&self, trigger: Trigger) -> bool {
+    pub(crate) async fn request(&self, trigger: Trigger) -> bool {
         self.tx.send(Command { trigger, reply: None }).await.is_ok()
     }
 }
 
 /// One reload attempt, as `/stats` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct ReloadAttempt {
-    pub at_unix_ms: u64,
-    pub trigger: Trigger,
-    pub ok: bool,
-    pub generation: Option<u64>,
-    pub error: Option<String>,
+pub(crate) struct ReloadAttempt {
+    pub(crate) at_unix_ms: u64,
+    pub(crate) trigger: Trigger,
+    pub(crate) ok: bool,
+    pub(crate) generation: Option<u64>,
+    pub(crate) error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ReloadLog {
-    pub ok_total: u64,
-    pub error_total: u64,
+pub(crate) struct ReloadLog {
+    pub(crate) ok_total: u64,
+    pub(crate) error_total: u64,
     /// Wall-clock time of the last successful reload (or of the start).
-    pub last_success_unix_ms: u64,
+    pub(crate) last_success_unix_ms: u64,
     /// Newest first.
-    pub recent: VecDeque<ReloadAttempt>,
+    pub(crate) recent: VecDeque<ReloadAttempt>,
 }
 
 /// A listener as `/stats` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct ListenerInfo {
-    pub name: String,
-    pub address: SocketAddr,
-    pub tls: bool,
+pub(crate) struct ListenerInfo {
+    pub(crate) name: String,
+    pub(crate) address: SocketAddr,
+    pub(crate) tls: bool,
 }
 
 /// The control path's published view.
-pub struct View {
-    pub state: Arc<State>,
-    pub listeners: ArcSwap<Vec<ListenerInfo>>,
-    pub reloads: ArcSwap<ReloadLog>,
-    pub control: Control,
+pub(crate) struct View {
+    pub(crate) state: Arc<State>,
+    pub(crate) listeners: ArcSwap<Vec<ListenerInfo>>,
+    pub(crate) reloads: ArcSwap<ReloadLog>,
+    pub(crate) control: Control,
     /// Serving and not shutting down (`/readyz`).
-    pub ready: AtomicBool,
-    pub started: SystemTime,
+    pub(crate) ready: AtomicBool,
+    /// Wall-clock milliseconds at start.
+    pub(crate) started_unix_ms: u64,
     /// The file reloads read; `None` for the embedded demo.
-    pub config_path: Option<PathBuf>,
+    pub(crate) config_path: Option<PathBuf>,
 }
 
 impl View {
-    pub fn new(state: Arc<State>, control: Control, config_path: Option<PathBuf>) -> View {
+    pub(crate) fn new(state: Arc<State>, control: Control, config_path: Option<PathBuf>) -> View {
         View {
             state,
             listeners: ArcSwap::from_pointee(Vec::new()),
@@ -140,7 +140,7 @@ impl View {
             }),
             control,
             ready: AtomicBool::new(false),
-            started: SystemTime::now(),
+            started_unix_ms: crate::clock::unix_ms(),
             config_path,
         }
     }

@@ -20,13 +20,13 @@ use tokio::time::Instant;
 
 /// One stretch of the sale: `rate` requests per second for `length`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Phase {
-    pub length: Duration,
-    pub rate: f64,
+pub(crate) struct Phase {
+    pub(crate) length: Duration,
+    pub(crate) rate: f64,
 }
 
 /// Quiet, the sale (10x), quiet again: about 100 seconds in all.
-pub fn flash_sale() -> Vec<Phase> {
+pub(crate) fn flash_sale() -> Vec<Phase> {
     let phase = |secs, rate| Phase {
         length: Duration::from_secs(secs),
         rate,
@@ -36,13 +36,13 @@ pub fn flash_sale() -> Vec<Phase> {
 
 /// What a run did.
 #[derive(Debug, Default)]
-pub struct Tally {
-    pub ok: AtomicU64,
-    pub failed: AtomicU64,
+pub(crate) struct Tally {
+    pub(crate) ok: AtomicU64,
+    pub(crate) failed: AtomicU64,
 }
 
 /// The phase in force `elapsed` into the run, or `None` when it is over.
-pub fn phase_at(phases: &[Phase], elapsed: Duration) -> Option<Phase> {
+pub(crate) fn phase_at(phases: &[Phase], elapsed: Duration) -> Option<Phase> {
     let mut start = Duration::ZERO;
     for p in phases {
         if elapsed < start + p.length {
@@ -55,7 +55,7 @@ pub fn phase_at(phases: &[Phase], elapsed: Duration) -> Option<Phase> {
 
 /// Plays `phases` against `target` with `workers` connections; returns
 /// when the last phase ends.
-pub async fn play(target: SocketAddr, phases: Vec<Phase>, workers: usize, tally: Arc<Tally>) {
+pub(crate) async fn play(target: SocketAddr, phases: Vec<Phase>, workers: usize, tally: Arc<Tally>) {
     let phases = Arc::new(phases);
     let started = Instant::now();
     let tasks: Vec<_> = (0..workers)

@@ -21,12 +21,13 @@ use crate::autoscale::hook::backend_command;
 use crate::config::Config;
 
 /// Service time each demo backend spends per request.
-pub const DEMO_SERVICE_TIME: Duration = Duration::from_millis(20);
+pub(crate) const DEMO_SERVICE_TIME: Duration = Duration::from_millis(20);
 /// Requests each demo backend serves at once.
-pub const DEMO_BACKEND_CONCURRENCY: usize = 16;
+pub(crate) const DEMO_BACKEND_CONCURRENCY: usize = 16;
 /// How long to wait for a child to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The demo's backend processes.
 pub struct Children {
     children: Vec<Child>,
 }

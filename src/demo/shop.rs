@@ -43,6 +43,7 @@ type Out = BoxBody<Bytes, hyper::Error>;
 /// How the simulated backend behaves.
 #[derive(Debug, Clone)]
 pub struct BackendOptions {
+    /// Reported in the `x-backend` response header.
     pub name: String,
     /// Time each request takes before its response starts.
     pub service_time: Duration,

@@ -13,7 +13,7 @@
 //! Results are applied by `pool::health::apply_probe`, which holds the
 //! rules (pure, in `pool/health/transition.rs`); this module only schedules.
 
-pub mod probe;
+pub(crate) mod probe;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -29,10 +29,10 @@ use crate::shutdown::stopped;
 use crate::state::State;
 
 /// How often ejections expire and slow starts advance.
-pub const UPKEEP_INTERVAL: Duration = Duration::from_millis(250);
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Runs until `stop` turns true.
-pub async fn run(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let mut changes = state.subscribe();
     let mut probes = Probes::default();
     probes.reconcile(&state);

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use crate::config::{CheckKind, HealthCheck};
 
 /// One probe, bounded by the check's timeout; `Err` says why it failed.
-pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+pub(crate) async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
     match tokio::time::timeout(check.timeout, probe_inner(addr, check)).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {:?}", check.timeout)),

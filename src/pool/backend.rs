@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
 
 use super::health::Health;
 use crate::histogram::{LatencyHistogram, SecondsHistogram};
@@ -20,6 +19,7 @@ use crate::upstream::Upstream;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum BackendState {
+    /// Healthy and a member: takes requests.
     Active = 0,
     /// Provisioned but not yet healthy: no traffic.
     Warming = 1,
@@ -39,7 +39,7 @@ impl BackendState {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BackendState::Active => "active",
             BackendState::Warming => "warming",
@@ -51,11 +51,13 @@ impl BackendState {
 
 /// Status classes counted per backend: 1xx..5xx, plus failures where the
 /// backend gave no response at all.
-pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+pub(crate) const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
+/// One backend of a pool: its address, live load and counters (see the
+/// module docs).
 pub struct Backend {
+    /// Where it listens.
     pub address: SocketAddr,
-    pub pool: Arc<str>,
     /// Configured weight and concurrency limit.
     base_weight: AtomicU32,
     base_limit: AtomicU32,
@@ -72,15 +74,15 @@ pub struct Backend {
     ewma_stamp_ns: AtomicU64,
     responses: [AtomicU64; 6],
     latency: LatencyHistogram,
-    pub health: Health,
-    pub upstream: Upstream,
+    pub(crate) health: Health,
+    pub(crate) upstream: Upstream,
     /// Time to the response head in Prometheus buckets, for `/metrics`.
     duration: SecondsHistogram,
 }
 
 /// Index into [`CLASSES`]: 1xx..5xx, or `error` when there was no response.
 #[inline]
-pub fn status_class(status: Option<u16>) -> usize {
+pub(crate) fn status_class(status: Option<u16>) -> usize {
     match status {
         Some(s) if (100..600).contains(&s) => (s / 100 - 1) as usize,
         _ => 5,
@@ -88,16 +90,17 @@ pub fn status_class(status: Option<u16>) -> usize {
 }
 
 /// `ramp_permille` when no slow start is in force.
-pub const FULL_RAMP: u32 = 1000;
+pub(crate) const FULL_RAMP: u32 = 1000;
 
 /// Initial latency estimate before the first response (1 ms).
 const EWMA_INITIAL_NS: f64 = 1_000_000.0;
 
 impl Backend {
-    pub fn new(pool: Arc<str>, address: SocketAddr, weight: u32, limit: u32, max_idle: usize) -> Backend {
+    /// A backend of `weight` taking at most `limit` requests at once,
+    /// keeping at most `max_idle` idle connections.
+    pub fn new(address: SocketAddr, weight: u32, limit: u32, max_idle: usize) -> Backend {
         Backend {
             address,
-            pool,
             base_weight: AtomicU32::new(weight.max(1)),
             base_limit: AtomicU32::new(limit.max(1)),
             ramp_permille: AtomicU32::new(FULL_RAMP),
@@ -115,21 +118,24 @@ impl Backend {
         }
     }
 
+    /// Requests in flight now.
     #[inline]
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// The concurrency limit in force (after slow start).
     #[inline]
     pub fn limit(&self) -> u32 {
         self.limit.load(Ordering::Relaxed)
     }
 
     #[inline]
-    pub fn weight(&self) -> u32 {
+    pub(crate) fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
     }
 
+    /// Where it stands in its life cycle.
     #[inline]
     pub fn state(&self) -> BackendState {
         BackendState::from_u8(self.state.load(Ordering::Relaxed))
@@ -137,16 +143,17 @@ impl Backend {
 
     /// Whether the balancer may hand this backend a new request now.
     #[inline]
-    pub fn has_free_slot(&self) -> bool {
+    pub(crate) fn has_free_slot(&self) -> bool {
         self.state() == BackendState::Active && self.in_flight() < self.limit()
     }
 
+    /// Moves it in its life cycle (membership, health checks).
     pub fn set_state(&self, state: BackendState) {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
     /// Control path: a reload changed weight or concurrency limit.
-    pub fn reconfigure(&self, weight: u32, limit: u32, max_idle: usize) {
+    pub(crate) fn reconfigure(&self, weight: u32, limit: u32, max_idle: usize) {
         self.base_weight.store(weight.max(1), Ordering::Relaxed);
         self.base_limit.store(limit.max(1), Ordering::Relaxed);
         self.upstream.set_max_idle(max_idle);
@@ -155,7 +162,7 @@ impl Backend {
 
     /// Control path (slow start): the share of configured weight and limit
     /// in force, in per mille. Returns whether capacity grew.
-    pub fn set_ramp(&self, permille: u32) -> bool {
+    pub(crate) fn set_ramp(&self, permille: u32) -> bool {
         let permille = permille.clamp(1, FULL_RAMP);
         let before = self.limit();
         self.ramp_permille.store(permille, Ordering::Relaxed);
@@ -163,12 +170,12 @@ impl Backend {
         self.limit() > before
     }
 
-    pub fn ramp_permille(&self) -> u32 {
+    pub(crate) fn ramp_permille(&self) -> u32 {
         self.ramp_permille.load(Ordering::Relaxed)
     }
 
     /// The configured concurrency limit (before slow start).
-    pub fn configured_limit(&self) -> u32 {
+    pub(crate) fn configured_limit(&self) -> u32 {
         self.base_limit.load(Ordering::Relaxed)
     }
 
@@ -211,7 +218,7 @@ impl Backend {
     /// Records a finished exchange: status class (`None` = no response) and
     /// the time to the response head, which feeds the peak EWMA.
     /// Returns the status class index recorded.
-    pub fn record(&self, status: Option<u16>, elapsed_ns: u64, now_ns: u64, decay_ns: f64) -> usize {
+    pub(crate) fn record(&self, status: Option<u16>, elapsed_ns: u64, now_ns: u64, decay_ns: f64) -> usize {
         let class = status_class(status);
         self.responses[class].fetch_add(1, Ordering::Relaxed);
         self.duration.record_ns(elapsed_ns);
@@ -241,23 +248,50 @@ impl Backend {
 
     /// Latency estimate in ns, for `peak_ewma` and stats.
     #[inline]
-    pub fn latency_estimate_ns(&self) -> f64 {
+    pub(crate) fn latency_estimate_ns(&self) -> f64 {
         f64::from_bits(self.ewma_ns.load(Ordering::Relaxed))
     }
 
     /// Time-to-response-head histogram (cumulative since start).
-    pub fn latency(&self) -> &LatencyHistogram {
+    pub(crate) fn latency(&self) -> &LatencyHistogram {
         &self.latency
     }
 
     /// Time to the response head in Prometheus buckets.
-    pub fn duration(&self) -> &SecondsHistogram {
+    pub(crate) fn duration(&self) -> &SecondsHistogram {
         &self.duration
     }
 
     /// Responses counted per class, in [`CLASSES`] order.
-    pub fn response_counts(&self) -> [u64; 6] {
+    pub(crate) fn response_counts(&self) -> [u64; 6] {
         std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
+    }
+}
+
+impl crate::balance::Load for Backend {
+    #[inline]
+    fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    #[inline]
+    fn in_flight(&self) -> u32 {
+        Backend::in_flight(self)
+    }
+
+    #[inline]
+    fn weight(&self) -> u32 {
+        Backend::weight(self)
+    }
+
+    #[inline]
+    fn has_free_slot(&self) -> bool {
+        Backend::has_free_slot(self)
+    }
+
+    #[inline]
+    fn latency_estimate_ns(&self) -> f64 {
+        Backend::latency_estimate_ns(self)
     }
 }
 
@@ -278,7 +312,7 @@ mod tests {
     use super::*;
 
     fn backend(limit: u32) -> Backend {
-        Backend::new("p".into(), "127.0.0.1:1".parse().unwrap(), 1, limit, 4)
+        Backend::new("127.0.0.1:1".parse().unwrap(), 1, limit, 4)
     }
 
     #[test]

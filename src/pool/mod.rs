@@ -11,7 +11,9 @@
 //! [`PoolShared`], which outlives generations.
 
 pub mod backend;
-pub mod health;
+pub(crate) mod health;
+#[cfg(test)]
+mod pick_tests;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -31,9 +33,9 @@ const CLAIM_ATTEMPTS: usize = 4;
 /// Per-pool state that survives reloads: the queue, the round-robin
 /// position, and the pool's own totals (which must not reset when a reload
 /// replaces the backends they were counted on).
-pub struct PoolShared {
-    pub queue: Arc<Queue>,
-    pub rr_cursor: Arc<AtomicUsize>,
+pub(crate) struct PoolShared {
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) rr_cursor: Arc<AtomicUsize>,
     responses: [AtomicU64; 6],
     latency: LatencyHistogram,
     arrivals: AtomicU64,
@@ -43,10 +45,10 @@ pub struct PoolShared {
 }
 
 /// Reason slots counted per pool (the proxy has fewer reasons than this).
-pub const ERROR_SLOTS: usize = 24;
+pub(crate) const ERROR_SLOTS: usize = 24;
 
 impl PoolShared {
-    pub fn new(config: &PoolConfig) -> PoolShared {
+    pub(crate) fn new(config: &PoolConfig) -> PoolShared {
         PoolShared {
             queue: Arc::new(Queue::new(config.queue_max_depth)),
             rr_cursor: Arc::new(AtomicUsize::new(0)),
@@ -60,71 +62,71 @@ impl PoolShared {
     /// Data path: tidegate answered a request of this pool itself, for the
     /// reason at `index` (out of range is ignored).
     #[inline]
-    pub fn count_error(&self, index: usize) {
+    pub(crate) fn count_error(&self, index: usize) {
         if let Some(c) = self.errors.get(index) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Errors counted since the pool was created, by reason index.
-    pub fn error_counts(&self) -> [u64; ERROR_SLOTS] {
+    pub(crate) fn error_counts(&self) -> [u64; ERROR_SLOTS] {
         std::array::from_fn(|i| self.errors[i].load(Ordering::Relaxed))
     }
 
     /// Data path: a request was routed to this pool (the autoscaler's
     /// arrival rate).
     #[inline]
-    pub fn count_arrival(&self) {
+    pub(crate) fn count_arrival(&self) {
         self.arrivals.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn arrivals(&self) -> u64 {
+    pub(crate) fn arrivals(&self) -> u64 {
         self.arrivals.load(Ordering::Relaxed)
     }
 
     /// Data path: one finished exchange (`class` as in [`backend::CLASSES`]).
     #[inline]
-    pub fn record(&self, class: usize, elapsed_ns: u64) {
+    pub(crate) fn record(&self, class: usize, elapsed_ns: u64) {
         self.responses[class].fetch_add(1, Ordering::Relaxed);
         self.latency.record_ns(elapsed_ns);
     }
 
     /// Responses since the pool was created, in [`backend::CLASSES`] order.
-    pub fn response_counts(&self) -> [u64; 6] {
+    pub(crate) fn response_counts(&self) -> [u64; 6] {
         std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
     }
 
-    pub fn latency(&self) -> &LatencyHistogram {
+    pub(crate) fn latency(&self) -> &LatencyHistogram {
         &self.latency
     }
 }
 
 /// Why admission gave no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AdmitError {
+pub(crate) enum AdmitError {
     #[error("no backend is available")]
     NoBackend,
     #[error(transparent)]
     Queue(#[from] QueueError),
 }
 
-pub struct Pool {
-    pub name: Arc<str>,
-    pub config: Arc<PoolConfig>,
+pub(crate) struct Pool {
+    pub(crate) name: Arc<str>,
+    pub(crate) config: Arc<PoolConfig>,
     /// Backends that may take new requests (in config order).
-    pub backends: Vec<Arc<Backend>>,
+    pub(crate) backends: Vec<Arc<Backend>>,
     /// Removed backends still finishing requests; shown in stats, never picked.
-    pub draining: Vec<Arc<Backend>>,
+    pub(crate) draining: Vec<Arc<Backend>>,
     /// The members the provisioner provides (autoscaled pools; the one
     /// place membership is held). Static members are in `config.backends`.
-    pub provisioned: Vec<SocketAddr>,
-    pub balancer: Balancer,
-    pub shared: Arc<PoolShared>,
+    pub(crate) provisioned: Vec<SocketAddr>,
+    pub(crate) balancer: Balancer,
+    pub(crate) shared: Arc<PoolShared>,
 }
 
 impl Pool {
     /// A slot right now, without queueing, if the balancer finds one.
-    pub fn try_claim(&self, cx: &mut PickContext<'_>) -> Option<InFlight> {
+    pub(crate) fn try_claim(&self, cx: &mut PickContext<'_>) -> Option<InFlight> {
         for _ in 0..CLAIM_ATTEMPTS {
             let i = self.balancer.pick(&self.backends, cx)?;
             if let Some(slot) = InFlight::claim(&self.backends[i], &self.shared.queue) {
@@ -136,7 +138,7 @@ impl Pool {
     }
 
     /// A slot now, or after waiting in the queue (FIFO, bounded, timed).
-    pub async fn admit(&self, cx: &mut PickContext<'_>) -> Result<InFlight, AdmitError> {
+    pub(crate) async fn admit(&self, cx: &mut PickContext<'_>) -> Result<InFlight, AdmitError> {
         let queue = &self.shared.queue;
         // Nobody waiting: take the fast path. Someone waiting: queue behind
         // them so a freed slot goes to the oldest request.
@@ -167,7 +169,7 @@ impl Pool {
     /// Gives free slots to queued requests. Called after enqueueing and by
     /// the control path after anything that adds capacity (new snapshot,
     /// backend up, limit raised).
-    pub fn dispatch(&self, rng: &mut fastrand::Rng) {
+    pub(crate) fn dispatch(&self, rng: &mut fastrand::Rng) {
         let mut cx = PickContext {
             rng,
             hash: None,
@@ -178,7 +180,7 @@ impl Pool {
 
     /// Control path: how many of `backends` are in each state, indexed by
     /// `BackendState as usize`.
-    pub fn state_counts(&self) -> [usize; 4] {
+    pub(crate) fn state_counts(&self) -> [usize; 4] {
         let mut counts = [0usize; 4];
         for b in &self.backends {
             counts[b.state() as usize] += 1;
@@ -187,14 +189,14 @@ impl Pool {
     }
 
     /// Control path: whether `addr` is one of `backends` and takes traffic.
-    pub fn is_active(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn is_active(&self, addr: SocketAddr) -> bool {
         self.backends
             .iter()
             .any(|b| b.address == addr && b.state() == BackendState::Active)
     }
 
     /// Position of a backend in `backends`, by identity.
-    pub fn index_of(&self, backend: &Arc<Backend>) -> Option<usize> {
+    pub(crate) fn index_of(&self, backend: &Arc<Backend>) -> Option<usize> {
         self.backends.iter().position(|b| Arc::ptr_eq(b, backend))
     }
 }
@@ -213,7 +215,6 @@ pub(crate) fn test_pool(pool_toml: &str) -> Pool {
         .iter()
         .map(|b| {
             Arc::new(Backend::new(
-                Arc::clone(&name),
                 b.address,
                 b.weight,
                 pc.max_concurrency,

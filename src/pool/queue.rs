@@ -47,13 +47,14 @@ impl InFlight {
     }
 
     /// Claims a slot on a backend that is down, for a pool failing open.
-    pub fn claim_fail_open(backend: &Arc<Backend>, queue: &Arc<Queue>) -> Option<InFlight> {
+    pub(crate) fn claim_fail_open(backend: &Arc<Backend>, queue: &Arc<Queue>) -> Option<InFlight> {
         backend.try_claim_slot_fail_open().then(|| InFlight {
             backend: Arc::clone(backend),
             queue: Arc::clone(queue),
         })
     }
 
+    /// The backend the slot is on.
     #[inline]
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
@@ -79,8 +80,10 @@ impl std::fmt::Debug for InFlight {
 /// Why a request left the queue without a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
+    /// `max_depth` requests were already waiting.
     #[error("queue full")]
     Full,
+    /// No slot came within the queue timeout.
     #[error("waited {0:?} in the queue")]
     Timeout(Duration),
 }
@@ -107,6 +110,7 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// An empty queue holding at most `max_depth` waiters.
     pub fn new(max_depth: usize) -> Queue {
         Queue {
             waiters: Mutex::new(VecDeque::new()),
@@ -121,13 +125,13 @@ impl Queue {
 
     /// Live waiters.
     #[inline]
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.depth.load(Ordering::SeqCst)
     }
 
     /// Requests that have left the queue (served or timed out) and the
     /// nanoseconds they waited in all, since the queue was created.
-    pub fn waited(&self) -> (u64, u64) {
+    pub(crate) fn waited(&self) -> (u64, u64) {
         (
             self.waited.load(Ordering::Relaxed),
             self.waited_nanos.load(Ordering::Relaxed),
@@ -135,11 +139,11 @@ impl Queue {
     }
 
     /// Time spent queued, for `/metrics`.
-    pub fn wait_histogram(&self) -> &SecondsHistogram {
+    pub(crate) fn wait_histogram(&self) -> &SecondsHistogram {
         &self.wait_seconds
     }
 
-    pub fn set_max_depth(&self, max_depth: usize) {
+    pub(crate) fn set_max_depth(&self, max_depth: usize) {
         self.max_depth.store(max_depth, Ordering::Relaxed);
     }
 
@@ -155,7 +159,7 @@ impl Queue {
 
     /// Joins the back of the queue. The caller must then call
     /// [`Queue::dispatch`] once, to catch a slot freed while it was joining.
-    pub fn enqueue(self: &Arc<Self>) -> Result<Waiting, QueueError> {
+    pub(crate) fn enqueue(self: &Arc<Self>) -> Result<Waiting, QueueError> {
         let (tx, rx) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
@@ -179,7 +183,7 @@ impl Queue {
     ///
     /// A leftover slot is dropped only after the lock is released: its drop
     /// re-enters `dispatch`, and the mutex is not re-entrant.
-    pub fn dispatch(&self, mut claim: impl FnMut() -> Option<InFlight>) {
+    pub(crate) fn dispatch(&self, mut claim: impl FnMut() -> Option<InFlight>) {
         let mut spare: Option<InFlight> = None;
         {
             let mut q = self.lock();
@@ -208,7 +212,7 @@ pub struct Waiting {
 
 impl Waiting {
     /// Waits for a slot, at most `timeout`.
-    pub async fn wait(mut self, timeout: Duration) -> Result<InFlight, QueueError> {
+    pub(crate) async fn wait(mut self, timeout: Duration) -> Result<InFlight, QueueError> {
         let result = match tokio::time::timeout(timeout, &mut self.rx).await {
             Ok(Ok(slot)) => Ok(slot),
             // The sender is only dropped after a successful send or by
@@ -242,7 +246,7 @@ mod tests {
     use super::*;
 
     fn backend(limit: u32) -> Arc<Backend> {
-        Arc::new(Backend::new("p".into(), "127.0.0.1:1".parse().unwrap(), 1, limit, 1))
+        Arc::new(Backend::new("127.0.0.1:1".parse().unwrap(), 1, limit, 1))
     }
 
     #[tokio::test(start_paused = true)]

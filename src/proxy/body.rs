@@ -25,7 +25,7 @@ struct Lease {
 }
 
 /// The body returned to the client.
-pub struct ResponseBody(Kind);
+pub(crate) struct ResponseBody(Kind);
 
 enum Kind {
     Upstream { inner: Incoming, lease: Option<Lease> },
@@ -35,7 +35,11 @@ enum Kind {
 impl ResponseBody {
     /// The backend's body, holding the slot (and the HTTP/1.1 connection
     /// to return to the pool) until it ends.
-    pub fn upstream(inner: Incoming, slot: InFlight, conn: Option<http1::SendRequest<RequestBody>>) -> ResponseBody {
+    pub(crate) fn upstream(
+        inner: Incoming,
+        slot: InFlight,
+        conn: Option<http1::SendRequest<RequestBody>>,
+    ) -> ResponseBody {
         let mut body = ResponseBody(Kind::Upstream {
             inner,
             lease: Some(Lease { slot, conn }),
@@ -46,11 +50,11 @@ impl ResponseBody {
         body
     }
 
-    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         ResponseBody(Kind::Full(Some(bytes.into())))
     }
 
-    pub fn empty() -> ResponseBody {
+    pub(crate) fn empty() -> ResponseBody {
         ResponseBody(Kind::Full(None))
     }
 

@@ -16,7 +16,7 @@ use crate::pool::{AdmitError, QueueError};
 use crate::upstream::ConnectError;
 
 /// Every error label, indexed by [`ProxyError::index`].
-pub const REASONS: [&str; 9] = [
+pub(crate) const REASONS: [&str; 9] = [
     "bad_request",
     "payload_too_large",
     "no_route",
@@ -29,7 +29,7 @@ pub const REASONS: [&str; 9] = [
 ];
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("request body too large")]
@@ -61,7 +61,7 @@ impl From<AdmitError> for ProxyError {
 }
 
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -74,13 +74,13 @@ impl ProxyError {
 
     /// Stable label for the `x-tidegate-error` header, logs and the
     /// `reason` of `tidegate_proxy_errors_total`.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         REASONS[self.index()]
     }
 
     /// Position of [`ProxyError::label`] in [`REASONS`] (the per-pool error
     /// counters are indexed by it).
-    pub fn index(&self) -> usize {
+    pub(crate) fn index(&self) -> usize {
         match self {
             ProxyError::BadRequest(_) => 0,
             ProxyError::PayloadTooLarge => 1,
@@ -94,7 +94,7 @@ impl ProxyError {
         }
     }
 
-    pub fn into_response(self) -> Response<ResponseBody> {
+    pub(crate) fn into_response(self) -> Response<ResponseBody> {
         let status = self.status();
         if status.is_server_error() {
             tracing::debug!(error = %self, "request failed");

@@ -19,7 +19,7 @@
 //! Every failure is a [`ProxyError`], turned into a response and counted
 //! (per pool, or before routing) in one place: [`Proxy::call`].
 
-pub mod body;
+pub(crate) mod body;
 mod error;
 pub mod headers;
 mod request;
@@ -37,8 +37,8 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 
-pub use body::ResponseBody;
-pub use error::{ProxyError, REASONS};
+pub(crate) use body::ResponseBody;
+pub(crate) use error::{ProxyError, REASONS};
 
 use crate::balance::{Balancer, PickContext};
 use crate::clock::clock_ns;
@@ -56,7 +56,7 @@ use upgrade::{tunnel, wants_upgrade};
 
 /// The proxy service for one client connection.
 #[derive(Clone)]
-pub struct Proxy {
+pub(crate) struct Proxy {
     conn: Arc<ConnContext>,
 }
 
@@ -67,7 +67,7 @@ pub(crate) struct ConnContext {
 }
 
 impl Proxy {
-    pub fn new(state: Arc<State>, client: SocketAddr, tls: bool) -> Proxy {
+    pub(crate) fn new(state: Arc<State>, client: SocketAddr, tls: bool) -> Proxy {
         Proxy {
             conn: Arc::new(ConnContext { state, client, tls }),
         }

@@ -20,22 +20,36 @@ use crate::config::{Config, ConfigError, Listener};
 /// behind an `ArcSwapOption` so a reload can replace certificates under a
 /// live listener; each handshake uses the acceptor current at accept time.
 pub struct Bound {
+    /// The listener's name in the config.
     pub name: String,
+    /// The bound socket.
     pub listener: TcpListener,
+    /// Its TLS acceptor, if it terminates TLS.
     pub tls: Arc<ArcSwapOption<TlsAcceptor>>,
 }
 
 /// Why tidegate could not start (or a reload could not add a listener).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The config was refused.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A listener's certificates could not be loaded.
     #[error("listener `{name}`: {source}")]
-    Tls { name: String, source: TlsError },
+    Tls {
+        /// The listener.
+        name: String,
+        /// Why.
+        source: TlsError,
+    },
+    /// A listener's address could not be bound.
     #[error("listener `{name}`: cannot bind {addr}: {source}")]
     Bind {
+        /// The listener.
         name: String,
+        /// Its address.
         addr: SocketAddr,
+        /// The OS error.
         source: std::io::Error,
     },
 }

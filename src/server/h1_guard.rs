@@ -69,7 +69,7 @@ struct HeadFacts {
     http2_preface: bool,
 }
 
-pub struct H1Guard<IO> {
+pub(crate) struct H1Guard<IO> {
     io: IO,
     phase: Phase,
     /// The current line (head, chunk size or trailer), without its LF.
@@ -86,7 +86,7 @@ enum Verdict {
 }
 
 impl<IO> H1Guard<IO> {
-    pub fn new(io: IO, max_head_bytes: usize) -> H1Guard<IO> {
+    pub(crate) fn new(io: IO, max_head_bytes: usize) -> H1Guard<IO> {
         H1Guard {
             io,
             phase: Phase::Head,
@@ -97,7 +97,7 @@ impl<IO> H1Guard<IO> {
     }
 
     /// A guard that checks nothing (TLS connections that chose `h2`).
-    pub fn passthrough(io: IO) -> H1Guard<IO> {
+    pub(crate) fn passthrough(io: IO) -> H1Guard<IO> {
         H1Guard {
             io,
             phase: Phase::Passthrough,

@@ -63,7 +63,7 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// connections for at most the configured shutdown timeout. Limits (other
 /// than `max_connections`, fixed when the listener starts) and the drain
 /// deadline come from the snapshot current at each accept.
-pub async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let Bound { name, listener, tls } = bound;
     let graceful = GracefulShutdown::new();
     let mut limits = state.load().config.limits.clone();

@@ -16,10 +16,18 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Tls;
 
+/// Why certificates could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate or key file is missing or malformed.
     #[error("{path}: {message}")]
-    File { path: String, message: String },
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// rustls refused the certificates.
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }

@@ -23,28 +23,28 @@ pub use svg::chart;
 /// One policy's figures over all seeds of one scenario.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
-    pub scenario: String,
-    pub policy: String,
-    pub delay_s: u64,
-    pub seeds: usize,
+    pub(crate) scenario: String,
+    pub(crate) policy: String,
+    pub(crate) delay_s: u64,
+    pub(crate) seeds: usize,
     /// Share of requests that waited longer than the SLO.
-    pub violation_share: f64,
+    pub(crate) violation_share: f64,
     /// Of which in the trace's surprises (unannounced steps and spikes,
     /// the first sale): the part no forecast could prevent.
-    pub surprise_violation_share: f64,
+    pub(crate) surprise_violation_share: f64,
     /// Backend-seconds divided by the oracle's.
-    pub cost_vs_oracle: f64,
+    pub(crate) cost_vs_oracle: f64,
     /// Worst seconds from a step to capacity (none when the trace has no step).
-    pub time_to_capacity_s: Option<u64>,
+    pub(crate) time_to_capacity_s: Option<u64>,
     /// Worst seconds from a fall back to within 10 % of the oracle.
-    pub back_to_oracle_s: Option<u64>,
+    pub(crate) back_to_oracle_s: Option<u64>,
     /// Share of recurring sales that found capacity in place.
-    pub sales_ready_share: Option<f64>,
-    pub hook_calls_per_hour: f64,
+    pub(crate) sales_ready_share: Option<f64>,
+    pub(crate) hook_calls_per_hour: f64,
 }
 
 /// The policies compared, for a trace whose oracle peaks at `peak`.
-pub fn policies(peak: u32) -> Vec<Policy> {
+pub(crate) fn policies(peak: u32) -> Vec<Policy> {
     vec![
         Policy::Tidegate(TidegateParams::default()),
         Policy::Kpa,

@@ -19,6 +19,7 @@ use crate::config::Guards;
 
 use super::scenario::Trace;
 
+/// What is simulated: the pool, the SLO and the operator's bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct SimParams {
     /// Seconds from asking for a backend to its first request.
@@ -31,7 +32,9 @@ pub struct SimParams {
     pub service: f64,
     /// The oracle meets the SLO for all but this share of requests.
     pub epsilon: f64,
+    /// The operator's `min`.
     pub min: u32,
+    /// The operator's `max` (see `max_factor`).
     pub max: u32,
     /// The operator's `max` as a multiple of the oracle's peak, the same
     /// for every policy (0 = `max` as given).
@@ -55,7 +58,7 @@ impl Default for SimParams {
 
 /// Caches for the Erlang computations (inputs rounded to whole requests).
 #[derive(Default)]
-pub struct Memo {
+pub(crate) struct Memo {
     tail: HashMap<(u64, u64), f64>,
     need: HashMap<u64, u32>,
 }
@@ -69,7 +72,7 @@ impl Memo {
             .or_insert_with(|| wait_exceeds(servers, key.1 as f64, p.service, p.slo))
     }
 
-    pub fn need(&mut self, rate: f64, p: &SimParams) -> u32 {
+    pub(crate) fn need(&mut self, rate: f64, p: &SimParams) -> u32 {
         let key = rate.ceil() as u64;
         *self
             .need
@@ -79,7 +82,7 @@ impl Memo {
 }
 
 /// The clairvoyant Erlang-C minimum for each second.
-pub fn oracle(trace: &Trace, p: &SimParams, memo: &mut Memo) -> Vec<u32> {
+pub(crate) fn oracle(trace: &Trace, p: &SimParams, memo: &mut Memo) -> Vec<u32> {
     trace
         .arrivals
         .iter()
@@ -87,31 +90,30 @@ pub fn oracle(trace: &Trace, p: &SimParams, memo: &mut Memo) -> Vec<u32> {
         .collect()
 }
 
+/// One policy's run over one trace.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Outcome {
-    pub policy: String,
-    pub requests: f64,
-    pub violations: f64,
+    pub(crate) policy: String,
+    pub(crate) requests: f64,
+    pub(crate) violations: f64,
     /// Of which in the trace's surprises (no forecast could help).
-    pub surprise_violations: f64,
-    pub backend_seconds: f64,
-    pub hook_calls: u64,
+    pub(crate) surprise_violations: f64,
+    pub(crate) backend_seconds: f64,
+    pub(crate) hook_calls: u64,
     /// Seconds from each step to capacity (ready >= the oracle's need).
-    pub time_to_capacity: Vec<u64>,
+    pub(crate) time_to_capacity: Vec<u64>,
     /// Seconds from each fall until within 10 % of the oracle's pool.
-    pub back_to_oracle: Vec<u64>,
+    pub(crate) back_to_oracle: Vec<u64>,
     /// Sales whose start found the capacity the oracle needs in place.
-    pub sales_ready: usize,
-    pub sales: usize,
+    pub(crate) sales_ready: usize,
+    pub(crate) sales: usize,
     #[serde(skip)]
-    pub ready: Vec<u32>,
-    #[serde(skip)]
-    pub queue: Vec<f32>,
+    pub(crate) ready: Vec<u32>,
 }
 
 /// The step the simulator runs for `policy`: the live loop's, with no
 /// guards or schedule (the operator's `max` is the simulation's).
-pub fn step_params(policy: &Policy, p: &SimParams) -> StepParams {
+pub(crate) fn step_params(policy: &Policy, p: &SimParams) -> StepParams {
     StepParams {
         policy: *policy,
         slots: p.slots,
@@ -126,7 +128,7 @@ pub fn step_params(policy: &Policy, p: &SimParams) -> StepParams {
 /// Runs `policy` over `trace` through the live loop's step function
 /// (decide -> guard -> floor, forecast and delay learning included). `need`
 /// is the oracle's (for the per-event measures).
-pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], memo: &mut Memo) -> Outcome {
+pub(crate) fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], memo: &mut Memo) -> Outcome {
     let n = trace.arrivals.len();
     // Every policy starts where the oracle does; a static pool at its size.
     let start = match policy {
@@ -141,7 +143,6 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
     let mut last_desired = ready;
     let mut hook_calls = 0;
     let mut ready_series = Vec::with_capacity(n);
-    let mut queue_series = Vec::with_capacity(n);
     for t in 0..n {
         while provisioning.front().is_some_and(|&at| at <= t as u64) {
             provisioning.pop_front();
@@ -175,7 +176,6 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
         queue = next;
         cost += f64::from(ready) + provisioning.len() as f64;
         ready_series.push(ready);
-        queue_series.push(queue as f32);
 
         let sample = Sample {
             t: t as u64,
@@ -247,7 +247,6 @@ pub fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], mem
         sales_ready,
         sales: trace.sales.len(),
         ready: ready_series,
-        queue: queue_series,
     }
 }
 
@@ -279,7 +278,6 @@ mod tests {
         let need = oracle(&trace, &p, &mut memo);
         let o = simulate(&Policy::Static(1), &trace, &p, &need, &mut memo);
         assert!(o.violations / o.requests > 0.5, "{}", o.violations / o.requests);
-        assert!(o.queue.iter().copied().fold(0.0, f32::max) > 1000.0);
     }
 
     #[test]

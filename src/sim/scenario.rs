@@ -3,24 +3,25 @@
 
 use std::f64::consts::PI;
 
-pub const SECONDS_PER_DAY: usize = 86_400;
+pub(crate) const SECONDS_PER_DAY: usize = 86_400;
 
 /// A trace and what is known about it (for the report's per-event figures).
 #[derive(Debug, Clone)]
 pub struct Trace {
-    pub name: String,
-    pub arrivals: Vec<f64>,
+    pub(crate) name: String,
+    pub(crate) arrivals: Vec<f64>,
     /// Seconds at which a step or spike starts (time to capacity).
-    pub steps: Vec<usize>,
+    pub(crate) steps: Vec<usize>,
     /// Seconds at which a step or spike ends (time back to the oracle).
-    pub falls: Vec<usize>,
+    pub(crate) falls: Vec<usize>,
     /// Seconds at which a recurring (predictable) sale starts.
-    pub sales: Vec<usize>,
+    pub(crate) sales: Vec<usize>,
     /// Seconds no history could foresee (the unannounced steps and spikes,
     /// the first sale), plus ten minutes after each for the backlog.
-    pub surprises: Vec<std::ops::Range<usize>>,
+    pub(crate) surprises: Vec<std::ops::Range<usize>>,
 }
 
+/// The generated scenarios, by name.
 pub const SCENARIOS: [&str; 5] = ["step", "spike", "diurnal", "flash-sale", "shop-14d"];
 
 /// A shop's daily curve: quiet at night, a lunch bump, the evening peak.

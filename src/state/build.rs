@@ -116,7 +116,6 @@ fn pool(
                 }
                 None => {
                     let b = Arc::new(Backend::new(
-                        Arc::clone(&pool_name),
                         address,
                         weight,
                         pc.max_concurrency,

@@ -15,8 +15,8 @@
 //! discovering them by polling.
 
 mod build;
-pub mod router;
-pub mod snapshot;
+pub(crate) mod router;
+pub(crate) mod snapshot;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,8 +27,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::pool::{Backend, BackendState, ERROR_SLOTS};
-pub use router::{RouteTarget, Router};
-pub use snapshot::Snapshot;
+pub(crate) use snapshot::Snapshot;
 
 /// The live snapshot, its generation counter, and the change announcements.
 pub struct State {
@@ -43,6 +42,7 @@ pub struct State {
 }
 
 impl State {
+    /// The first snapshot, built from `config`.
     pub fn new(config: Config) -> Arc<State> {
         let (snapshot, _) = build::snapshot(config, None, 1);
         Arc::new(State {
@@ -56,18 +56,18 @@ impl State {
 
     /// The current snapshot (one atomic increment).
     #[inline]
-    pub fn load(&self) -> Arc<Snapshot> {
+    pub(crate) fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
 
     /// Announces each new generation (membership or config).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
     /// Builds a snapshot for `config` from the current one and publishes it.
     /// Returns the new generation.
-    pub fn apply(&self, config: Config) -> u64 {
+    pub(crate) fn apply(&self, config: Config) -> u64 {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.next_generation();
         let (next, removed) = build::snapshot(config, Some(&self.load()), generation);
@@ -78,7 +78,7 @@ impl State {
     /// for `pool`. Rebuilds that pool only; new members join warming, the
     /// ones left out drain. Returns the new generation, or `None` when the
     /// pool no longer exists.
-    pub fn set_members(&self, pool: &str, members: Vec<SocketAddr>) -> Option<u64> {
+    pub(crate) fn set_members(&self, pool: &str, members: Vec<SocketAddr>) -> Option<u64> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.load();
         if previous.pool(pool)?.provisioned == members {
@@ -91,14 +91,14 @@ impl State {
 
     /// Data path: tidegate answered a request itself before routing it.
     #[inline]
-    pub fn count_error(&self, index: usize) {
+    pub(crate) fn count_error(&self, index: usize) {
         if let Some(c) = self.unrouted_errors.get(index) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Errors counted before routing, by reason index.
-    pub fn unrouted_errors(&self) -> [u64; ERROR_SLOTS] {
+    pub(crate) fn unrouted_errors(&self) -> [u64; ERROR_SLOTS] {
         std::array::from_fn(|i| self.unrouted_errors[i].load(Ordering::Relaxed))
     }
 

@@ -11,9 +11,9 @@ use crate::config::Route;
 /// A routing decision: the route's index in the config's `routes` and the
 /// index of its pool in the snapshot's `pools`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteTarget {
-    pub route: usize,
-    pub pool: usize,
+pub(crate) struct RouteTarget {
+    pub(crate) route: usize,
+    pub(crate) pool: usize,
 }
 
 struct RouteEntry {
@@ -22,14 +22,14 @@ struct RouteEntry {
 }
 
 #[derive(Default)]
-pub struct Router {
+pub(crate) struct Router {
     by_host: HashMap<String, Vec<RouteEntry>>,
     any_host: Vec<RouteEntry>,
 }
 
 impl Router {
     /// `pool_index` maps each pool name to its position in the snapshot.
-    pub fn new(routes: &[Route], pool_index: &HashMap<&str, usize>) -> Router {
+    pub(crate) fn new(routes: &[Route], pool_index: &HashMap<&str, usize>) -> Router {
         let mut r = Router::default();
         for (i, route) in routes.iter().enumerate() {
             let entry = RouteEntry {
@@ -51,7 +51,7 @@ impl Router {
     }
 
     /// `host` without port (any case); `path` as in the request target.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<RouteTarget> {
+    pub(crate) fn route(&self, host: Option<&str>, path: &str) -> Option<RouteTarget> {
         let longest = |list: &[RouteEntry]| list.iter().find(|e| path.starts_with(&e.prefix)).map(|e| e.target);
         if let Some(host) = host {
             if !self.by_host.is_empty() {

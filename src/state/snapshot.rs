@@ -12,17 +12,17 @@ use crate::config::Config;
 use crate::pool::Pool;
 
 /// Everything a request needs, for one generation.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Bumped by every reload and every membership change.
-    pub generation: u64,
-    pub config: Arc<Config>,
-    pub router: Router,
+    pub(crate) generation: u64,
+    pub(crate) config: Arc<Config>,
+    pub(crate) router: Router,
     /// Shared with later snapshots when only another pool changed.
-    pub pools: Vec<Arc<Pool>>,
+    pub(crate) pools: Vec<Arc<Pool>>,
 }
 
 impl Snapshot {
-    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+    pub(crate) fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| &*p.name == name)
     }
 }

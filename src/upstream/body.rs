@@ -16,12 +16,12 @@ use hyper::body::Incoming;
 /// The request body exceeded the route's `max_body`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the limit of {limit} bytes")]
-pub struct BodyTooLarge {
-    pub limit: u64,
+pub(crate) struct BodyTooLarge {
+    pub(crate) limit: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RequestBodyError {
+pub(crate) enum RequestBodyError {
     #[error(transparent)]
     TooLarge(#[from] BodyTooLarge),
     #[error("reading the client's body: {0}")]
@@ -29,7 +29,7 @@ pub enum RequestBodyError {
 }
 
 /// The client's request body with a byte limit.
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     inner: Option<Incoming>,
     /// A frame read ahead by [`RequestBody::prime`], sent first.
     first: Option<Frame<Bytes>>,
@@ -38,7 +38,7 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+    pub(crate) fn new(inner: Incoming, limit: u64) -> RequestBody {
         RequestBody {
             inner: Some(inner),
             first: None,
@@ -47,7 +47,7 @@ impl RequestBody {
         }
     }
 
-    pub fn empty() -> RequestBody {
+    pub(crate) fn empty() -> RequestBody {
         RequestBody {
             inner: None,
             first: None,
@@ -61,7 +61,7 @@ impl RequestBody {
     /// length mismatch) or already over the limit fails here, and the
     /// request never reaches a backend. It also means a slow uploader holds
     /// no backend slot while tidegate waits for its first bytes.
-    pub async fn prime(&mut self) -> Result<(), RequestBodyError> {
+    pub(crate) async fn prime(&mut self) -> Result<(), RequestBodyError> {
         use http_body_util::BodyExt;
         if self.first.is_some() || self.is_end_stream() {
             return Ok(());

@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub mod body;
+pub(crate) mod body;
 
 use body::RequestBody;
 
@@ -34,7 +34,7 @@ use body::RequestBody;
 const IDLE_CAPACITY_CAP: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
     #[error("connect failed: {0}")]
@@ -48,14 +48,14 @@ struct Idle {
     since: Instant,
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     idle: ArrayQueue<Idle>,
     max_idle: AtomicUsize,
     h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
 }
 
 impl Upstream {
-    pub fn new(max_idle: usize) -> Upstream {
+    pub(crate) fn new(max_idle: usize) -> Upstream {
         Upstream {
             idle: ArrayQueue::new(max_idle.clamp(1, IDLE_CAPACITY_CAP)),
             max_idle: AtomicUsize::new(max_idle),
@@ -63,13 +63,13 @@ impl Upstream {
         }
     }
 
-    pub fn set_max_idle(&self, max_idle: usize) {
+    pub(crate) fn set_max_idle(&self, max_idle: usize) {
         self.max_idle.store(max_idle, Ordering::Relaxed);
     }
 
     /// A pooled HTTP/1.1 connection that is still open and younger than
     /// `idle_timeout`, if there is one.
-    pub async fn pooled_h1(&self, idle_timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
+    pub(crate) async fn pooled_h1(&self, idle_timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
         while let Some(Idle { mut sender, since }) = self.idle.pop() {
             if sender.is_closed() || since.elapsed() > idle_timeout {
                 continue;
@@ -91,7 +91,7 @@ impl Upstream {
 
     /// Gives an HTTP/1.1 connection back after its response body was read to
     /// the end. Dropped instead when the pool is full.
-    pub fn check_in(&self, sender: http1::SendRequest<RequestBody>) {
+    pub(crate) fn check_in(&self, sender: http1::SendRequest<RequestBody>) {
         if sender.is_closed() || self.idle.len() >= self.max_idle.load(Ordering::Relaxed) {
             return;
         }
@@ -102,7 +102,7 @@ impl Upstream {
     }
 
     /// Dials a new HTTP/1.1 connection (with upgrade support, for WebSocket).
-    pub async fn connect_h1(
+    pub(crate) async fn connect_h1(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
@@ -118,7 +118,7 @@ impl Upstream {
     }
 
     /// The shared h2c connection, dialled if there is none or it closed.
-    pub async fn h2(
+    pub(crate) async fn h2(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,

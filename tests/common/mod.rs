@@ -25,18 +25,18 @@ use tokio::task::JoinHandle;
 
 /// Upper bound for any single wait in a test: a safety net, never a
 /// synchronisation mechanism.
-pub const BOUND: Duration = Duration::from_secs(10);
+pub(crate) const BOUND: Duration = Duration::from_secs(10);
 
-pub struct TestBackend {
-    pub addr: SocketAddr,
+pub(crate) struct TestBackend {
+    pub(crate) addr: SocketAddr,
     _stop: watch::Sender<bool>,
 }
 
-pub async fn backend(name: &str) -> TestBackend {
+pub(crate) async fn backend(name: &str) -> TestBackend {
     backend_with(name, Duration::ZERO, 0).await
 }
 
-pub async fn backend_with(name: &str, service_time: Duration, concurrency: usize) -> TestBackend {
+pub(crate) async fn backend_with(name: &str, service_time: Duration, concurrency: usize) -> TestBackend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(false);
@@ -50,17 +50,17 @@ pub async fn backend_with(name: &str, service_time: Duration, concurrency: usize
 }
 
 /// An address nothing listens on (bound, then closed).
-pub async fn dead_addr() -> SocketAddr {
+pub(crate) async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
 }
 
 /// A running tidegate: its first listener, its admin listener, its config
 /// file.
-pub struct Tidegate {
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-    pub path: std::path::PathBuf,
+pub(crate) struct Tidegate {
+    pub(crate) addr: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) path: std::path::PathBuf,
     _dir: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -68,12 +68,12 @@ pub struct Tidegate {
 
 /// Starts tidegate on `text` (written to a file in a temporary folder; an
 /// `[admin]` table on an ephemeral loopback port is added when absent).
-pub async fn tidegate(text: &str) -> Tidegate {
+pub(crate) async fn tidegate(text: &str) -> Tidegate {
     start(text, false).await
 }
 
 /// Like [`tidegate`], and reloading when the file changes.
-pub async fn tidegate_watching(text: &str) -> Tidegate {
+pub(crate) async fn tidegate_watching(text: &str) -> Tidegate {
     start(text, true).await
 }
 
@@ -93,7 +93,7 @@ async fn start(text: &str, watch_file: bool) -> Tidegate {
 
 /// Starts tidegate on the config file at `path` (which must have an
 /// `[admin]` table).
-pub async fn tidegate_at(path: &std::path::Path, watch_file: bool) -> Tidegate {
+pub(crate) async fn tidegate_at(path: &std::path::Path, watch_file: bool) -> Tidegate {
     let config = Config::load(path).expect("valid test config");
     let bound = tidegate::server::bind(&config).await.expect("bind");
     let admin = tidegate::server::bind_admin(&config)
@@ -124,14 +124,14 @@ pub async fn tidegate_at(path: &std::path::Path, watch_file: bool) -> Tidegate {
 
 impl Tidegate {
     /// Replaces the config file the way editors do: write aside, rename.
-    pub fn write_config(&self, text: &str) {
+    pub(crate) fn write_config(&self, text: &str) {
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, &self.path).unwrap();
     }
 
     /// `POST /reload`.
-    pub async fn reload(&self) -> Answer {
+    pub(crate) async fn reload(&self) -> Answer {
         let mut s = h1(self.admin).await;
         let req = http::Request::post("/reload")
             .header("host", "127.0.0.1")
@@ -141,54 +141,54 @@ impl Tidegate {
     }
 
     /// `GET /stats`, parsed.
-    pub async fn stats(&self) -> serde_json::Value {
+    pub(crate) async fn stats(&self) -> serde_json::Value {
         let a = get(self.admin, "/stats").await;
         assert_eq!(a.status, 200, "{}", a.text());
         serde_json::from_slice(&a.body).unwrap()
     }
 
     /// The first pool of `/stats`.
-    pub async fn pool(&self) -> serde_json::Value {
+    pub(crate) async fn pool(&self) -> serde_json::Value {
         self.stats().await["pools"][0].clone()
     }
 
-    pub async fn queue_depth(&self) -> u64 {
+    pub(crate) async fn queue_depth(&self) -> u64 {
         self.pool().await["queue_depth"].as_u64().unwrap()
     }
 
     /// In flight on the first pool (serving and draining backends).
-    pub async fn in_flight(&self) -> u64 {
+    pub(crate) async fn in_flight(&self) -> u64 {
         self.pool().await["in_flight"].as_u64().unwrap()
     }
 
     /// Backend `i` of the first pool, as `/stats` shows it.
-    pub async fn backend(&self, i: usize) -> serde_json::Value {
+    pub(crate) async fn backend(&self, i: usize) -> serde_json::Value {
         self.pool().await["backends"][i].clone()
     }
 
     /// `active`, `warming`, `draining` or `down`.
-    pub async fn backend_state(&self, i: usize) -> String {
+    pub(crate) async fn backend_state(&self, i: usize) -> String {
         self.backend(i).await["state"].as_str().unwrap().to_string()
     }
 
-    pub async fn generation(&self) -> u64 {
+    pub(crate) async fn generation(&self) -> u64 {
         self.stats().await["config"]["generation"].as_u64().unwrap()
     }
 
     /// `GET /metrics`.
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         get(self.admin, "/metrics").await.text()
     }
 
     /// Signals shutdown (as SIGTERM does) without waiting.
-    pub fn signal_shutdown(&mut self) {
+    pub(crate) fn signal_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
     }
 
     /// Waits for tidegate to return after a shutdown signal.
-    pub async fn join(self) {
+    pub(crate) async fn join(self) {
         tokio::time::timeout(BOUND, self.task)
             .await
             .expect("stopped in time")
@@ -196,7 +196,7 @@ impl Tidegate {
     }
 
     /// Signals shutdown and waits for the drain to finish.
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         self.signal_shutdown();
         self.join().await;
     }
@@ -204,7 +204,7 @@ impl Tidegate {
 
 /// A config with one listener on an ephemeral port and a pool `shop` of
 /// `backends`; `pool_extra` is appended to `[pools.shop]`, `top` goes first.
-pub fn config_text(backends: &[SocketAddr], top: &str, pool_extra: &str) -> String {
+pub(crate) fn config_text(backends: &[SocketAddr], top: &str, pool_extra: &str) -> String {
     let list: Vec<String> = backends.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
     format!(
         "{top}\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n[pools.shop]\n{pool_extra}\nbackends = [ {} ]\n",
@@ -212,19 +212,19 @@ pub fn config_text(backends: &[SocketAddr], top: &str, pool_extra: &str) -> Stri
     )
 }
 
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub trailers: Option<HeaderMap>,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) trailers: Option<HeaderMap>,
 }
 
 impl Answer {
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    pub fn backend(&self) -> String {
+    pub(crate) fn backend(&self) -> String {
         self.headers
             .get("x-backend")
             .map(|v| v.to_str().unwrap().to_string())
@@ -232,7 +232,7 @@ impl Answer {
     }
 }
 
-pub async fn collect(resp: http::Response<hyper::body::Incoming>) -> Answer {
+pub(crate) async fn collect(resp: http::Response<hyper::body::Incoming>) -> Answer {
     let (parts, body) = resp.into_parts();
     let collected = body.collect().await.expect("body");
     let trailers = collected.trailers().cloned();
@@ -244,7 +244,7 @@ pub async fn collect(resp: http::Response<hyper::body::Incoming>) -> Answer {
     }
 }
 
-pub async fn h1(addr: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
+pub(crate) async fn h1(addr: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(async move {
@@ -253,7 +253,7 @@ pub async fn h1(addr: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
     sender
 }
 
-pub async fn h2(addr: SocketAddr) -> http2::SendRequest<Full<Bytes>> {
+pub(crate) async fn h2(addr: SocketAddr) -> http2::SendRequest<Full<Bytes>> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
@@ -264,7 +264,7 @@ pub async fn h2(addr: SocketAddr) -> http2::SendRequest<Full<Bytes>> {
     sender
 }
 
-pub fn request(method: &str, path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+pub(crate) fn request(method: &str, path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
     Request::builder()
         .method(method)
         .uri(path)
@@ -274,7 +274,7 @@ pub fn request(method: &str, path: &str, body: impl Into<Bytes>) -> Request<Full
 }
 
 /// One GET on a fresh HTTP/1.1 connection.
-pub async fn get(addr: SocketAddr, path: impl Into<String>) -> Answer {
+pub(crate) async fn get(addr: SocketAddr, path: impl Into<String>) -> Answer {
     let path: String = path.into();
     let mut s = h1(addr).await;
     let resp = tokio::time::timeout(BOUND, s.send_request(request("GET", &path, "")))
@@ -285,7 +285,7 @@ pub async fn get(addr: SocketAddr, path: impl Into<String>) -> Answer {
 }
 
 /// Sends raw bytes and reads until the peer closes (or `BOUND` passes).
-pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+pub(crate) async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
@@ -295,12 +295,12 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 
 /// A raw TCP backend that records every byte it receives and answers each
 /// request head with `200 ok` (used to prove that nothing reached it).
-pub struct Recorder {
-    pub addr: SocketAddr,
-    pub received: Arc<Mutex<Vec<u8>>>,
+pub(crate) struct Recorder {
+    pub(crate) addr: SocketAddr,
+    pub(crate) received: Arc<Mutex<Vec<u8>>>,
 }
 
-pub async fn recorder() -> Recorder {
+pub(crate) async fn recorder() -> Recorder {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -327,12 +327,12 @@ pub async fn recorder() -> Recorder {
 
 /// A backend that reads one request head, counts it, and closes the
 /// connection without answering (a crash mid-exchange).
-pub struct Slammer {
-    pub addr: SocketAddr,
-    pub heads: Arc<std::sync::atomic::AtomicUsize>,
+pub(crate) struct Slammer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) heads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-pub async fn slammer() -> Slammer {
+pub(crate) async fn slammer() -> Slammer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let heads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -352,13 +352,13 @@ pub async fn slammer() -> Slammer {
 
 /// A backend that reports each request head's arrival and answers `200`
 /// only when the test releases it: for ordering events without sleeps.
-pub struct Gate {
-    pub addr: SocketAddr,
-    pub arrived: tokio::sync::mpsc::UnboundedReceiver<()>,
-    pub release: Arc<tokio::sync::Notify>,
+pub(crate) struct Gate {
+    pub(crate) addr: SocketAddr,
+    pub(crate) arrived: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pub(crate) release: Arc<tokio::sync::Notify>,
 }
 
-pub async fn gate() -> Gate {
+pub(crate) async fn gate() -> Gate {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
@@ -381,12 +381,12 @@ pub async fn gate() -> Gate {
 
 /// A backend whose `/healthz` answers 200 or 503 as the test decides, and
 /// every other path `200` with `x-backend: <name>`.
-pub struct Toggle {
-    pub addr: SocketAddr,
-    pub healthy: Arc<std::sync::atomic::AtomicBool>,
+pub(crate) struct Toggle {
+    pub(crate) addr: SocketAddr,
+    pub(crate) healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
-pub async fn toggle(name: &'static str) -> Toggle {
+pub(crate) async fn toggle(name: &'static str) -> Toggle {
     use std::sync::atomic::{AtomicBool, Ordering};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -421,7 +421,7 @@ pub async fn toggle(name: &'static str) -> Toggle {
 }
 
 /// Polls (bounded) until an async condition holds.
-pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -435,7 +435,7 @@ where
 
 /// Reads until the end of a request head (bodies are not expected); `false`
 /// when the peer closed first.
-pub async fn read_head(s: &mut TcpStream) -> bool {
+pub(crate) async fn read_head(s: &mut TcpStream) -> bool {
     let mut seen = Vec::new();
     let mut byte = [0u8; 1];
     while !seen.ends_with(b"\r\n\r\n") {
@@ -449,7 +449,9 @@ pub async fn read_head(s: &mut TcpStream) -> bool {
 
 /// Starts the real binary with `args` (e.g. `["run", "--config", path]`)
 /// and returns it with the proxy's address and, if it logs one, the admin's.
-pub async fn spawn_tidegate(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
+pub(crate) async fn spawn_tidegate(
+    args: &[&std::ffi::OsStr],
+) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
         .args(args)

@@ -13,9 +13,9 @@ use tokio::process::Command;
 use super::{parse_answer, Call, HookAnswer, HookError, HookRequest, Provisioner, MAX_ANSWER_BYTES};
 
 /// `hook = { kind = "exec", command = [...] }`.
-pub struct Exec {
-    pub command: Vec<String>,
-    pub timeout: Duration,
+pub(crate) struct Exec {
+    pub(crate) command: Vec<String>,
+    pub(crate) timeout: Duration,
 }
 
 impl Provisioner for Exec {

@@ -59,6 +59,7 @@ pub struct LocalProvisioner {
 }
 
 impl LocalProvisioner {
+    /// Children run `exe backend` with this service time and concurrency.
     pub fn new(exe: PathBuf, service_time: Duration, concurrency: usize) -> LocalProvisioner {
         LocalProvisioner {
             exe,

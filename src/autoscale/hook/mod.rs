@@ -27,9 +27,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::HookConfig;
-pub use exec::{call_exec, Exec};
+pub use exec::call_exec;
+use exec::Exec;
 pub use local::{backend_command, LocalProvisioner};
-pub use webhook::{call_webhook, Webhook};
+pub use webhook::call_webhook;
+use webhook::Webhook;
 
 /// Largest answer read from a hook (a list of addresses).
 const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -40,15 +42,23 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// One call. Field names are the public contract.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookRequest {
+    /// The contract's version: 1.
     pub version: u32,
+    /// The pool's name in the config.
     pub pool: String,
+    /// Call number, increasing (a provisioner may ignore reordered ones).
     pub seq: u64,
+    /// Members the provisioner should provide after this call.
     pub desired: u32,
+    /// Members known now (serving, warming and draining).
     pub current: u32,
+    /// Members passing health checks.
     pub ready: u32,
+    /// The addresses tidegate uses now.
     pub members: Vec<String>,
     /// Drained members to stop.
     pub remove: Vec<String>,
+    /// The policy's explanation, for the provisioner's logs.
     pub reason: String,
 }
 
@@ -61,26 +71,47 @@ struct RawAnswer {
 /// What the provisioner now provides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookAnswer {
+    /// Every address the provisioner now provides for the pool.
     pub members: Vec<SocketAddr>,
 }
 
+/// Why a hook call failed (the pool is then unchanged).
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
+    /// No answer within the hook's timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The command could not be started.
     #[error("cannot start `{command}`: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The command exited unsuccessfully.
     #[error("exited with {status}: {stderr}")]
     Exit {
+        /// Its exit status.
         status: std::process::ExitStatus,
+        /// The start of what it wrote to stderr.
         stderr: String,
     },
+    /// The answer was not `{"members":[...]}` of socket addresses.
     #[error("invalid answer: {0}")]
     InvalidAnswer(String),
+    /// The webhook could not be reached or read.
     #[error("webhook: {0}")]
     Http(String),
+    /// The webhook answered with a non-2xx status.
     #[error("webhook answered {status}: {body}")]
-    Status { status: u16, body: String },
+    Status {
+        /// The status code.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// The built-in provisioner failed.
     #[error("local provisioner: {0}")]
     Local(String),
 }
@@ -99,7 +130,7 @@ impl HookError {
 
 /// Parses and checks an answer: JSON `{"members":[...]}` of `host:port`
 /// socket addresses, no duplicates.
-pub fn parse_answer(bytes: &[u8]) -> Result<HookAnswer, HookError> {
+pub(crate) fn parse_answer(bytes: &[u8]) -> Result<HookAnswer, HookError> {
     let raw: RawAnswer = serde_json::from_slice(bytes).map_err(|e| {
         let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into_owned();
         HookError::InvalidAnswer(format!("{e} (answer began {shown:?})"))
@@ -120,7 +151,7 @@ pub fn parse_answer(bytes: &[u8]) -> Result<HookAnswer, HookError> {
 /// Delay before retry number `attempt` (1-based): doubling from 1 s up to
 /// 60 s, with up to 20 % jitter drawn from `rng` so hooks do not retry in
 /// lockstep.
-pub fn backoff(attempt: u32, rng: &mut fastrand::Rng) -> Duration {
+pub(crate) fn backoff(attempt: u32, rng: &mut fastrand::Rng) -> Duration {
     let base = BACKOFF_BASE
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
         .min(BACKOFF_MAX);
@@ -128,17 +159,17 @@ pub fn backoff(attempt: u32, rng: &mut fastrand::Rng) -> Duration {
 }
 
 /// A future a provisioner returns.
-pub type Call<'a> = Pin<Box<dyn Future<Output = Result<HookAnswer, HookError>> + Send + 'a>>;
+pub(crate) type Call<'a> = Pin<Box<dyn Future<Output = Result<HookAnswer, HookError>> + Send + 'a>>;
 
 /// One kind of provisioner: answers a request with the members it now
 /// provides. Implementations bound their own time (the configured timeout).
-pub trait Provisioner: Send {
+pub(crate) trait Provisioner: Send {
     fn call<'a>(&'a mut self, req: &'a HookRequest) -> Call<'a>;
 }
 
 /// The provisioner a pool's `hook` table describes. `exe` is the tidegate
 /// binary, which the `local` kind starts as its backends.
-pub fn provisioner(hook: &HookConfig, exe: Option<PathBuf>) -> Box<dyn Provisioner> {
+pub(crate) fn provisioner(hook: &HookConfig, exe: Option<PathBuf>) -> Box<dyn Provisioner> {
     match hook {
         HookConfig::Exec { command, timeout } => Box::new(Exec {
             command: command.clone(),

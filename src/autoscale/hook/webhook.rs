@@ -13,9 +13,9 @@ use hyper_util::rt::TokioIo;
 use super::{parse_answer, Call, HookAnswer, HookError, HookRequest, Provisioner, MAX_ANSWER_BYTES};
 
 /// `hook = { kind = "webhook", url = "http://..." }`.
-pub struct Webhook {
-    pub url: http::Uri,
-    pub timeout: Duration,
+pub(crate) struct Webhook {
+    pub(crate) url: http::Uri,
+    pub(crate) timeout: Duration,
 }
 
 impl Provisioner for Webhook {

@@ -21,7 +21,7 @@ const HEADER: &str = "minute,arrivals_per_second,peak_concurrency,peak_queued,pe
 
 /// `<dir>/<pool>.minutes.csv`, with anything but `[A-Za-z0-9_-]` in the
 /// pool name replaced so a name cannot leave the directory.
-pub fn path_for(dir: &Path, pool: &str) -> PathBuf {
+pub(crate) fn path_for(dir: &Path, pool: &str) -> PathBuf {
     let safe: String = pool
         .chars()
         .map(|c| {
@@ -70,7 +70,7 @@ fn line(m: &Minute) -> String {
 /// minutes of `recorded` the file lacks (kept in memory before the file was
 /// opened), and rewrites the file with what is kept. Returns the minutes
 /// and the count of skipped lines.
-pub fn load(path: &Path, recorded: &Minutes) -> io::Result<(Minutes, usize)> {
+pub(crate) fn load(path: &Path, recorded: &Minutes) -> io::Result<(Minutes, usize)> {
     let mut minutes = Minutes::default();
     let mut skipped = 0;
     match std::fs::read_to_string(path) {
@@ -107,25 +107,25 @@ pub fn load(path: &Path, recorded: &Minutes) -> io::Result<(Minutes, usize)> {
 }
 
 /// Appends one closed minute.
-pub fn append(path: &Path, m: &Minute) -> io::Result<()> {
+pub(crate) fn append(path: &Path, m: &Minute) -> io::Result<()> {
     let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
     f.write_all(line(m).as_bytes())
 }
 
 /// The pool's per-minute history file, when a state directory is set.
 #[derive(Default)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     /// The state directory last opened (`Some(None)`: none configured;
     /// `None`: not opened yet).
     dir: Option<Option<PathBuf>>,
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
 }
 
 impl Recorder {
     /// (Re)opens the history when the state directory is set or changed:
     /// merges `recorded` (kept in memory so far) with the file and returns
     /// the merged minutes for the step to forecast from.
-    pub async fn open(&mut self, pool: &str, dir: Option<&PathBuf>, recorded: &Minutes) -> Option<Minutes> {
+    pub(crate) async fn open(&mut self, pool: &str, dir: Option<&PathBuf>, recorded: &Minutes) -> Option<Minutes> {
         if self.dir.as_ref().is_some_and(|d| d.as_ref() == dir) {
             return None;
         }
@@ -157,7 +157,7 @@ impl Recorder {
     }
 
     /// Appends a closed minute, if the history is on disk.
-    pub async fn append(&self, pool: &str, closed: Minute) {
+    pub(crate) async fn append(&self, pool: &str, closed: Minute) {
         if let Some(path) = self.file.clone() {
             let written = tokio::task::spawn_blocking(move || append(&path, &closed)).await;
             if let Ok(Err(e)) = written {
@@ -186,7 +186,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = path_for(&dir.path().join("state"), "shop");
         let (empty, skipped) = load(&path, &Minutes::default()).unwrap();
-        assert!(empty.is_empty());
+        assert_eq!(empty.len(), 0);
         assert_eq!(skipped, 0);
         append(&path, &minute(29_000_000, 120.5)).unwrap();
         append(&path, &minute(29_000_001, 1500.0)).unwrap();

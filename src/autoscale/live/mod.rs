@@ -10,7 +10,7 @@
 
 mod history_file;
 mod pool_loop;
-pub mod status;
+pub(crate) mod status;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,19 +21,18 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use crate::shutdown::stopped;
 use crate::state::State;
-pub use history_file::{append, load, path_for};
-pub use pool_loop::PoolLoop;
-pub use status::{DecisionRecord, HookRecord, Status};
+pub(crate) use pool_loop::PoolLoop;
+pub(crate) use status::Status;
 
 /// Every autoscaled pool's status, by pool name.
 #[derive(Default)]
-pub struct Statuses {
+pub(crate) struct Statuses {
     by_pool: Mutex<HashMap<String, Arc<Mutex<Status>>>>,
 }
 
 impl Statuses {
     /// A copy of a pool's status, if it is autoscaled.
-    pub fn status(&self, pool: &str) -> Option<Status> {
+    pub(crate) fn status(&self, pool: &str) -> Option<Status> {
         let by_pool = self.by_pool.lock().unwrap_or_else(|p| p.into_inner());
         by_pool
             .get(pool)
@@ -52,7 +51,12 @@ impl Statuses {
 
 /// Runs every pool's loop until `stop` turns true. `exe` is the tidegate
 /// binary, for the `local` provisioner's children.
-pub async fn run(state: Arc<State>, statuses: Arc<Statuses>, exe: Option<PathBuf>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    state: Arc<State>,
+    statuses: Arc<Statuses>,
+    exe: Option<PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut changes = state.subscribe();
     let mut loops: JoinSet<()> = JoinSet::new();
     let mut by_pool: HashMap<String, AbortHandle> = HashMap::new();

@@ -99,7 +99,7 @@ struct Hook {
 }
 
 /// One pool's autoscaler.
-pub struct PoolLoop {
+pub(crate) struct PoolLoop {
     state: Weak<State>,
     name: String,
     status: Arc<Mutex<Status>>,
@@ -139,7 +139,7 @@ fn step_params(pool: &Pool, cfg: &AutoscaleConfig) -> StepParams {
 }
 
 impl PoolLoop {
-    pub fn new(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, exe: Option<PathBuf>) -> PoolLoop {
+    pub(crate) fn new(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, exe: Option<PathBuf>) -> PoolLoop {
         PoolLoop {
             state,
             name,
@@ -160,7 +160,7 @@ impl PoolLoop {
     }
 
     /// Runs once a second until the pool is gone or no longer autoscaled.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

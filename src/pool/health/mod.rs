@@ -16,7 +16,7 @@
 //! - Slow start: a backend that comes up gets 10 % of its weight and limit,
 //!   growing to 100 % over `slow_start`.
 
-pub mod transition;
+pub(crate) mod transition;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use transition::{after_probe, ejection_period, may_eject, ramp_permille, Streak}
 /// Per-backend health bookkeeping (atomics; written by the control path and,
 /// for passive counts, the data path).
 #[derive(Default)]
-pub struct Health {
+pub(crate) struct Health {
     passes: AtomicU32,
     failures: AtomicU32,
     passive_failures: AtomicU32,
@@ -48,18 +48,18 @@ pub struct Health {
 
 /// What `/stats` shows of a backend's health.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct HealthDetail {
-    pub consecutive_passes: u32,
-    pub consecutive_failures: u32,
-    pub passive_failures: u32,
-    pub ejections: u32,
-    pub ejected: bool,
-    pub ramp_percent: f64,
-    pub last_error: Option<String>,
+pub(crate) struct HealthDetail {
+    pub(crate) consecutive_passes: u32,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) passive_failures: u32,
+    pub(crate) ejections: u32,
+    pub(crate) ejected: bool,
+    pub(crate) ramp_percent: f64,
+    pub(crate) last_error: Option<String>,
 }
 
 impl Health {
-    pub fn detail(&self, backend: &Backend) -> HealthDetail {
+    pub(crate) fn detail(&self, backend: &Backend) -> HealthDetail {
         HealthDetail {
             consecutive_passes: self.passes.load(Ordering::Relaxed),
             consecutive_failures: self.failures.load(Ordering::Relaxed),
@@ -72,7 +72,7 @@ impl Health {
     }
 
     /// Marks the moment a backend came up (slow start counts from here).
-    pub fn came_up(&self, now_ns: u64) {
+    pub(crate) fn came_up(&self, now_ns: u64) {
         self.up_since_ns.store(now_ns.max(1), Ordering::Relaxed);
     }
 }
@@ -80,7 +80,7 @@ impl Health {
 /// Data path, after each exchange: a connect failure or a 5xx counts
 /// against the backend; anything else clears the count. Crossing the
 /// threshold ejects the backend, if the pool's cap allows.
-pub fn passive_outcome(pool: &Pool, backend: &Backend, failed: bool, now_ns: u64) {
+pub(crate) fn passive_outcome(pool: &Pool, backend: &Backend, failed: bool, now_ns: u64) {
     let h = &backend.health;
     if !failed {
         if h.passive_failures.load(Ordering::Relaxed) != 0 {
@@ -109,7 +109,7 @@ pub fn passive_outcome(pool: &Pool, backend: &Backend, failed: bool, now_ns: u64
 /// Control path, a few times a second per pool: ends expired ejections and
 /// advances slow start. Returns whether any backend gained capacity (the
 /// caller then serves the queue).
-pub fn tick(pool: &Pool, now_ns: u64) -> bool {
+pub(crate) fn tick(pool: &Pool, now_ns: u64) -> bool {
     let window = pool.config.slow_start;
     let mut grew = false;
     for b in &pool.backends {
@@ -138,7 +138,7 @@ pub fn tick(pool: &Pool, now_ns: u64) -> bool {
 }
 
 /// Applies one probe result. Returns whether the backend came up.
-pub fn apply_probe(
+pub(crate) fn apply_probe(
     pool: &str,
     backend: &Backend,
     result: Result<(), String>,

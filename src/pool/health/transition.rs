@@ -5,15 +5,21 @@ use std::time::Duration;
 
 /// Consecutive probe results, as kept per backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Streak {
-    pub passes: u32,
-    pub failures: u32,
+pub(crate) struct Streak {
+    pub(crate) passes: u32,
+    pub(crate) failures: u32,
 }
 
 /// After one active probe: the new streak, and `Some(up)` when the backend
 /// crosses a threshold (up after `healthy` passes in a row while down,
 /// down after `unhealthy` failures in a row while up).
-pub fn after_probe(up: bool, streak: Streak, passed: bool, healthy: u32, unhealthy: u32) -> (Streak, Option<bool>) {
+pub(crate) fn after_probe(
+    up: bool,
+    streak: Streak,
+    passed: bool,
+    healthy: u32,
+    unhealthy: u32,
+) -> (Streak, Option<bool>) {
     let next = if passed {
         Streak {
             passes: streak.passes.saturating_add(1),
@@ -35,20 +41,20 @@ pub fn after_probe(up: bool, streak: Streak, passed: bool, healthy: u32, unhealt
 
 /// How long the `n`-th ejection (1-based) of a backend lasts: the base
 /// period doubling each time, capped.
-pub fn ejection_period(n: u32, base: Duration, max: Duration) -> Duration {
+pub(crate) fn ejection_period(n: u32, base: Duration, max: Duration) -> Duration {
     let factor = 1u32.checked_shl(n.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
     base.saturating_mul(factor).min(max)
 }
 
 /// Whether one more backend of `total` may be ejected while `ejected`
 /// already are, under a cap of `max_percent` of the pool.
-pub fn may_eject(ejected: usize, total: usize, max_percent: u32) -> bool {
+pub(crate) fn may_eject(ejected: usize, total: usize, max_percent: u32) -> bool {
     total > 0 && (ejected + 1) * 100 <= total * max_percent as usize
 }
 
 /// Slow start: the share (per mille) of its configured weight and limit a
 /// backend gets `elapsed` after coming up, from 10 % to 100 % over `window`.
-pub fn ramp_permille(elapsed: Duration, window: Duration) -> u32 {
+pub(crate) fn ramp_permille(elapsed: Duration, window: Duration) -> u32 {
     if window.is_zero() || elapsed >= window {
         return 1000;
     }
