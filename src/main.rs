@@ -76,6 +76,22 @@ enum Command {
         /// Write an SVG chart of the first seed here.
         #[arg(long)]
         svg: Option<PathBuf>,
+        /// Drive tidegate's decision step from an outside simulator: one
+        /// JSON second per stdin line in, one `{"t","desired"}` line out.
+        /// With `--config FILE [--pool NAME]` the pool's autoscale table
+        /// sets the step, as the live loop reads it.
+        #[arg(long, conflicts_with_all = ["scenario", "trace", "json", "svg"])]
+        stdio: bool,
+        /// Fewest backends (`--stdio`).
+        #[arg(long, default_value_t = 1)]
+        min: u32,
+        /// Most backends (`--stdio`).
+        #[arg(long, default_value_t = 1000)]
+        max: u32,
+        /// The autoscaled pool of `--config` whose settings `--stdio` uses
+        /// (default: the only autoscaled pool).
+        #[arg(long, requires = "stdio")]
+        pool: Option<String>,
     },
     /// Run a simulated shop backend (for the demo, tests and benchmarks).
     Backend {
@@ -117,7 +133,14 @@ fn main() -> ExitCode {
             max_factor,
             json,
             svg,
+            stdio,
+            min,
+            max,
+            pool,
         } => {
+            if stdio {
+                return finish(simulate_stdio(cli.config, pool, delay, slo, slots, min, max));
+            }
             let params = tidegate::sim::model::SimParams {
                 delay: delay.as_secs(),
                 slo: slo.as_secs_f64(),
@@ -153,6 +176,10 @@ fn main() -> ExitCode {
             })
         }
     };
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -160,6 +187,55 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `simulate --stdio`: the step's settings from the flags, or from a
+/// pool of `--config`.
+fn simulate_stdio(
+    config: Option<PathBuf>,
+    pool: Option<String>,
+    delay: Duration,
+    slo: Duration,
+    slots: u32,
+    min: u32,
+    max: u32,
+) -> anyhow::Result<()> {
+    use tidegate::sim::{run_stdio, StdioSettings};
+    let settings = match config {
+        Some(path) => {
+            let config = Config::load(&path)?;
+            let autoscaled: Vec<&String> = config
+                .pools
+                .iter()
+                .filter(|(_, p)| p.autoscale.is_some())
+                .map(|(n, _)| n)
+                .collect();
+            let name = match (pool, autoscaled.as_slice()) {
+                (Some(name), _) => name,
+                (None, [only]) => (*only).clone(),
+                (None, _) => anyhow::bail!(
+                    "{}: name the autoscaled pool with --pool (autoscaled: {})",
+                    path.display(),
+                    autoscaled.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            let pool = config
+                .pools
+                .get(&name)
+                .with_context(|| format!("{}: no pool named `{name}`", path.display()))?;
+            StdioSettings::Pool(Box::new((**pool).clone()))
+        }
+        None => StdioSettings::Flags {
+            delay: delay.as_secs_f64(),
+            slo: slo.as_secs_f64(),
+            slots,
+            min,
+            max,
+        },
+    };
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::stdout().lock();
+    run_stdio(settings, stdin, stdout).context("simulate --stdio")
 }
 
 fn check(path: Option<PathBuf>) -> anyhow::Result<()> {

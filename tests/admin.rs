@@ -249,22 +249,18 @@ async fn the_dashboard_renders_the_backends_table_from_stats_in_a_real_browser()
 
 #[tokio::test]
 async fn the_dashboard_shows_an_elastic_pools_decisions_and_hook_calls() {
-    use std::os::unix::fs::PermissionsExt;
     let fixed = backend("fixed").await;
     let dir = tempfile::tempdir().unwrap();
-    let hook = dir.path().join("provision.sh");
-    std::fs::write(
-        &hook,
-        "#!/usr/bin/env bash\ncat > /dev/null; echo 'quota exceeded' >&2; exit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hook = script(
+        &dir,
+        "provision.sh",
+        "cat > /dev/null; echo 'quota exceeded' >&2; exit 1",
+    );
     let text = format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\
 [pools.shop]\nbackends = [ {{ address = \"{}\" }} ]\n\
 autoscale = {{ min = 2, max = 3, hook = {{ kind = \"exec\", command = [\"{}\"] }} }}\n",
-        fixed.addr,
-        hook.display()
+        fixed.addr, hook
     );
     let m = tidegate(&text).await;
     eventually("the hook has been called", || async {

@@ -151,13 +151,9 @@ async fn the_pool_grows_under_load_and_shrinks_back_without_a_failed_request() {
 }
 
 fn exec_hook(dir: &tempfile::TempDir, body: &str) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.path().join("provision.sh");
-    std::fs::write(&path, format!("#!/usr/bin/env bash\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     format!(
         "{{ kind = \"exec\", command = [\"{}\"], timeout = \"5s\" }}",
-        path.display()
+        script(dir, "provision.sh", body)
     )
 }
 
@@ -396,5 +392,97 @@ async fn dry_run_shows_guarded_decisions_and_never_calls_the_hook() {
     assert!(!marker.exists(), "a dry run never calls the hook");
     assert_eq!(in_pool_and_draining_busy(&m).await, (1, false));
     assert_eq!(get(m.addr, "/").await.backend(), "fixed");
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_loop_and_simulate_stdio_decide_the_same_on_one_recorded_signal() {
+    // A dry-run elastic pool under a changing load records what its step
+    // saw each second (GET /history); replaying that recording through
+    // `tidegate simulate --stdio` with the same pool's settings must ask
+    // for the same size every second: one step function for both.
+    let b = backend_with("b1", std::time::Duration::from_millis(30), 0).await;
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\
+[pools.shop]\nmax_concurrency = 2\nqueue = {{ max_depth = 10000, timeout = \"30s\" }}\nbackends = [ {{ address = \"{}\" }} ]\n\
+autoscale = {{ min = 1, max = 20, dry_run = true, slo = \"50ms\", scale_down_window = \"4s\", max_step_up = 3, hook = {{ kind = \"exec\", command = [\"/bin/false\"] }} }}\n",
+        b.addr
+    );
+    let m = tidegate(&text).await;
+    // Load in three phases: light, heavy (it queues), light again.
+    for (clients, secs) in [(1usize, 3u64), (12, 4), (1, 5)] {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let workers: Vec<_> = (0..clients)
+            .map(|i| {
+                let addr = m.addr;
+                tokio::spawn(async move {
+                    let mut c = h1(addr).await;
+                    while tokio::time::Instant::now() < deadline {
+                        let resp = c
+                            .send_request(request("GET", &format!("/products/{i}"), ""))
+                            .await
+                            .unwrap();
+                        assert_eq!(collect(resp).await.status, 200);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+    let history = get(m.admin, "/history?pool=shop").await;
+    assert_eq!(history.status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&history.body).unwrap();
+    let seconds = body["pools"]["shop"].as_array().unwrap().clone();
+    assert!(seconds.len() >= 10, "{} seconds recorded", seconds.len());
+    assert!(
+        seconds.iter().any(|s| s["queued"].as_u64().unwrap() > 0),
+        "the heavy phase queued"
+    );
+    let desired: Vec<u64> = seconds.iter().map(|s| s["desired"].as_u64().unwrap()).collect();
+    assert!(
+        desired.iter().max() > desired.first(),
+        "the pool was asked to grow: {desired:?}"
+    );
+
+    let mut input = String::new();
+    for s in &seconds {
+        input.push_str(
+            &serde_json::json!({
+                "t": s["t"], "arrivals": s["arrivals"], "completions": s["completions"],
+                "in_flight": s["in_flight"], "queued": s["queued"], "ready": s["ready"],
+                "pending": s["pending"], "queue_wait_ms": s["queue_wait_ms"],
+            })
+            .to_string(),
+        );
+        input.push('\n');
+    }
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["simulate", "--stdio", "--pool", "shop", "--config"])
+        .arg(&m.path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(BOUND, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success());
+    let replayed: Vec<u64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["desired"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(replayed, desired, "live and replayed decisions, second by second");
     m.shutdown().await;
 }

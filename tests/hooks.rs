@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,18 +24,16 @@ fn request(desired: u32, remove: &[&str]) -> HookRequest {
     }
 }
 
-fn script(dir: &tempfile::TempDir, name: &str, body: &str) -> Vec<String> {
-    let path = dir.path().join(name);
-    std::fs::write(&path, format!("#!/usr/bin/env bash\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    vec![path.display().to_string()]
+/// An exec hook's command line: one script.
+fn command(dir: &tempfile::TempDir, name: &str, body: &str) -> Vec<String> {
+    vec![script(dir, name, body)]
 }
 
 #[tokio::test]
 async fn an_exec_hook_gets_the_request_on_stdin_and_answers_members() {
     let dir = tempfile::tempdir().unwrap();
     let seen = dir.path().join("request.json");
-    let hook = script(
+    let hook = command(
         &dir,
         "provision.sh",
         &format!(
@@ -72,7 +69,7 @@ echo "{{\"members\":[${{m%,}}]}}""#,
 async fn a_hanging_exec_hook_times_out_and_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pid");
-    let hook = script(
+    let hook = command(
         &dir,
         "hang.sh",
         &format!("echo $$ > {}\nexec sleep 30", pid_file.display()),
@@ -93,7 +90,7 @@ async fn a_hanging_exec_hook_times_out_and_is_killed() {
 #[tokio::test]
 async fn a_crashing_or_babbling_exec_hook_is_a_failure_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let crash = script(&dir, "crash.sh", "cat > /dev/null; echo boom >&2; exit 3");
+    let crash = command(&dir, "crash.sh", "cat > /dev/null; echo boom >&2; exit 3");
     let e = call_exec(&crash, &request(2, &[]), Duration::from_secs(5))
         .await
         .unwrap_err();
@@ -102,12 +99,12 @@ async fn a_crashing_or_babbling_exec_hook_is_a_failure_with_the_reason() {
         "{e}"
     );
     assert_eq!(e.label(), "failed");
-    let garbage = script(&dir, "garbage.sh", "cat > /dev/null; echo hello world");
+    let garbage = command(&dir, "garbage.sh", "cat > /dev/null; echo hello world");
     let e = call_exec(&garbage, &request(2, &[]), Duration::from_secs(5))
         .await
         .unwrap_err();
     assert_eq!(e.label(), "invalid", "{e}");
-    let bad_addr = script(
+    let bad_addr = command(
         &dir,
         "bad.sh",
         r#"cat > /dev/null; echo '{"members":["not-an-address"]}'"#,

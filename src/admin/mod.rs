@@ -103,6 +103,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `GET /history[?pool=NAME]`: each autoscaled pool's last half hour, one
+/// record per second (compact JSON: up to 1,800 records a pool).
+fn history(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
+    let wanted = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("pool=")));
+    let pools: serde_json::Map<String, serde_json::Value> = shared
+        .autoscale
+        .pools()
+        .into_iter()
+        .filter(|p| wanted.is_none_or(|w| w == p))
+        .filter_map(|p| {
+            let seconds = shared.autoscale.seconds(&p)?;
+            Some((p, serde_json::to_value(seconds).ok()?))
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "pools": pools })).unwrap_or_default();
+    respond(StatusCode::OK, "application/json", body)
+}
+
 async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if !authorized(shared, &req) {
         let mut r = respond(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized\n");
@@ -113,6 +131,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
         (&Method::GET, "/stats") => json(StatusCode::OK, &stats::collect(shared)),
+        (&Method::GET, "/history") => history(shared, req.uri().query()),
         (&Method::GET, "/metrics") => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -136,7 +155,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
                 &serde_json::json!({ "ok": false, "error": error }),
             ),
         },
-        (_, "/" | "/stats" | "/metrics" | "/healthz" | "/readyz" | "/reload") => {
+        (_, "/" | "/stats" | "/history" | "/metrics" | "/healthz" | "/readyz" | "/reload") => {
             respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),

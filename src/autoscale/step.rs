@@ -20,12 +20,13 @@
 
 use super::forecast::{expected_rate, lookahead, Minute, Minutes};
 use super::guard::{guard, GuardState};
+use super::policy::TidegateParams;
 use super::policy::{decide, Decision, Policy, PolicyState, PoolView};
 use super::schedule::floor;
 use super::signal::{History, Sample};
 use super::warmup::DelayEstimate;
 use crate::config::schedule::Entry;
-use crate::config::Guards;
+use crate::config::{Guards, PoolConfig};
 
 /// Seconds of signal kept for the policies (the longest window they read).
 pub(crate) const HISTORY_SECONDS: usize = 600;
@@ -45,6 +46,28 @@ pub(crate) struct StepParams {
     pub(crate) schedule: Vec<Entry>,
     /// The provisioning delay assumed before one is observed, seconds.
     pub(crate) provisioning_delay: f64,
+}
+
+impl StepParams {
+    /// The step a pool's `autoscale` table configures (`None` for a pool
+    /// that is not autoscaled): the live loop's, and `simulate --stdio
+    /// --config`'s.
+    pub(crate) fn from_config(pool: &PoolConfig) -> Option<StepParams> {
+        let a = pool.autoscale.as_ref()?;
+        Some(StepParams {
+            policy: Policy::Tidegate(TidegateParams {
+                slo: a.slo.as_secs_f64(),
+                scale_down_window: a.scale_down_window.as_secs(),
+                ..TidegateParams::default()
+            }),
+            slots: pool.max_concurrency,
+            min: a.min,
+            max: a.max,
+            guards: a.guards,
+            schedule: a.schedule.clone(),
+            provisioning_delay: a.provisioning_delay.as_secs_f64(),
+        })
+    }
 }
 
 /// One second of the pool.

@@ -51,6 +51,40 @@ impl DelayEstimate {
     }
 }
 
+/// Warm-up times read from counts alone, for a caller that sees how many
+/// members are ready and pending each second but not which ones (an
+/// outside simulator driving `tidegate simulate --stdio`). Members are
+/// matched first in, first out: the oldest pending member is the one that
+/// became ready.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PendingCounts {
+    /// When each pending member was first seen pending, oldest first.
+    asked: std::collections::VecDeque<f64>,
+    last: Option<(u32, u32)>,
+}
+
+impl PendingCounts {
+    /// One second's counts; returns the warm-up times of the members that
+    /// became ready since the last call.
+    pub(crate) fn observe(&mut self, now: f64, ready: u32, pending: u32) -> Vec<f64> {
+        let (ready_before, pending_before) = self.last.replace((ready, pending)).unwrap_or((ready, 0));
+        let came_up = ready.saturating_sub(ready_before).min(pending_before);
+        let joined = (pending + came_up).saturating_sub(pending_before);
+        let mut observed = Vec::with_capacity(came_up as usize);
+        for _ in 0..came_up {
+            if let Some(asked) = self.asked.pop_front() {
+                observed.push((now - asked).max(0.0));
+            }
+        }
+        // Members that left pending without becoming ready (given up).
+        while self.asked.len() as u32 > pending_before.saturating_sub(came_up) {
+            self.asked.pop_back();
+        }
+        self.asked.extend(std::iter::repeat_n(now, joined as usize));
+        observed
+    }
+}
+
 /// The members asked for and not yet ready, and when each joined.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Warmup {
@@ -176,5 +210,17 @@ mod tests {
         w.retain(&[addr(2)]);
         assert_eq!(w.overdue(200.0, 60.0), vec![addr(2)]);
         assert_eq!(w.ready(addr(1), 201.0), None, "a forgotten member teaches nothing");
+    }
+
+    #[test]
+    fn warm_ups_are_read_from_counts_first_in_first_out() {
+        let mut c = PendingCounts::default();
+        assert!(c.observe(0.0, 1, 0).is_empty());
+        assert!(c.observe(1.0, 1, 2).is_empty(), "two asked for at 1 s");
+        assert!(c.observe(3.0, 1, 3).is_empty(), "one more at 3 s");
+        assert_eq!(c.observe(6.0, 2, 2), vec![5.0], "the oldest came up");
+        assert_eq!(c.observe(9.0, 4, 0), vec![8.0, 6.0]);
+        // Scale-in lowers `ready`: nobody came up.
+        assert!(c.observe(10.0, 2, 0).is_empty());
     }
 }

@@ -107,6 +107,10 @@ pub struct Queue {
     /// autoscaler's per-second mean.
     waited: AtomicU64,
     waited_nanos: AtomicU64,
+    /// The queue-wait SLO (the pool's `autoscale.slo`, or the default).
+    slo_ns: AtomicU64,
+    /// Requests that broke it: waited longer, or found the queue full.
+    late: AtomicU64,
 }
 
 impl Queue {
@@ -120,6 +124,8 @@ impl Queue {
             wait_seconds: SecondsHistogram::default(),
             waited: AtomicU64::new(0),
             waited_nanos: AtomicU64::new(0),
+            slo_ns: AtomicU64::new(crate::config::defaults::AUTOSCALE_SLO.as_nanos() as u64),
+            late: AtomicU64::new(0),
         }
     }
 
@@ -141,6 +147,17 @@ impl Queue {
     /// Time spent queued, for `/metrics`.
     pub(crate) fn wait_histogram(&self) -> &SecondsHistogram {
         &self.wait_seconds
+    }
+
+    /// Requests that broke the queue-wait SLO since the queue was created
+    /// (waited longer than it, or were refused because the queue was full).
+    pub(crate) fn late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
+    }
+
+    /// Control path: the SLO `late` counts against.
+    pub(crate) fn set_slo(&self, slo: Duration) {
+        self.slo_ns.store(slo.as_nanos() as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn set_max_depth(&self, max_depth: usize) {
@@ -165,6 +182,7 @@ impl Queue {
         {
             let mut q = self.lock();
             if q.len() >= self.max_depth.load(Ordering::Relaxed) {
+                self.late.fetch_add(1, Ordering::Relaxed);
                 return Err(QueueError::Full);
             }
             q.push_back(Waiter { id, tx });
@@ -226,6 +244,9 @@ impl Waiting {
         self.queue.wait_seconds.record_ns(waited);
         self.queue.waited.fetch_add(1, Ordering::Relaxed);
         self.queue.waited_nanos.fetch_add(waited, Ordering::Relaxed);
+        if waited > self.queue.slo_ns.load(Ordering::Relaxed) {
+            self.queue.late.fetch_add(1, Ordering::Relaxed);
+        }
         result
     }
 }

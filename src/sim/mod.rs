@@ -12,6 +12,7 @@
 
 pub mod model;
 pub mod scenario;
+pub mod stdio;
 mod svg;
 
 use crate::autoscale::policy::{Policy, TidegateParams};
@@ -19,6 +20,62 @@ use model::{oracle, simulate, Memo, Outcome, SimParams};
 use scenario::Trace;
 
 pub use svg::chart;
+
+/// Where `simulate --stdio` takes its step's settings from.
+#[derive(Debug, Clone)]
+pub enum StdioSettings {
+    /// The command line's: tidegate's default policy for a pool of
+    /// `slots`-slot backends, `min`..`max`, this SLO and provisioning delay.
+    Flags {
+        /// Provisioning delay assumed until one is observed, seconds.
+        delay: f64,
+        /// Queue-wait SLO, seconds.
+        slo: f64,
+        /// `max_concurrency` per backend.
+        slots: u32,
+        /// Fewest backends.
+        min: u32,
+        /// Most backends.
+        max: u32,
+    },
+    /// A pool's `autoscale` table, exactly as the live loop reads it.
+    Pool(Box<crate::config::PoolConfig>),
+}
+
+/// Runs `simulate --stdio` on `input` and `output` (see [`stdio`]).
+pub fn run_stdio(
+    settings: StdioSettings,
+    input: impl std::io::BufRead,
+    output: impl std::io::Write,
+) -> Result<(), stdio::StdioError> {
+    let params = match settings {
+        StdioSettings::Flags {
+            delay,
+            slo,
+            slots,
+            min,
+            max,
+        } => crate::autoscale::step::StepParams {
+            policy: Policy::Tidegate(TidegateParams {
+                slo,
+                ..TidegateParams::default()
+            }),
+            slots: slots.max(1),
+            min,
+            max: max.max(min).max(1),
+            guards: crate::config::Guards::default(),
+            schedule: Vec::new(),
+            provisioning_delay: delay,
+        },
+        StdioSettings::Pool(pool) => {
+            crate::autoscale::step::StepParams::from_config(&pool).ok_or_else(|| stdio::StdioError::Input {
+                line: 0,
+                message: format!("pool `{}` has no autoscale table", pool.name),
+            })?
+        }
+    };
+    stdio::run(params, input, output)
+}
 
 /// One policy's figures over all seeds of one scenario.
 #[derive(Debug, Clone, serde::Serialize)]

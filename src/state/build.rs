@@ -89,6 +89,9 @@ fn pool(
         }
         None => Arc::new(PoolShared::new(pc)),
     };
+    if let Some(a) = &pc.autoscale {
+        shared.queue.set_slo(a.slo);
+    }
     let pool_name: Arc<str> = old.map_or_else(|| Arc::from(name), |p| Arc::clone(&p.name));
     let mut members: Vec<(SocketAddr, u32, bool)> = pc.backends.iter().map(|b| (b.address, b.weight, false)).collect();
     let provisioned: Vec<SocketAddr> = if pc.autoscale.is_some() {

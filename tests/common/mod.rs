@@ -420,6 +420,15 @@ pub(crate) async fn toggle(name: &'static str) -> Toggle {
     Toggle { addr, healthy }
 }
 
+/// An executable bash script `name` in `dir` running `body`; its path.
+pub(crate) fn script(dir: &tempfile::TempDir, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join(name);
+    std::fs::write(&path, format!("#!/usr/bin/env bash\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
 /// Polls (bounded) until an async condition holds.
 pub(crate) async fn eventually<F, Fut>(what: &str, mut cond: F)
 where

@@ -12,7 +12,7 @@ mod history_file;
 mod pool_loop;
 pub(crate) mod status;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -22,30 +22,77 @@ use tokio::task::{AbortHandle, JoinSet};
 use crate::shutdown::stopped;
 use crate::state::State;
 pub(crate) use pool_loop::PoolLoop;
-pub(crate) use status::Status;
+use status::SECONDS_KEPT;
+pub(crate) use status::{Second, Status};
 
-/// Every autoscaled pool's status, by pool name.
+/// What one pool's loop publishes: its status and its last half hour.
+#[derive(Default)]
+pub(crate) struct Board {
+    pub(crate) status: Mutex<Status>,
+    pub(crate) seconds: Mutex<VecDeque<Second>>,
+}
+
+impl Board {
+    /// Appends one second, forgetting the oldest beyond [`SECONDS_KEPT`].
+    pub(crate) fn record(&self, second: Second) {
+        let mut seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        if seconds.len() == SECONDS_KEPT {
+            seconds.pop_front();
+        }
+        seconds.push_back(second);
+    }
+}
+
+/// Every autoscaled pool's board, by pool name.
 #[derive(Default)]
 pub(crate) struct Statuses {
-    by_pool: Mutex<HashMap<String, Arc<Mutex<Status>>>>,
+    by_pool: Mutex<HashMap<String, Arc<Board>>>,
 }
 
 impl Statuses {
     /// A copy of a pool's status, if it is autoscaled.
     pub(crate) fn status(&self, pool: &str) -> Option<Status> {
-        let by_pool = self.by_pool.lock().unwrap_or_else(|p| p.into_inner());
-        by_pool
-            .get(pool)
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        let board = self.board(pool)?;
+        let status = board.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(status)
     }
 
-    fn insert(&self, pool: &str) -> Arc<Mutex<Status>> {
-        let status = Arc::new(Mutex::new(Status::default()));
+    /// A copy of a pool's recorded seconds, oldest first.
+    pub(crate) fn seconds(&self, pool: &str) -> Option<Vec<Second>> {
+        let board = self.board(pool)?;
+        let seconds = board.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        Some(seconds.iter().copied().collect())
+    }
+
+    /// The autoscaled pools, by name.
+    pub(crate) fn pools(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .by_pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn board(&self, pool: &str) -> Option<Arc<Board>> {
         self.by_pool
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(pool.to_string(), Arc::clone(&status));
-        status
+            .get(pool)
+            .cloned()
+    }
+
+    /// A fresh board for a pool's (new) loop.
+    fn insert(&self, pool: &str) -> Arc<Board> {
+        let board = Arc::new(Board::default());
+        self.by_pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pool.to_string(), Arc::clone(&board));
+        board
     }
 }
 
@@ -67,8 +114,8 @@ pub(crate) async fn run(
             if pool.config.autoscale.is_none() || by_pool.contains_key(&*pool.name) {
                 continue;
             }
-            let status = statuses.insert(&pool.name);
-            let pool_loop = PoolLoop::new(Arc::downgrade(&state), pool.name.to_string(), status, exe.clone());
+            let board = statuses.insert(&pool.name);
+            let pool_loop = PoolLoop::new(Arc::downgrade(&state), pool.name.to_string(), board, exe.clone());
             by_pool.insert(pool.name.to_string(), loops.spawn(pool_loop.run()));
         }
         tokio::select! {

@@ -22,15 +22,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::history_file::Recorder;
-use super::status::{DecisionRecord, HookRecord, Status, KEPT};
+use super::status::{DecisionRecord, HookRecord, Second, KEPT};
+use super::Board;
 use crate::autoscale::hook::{backoff, provisioner, HookAnswer, HookRequest, Provisioner};
-use crate::autoscale::policy::{Decision, Policy, TidegateParams};
+use crate::autoscale::policy::Decision;
 use crate::autoscale::signal::Sample;
 use crate::autoscale::step::{Outcome, StepParams, Stepper, Tick};
 use crate::autoscale::warmup::Warmup;
@@ -48,6 +49,7 @@ struct Totals {
     completed: u64,
     left_queue: u64,
     waited_ns: u64,
+    late: u64,
 }
 
 impl Totals {
@@ -58,6 +60,7 @@ impl Totals {
             completed: pool.shared.response_counts().iter().sum(),
             left_queue,
             waited_ns,
+            late: pool.shared.queue.late(),
         }
     }
 
@@ -102,7 +105,7 @@ struct Hook {
 pub(crate) struct PoolLoop {
     state: Weak<State>,
     name: String,
-    status: Arc<Mutex<Status>>,
+    board: Arc<Board>,
     exe: Option<PathBuf>,
     stepper: Option<Stepper>,
     hook: Option<Hook>,
@@ -121,29 +124,12 @@ pub(crate) struct PoolLoop {
     rng: fastrand::Rng,
 }
 
-/// The step's parameters for a pool's config.
-fn step_params(pool: &Pool, cfg: &AutoscaleConfig) -> StepParams {
-    StepParams {
-        policy: Policy::Tidegate(TidegateParams {
-            slo: cfg.slo.as_secs_f64(),
-            scale_down_window: cfg.scale_down_window.as_secs(),
-            ..TidegateParams::default()
-        }),
-        slots: pool.config.max_concurrency,
-        min: cfg.min,
-        max: cfg.max,
-        guards: cfg.guards,
-        schedule: cfg.schedule.clone(),
-        provisioning_delay: cfg.provisioning_delay.as_secs_f64(),
-    }
-}
-
 impl PoolLoop {
-    pub(crate) fn new(state: Weak<State>, name: String, status: Arc<Mutex<Status>>, exe: Option<PathBuf>) -> PoolLoop {
+    pub(crate) fn new(state: Weak<State>, name: String, board: Arc<Board>, exe: Option<PathBuf>) -> PoolLoop {
         PoolLoop {
             state,
             name,
-            status,
+            board,
             exe,
             stepper: None,
             hook: None,
@@ -186,7 +172,7 @@ impl PoolLoop {
         self.configure(pool, &cfg, snapshot.config.runtime.state_dir.as_ref())
             .await;
         let now = self.started.elapsed().as_secs_f64();
-        let sample = self.sample(pool, now as u64);
+        let (sample, violations) = self.sample(pool, now as u64);
         let mut members = pool.provisioned.clone();
         self.learn(pool, &members, now);
         if !cfg.dry_run {
@@ -205,6 +191,19 @@ impl PoolLoop {
             self.recorder.append(&self.name, closed).await;
         }
         self.publish(&outcome, &tick, &cfg);
+        self.board.record(Second {
+            t: tick.t,
+            unix: tick.unix.max(0) as u64,
+            arrivals: sample.arrivals as u64,
+            completions: sample.completed as u64,
+            in_flight: (sample.concurrency - sample.queued).max(0.0) as u64,
+            queued: sample.queued as u64,
+            queue_wait_ms: sample.queue_wait * 1000.0,
+            ready: tick.ready,
+            pending: tick.provisioning,
+            desired: self.board.status.lock().unwrap_or_else(|p| p.into_inner()).desired,
+            violations,
+        });
         if let (Some(decision), false) = (&outcome.decision, cfg.dry_run) {
             let statics = pool.config.backends.len() as u32;
             let want = decision.desired.saturating_sub(statics);
@@ -221,7 +220,9 @@ impl PoolLoop {
     /// Creates or updates the step, the provisioner and the history file
     /// after a start or a reload.
     async fn configure(&mut self, pool: &Pool, cfg: &AutoscaleConfig, state_dir: Option<&PathBuf>) {
-        let params = step_params(pool, cfg);
+        let Some(params) = StepParams::from_config(&pool.config) else {
+            return;
+        };
         match &mut self.stepper {
             Some(s) if *s.params() != params => s.set_params(params),
             Some(_) => {}
@@ -246,15 +247,14 @@ impl PoolLoop {
         }
     }
 
-    fn sample(&mut self, pool: &Pool, t: u64) -> Sample {
+    /// This second's sample and the requests that broke the SLO in it.
+    fn sample(&mut self, pool: &Pool, t: u64) -> (Sample, u64) {
         let totals = Totals::read(pool);
         let in_flight: u32 = pool.backends.iter().chain(&pool.draining).map(|b| b.in_flight()).sum();
-        totals.sample(
-            self.last.replace(totals),
-            t,
-            in_flight,
-            pool.shared.queue.depth() as f64,
-        )
+        let before = self.last.replace(totals);
+        let late = totals.late.saturating_sub(before.map_or(totals.late, |b| b.late));
+        let sample = totals.sample(before, t, in_flight, pool.shared.queue.depth() as f64);
+        (sample, late)
     }
 
     /// Members that came up teach the provisioning delay.
@@ -282,7 +282,7 @@ impl PoolLoop {
             tracing::warn!(pool = %self.name, member = %addr, deadline = ?cfg.ready_deadline, "a provisioned member never became healthy; replacing it");
         }
         metrics::counter!(REPLACED_TOTAL, "pool" => self.name.clone()).increment(overdue.len() as u64);
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).replaced += overdue.len() as u64;
+        self.board.status.lock().unwrap_or_else(|p| p.into_inner()).replaced += overdue.len() as u64;
         members.retain(|a| !overdue.contains(a));
         self.draining
             .extend(overdue.iter().map(|&addr| Draining { addr, since: now }));
@@ -292,7 +292,7 @@ impl PoolLoop {
 
     fn publish(&self, outcome: &Outcome, tick: &Tick, cfg: &AutoscaleConfig) {
         let stepper = self.stepper.as_ref().expect("configured");
-        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.board.status.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = &outcome.decision {
             if s.desired != d.desired || s.decisions.is_empty() {
                 let direction = if d.desired > s.desired { "up" } else { "down" };
@@ -345,7 +345,11 @@ impl PoolLoop {
             }
         }
         if timed_out > 0 {
-            self.status.lock().unwrap_or_else(|p| p.into_inner()).drain_timeouts += timed_out;
+            self.board
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain_timeouts += timed_out;
         }
         drained
     }
@@ -427,7 +431,7 @@ impl PoolLoop {
             members: result.as_ref().map_or(members.len(), |a| a.members.len()),
             duration_ms: began.elapsed().as_millis() as u64,
         };
-        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.board.status.lock().unwrap_or_else(|p| p.into_inner());
         if label != "ok" {
             s.hook_failures += 1;
         }

@@ -7,6 +7,33 @@ use std::collections::VecDeque;
 
 /// Decisions and hook calls kept per pool.
 pub(crate) const KEPT: usize = 20;
+/// Seconds of per-second history kept per pool (30 minutes).
+pub(crate) const SECONDS_KEPT: usize = 1800;
+
+/// One second of an autoscaled pool: what the step saw and what it asked
+/// for. `GET /history` serves the last [`SECONDS_KEPT`]; the same fields
+/// (minus `unix`, `desired`, `violations`) are `tidegate simulate --stdio`'s
+/// input, so a recorded history replays through the same step.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub(crate) struct Second {
+    /// Seconds since the pool's autoscaler started.
+    pub(crate) t: u64,
+    /// Wall-clock seconds (UTC).
+    pub(crate) unix: u64,
+    pub(crate) arrivals: u64,
+    pub(crate) completions: u64,
+    pub(crate) in_flight: u64,
+    pub(crate) queued: u64,
+    /// Mean queue wait of the requests that left the queue this second.
+    pub(crate) queue_wait_ms: f64,
+    pub(crate) ready: u32,
+    /// Members asked for and not ready yet.
+    pub(crate) pending: u32,
+    /// The size asked for after this second (the last decision).
+    pub(crate) desired: u32,
+    /// Requests that broke the queue-wait SLO this second.
+    pub(crate) violations: u64,
+}
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct DecisionRecord {
