@@ -9,10 +9,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tidegate::balance::{hash_bytes, Balancer, PickContext};
 use tidegate::config::Balance;
 use tidegate::pool::Backend;
-use tidegate::pool::{InFlight, Queue};
+use tidegate::pool::{InFlight, PoolShared};
 
 fn pool(n: usize, rng: &mut fastrand::Rng) -> (Vec<Arc<Backend>>, Vec<InFlight>) {
-    let queue = Arc::new(Queue::new(1024));
+    let pool = Arc::new(PoolShared::new(1024));
     let backends: Vec<_> = (0..n)
         .map(|i| Arc::new(Backend::new(([10, 0, (i >> 8) as u8, i as u8], 80).into(), 1, 64, 1)))
         .collect();
@@ -20,7 +20,7 @@ fn pool(n: usize, rng: &mut fastrand::Rng) -> (Vec<Arc<Backend>>, Vec<InFlight>)
     let mut held = Vec::new();
     for b in &backends {
         for _ in 0..rng.u32(..48) {
-            held.push(InFlight::claim(b, &queue).unwrap());
+            held.push(InFlight::claim(b, &pool).unwrap());
         }
     }
     (backends, held)

@@ -120,7 +120,7 @@ async fn the_pool_grows_under_load_and_shrinks_back_without_a_failed_request() {
     assert!(ok.load(Ordering::Relaxed) > 50);
     let pool = m.pool().await;
     let errors = pool["responses"]["5xx"].as_u64().unwrap() + pool["responses"]["error"].as_u64().unwrap();
-    assert_eq!(errors, 0, "no 5xx and no failed exchange behind the proxy");
+    assert_eq!(errors, 0, "no 5xx and no failed exchange behind the proxy: {pool}");
     let kept = active(&m).await[0];
     for addr in grown.into_iter().filter(|a| *a != kept) {
         eventually("a removed backend's process is gone", || async move {

@@ -7,8 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 async fn refused_without_reaching_the_backend(input: &[u8], expect_status: &str) {
     let rec = recorder().await;
@@ -102,72 +100,6 @@ async fn bare_lf_and_nul_in_headers_are_refused() {
 async fn a_request_without_host_or_with_two_is_refused() {
     refused_without_reaching_the_backend(b"GET / HTTP/1.1\r\nX: 1\r\n\r\n", "HTTP/1.1 400").await;
     refused_without_reaching_the_backend(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "HTTP/1.1 400").await;
-}
-
-/// A minimal HTTP/2 client speaking raw frames, for what hyper's client
-/// refuses to send.
-mod h2raw {
-    pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-    pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len() as u32;
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
-
-    /// HPACK literal header fields without indexing, no Huffman.
-    pub(crate) fn headers(fields: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (name, value) in fields {
-            out.push(0x00);
-            out.push(name.len() as u8);
-            out.extend_from_slice(name.as_bytes());
-            out.push(value.len() as u8);
-            out.extend_from_slice(value);
-        }
-        out
-    }
-
-    pub(crate) const DATA: u8 = 0;
-    pub(crate) const HEADERS: u8 = 1;
-    pub(crate) const RST_STREAM: u8 = 3;
-    pub(crate) const SETTINGS: u8 = 4;
-    pub(crate) const GOAWAY: u8 = 7;
-    pub(crate) const END_STREAM: u8 = 0x1;
-    pub(crate) const END_HEADERS: u8 = 0x4;
-}
-
-/// Sends frames after the preface and returns the error code of the first
-/// RST_STREAM or GOAWAY the proxy answers with, or the status of a response.
-async fn h2_exchange(addr: std::net::SocketAddr, frames: &[Vec<u8>]) -> String {
-    use h2raw::*;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
-    for f in frames {
-        s.write_all(f).await.unwrap();
-    }
-    loop {
-        let mut head = [0u8; 9];
-        if tokio::time::timeout(BOUND, s.read_exact(&mut head)).await.is_err() {
-            return "timeout".into();
-        }
-        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-        let mut payload = vec![0u8; len];
-        s.read_exact(&mut payload).await.unwrap();
-        match head[3] {
-            RST_STREAM => return format!("RST_STREAM {}", u32::from_be_bytes(payload[..4].try_into().unwrap())),
-            GOAWAY => return format!("GOAWAY {}", u32::from_be_bytes(payload[4..8].try_into().unwrap())),
-            HEADERS => {
-                // A literal ":status" is what a proxy error would look like;
-                // hpack-indexed statuses start with 0x88 (200) .. 0x8e (500).
-                return format!("HEADERS {:02x}", payload.first().copied().unwrap_or(0));
-            }
-            _ => {}
-        }
-    }
 }
 
 #[tokio::test]
@@ -309,5 +241,102 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
     drop(first);
     let a = tokio::time::timeout(BOUND, third).await.unwrap().unwrap();
     assert_eq!(a.status, 200);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_never_tunnelled_and_what_follows_it_is_still_checked() {
+    // A backend that would switch to anything it is asked: the proxy must
+    // not ask it to, and must not pass a 101 it did not ask for.
+    let rec = scripted(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n").await;
+    let p = tidegate(&config_text(&[rec.addr], "", "")).await;
+    let out = raw(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(text.contains("x-tidegate-error: upstream_invalid"), "{text}");
+    let seen = String::from_utf8_lossy(&rec.received.lock().unwrap()).to_lowercase();
+    assert!(!seen.contains("upgrade") && !seen.contains("http2-settings"), "{seen}");
+    p.shutdown().await;
+
+    // With an ordinary backend the request is served as an ordinary one,
+    // and a request smuggled behind it is refused, never forwarded.
+    let rec = recorder().await;
+    let p = tidegate(&config_text(&[rec.addr], "", "")).await;
+    let out = raw(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n\
+POST /admin HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("HTTP/1.1 400"), "the smuggled request is refused: {text}");
+    let seen = String::from_utf8_lossy(&rec.received.lock().unwrap()).to_lowercase();
+    assert_eq!(
+        seen.matches("http/1.1\r\n").count(),
+        1,
+        "one request reached the backend: {seen}"
+    );
+    assert!(!seen.contains("upgrade") && !seen.contains("/admin"), "{seen}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_allowed_protocols_are_tunnelled() {
+    let b = backend("b1").await;
+    let routes = "[[route]]\npath_prefix = \"/upgrade\"\npool = \"shop\"\nupgrade = []\n\n[[route]]\npool = \"shop\"\n";
+    let p = tidegate(&config_text(&[b.addr], routes, "")).await;
+    // `upgrade = []` on this route: a WebSocket request is an ordinary GET.
+    let out = raw(
+        p.addr,
+        b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 404"),
+        "served as an ordinary request: {text}"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_host_that_is_not_one_host_and_port_never_reaches_the_backend() {
+    for head in [
+        &b"GET / HTTP/1.1\r\nHost: user@evil.example x\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: user@evil.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.example, b.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.example:80x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+        b"GET http://user@a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n",
+        b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+    ] {
+        refused_without_reaching_the_backend(head, "HTTP/1.1 4").await;
+    }
+}
+
+#[tokio::test]
+async fn an_http2_host_that_disagrees_with_its_authority_never_reaches_the_backend() {
+    use h2raw::*;
+    let rec = recorder().await;
+    let p = tidegate(&config_text(&[rec.addr], "", "")).await;
+    for (authority, host) in [(&b"public.example"[..], &b"internal.example"[..]), (b"a@b", b"b")] {
+        let block = headers(&[
+            (":method", b"GET"),
+            (":scheme", b"http"),
+            (":path", b"/"),
+            (":authority", authority),
+            ("host", host),
+        ]);
+        let answer = h2_exchange(p.addr, &[frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)]).await;
+        assert_ne!(answer, "HEADERS 88", "a 200 means it was forwarded");
+    }
+    assert!(rec.received.lock().unwrap().is_empty());
     p.shutdown().await;
 }

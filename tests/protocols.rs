@@ -84,7 +84,7 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
     assert_eq!(p.in_flight().await, 1, "the tunnel holds a slot");
     // A masked WebSocket text frame "hi", and a second message, echoed byte for byte.
     for frame in [&b"\x81\x82\x01\x02\x03\x04\x69\x6b"[..], b"and more bytes"] {

@@ -16,6 +16,9 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// From the request being sent to the backend's response head arriving.
 pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// No byte from the backend for this long after its response head ends the
+/// exchange (nginx `proxy_read_timeout`).
+pub const UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// An idle pooled upstream connection is closed after this long.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle keep-alive connections kept per backend.
@@ -50,6 +53,9 @@ pub const PASSIVE_MAX_EJECTED_PERCENT: u32 = 50;
 /// Slow start: a backend that comes up ramps over this window (0 = off).
 pub const SLOW_START: Duration = Duration::ZERO;
 
+/// Autoscaling: probe interval for provisioned members when the pool sets
+/// no `health` table (short, so a new member takes traffic soon).
+pub const AUTOSCALE_HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// Autoscaling: the time a new backend is assumed to take before its first
 /// readiness is observed.
 pub const PROVISIONING_DELAY: Duration = Duration::from_secs(30);
@@ -70,6 +76,19 @@ pub const LOCAL_SERVICE_TIME: Duration = Duration::from_millis(20);
 /// Autoscaling, `local` hook: requests each of its backends serves at once.
 pub const LOCAL_CONCURRENCY: usize = 8;
 
+/// An upload that makes no progress for this long is cut (408).
+pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A response write to the client that makes no progress for this long
+/// closes the connection (nginx `send_timeout`).
+pub const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// A WebSocket (or other upgraded) tunnel idle both ways for this long is
+/// closed (HAProxy `timeout tunnel`).
+pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Bytes a backend's response head may take (larger: 502).
+pub const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+/// Header fields a backend's response may carry (many `Set-Cookie`s are
+/// normal; more: 502).
+pub const MAX_RESPONSE_HEADERS: usize = 256;
 /// Client must send a whole request head within this (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes a request head may take (hyper's read buffer; larger answers 431).
@@ -78,6 +97,8 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// Client connections open at once per listener; further accepts wait.
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// Protocols a route lets clients switch to with `Upgrade`.
+pub const UPGRADE: [&str; 1] = ["websocket"];
 /// Request body size per route (larger answers 413).
 pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// TLS handshake must finish within this.

@@ -2,19 +2,25 @@
 //! nothing derived.
 //!
 //! Control path only. Every table denies unknown keys so a typo is an error
-//! with a position, not a silently ignored setting. Values that need a
-//! cross-check after parsing (pool names, addresses, weights) are `Spanned`
-//! so `validate.rs` can point at them. Defaults are applied in `validate.rs`,
-//! never here, so "absent" stays distinguishable from "set to the default".
+//! with a position, not a silently ignored setting. Every value that is
+//! checked after parsing (numbers and durations against their ranges, names,
+//! addresses) is `Spanned` so `validate.rs` can point at it. Defaults are
+//! applied in `validate.rs`, never here, so "absent" stays distinguishable
+//! from "set to the default". (Inside the internally tagged `hook` table
+//! serde cannot keep spans; errors there point at the table.)
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::units::{ByteSize, HumanDuration};
+
+/// A duration with its place in the file.
+pub(crate) type Dur = Spanned<HumanDuration>;
+/// A size with its place in the file.
+pub(crate) type Size = Spanned<ByteSize>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,8 +41,8 @@ pub(crate) struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRuntime {
-    pub(crate) worker_threads: Option<Spanned<usize>>,
-    pub(crate) shutdown_timeout: Option<HumanDuration>,
+    pub(crate) worker_threads: Option<Spanned<u64>>,
+    pub(crate) shutdown_timeout: Option<Dur>,
     /// Where the autoscaler keeps its per-minute history.
     pub(crate) state_dir: Option<String>,
 }
@@ -44,26 +50,31 @@ pub(crate) struct RawRuntime {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
-    pub(crate) listen: Option<Spanned<SocketAddr>>,
-    pub(crate) token: Option<String>,
+    pub(crate) listen: Option<Spanned<String>>,
+    pub(crate) token: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLimits {
-    pub(crate) max_connections: Option<Spanned<usize>>,
-    pub(crate) header_read_timeout: Option<HumanDuration>,
-    pub(crate) max_header_bytes: Option<Spanned<ByteSize>>,
-    pub(crate) max_headers: Option<Spanned<usize>>,
-    pub(crate) tls_handshake_timeout: Option<HumanDuration>,
-    pub(crate) h2_max_concurrent_streams: Option<u32>,
+    pub(crate) max_connections: Option<Spanned<u64>>,
+    pub(crate) header_read_timeout: Option<Dur>,
+    pub(crate) max_header_bytes: Option<Size>,
+    pub(crate) max_headers: Option<Spanned<u64>>,
+    pub(crate) tls_handshake_timeout: Option<Dur>,
+    pub(crate) h2_max_concurrent_streams: Option<Spanned<u64>>,
+    pub(crate) client_body_timeout: Option<Dur>,
+    pub(crate) client_send_timeout: Option<Dur>,
+    pub(crate) tunnel_idle_timeout: Option<Dur>,
+    pub(crate) max_response_header_bytes: Option<Size>,
+    pub(crate) max_response_headers: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawListener {
     pub(crate) name: Spanned<String>,
-    pub(crate) listen: SocketAddr,
+    pub(crate) listen: Spanned<String>,
     pub(crate) tls: Option<RawTls>,
 }
 
@@ -83,10 +94,12 @@ pub(crate) struct RawCertificate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
+    /// Protocols a client may switch to (`Upgrade`), e.g. `["websocket"]`.
+    pub(crate) upgrade: Option<Spanned<Vec<String>>>,
     pub(crate) host: Option<Spanned<String>>,
     pub(crate) path_prefix: Option<Spanned<String>>,
     pub(crate) pool: Spanned<String>,
-    pub(crate) max_body: Option<ByteSize>,
+    pub(crate) max_body: Option<Size>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,15 +107,15 @@ pub(crate) struct RawRoute {
 pub(crate) struct RawPool {
     pub(crate) balance: Option<RawBalance>,
     pub(crate) hash_key: Option<Spanned<String>>,
-    pub(crate) max_concurrency: Option<Spanned<u32>>,
+    pub(crate) max_concurrency: Option<Spanned<u64>>,
     pub(crate) queue: Option<RawQueue>,
     pub(crate) timeouts: Option<RawTimeouts>,
     pub(crate) upstream: Option<RawUpstream>,
     pub(crate) retries: Option<RawRetries>,
-    pub(crate) max_idle_per_backend: Option<usize>,
+    pub(crate) max_idle_per_backend: Option<Spanned<u64>>,
     pub(crate) health: Option<RawHealth>,
     pub(crate) passive: Option<RawPassive>,
-    pub(crate) slow_start: Option<HumanDuration>,
+    pub(crate) slow_start: Option<Dur>,
     pub(crate) fail_open: Option<bool>,
     pub(crate) autoscale: Option<RawAutoscale>,
     #[serde(default)]
@@ -112,27 +125,27 @@ pub(crate) struct RawPool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAutoscale {
-    pub(crate) min: Option<Spanned<u32>>,
-    pub(crate) max: Option<Spanned<u32>>,
+    pub(crate) min: Option<Spanned<u64>>,
+    pub(crate) max: Option<Spanned<u64>>,
     pub(crate) dry_run: Option<bool>,
     pub(crate) hook: Spanned<RawHook>,
     /// Initial estimate of the time a new backend takes to become ready.
-    pub(crate) provisioning_delay: Option<HumanDuration>,
+    pub(crate) provisioning_delay: Option<Dur>,
     /// Scale down only below the highest need of this window.
-    pub(crate) scale_down_window: Option<HumanDuration>,
+    pub(crate) scale_down_window: Option<Dur>,
     /// Queue-wait SLO the policy sizes for.
-    pub(crate) slo: Option<HumanDuration>,
+    pub(crate) slo: Option<Dur>,
     /// A provisioned member not healthy within this long is replaced.
-    pub(crate) ready_deadline: Option<HumanDuration>,
+    pub(crate) ready_deadline: Option<Dur>,
     /// A draining member is removed after this long even with requests open.
-    pub(crate) drain_timeout: Option<HumanDuration>,
+    pub(crate) drain_timeout: Option<Dur>,
     /// At most this many backends more / fewer per decision.
-    pub(crate) max_step_up: Option<Spanned<u32>>,
-    pub(crate) max_step_down: Option<Spanned<u32>>,
+    pub(crate) max_step_up: Option<Spanned<u64>>,
+    pub(crate) max_step_down: Option<Spanned<u64>>,
     /// No scale-up within this long of the last one; no scale-down within
     /// this long of the last change.
-    pub(crate) cooldown_up: Option<HumanDuration>,
-    pub(crate) cooldown_down: Option<HumanDuration>,
+    pub(crate) cooldown_up: Option<Dur>,
+    pub(crate) cooldown_down: Option<Dur>,
     /// Known peaks: `[[pools.X.autoscale.schedule]]`.
     #[serde(default)]
     pub(crate) schedule: Vec<RawScheduleEntry>,
@@ -143,7 +156,7 @@ pub(crate) struct RawAutoscale {
 pub(crate) struct RawScheduleEntry {
     pub(crate) start: Spanned<String>,
     pub(crate) end: Spanned<String>,
-    pub(crate) min: u32,
+    pub(crate) min: Spanned<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,7 +172,7 @@ pub(crate) enum RawHook {
     },
     Local {
         service_time: Option<HumanDuration>,
-        concurrency: Option<usize>,
+        concurrency: Option<u64>,
         timeout: Option<HumanDuration>,
     },
 }
@@ -176,10 +189,10 @@ pub(crate) enum RawCheckKind {
 pub(crate) struct RawHealth {
     pub(crate) kind: Option<RawCheckKind>,
     pub(crate) path: Option<Spanned<String>>,
-    pub(crate) interval: Option<HumanDuration>,
-    pub(crate) timeout: Option<HumanDuration>,
-    pub(crate) healthy: Option<Spanned<u32>>,
-    pub(crate) unhealthy: Option<Spanned<u32>>,
+    pub(crate) interval: Option<Dur>,
+    pub(crate) timeout: Option<Dur>,
+    pub(crate) healthy: Option<Spanned<u64>>,
+    pub(crate) unhealthy: Option<Spanned<u64>>,
     /// Accepted status range, e.g. "200-399".
     pub(crate) expect: Option<Spanned<String>>,
 }
@@ -187,10 +200,10 @@ pub(crate) struct RawHealth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPassive {
-    pub(crate) consecutive_failures: Option<Spanned<u32>>,
-    pub(crate) ejection: Option<HumanDuration>,
-    pub(crate) max_ejection: Option<HumanDuration>,
-    pub(crate) max_ejected_percent: Option<Spanned<u32>>,
+    pub(crate) consecutive_failures: Option<Spanned<u64>>,
+    pub(crate) ejection: Option<Dur>,
+    pub(crate) max_ejection: Option<Dur>,
+    pub(crate) max_ejected_percent: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -213,23 +226,25 @@ pub(crate) enum RawUpstream {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawQueue {
-    pub(crate) max_depth: Option<usize>,
-    pub(crate) timeout: Option<HumanDuration>,
+    pub(crate) max_depth: Option<Spanned<u64>>,
+    pub(crate) timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTimeouts {
-    pub(crate) connect: Option<HumanDuration>,
-    pub(crate) response_header: Option<HumanDuration>,
-    pub(crate) idle: Option<HumanDuration>,
+    pub(crate) connect: Option<Dur>,
+    pub(crate) response_header: Option<Dur>,
+    pub(crate) idle: Option<Dur>,
+    /// No byte from the backend for this long after the head.
+    pub(crate) read: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRetries {
     /// Other backends tried after a connect failure.
-    pub(crate) connect: Option<u32>,
+    pub(crate) connect: Option<Spanned<u64>>,
     /// Whether an idempotent request may be resent after the backend failed
     /// mid-exchange (off by default: the backend may have acted on it).
     pub(crate) idempotent: Option<bool>,
@@ -238,6 +253,7 @@ pub(crate) struct RawRetries {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBackend {
-    pub(crate) address: Spanned<SocketAddr>,
-    pub(crate) weight: Option<Spanned<u32>>,
+    /// `ip:port` or `host.name:port` (resolved when the file is loaded).
+    pub(crate) address: Spanned<String>,
+    pub(crate) weight: Option<Spanned<u64>>,
 }

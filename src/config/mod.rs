@@ -85,6 +85,17 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     /// Concurrent HTTP/2 streams per client connection.
     pub h2_max_concurrent_streams: u32,
+    /// An upload that makes no progress for this long is cut (408).
+    pub client_body_timeout: Duration,
+    /// A response write that makes no progress for this long closes the
+    /// client connection.
+    pub client_send_timeout: Duration,
+    /// An upgraded tunnel idle both ways for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// Bytes a backend's response head may take.
+    pub max_response_header_bytes: usize,
+    /// Header fields a backend's response may carry.
+    pub max_response_headers: usize,
 }
 
 /// `[[listener]]`: one port clients connect to.
@@ -125,6 +136,9 @@ pub struct Route {
     pub pool: String,
     /// Largest request body accepted (larger: 413).
     pub max_body: u64,
+    /// Protocols (lower case) a client may switch to with `Upgrade`; any
+    /// other upgrade request is served as an ordinary request.
+    pub upgrade: Vec<String>,
 }
 
 /// A pool's balancing policy.
@@ -196,6 +210,9 @@ pub struct PoolConfig {
     pub response_header_timeout: Duration,
     /// An idle pooled upstream connection is closed after this long.
     pub idle_timeout: Duration,
+    /// No byte from the backend for this long after the head ends the
+    /// exchange.
+    pub read_timeout: Duration,
     /// Idle keep-alive connections kept per backend.
     pub max_idle_per_backend: usize,
     /// HTTP/1.1 or h2c to the backends.
@@ -364,6 +381,9 @@ pub enum ConfigError {
         /// What was expected.
         message: String,
     },
+    /// Several errors, each on its own line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 impl Config {
@@ -379,14 +399,15 @@ impl Config {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut config = Config::parse(&text, &shown, base)?;
+        let mut config = validate::parse(&text, &shown, base, &resolve)?;
         config.loaded_from = fingerprint;
         Ok(config)
     }
 
-    /// Parses and validates text; `source` names it in errors.
+    /// Parses and validates text; `source` names it in errors. Backend host
+    /// names are resolved with the system resolver.
     pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        validate::parse(text, source, base_dir)
+        validate::parse(text, source, base_dir, &resolve)
     }
 
     /// The embedded demo config.
@@ -407,6 +428,35 @@ impl Config {
             backends
         )
     }
+}
+
+/// A backend's `host:port`: a literal socket address, or a host name
+/// resolved with the system resolver (the first address; IPv4 first).
+fn resolve(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "`{text}` is not an address such as 10.0.0.5:8080 or shop-1.internal:8080"
+        ));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!(
+            "`{text}` is not an address such as 10.0.0.5:8080 or shop-1.internal:8080"
+        ));
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = (host, port.parse::<u16>().unwrap_or(0))
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{host}` resolves to no address"))
 }
 
 impl fmt::Display for Balance {

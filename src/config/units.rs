@@ -20,6 +20,10 @@ pub struct HumanDuration(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
+/// The longest duration any key accepts (ranges are checked later; this
+/// only keeps arithmetic on durations from overflowing).
+const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+
 /// Parses `"1m30s"`-style durations.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
@@ -50,7 +54,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             other => return Err(format!("`{text}`: unknown unit `{other}`, expected ms, s, m or h")),
         };
         rest = &rest[unit_len..];
-        total += Duration::from_secs_f64(value * scale);
+        total = Duration::try_from_secs_f64(value * scale)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(|| format!("`{text}`: longer than a year"))?;
     }
     Ok(total)
 }
@@ -137,6 +145,10 @@ mod tests {
         assert!(parse_duration("5x").unwrap_err().contains("unknown unit `x`"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
+        assert!(parse_duration("99999999999999999999h")
+            .unwrap_err()
+            .contains("longer than a year"));
+        assert!(parse_duration("1e308s").is_err(), "no panic on overflow");
     }
 
     #[test]

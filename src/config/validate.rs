@@ -1,10 +1,17 @@
 //! Raw file -> [`Config`]: defaults, cross-references and range checks.
 //!
-//! Control path only; pure (no I/O besides nothing: certificate files are
-//! read later, by the TLS layer, before anything is bound). Errors carry the
-//! byte span of the offending value, turned into line and column here.
+//! Control path only. Pure but for the one thing a config cannot be checked
+//! without: resolving backend host names, through the resolver the caller
+//! passes in. (Certificate files are read later, by the TLS layer, before
+//! anything is bound.) Errors carry the byte span of the offending value,
+//! turned into line and column here; validation goes on after an error, so
+//! one run reports every mistake in the file, not only the first. Every
+//! number and duration has a documented range (`conf/tidegate.toml`), so a
+//! value that would misbehave at run time is refused here.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +21,7 @@ use toml::Spanned;
 
 use super::defaults as d;
 use super::file::{
-    RawAutoscale, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool, RawUpstream,
+    Dur, RawAutoscale, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool, RawUpstream, Size,
 };
 use super::{
     Admin, AutoscaleConfig, BackendConfig, Balance, CertificatePaths, CheckKind, Config, ConfigError, Guards, HashKey,
@@ -22,11 +29,16 @@ use super::{
 };
 
 /// Hyper refuses read buffers smaller than this.
-const MIN_HEADER_BYTES: usize = 8192;
+const MIN_HEADER_BYTES: u64 = 8192;
+
+/// Resolves a backend's `host:port` (a literal address or a host name).
+pub(crate) type Resolve<'a> = &'a dyn Fn(&str) -> Result<SocketAddr, String>;
 
 struct Ctx<'a> {
     text: &'a str,
     source: &'a str,
+    resolve: Resolve<'a>,
+    errors: RefCell<Vec<ConfigError>>,
 }
 
 impl Ctx<'_> {
@@ -40,7 +52,91 @@ impl Ctx<'_> {
             message: message.into(),
         }
     }
+
+    /// Records an error and lets validation go on.
+    fn report(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let e = self.error(span, key, message);
+        self.errors.borrow_mut().push(e);
+    }
+
+    /// A number in `min..=max`, or `default` when absent.
+    fn number<T>(&self, v: Option<Spanned<u64>>, key: &str, default: T, min: u64, max: u64) -> T
+    where
+        T: TryFrom<u64> + Copy,
+    {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if n < min || n > max {
+            self.report(v.span(), key, format!("must be between {min} and {max}, found {n}"));
+            return default;
+        }
+        T::try_from(n).unwrap_or(default)
+    }
+
+    /// A duration in `min..=max`, or `default` when absent.
+    fn duration(&self, v: Option<Dur>, key: &str, default: Duration, min: Duration, max: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        let d = v.get_ref().0;
+        if d < min || d > max {
+            self.report(
+                v.span(),
+                key,
+                format!("must be between {} and {}, found {}", show(min), show(max), show(d)),
+            );
+            return default;
+        }
+        d
+    }
+
+    /// A byte size in `min..=max`, or `default` when absent.
+    fn size(&self, v: Option<Size>, key: &str, default: u64, min: u64, max: u64) -> u64 {
+        let Some(v) = v else { return default };
+        let n = v.get_ref().0;
+        if n < min || n > max {
+            self.report(
+                v.span(),
+                key,
+                format!("must be between {min} and {max} bytes, found {n}"),
+            );
+            return default;
+        }
+        n
+    }
+
+    /// A socket address, `ip:port` or `host:port`.
+    fn address(&self, v: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match (self.resolve)(v.get_ref()) {
+            Ok(a) => Some(a),
+            Err(message) => {
+                self.report(v.span(), key, message);
+                None
+            }
+        }
+    }
 }
+
+/// A duration as the config file would write it.
+fn show(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        "0s".into()
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+const MIN: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+const MIB: u64 = 1024 * 1024;
 
 /// 1-based line and column (in characters) of a byte offset.
 fn position(text: &str, offset: usize) -> (usize, usize) {
@@ -116,67 +212,53 @@ fn key_at(text: &str, offset: usize) -> String {
     }
 }
 
-pub(super) fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-    let cx = Ctx { text, source };
+pub(super) fn parse(text: &str, source: &str, base_dir: &Path, resolve: Resolve<'_>) -> Result<Config, ConfigError> {
+    let cx = Ctx {
+        text,
+        source,
+        resolve,
+        errors: RefCell::new(Vec::new()),
+    };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         cx.error(span.clone(), key_at(text, span.start), e.message().trim().to_string())
     })?;
-    validate(&cx, raw, base_dir)
+    let config = validate(&cx, raw, base_dir);
+    let mut errors = cx.errors.into_inner();
+    errors.sort_by_key(|e| match e {
+        ConfigError::Invalid { line, col, .. } => (*line, *col),
+        _ => (0, 0),
+    });
+    match (config, errors.len()) {
+        (Some(config), 0) => Ok(config),
+        (_, 0) => Err(ConfigError::Several(Vec::new())),
+        (_, 1) => Err(errors.remove(0)),
+        (_, _) => Err(ConfigError::Several(errors)),
+    }
 }
 
-fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
+/// Everything but the parse: `None` (with errors reported) when something
+/// the rest depends on is missing.
+fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
     let runtime = Runtime {
-        worker_threads: match raw.runtime.worker_threads {
-            Some(w) if *w.get_ref() == 0 => {
-                return Err(cx.error(w.span(), "runtime.worker_threads", "must be at least 1"))
-            }
-            w => w.map(Spanned::into_inner),
-        },
-        shutdown_timeout: raw.runtime.shutdown_timeout.map_or(d::SHUTDOWN_TIMEOUT, |x| x.0),
+        worker_threads: raw
+            .runtime
+            .worker_threads
+            .map(|w| cx.number(Some(w), "runtime.worker_threads", 1, 1, 1024)),
+        shutdown_timeout: cx.duration(
+            raw.runtime.shutdown_timeout,
+            "runtime.shutdown_timeout",
+            d::SHUTDOWN_TIMEOUT,
+            Duration::ZERO,
+            HOUR,
+        ),
         state_dir: raw.runtime.state_dir.map(|dir| base_dir.join(dir)),
     };
-
-    let admin = match raw.admin {
-        None => None,
-        Some(a) => {
-            let (listen, span) = match a.listen {
-                Some(l) => (*l.get_ref(), l.span()),
-                None => (d::ADMIN_LISTEN.parse().expect("valid default"), 0..0),
-            };
-            if !listen.ip().is_loopback() && a.token.is_none() {
-                return Err(cx.error(
-                    span,
-                    "admin.listen",
-                    "a non-loopback admin listener needs `admin.token` (a bearer token)",
-                ));
-            }
-            Some(Admin { listen, token: a.token })
-        }
-    };
-
-    let l = raw.limits;
-    let limits = Limits {
-        max_connections: positive(cx, l.max_connections, "limits.max_connections", d::MAX_CONNECTIONS)?,
-        header_read_timeout: l.header_read_timeout.map_or(d::HEADER_READ_TIMEOUT, |x| x.0),
-        max_header_bytes: match l.max_header_bytes {
-            Some(b) if (b.get_ref().0 as usize) < MIN_HEADER_BYTES => {
-                return Err(cx.error(
-                    b.span(),
-                    "limits.max_header_bytes",
-                    format!("must be at least {MIN_HEADER_BYTES}"),
-                ))
-            }
-            Some(b) => b.get_ref().0 as usize,
-            None => d::MAX_HEADER_BYTES,
-        },
-        max_headers: positive(cx, l.max_headers, "limits.max_headers", d::MAX_HEADERS)?,
-        tls_handshake_timeout: l.tls_handshake_timeout.map_or(d::TLS_HANDSHAKE_TIMEOUT, |x| x.0),
-        h2_max_concurrent_streams: l.h2_max_concurrent_streams.unwrap_or(d::H2_MAX_CONCURRENT_STREAMS),
-    };
+    let admin = raw.admin.and_then(|a| validate_admin(cx, a));
+    let limits = validate_limits(cx, raw.limits);
 
     if raw.listeners.is_empty() {
-        return Err(cx.error(0..0, "listener", "at least one [[listener]] is required"));
+        cx.report(0..0, "listener", "at least one [[listener]] is required");
     }
     let mut listeners = Vec::with_capacity(raw.listeners.len());
     let mut names = HashSet::new();
@@ -184,47 +266,51 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
     for (i, rl) in raw.listeners.into_iter().enumerate() {
         let key = format!("listener[{i}]");
         if !names.insert(rl.name.get_ref().clone()) {
-            return Err(cx.error(
+            cx.report(
                 rl.name.span(),
                 format!("{key}.name"),
                 format!("duplicate listener name `{}`", rl.name.get_ref()),
-            ));
+            );
         }
-        // Port 0 asks the OS for a free port: several such listeners never clash.
-        if rl.listen.port() != 0 && !addrs.insert(rl.listen) {
-            return Err(cx.error(
-                rl.name.span(),
+        let Ok(listen) = rl.listen.get_ref().parse::<SocketAddr>() else {
+            cx.report(
+                rl.listen.span(),
                 format!("{key}.listen"),
-                format!("{} is already used by another listener", rl.listen),
-            ));
-        }
-        let tls = match rl.tls {
-            None => None,
-            Some(t) => {
-                if t.certificates.get_ref().is_empty() {
-                    return Err(cx.error(
-                        t.certificates.span(),
-                        format!("{key}.tls.certificates"),
-                        "needs at least one { cert, key } pair",
-                    ));
-                }
-                let span = t.certificates.span();
-                let certificates = t
-                    .certificates
-                    .into_inner()
-                    .into_iter()
-                    .map(|c| CertificatePaths {
-                        cert: base_dir.join(c.cert.into_inner()),
-                        key: base_dir.join(c.key.into_inner()),
-                    })
-                    .collect();
-                let _ = span;
-                Some(Tls { certificates })
-            }
+                format!("`{}` is not an address such as 0.0.0.0:8080", rl.listen.get_ref()),
+            );
+            continue;
         };
+        // Port 0 asks the OS for a free port: several such listeners never clash.
+        if listen.port() != 0 && !addrs.insert(listen) {
+            cx.report(
+                rl.listen.span(),
+                format!("{key}.listen"),
+                format!("{listen} is already used by another listener"),
+            );
+        }
+        let tls = rl.tls.and_then(|t| {
+            if t.certificates.get_ref().is_empty() {
+                cx.report(
+                    t.certificates.span(),
+                    format!("{key}.tls.certificates"),
+                    "needs at least one { cert, key } pair",
+                );
+                return None;
+            }
+            let certificates = t
+                .certificates
+                .into_inner()
+                .into_iter()
+                .map(|c| CertificatePaths {
+                    cert: base_dir.join(c.cert.into_inner()),
+                    key: base_dir.join(c.key.into_inner()),
+                })
+                .collect();
+            Some(Tls { certificates })
+        });
         listeners.push(Listener {
             name: rl.name.into_inner(),
-            listen: rl.listen,
+            listen,
             tls,
         });
     }
@@ -232,8 +318,9 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
     let mut pools = BTreeMap::new();
     for (name, rp) in raw.pools {
         let span = rp.span();
-        let pool = validate_pool(cx, &name, rp.into_inner(), span)?;
-        pools.insert(name, Arc::new(pool));
+        if let Some(pool) = validate_pool(cx, &name, rp.into_inner(), span) {
+            pools.insert(name, Arc::new(pool));
+        }
     }
 
     let mut routes = Vec::with_capacity(raw.routes.len());
@@ -241,35 +328,42 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
         let key = format!("route[{i}]");
         if !pools.contains_key(rr.pool.get_ref()) {
             let known: Vec<&str> = pools.keys().map(String::as_str).collect();
-            return Err(cx.error(
+            cx.report(
                 rr.pool.span(),
                 format!("{key}.pool"),
                 format!("no pool named `{}` (defined: {})", rr.pool.get_ref(), known.join(", ")),
-            ));
+            );
         }
         let path_prefix = match rr.path_prefix {
             Some(p) if !p.get_ref().starts_with('/') => {
-                return Err(cx.error(p.span(), format!("{key}.path_prefix"), "must start with `/`"))
+                cx.report(p.span(), format!("{key}.path_prefix"), "must start with `/`");
+                "/".to_string()
             }
             Some(p) => p.into_inner(),
             None => "/".to_string(),
         };
         let host = match rr.host {
-            Some(h) if h.get_ref().is_empty() || h.get_ref().contains(['/', ' ']) => {
-                return Err(cx.error(
+            Some(h) if h.get_ref().is_empty() || h.get_ref().contains(['/', ' ', '@', ':']) => {
+                cx.report(
                     h.span(),
                     format!("{key}.host"),
-                    "expected a host name such as `shop.example`",
-                ))
+                    "expected a host name such as `shop.example` (no port, path or userinfo)",
+                );
+                None
             }
             Some(h) => Some(h.into_inner().to_ascii_lowercase()),
             None => None,
+        };
+        let upgrade = match rr.upgrade {
+            None => default_upgrade(),
+            Some(list) => validate_upgrade(cx, &key, list),
         };
         routes.push(Route {
             host,
             path_prefix,
             pool: rr.pool.into_inner(),
-            max_body: rr.max_body.map_or(d::MAX_BODY_BYTES, |b| b.0),
+            max_body: cx.size(rr.max_body, &format!("{key}.max_body"), d::MAX_BODY_BYTES, 0, 1 << 40),
+            upgrade,
         });
     }
     if routes.is_empty() {
@@ -280,18 +374,20 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
                 path_prefix: "/".into(),
                 pool: only.clone(),
                 max_body: d::MAX_BODY_BYTES,
+                upgrade: default_upgrade(),
             }),
-            _ => {
-                return Err(cx.error(
-                    0..0,
-                    "route",
-                    "at least one [[route]] is required when there is not exactly one pool",
-                ))
-            }
+            _ if cx.errors.borrow().is_empty() => cx.report(
+                0..0,
+                "route",
+                "at least one [[route]] is required when there is not exactly one pool",
+            ),
+            _ => {}
         }
     }
-
-    Ok(Config {
+    if !cx.errors.borrow().is_empty() {
+        return None;
+    }
+    Some(Config {
         source: cx.source.to_string(),
         loaded_from: None,
         runtime,
@@ -303,16 +399,152 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Result<Config, Con
     })
 }
 
-fn positive(cx: &Ctx<'_>, v: Option<Spanned<usize>>, key: &str, default: usize) -> Result<usize, ConfigError> {
-    match v {
-        Some(v) if *v.get_ref() == 0 => Err(cx.error(v.span(), key, "must be at least 1")),
-        Some(v) => Ok(v.into_inner()),
-        None => Ok(default),
+fn default_upgrade() -> Vec<String> {
+    d::UPGRADE.iter().map(|s| s.to_string()).collect()
+}
+
+fn validate_upgrade(cx: &Ctx<'_>, key: &str, list: Spanned<Vec<String>>) -> Vec<String> {
+    let span = list.span();
+    let mut tokens = Vec::new();
+    for t in list.into_inner() {
+        let t = t.trim().to_ascii_lowercase();
+        if t == "h2c" {
+            cx.report(
+                span.clone(),
+                format!("{key}.upgrade"),
+                "`h2c` is never tunnelled (RFC 9113 removed the HTTP/2 upgrade); HTTP/2 clients use prior knowledge or ALPN",
+            );
+        } else if t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b)) {
+            cx.report(
+                span.clone(),
+                format!("{key}.upgrade"),
+                format!("`{t}` is not a protocol name"),
+            );
+        } else {
+            tokens.push(t);
+        }
+    }
+    tokens
+}
+
+fn validate_admin(cx: &Ctx<'_>, a: super::file::RawAdmin) -> Option<Admin> {
+    let (listen, span) = match &a.listen {
+        Some(l) => match l.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => (addr, l.span()),
+            Err(_) => {
+                cx.report(
+                    l.span(),
+                    "admin.listen",
+                    format!("`{}` is not an address such as 127.0.0.1:9090", l.get_ref()),
+                );
+                return None;
+            }
+        },
+        None => (d::ADMIN_LISTEN.parse().expect("valid default"), 0..0),
+    };
+    let token_given = a.token.is_some();
+    let token = match a.token {
+        Some(t) if t.get_ref().trim().is_empty() => {
+            cx.report(
+                t.span(),
+                "admin.token",
+                "an empty token protects nothing; remove the key or set a secret",
+            );
+            None
+        }
+        Some(t) => Some(t.into_inner()),
+        None => None,
+    };
+    if !listen.ip().is_loopback() && !token_given {
+        cx.report(
+            span,
+            "admin.listen",
+            "a non-loopback admin listener needs `admin.token` (a bearer token)",
+        );
+    }
+    Some(Admin { listen, token })
+}
+
+fn validate_limits(cx: &Ctx<'_>, l: super::file::RawLimits) -> Limits {
+    let max_header_bytes = cx.size(
+        l.max_header_bytes,
+        "limits.max_header_bytes",
+        d::MAX_HEADER_BYTES as u64,
+        MIN_HEADER_BYTES,
+        MIB,
+    );
+    Limits {
+        max_connections: cx.number(
+            l.max_connections,
+            "limits.max_connections",
+            d::MAX_CONNECTIONS,
+            1,
+            1_000_000,
+        ),
+        header_read_timeout: cx.duration(
+            l.header_read_timeout,
+            "limits.header_read_timeout",
+            d::HEADER_READ_TIMEOUT,
+            100 * MS,
+            10 * MIN,
+        ),
+        max_header_bytes: max_header_bytes as usize,
+        max_headers: cx.number(l.max_headers, "limits.max_headers", d::MAX_HEADERS, 1, 1000),
+        tls_handshake_timeout: cx.duration(
+            l.tls_handshake_timeout,
+            "limits.tls_handshake_timeout",
+            d::TLS_HANDSHAKE_TIMEOUT,
+            100 * MS,
+            10 * MIN,
+        ),
+        h2_max_concurrent_streams: cx.number(
+            l.h2_max_concurrent_streams,
+            "limits.h2_max_concurrent_streams",
+            d::H2_MAX_CONCURRENT_STREAMS,
+            1,
+            10_000,
+        ),
+        client_body_timeout: cx.duration(
+            l.client_body_timeout,
+            "limits.client_body_timeout",
+            d::CLIENT_BODY_TIMEOUT,
+            SEC,
+            HOUR,
+        ),
+        client_send_timeout: cx.duration(
+            l.client_send_timeout,
+            "limits.client_send_timeout",
+            d::CLIENT_SEND_TIMEOUT,
+            SEC,
+            HOUR,
+        ),
+        tunnel_idle_timeout: cx.duration(
+            l.tunnel_idle_timeout,
+            "limits.tunnel_idle_timeout",
+            d::TUNNEL_IDLE_TIMEOUT,
+            SEC,
+            7 * DAY,
+        ),
+        max_response_header_bytes: cx.size(
+            l.max_response_header_bytes,
+            "limits.max_response_header_bytes",
+            d::MAX_RESPONSE_HEADER_BYTES as u64,
+            MIN_HEADER_BYTES,
+            MIB,
+        ) as usize,
+        max_response_headers: cx.number(
+            l.max_response_headers,
+            "limits.max_response_headers",
+            d::MAX_RESPONSE_HEADERS,
+            1,
+            10_000,
+        ),
     }
 }
 
-fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> Result<PoolConfig, ConfigError> {
+fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> Option<PoolConfig> {
     let key = format!("pools.{name}");
+    let k = |sub: &str| format!("{key}.{sub}");
     let balance = match rp.balance.unwrap_or(RawBalance::LeastConn) {
         RawBalance::LeastConn => Balance::LeastConn,
         RawBalance::P2c => Balance::P2c,
@@ -324,60 +556,53 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> R
         None => HashKey::ClientIp,
         Some(h) => {
             if balance != Balance::Hash {
-                return Err(cx.error(
-                    h.span(),
-                    format!("{key}.hash_key"),
-                    "only applies to balance = \"hash\"",
-                ));
+                cx.report(h.span(), k("hash_key"), "only applies to balance = \"hash\"");
             }
-            parse_hash_key(h.get_ref()).map_err(|m| cx.error(h.span(), format!("{key}.hash_key"), m))?
+            parse_hash_key(h.get_ref()).unwrap_or_else(|m| {
+                cx.report(h.span(), k("hash_key"), m);
+                HashKey::ClientIp
+            })
         }
     };
-    let max_concurrency = match rp.max_concurrency {
-        Some(m) if *m.get_ref() == 0 => {
-            return Err(cx.error(m.span(), format!("{key}.max_concurrency"), "must be at least 1"))
-        }
-        Some(m) => m.into_inner(),
-        None => d::MAX_CONCURRENCY,
-    };
+    let max_concurrency = cx.number(
+        rp.max_concurrency,
+        &k("max_concurrency"),
+        d::MAX_CONCURRENCY,
+        1,
+        100_000,
+    );
     let mut seen = HashSet::new();
     let mut backends = Vec::with_capacity(rp.backends.len());
     for (i, b) in rp.backends.into_iter().enumerate() {
-        let address = *b.address.get_ref();
-        if !seen.insert(address) {
-            return Err(cx.error(
-                b.address.span(),
-                format!("{key}.backends[{i}].address"),
-                format!("{address} is listed twice"),
-            ));
-        }
-        let weight = match b.weight {
-            Some(w) if *w.get_ref() == 0 => {
-                return Err(cx.error(
-                    w.span(),
-                    format!("{key}.backends[{i}].weight"),
-                    "must be at least 1 (remove the backend to stop sending to it)",
-                ))
-            }
-            Some(w) => w.into_inner(),
-            None => d::WEIGHT,
+        let bkey = format!("{key}.backends[{i}]");
+        let weight = cx.number(b.weight, &format!("{bkey}.weight"), d::WEIGHT, 1, 1000);
+        let Some(address) = cx.address(&b.address, &format!("{bkey}.address")) else {
+            continue;
         };
+        if !seen.insert(address) {
+            cx.report(
+                b.address.span(),
+                format!("{bkey}.address"),
+                format!("{address} is listed twice"),
+            );
+        }
         backends.push(BackendConfig { address, weight });
     }
-    if backends.is_empty() && rp.autoscale.is_none() {
-        return Err(cx.error(span, key, "a pool needs at least one backend (or an `autoscale` table)"));
+    if backends.is_empty() && rp.autoscale.is_none() && cx.errors.borrow().is_empty() {
+        cx.report(
+            span.clone(),
+            key.clone(),
+            "a pool needs at least one backend (or an `autoscale` table)",
+        );
     }
-    let autoscale = match rp.autoscale {
-        Some(a) => Some(validate_autoscale(cx, &key, a)?),
-        None => None,
-    };
+    let autoscale = rp.autoscale.and_then(|a| validate_autoscale(cx, &key, a));
     let health = match rp.health {
-        Some(h) => Some(validate_health(cx, &key, h)?),
+        Some(h) => Some(validate_health(cx, &key, h)),
         // Provisioned backends join warming and need a check to pass.
         None if autoscale.is_some() => Some(HealthCheck {
             kind: CheckKind::Http,
             path: d::HEALTH_PATH.to_string(),
-            interval: Duration::from_millis(500),
+            interval: d::AUTOSCALE_HEALTH_INTERVAL,
             timeout: d::HEALTH_TIMEOUT,
             healthy: 1,
             unhealthy: d::HEALTH_UNHEALTHY,
@@ -385,91 +610,117 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> R
         }),
         None => None,
     };
-    let passive = validate_passive(cx, &key, rp.passive)?;
-    let queue = rp.queue;
-    let timeouts = rp.timeouts;
-    let retries = rp.retries;
-    Ok(PoolConfig {
+    let passive = validate_passive(cx, &key, rp.passive);
+    let (queue_depth, queue_timeout) = match rp.queue {
+        Some(q) => (q.max_depth, q.timeout),
+        None => (None, None),
+    };
+    let t = rp.timeouts;
+    let (connect, response_header, idle, read) = match t {
+        Some(t) => (t.connect, t.response_header, t.idle, t.read),
+        None => (None, None, None, None),
+    };
+    let (retries_connect, idempotent) = match rp.retries {
+        Some(r) => (r.connect, r.idempotent),
+        None => (None, None),
+    };
+    Some(PoolConfig {
         name: name.to_string(),
         balance,
         hash_key,
         max_concurrency,
-        queue_max_depth: queue.as_ref().and_then(|q| q.max_depth).unwrap_or(d::QUEUE_MAX_DEPTH),
-        queue_timeout: queue.as_ref().and_then(|q| q.timeout).map_or(d::QUEUE_TIMEOUT, |x| x.0),
-        connect_timeout: timeouts
-            .as_ref()
-            .and_then(|t| t.connect)
-            .map_or(d::CONNECT_TIMEOUT, |x| x.0),
-        response_header_timeout: timeouts
-            .as_ref()
-            .and_then(|t| t.response_header)
-            .map_or(d::RESPONSE_HEADER_TIMEOUT, |x| x.0),
-        idle_timeout: timeouts
-            .as_ref()
-            .and_then(|t| t.idle)
-            .map_or(d::UPSTREAM_IDLE_TIMEOUT, |x| x.0),
-        max_idle_per_backend: rp.max_idle_per_backend.unwrap_or(d::MAX_IDLE_PER_BACKEND),
+        queue_max_depth: cx.number(queue_depth, &k("queue.max_depth"), d::QUEUE_MAX_DEPTH, 0, 10_000_000),
+        queue_timeout: cx.duration(
+            queue_timeout,
+            &k("queue.timeout"),
+            d::QUEUE_TIMEOUT,
+            Duration::ZERO,
+            HOUR,
+        ),
+        connect_timeout: cx.duration(connect, &k("timeouts.connect"), d::CONNECT_TIMEOUT, MS, MIN),
+        response_header_timeout: cx.duration(
+            response_header,
+            &k("timeouts.response_header"),
+            d::RESPONSE_HEADER_TIMEOUT,
+            MS,
+            HOUR,
+        ),
+        idle_timeout: cx.duration(idle, &k("timeouts.idle"), d::UPSTREAM_IDLE_TIMEOUT, SEC, HOUR),
+        read_timeout: cx.duration(read, &k("timeouts.read"), d::UPSTREAM_READ_TIMEOUT, SEC, DAY),
+        max_idle_per_backend: cx.number(
+            rp.max_idle_per_backend,
+            &k("max_idle_per_backend"),
+            d::MAX_IDLE_PER_BACKEND,
+            0,
+            4096,
+        ),
         upstream: match rp.upstream.unwrap_or(RawUpstream::Http1) {
             RawUpstream::Http1 => UpstreamProtocol::Http1,
             RawUpstream::H2c => UpstreamProtocol::H2c,
         },
-        connect_retries: retries.as_ref().and_then(|r| r.connect).unwrap_or(d::CONNECT_RETRIES),
-        retry_idempotent: retries.as_ref().and_then(|r| r.idempotent).unwrap_or(false),
+        connect_retries: cx.number(retries_connect, &k("retries.connect"), d::CONNECT_RETRIES, 0, 10),
+        retry_idempotent: idempotent.unwrap_or(false),
         health,
         passive,
-        slow_start: rp.slow_start.map_or(d::SLOW_START, |x| x.0),
+        slow_start: cx.duration(rp.slow_start, &k("slow_start"), d::SLOW_START, Duration::ZERO, HOUR),
         fail_open: rp.fail_open.unwrap_or(false),
         autoscale,
         backends,
     })
 }
 
-fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale) -> Result<AutoscaleConfig, ConfigError> {
+fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale) -> Option<AutoscaleConfig> {
     let key = format!("{pool_key}.autoscale");
-    let min = a.min.as_ref().map_or(1, |m| *m.get_ref());
-    let max = match a.max {
-        Some(m) if *m.get_ref() < min.max(1) => {
-            return Err(cx.error(
+    let k = |sub: &str| format!("{key}.{sub}");
+    let min: u32 = cx.number(a.min, &k("min"), 1, 0, 10_000);
+    let max: u32 = match a.max {
+        Some(m) if *m.get_ref() < u64::from(min.max(1)) || *m.get_ref() > 10_000 => {
+            cx.report(
                 m.span(),
-                format!("{key}.max"),
-                format!("must be at least `min` ({min}) and 1"),
-            ))
+                k("max"),
+                format!("must be at least `min` ({min}) and 1, and at most 10000"),
+            );
+            min.max(1)
         }
-        Some(m) => m.into_inner(),
+        Some(m) => *m.get_ref() as u32,
         None => {
-            return Err(cx.error(
-                a.hook.span(),
-                format!("{key}.max"),
-                "is required (the most backends to ask for)",
-            ))
+            cx.report(a.hook.span(), k("max"), "is required (the most backends to ask for)");
+            min.max(1)
         }
     };
     let span = a.hook.span();
+    let hook_timeout = |t: Option<super::units::HumanDuration>| -> Duration {
+        match t {
+            Some(t) if t.0 < 100 * MS || t.0 > 10 * MIN => {
+                cx.report(span.clone(), k("hook.timeout"), "must be between 100ms and 10m");
+                d::HOOK_TIMEOUT
+            }
+            Some(t) => t.0,
+            None => d::HOOK_TIMEOUT,
+        }
+    };
     let hook = match a.hook.into_inner() {
         RawHook::Exec { command, timeout } => {
-            if command.is_empty() {
-                return Err(cx.error(span, format!("{key}.hook.command"), "needs a program to run"));
+            if command.is_empty() || command[0].trim().is_empty() {
+                cx.report(span.clone(), k("hook.command"), "needs a program to run");
             }
             HookConfig::Exec {
                 command,
-                timeout: timeout.map_or(d::HOOK_TIMEOUT, |t| t.0),
+                timeout: hook_timeout(timeout),
             }
         }
         RawHook::Webhook { url, timeout } => {
-            let uri: http::Uri = url
-                .parse()
+            let uri = url
+                .parse::<http::Uri>()
                 .ok()
-                .filter(|u: &http::Uri| u.scheme_str() == Some("http") && u.authority().is_some())
-                .ok_or_else(|| {
-                    cx.error(
-                        span.clone(),
-                        format!("{key}.hook.url"),
-                        format!("`{url}` is not an http:// URL"),
-                    )
-                })?;
+                .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            let Some(uri) = uri else {
+                cx.report(span.clone(), k("hook.url"), format!("`{url}` is not an http:// URL"));
+                return None;
+            };
             HookConfig::Webhook {
                 url: uri,
-                timeout: timeout.map_or(d::HOOK_TIMEOUT, |t| t.0),
+                timeout: hook_timeout(timeout),
             }
         }
         RawHook::Local {
@@ -477,124 +728,162 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale) -> Result<A
             concurrency,
             timeout,
         } => HookConfig::Local {
-            service_time: service_time.map_or(d::LOCAL_SERVICE_TIME, |t| t.0),
-            concurrency: concurrency.unwrap_or(d::LOCAL_CONCURRENCY),
-            timeout: timeout.map_or(d::HOOK_TIMEOUT, |t| t.0),
+            service_time: match service_time {
+                Some(t) if t.0 > MIN => {
+                    cx.report(span.clone(), k("hook.service_time"), "must be at most 1m");
+                    d::LOCAL_SERVICE_TIME
+                }
+                Some(t) => t.0,
+                None => d::LOCAL_SERVICE_TIME,
+            },
+            concurrency: match concurrency {
+                Some(c) if !(1..=10_000).contains(&c) => {
+                    cx.report(span.clone(), k("hook.concurrency"), "must be between 1 and 10000");
+                    d::LOCAL_CONCURRENCY
+                }
+                Some(c) => c as usize,
+                None => d::LOCAL_CONCURRENCY,
+            },
+            timeout: hook_timeout(timeout),
         },
     };
     let mut schedule = Vec::with_capacity(a.schedule.len());
     for (i, e) in a.schedule.into_iter().enumerate() {
         use super::schedule::{parse_when, Entry, When};
-        let k = format!("{key}.schedule[{i}]");
-        let start = parse_when(e.start.get_ref()).map_err(|m| cx.error(e.start.span(), format!("{k}.start"), m))?;
-        let end = parse_when(e.end.get_ref()).map_err(|m| cx.error(e.end.span(), format!("{k}.end"), m))?;
+        let sk = format!("{key}.schedule[{i}]");
+        let start = parse_when(e.start.get_ref()).map_err(|m| cx.report(e.start.span(), format!("{sk}.start"), m));
+        let end = parse_when(e.end.get_ref()).map_err(|m| cx.report(e.end.span(), format!("{sk}.end"), m));
+        let min = cx.number(Some(e.min), &format!("{sk}.min"), 0, 0, 10_000);
+        let (Ok(start), Ok(end)) = (start, end) else { continue };
         match (start, end) {
             (When::At(s), When::At(t)) if t <= s => {
-                return Err(cx.error(e.end.span(), format!("{k}.end"), "must be after `start`"))
+                cx.report(e.end.span(), format!("{sk}.end"), "must be after `start`");
             }
-            (When::At(_), When::At(_)) | (When::Daily(_), When::Daily(_)) => {}
-            _ => {
-                return Err(cx.error(
-                    e.end.span(),
-                    format!("{k}.end"),
-                    "`start` and `end` must both be dates or both daily times",
-                ))
+            (When::At(_), When::At(_)) | (When::Daily(_), When::Daily(_)) => {
+                schedule.push(Entry { start, end, min });
             }
+            _ => cx.report(
+                e.end.span(),
+                format!("{sk}.end"),
+                "`start` and `end` must both be dates or both daily times",
+            ),
         }
-        schedule.push(Entry { start, end, min: e.min });
     }
-    let step = |v: Option<Spanned<u32>>, name: &str| {
-        v.map(|v| at_least_one(cx, Some(v), format!("{key}.{name}"), 1))
-            .transpose()
-    };
     let guards = Guards {
-        max_step_up: step(a.max_step_up, "max_step_up")?,
-        max_step_down: step(a.max_step_down, "max_step_down")?,
-        cooldown_up: a.cooldown_up.map_or(0, |t| t.0.as_secs()),
-        cooldown_down: a.cooldown_down.map_or(0, |t| t.0.as_secs()),
+        max_step_up: a
+            .max_step_up
+            .map(|v| cx.number(Some(v), &k("max_step_up"), 1, 1, 10_000)),
+        max_step_down: a
+            .max_step_down
+            .map(|v| cx.number(Some(v), &k("max_step_down"), 1, 1, 10_000)),
+        cooldown_up: cx
+            .duration(a.cooldown_up, &k("cooldown_up"), Duration::ZERO, Duration::ZERO, DAY)
+            .as_secs(),
+        cooldown_down: cx
+            .duration(
+                a.cooldown_down,
+                &k("cooldown_down"),
+                Duration::ZERO,
+                Duration::ZERO,
+                DAY,
+            )
+            .as_secs(),
     };
-    Ok(AutoscaleConfig {
+    Some(AutoscaleConfig {
         guards,
         schedule,
         min,
         max,
         dry_run: a.dry_run.unwrap_or(false),
         hook,
-        provisioning_delay: a.provisioning_delay.map_or(d::PROVISIONING_DELAY, |t| t.0),
-        scale_down_window: a.scale_down_window.map_or(d::SCALE_DOWN_WINDOW, |t| t.0),
-        slo: a.slo.map_or(d::AUTOSCALE_SLO, |t| t.0),
-        ready_deadline: a.ready_deadline.map_or(d::READY_DEADLINE, |t| t.0),
-        drain_timeout: a.drain_timeout.map_or(d::DRAIN_TIMEOUT, |t| t.0),
+        provisioning_delay: cx.duration(
+            a.provisioning_delay,
+            &k("provisioning_delay"),
+            d::PROVISIONING_DELAY,
+            Duration::ZERO,
+            HOUR,
+        ),
+        scale_down_window: cx.duration(
+            a.scale_down_window,
+            &k("scale_down_window"),
+            d::SCALE_DOWN_WINDOW,
+            SEC,
+            DAY,
+        ),
+        slo: cx.duration(a.slo, &k("slo"), d::AUTOSCALE_SLO, MS, MIN),
+        ready_deadline: cx.duration(a.ready_deadline, &k("ready_deadline"), d::READY_DEADLINE, SEC, DAY),
+        drain_timeout: cx.duration(a.drain_timeout, &k("drain_timeout"), d::DRAIN_TIMEOUT, SEC, DAY),
     })
 }
 
-fn at_least_one(cx: &Ctx<'_>, v: Option<Spanned<u32>>, key: String, default: u32) -> Result<u32, ConfigError> {
-    match v {
-        Some(v) if *v.get_ref() == 0 => Err(cx.error(v.span(), key, "must be at least 1")),
-        Some(v) => Ok(v.into_inner()),
-        None => Ok(default),
-    }
-}
-
-fn validate_health(cx: &Ctx<'_>, pool_key: &str, h: RawHealth) -> Result<HealthCheck, ConfigError> {
+fn validate_health(cx: &Ctx<'_>, pool_key: &str, h: RawHealth) -> HealthCheck {
     let key = format!("{pool_key}.health");
+    let k = |sub: &str| format!("{key}.{sub}");
     let path = match h.path {
         Some(p) if !p.get_ref().starts_with('/') => {
-            return Err(cx.error(p.span(), format!("{key}.path"), "must start with `/`"))
+            cx.report(p.span(), k("path"), "must start with `/`");
+            d::HEALTH_PATH.to_string()
         }
         Some(p) => p.into_inner(),
         None => d::HEALTH_PATH.to_string(),
     };
     let expect = match h.expect {
-        Some(e) => parse_status_range(e.get_ref()).map_err(|m| cx.error(e.span(), format!("{key}.expect"), m))?,
+        Some(e) => parse_status_range(e.get_ref()).unwrap_or_else(|m| {
+            cx.report(e.span(), k("expect"), m);
+            d::HEALTH_EXPECT
+        }),
         None => d::HEALTH_EXPECT,
     };
-    Ok(HealthCheck {
+    HealthCheck {
         kind: match h.kind {
             Some(RawCheckKind::Tcp) => CheckKind::Tcp,
             _ => CheckKind::Http,
         },
         path,
-        interval: h.interval.map_or(d::HEALTH_INTERVAL, |x| x.0),
-        timeout: h.timeout.map_or(d::HEALTH_TIMEOUT, |x| x.0),
-        healthy: at_least_one(cx, h.healthy, format!("{key}.healthy"), d::HEALTH_HEALTHY)?,
-        unhealthy: at_least_one(cx, h.unhealthy, format!("{key}.unhealthy"), d::HEALTH_UNHEALTHY)?,
+        interval: cx.duration(h.interval, &k("interval"), d::HEALTH_INTERVAL, 10 * MS, HOUR),
+        timeout: cx.duration(h.timeout, &k("timeout"), d::HEALTH_TIMEOUT, 10 * MS, MIN),
+        healthy: cx.number(h.healthy, &k("healthy"), d::HEALTH_HEALTHY, 1, 100),
+        unhealthy: cx.number(h.unhealthy, &k("unhealthy"), d::HEALTH_UNHEALTHY, 1, 100),
         expect,
-    })
+    }
 }
 
-fn validate_passive(cx: &Ctx<'_>, pool_key: &str, p: Option<RawPassive>) -> Result<PassiveHealth, ConfigError> {
+fn validate_passive(cx: &Ctx<'_>, pool_key: &str, p: Option<RawPassive>) -> PassiveHealth {
     let key = format!("{pool_key}.passive");
+    let k = |sub: &str| format!("{key}.{sub}");
     let Some(p) = p else {
-        return Ok(PassiveHealth {
+        return PassiveHealth {
             consecutive_failures: d::PASSIVE_FAILURES,
             ejection: d::PASSIVE_EJECTION,
             max_ejection: d::PASSIVE_MAX_EJECTION,
             max_ejected_percent: d::PASSIVE_MAX_EJECTED_PERCENT,
-        });
+        };
     };
-    let max_ejected_percent = match p.max_ejected_percent {
-        Some(v) if *v.get_ref() > 100 => {
-            return Err(cx.error(
-                v.span(),
-                format!("{key}.max_ejected_percent"),
-                "must be between 0 and 100",
-            ))
-        }
-        Some(v) => v.into_inner(),
-        None => d::PASSIVE_MAX_EJECTED_PERCENT,
-    };
-    Ok(PassiveHealth {
-        consecutive_failures: at_least_one(
-            cx,
+    let ejection = cx.duration(p.ejection, &k("ejection"), d::PASSIVE_EJECTION, SEC, HOUR);
+    PassiveHealth {
+        consecutive_failures: cx.number(
             p.consecutive_failures,
-            format!("{key}.consecutive_failures"),
+            &k("consecutive_failures"),
             d::PASSIVE_FAILURES,
-        )?,
-        ejection: p.ejection.map_or(d::PASSIVE_EJECTION, |x| x.0),
-        max_ejection: p.max_ejection.map_or(d::PASSIVE_MAX_EJECTION, |x| x.0),
-        max_ejected_percent,
-    })
+            1,
+            1000,
+        ),
+        ejection,
+        max_ejection: cx.duration(
+            p.max_ejection,
+            &k("max_ejection"),
+            d::PASSIVE_MAX_EJECTION.max(ejection),
+            ejection,
+            DAY,
+        ),
+        max_ejected_percent: cx.number(
+            p.max_ejected_percent,
+            &k("max_ejected_percent"),
+            d::PASSIVE_MAX_EJECTED_PERCENT,
+            0,
+            100,
+        ),
+    }
 }
 
 /// `"200-399"` or a single status `"204"`.
@@ -643,7 +932,7 @@ backends = [ { address = "127.0.0.1:9001" } ]
 "#;
 
     fn parse_str(text: &str) -> Result<Config, ConfigError> {
-        parse(text, "t.toml", Path::new("."))
+        parse(text, "t.toml", Path::new("."), &super::super::resolve)
     }
 
     fn invalid(text: &str) -> (usize, usize, String, String) {
@@ -794,8 +1083,74 @@ backends = [ { address = "127.0.0.1:9001" } ]
         let text = MINIMAL.replace("[pools.shop]", "[pools.shop]\nmax_concurrency = 0");
         let e = parse_str(&text).unwrap_err().to_string();
         assert!(
-            e.starts_with("t.toml:7:19: pools.shop.max_concurrency: must be at least 1"),
+            e.starts_with("t.toml:7:19: pools.shop.max_concurrency: must be between 1 and 100000, found 0"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_error_in_a_file_is_reported_not_only_the_first() {
+        let text = MINIMAL.replace(
+            "[pools.shop]",
+            "[limits]\nmax_connections = 9223372036854775807\nmax_header_bytes = \"4GiB\"\nh2_max_concurrent_streams = 0\n\n[pools.shop]\nhealth = { interval = \"0s\" }\nmax_concurrency = 0",
+        );
+        let e = parse_str(&text).unwrap_err();
+        let ConfigError::Several(all) = &e else {
+            panic!("expected several errors: {e}")
+        };
+        let keys: Vec<String> = all
+            .iter()
+            .map(|e| match e {
+                ConfigError::Invalid { key, .. } => key.clone(),
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "limits.max_connections",
+                "limits.max_header_bytes",
+                "limits.h2_max_concurrent_streams",
+                "pools.shop.health.interval",
+                "pools.shop.max_concurrency",
+            ]
+        );
+        let shown = e.to_string();
+        assert_eq!(shown.lines().count(), 5, "{shown}");
+        assert!(shown.lines().all(|l| l.starts_with("t.toml:")), "{shown}");
+        assert!(shown.contains("must be between 10ms and 1h, found 0s"), "{shown}");
+    }
+
+    #[test]
+    fn an_empty_admin_token_is_refused() {
+        let text = format!("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"\"\n{MINIMAL}");
+        let (line, _, key, message) = invalid(&text);
+        assert_eq!((line, key.as_str()), (3, "admin.token"));
+        assert!(message.contains("empty token"), "{message}");
+    }
+
+    #[test]
+    fn backends_may_be_host_names_and_a_bad_one_names_its_entry() {
+        let text = MINIMAL.replace("127.0.0.1:9001", "localhost:9001");
+        let c = parse_str(&text).unwrap();
+        assert!(c.pools["shop"].backends[0].address.ip().is_loopback());
+        assert_eq!(c.pools["shop"].backends[0].address.port(), 9001);
+        let bad = MINIMAL.replace("127.0.0.1:9001", "no-such-host.invalid:9001");
+        let (line, _, key, message) = invalid(&bad);
+        assert_eq!((line, key.as_str()), (7, "pools.shop.backends[0].address"));
+        assert!(message.contains("cannot resolve `no-such-host.invalid`"), "{message}");
+        let bad = MINIMAL.replace("127.0.0.1:9001", "shop-1");
+        assert!(invalid(&bad).3.contains("is not an address"));
+    }
+
+    #[test]
+    fn h2c_is_never_an_allowed_upgrade() {
+        let text = format!("{MINIMAL}\n[[route]]\npool = \"shop\"\nupgrade = [\"websocket\", \"h2c\"]\n");
+        let (_, _, key, message) = invalid(&text);
+        assert_eq!(key, "route[0].upgrade");
+        assert!(message.contains("never tunnelled"), "{message}");
+        let ok = format!("{MINIMAL}\n[[route]]\npool = \"shop\"\nupgrade = []\n");
+        assert!(parse_str(&ok).unwrap().routes[0].upgrade.is_empty());
+        assert_eq!(parse_str(MINIMAL).unwrap().routes[0].upgrade, ["websocket"]);
     }
 }

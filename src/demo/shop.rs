@@ -12,7 +12,8 @@
 //! - `/headers`: the request line and headers as the backend received them
 //! - `/bytes/{n}`: streams n bytes; `/status/{code}`: answers that status
 //! - `/trailers`: a chunked body followed by a trailer field
-//! - `/upgrade`: `101` to any `Upgrade` request, then echoes raw bytes
+//! - `/upgrade`: `101` to the protocol any `Upgrade` request asks for, then
+//!   echoes raw bytes
 //!
 //! `?delay=<ms>` on any request overrides the service time. Every response
 //! carries `x-backend: <name>`.
@@ -141,6 +142,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Respo
             r
         }
         "/upgrade" if req.headers().contains_key(http::header::UPGRADE) => {
+            let protocol = req.headers()[http::header::UPGRADE].clone();
             let on = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 if let Ok(up) = on.await {
@@ -150,8 +152,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Respo
             });
             let mut r = Response::new(full(""));
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut()
-                .insert(http::header::UPGRADE, HeaderValue::from_static("echo"));
+            r.headers_mut().insert(http::header::UPGRADE, protocol);
             r.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
             r

@@ -33,7 +33,7 @@ const CLAIM_ATTEMPTS: usize = 4;
 /// Per-pool state that survives reloads: the queue, the round-robin
 /// position, and the pool's own totals (which must not reset when a reload
 /// replaces the backends they were counted on).
-pub(crate) struct PoolShared {
+pub struct PoolShared {
     pub(crate) queue: Arc<Queue>,
     pub(crate) rr_cursor: Arc<AtomicUsize>,
     responses: [AtomicU64; 6],
@@ -48,9 +48,10 @@ pub(crate) struct PoolShared {
 pub(crate) const ERROR_SLOTS: usize = 24;
 
 impl PoolShared {
-    pub(crate) fn new(config: &PoolConfig) -> PoolShared {
+    /// A pool's state with a queue of at most `queue_max_depth` waiters.
+    pub fn new(queue_max_depth: usize) -> PoolShared {
         PoolShared {
-            queue: Arc::new(Queue::new(config.queue_max_depth)),
+            queue: Arc::new(Queue::new(queue_max_depth)),
             rr_cursor: Arc::new(AtomicUsize::new(0)),
             responses: Default::default(),
             latency: LatencyHistogram::default(),
@@ -129,7 +130,7 @@ impl Pool {
     pub(crate) fn try_claim(&self, cx: &mut PickContext<'_>) -> Option<InFlight> {
         for _ in 0..CLAIM_ATTEMPTS {
             let i = self.balancer.pick(&self.backends, cx)?;
-            if let Some(slot) = InFlight::claim(&self.backends[i], &self.shared.queue) {
+            if let Some(slot) = InFlight::claim(&self.backends[i], &self.shared) {
                 return Some(slot);
             }
             // Lost the race for its last slot to another request: pick again.
@@ -154,7 +155,7 @@ impl Pool {
                 if let Some(slot) = self
                     .backends
                     .iter()
-                    .find_map(|b| InFlight::claim_fail_open(b, &self.shared.queue))
+                    .find_map(|b| InFlight::claim_fail_open(b, &self.shared))
                 {
                     return Ok(slot);
                 }
@@ -195,6 +196,15 @@ impl Pool {
             .any(|b| b.address == addr && b.state() == BackendState::Active)
     }
 
+    /// Whether a backend that takes traffic is left that the request has not
+    /// tried (`tried`: indices in `backends`).
+    pub(crate) fn has_untried(&self, tried: &[usize]) -> bool {
+        self.backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| b.state() == BackendState::Active && !tried.contains(&i))
+    }
+
     /// Position of a backend in `backends`, by identity.
     pub(crate) fn index_of(&self, backend: &Arc<Backend>) -> Option<usize> {
         self.backends.iter().position(|b| Arc::ptr_eq(b, backend))
@@ -208,7 +218,7 @@ pub(crate) fn test_pool(pool_toml: &str) -> Pool {
     let text = format!("[[listener]]\nname = \"w\"\nlisten = \"127.0.0.1:0\"\n[pools.p]\n{pool_toml}\n");
     let config = crate::config::Config::parse(&text, "t", std::path::Path::new(".")).expect("valid test pool");
     let pc = Arc::clone(&config.pools["p"]);
-    let shared = Arc::new(PoolShared::new(&pc));
+    let shared = Arc::new(PoolShared::new(pc.queue_max_depth));
     let name: Arc<str> = Arc::from("p");
     let backends: Vec<Arc<Backend>> = pc
         .backends

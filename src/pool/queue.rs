@@ -26,31 +26,31 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::Backend;
+use super::{Backend, PoolShared};
 use crate::histogram::SecondsHistogram;
 
-/// A claimed slot on one backend. Dropping it gives the slot back and, if
-/// anyone is queued, hands it straight to the oldest waiter.
+/// A claimed slot on one backend of a pool. Dropping it gives the slot back
+/// and, if anyone is queued, hands it straight to the oldest waiter.
 pub struct InFlight {
     backend: Arc<Backend>,
-    queue: Arc<Queue>,
+    pool: Arc<PoolShared>,
 }
 
 impl InFlight {
     /// Claims a slot on `backend` if it is active and below its limit.
     #[inline]
-    pub fn claim(backend: &Arc<Backend>, queue: &Arc<Queue>) -> Option<InFlight> {
+    pub fn claim(backend: &Arc<Backend>, pool: &Arc<PoolShared>) -> Option<InFlight> {
         backend.try_claim_slot().then(|| InFlight {
             backend: Arc::clone(backend),
-            queue: Arc::clone(queue),
+            pool: Arc::clone(pool),
         })
     }
 
     /// Claims a slot on a backend that is down, for a pool failing open.
-    pub(crate) fn claim_fail_open(backend: &Arc<Backend>, queue: &Arc<Queue>) -> Option<InFlight> {
+    pub(crate) fn claim_fail_open(backend: &Arc<Backend>, pool: &Arc<PoolShared>) -> Option<InFlight> {
         backend.try_claim_slot_fail_open().then(|| InFlight {
             backend: Arc::clone(backend),
-            queue: Arc::clone(queue),
+            pool: Arc::clone(pool),
         })
     }
 
@@ -59,14 +59,20 @@ impl InFlight {
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
     }
+
+    /// The pool's shared state (its counters and queue).
+    #[inline]
+    pub(crate) fn pool(&self) -> &Arc<PoolShared> {
+        &self.pool
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.backend.release_slot();
-        if self.queue.depth() > 0 {
-            let (backend, queue) = (&self.backend, &self.queue);
-            queue.dispatch(|| InFlight::claim(backend, queue));
+        if self.pool.queue.depth() > 0 {
+            let (backend, pool) = (&self.backend, &self.pool);
+            pool.queue.dispatch(|| InFlight::claim(backend, pool));
         }
     }
 }
@@ -266,6 +272,12 @@ impl Drop for Waiting {
 mod tests {
     use super::*;
 
+    fn pool(max_depth: usize) -> (Arc<PoolShared>, Arc<Queue>) {
+        let p = Arc::new(PoolShared::new(max_depth));
+        let q = Arc::clone(&p.queue);
+        (p, q)
+    }
+
     fn backend(limit: u32) -> Arc<Backend> {
         Arc::new(Backend::new("127.0.0.1:1".parse().unwrap(), 1, limit, 1))
     }
@@ -273,8 +285,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_freed_slot_goes_to_the_oldest_waiter() {
         let b = backend(1);
-        let q = Arc::new(Queue::new(10));
-        let held = InFlight::claim(&b, &q).unwrap();
+        let (p, q) = pool(10);
+        let held = InFlight::claim(&b, &p).unwrap();
         let first = q.enqueue().unwrap();
         let second = q.enqueue().unwrap();
         assert_eq!(q.depth(), 2);
@@ -297,8 +309,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_times_out_and_leaves_the_queue() {
         let b = backend(1);
-        let q = Arc::new(Queue::new(10));
-        let _held = InFlight::claim(&b, &q).unwrap();
+        let (p, q) = pool(10);
+        let _held = InFlight::claim(&b, &p).unwrap();
         let w = q.enqueue().unwrap();
         let start = Instant::now();
         let r = w.wait(Duration::from_millis(250)).await;
@@ -310,8 +322,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_waiter_leaves_at_once_and_does_not_swallow_the_slot() {
         let b = backend(1);
-        let q = Arc::new(Queue::new(10));
-        let held = InFlight::claim(&b, &q).unwrap();
+        let (p, q) = pool(10);
+        let held = InFlight::claim(&b, &p).unwrap();
         let gone = q.enqueue().unwrap();
         let stays = q.enqueue().unwrap();
         drop(gone);
@@ -324,7 +336,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses() {
-        let q = Arc::new(Queue::new(1));
+        let (_p, q) = pool(1);
         let _w = q.enqueue().unwrap();
         assert_eq!(q.enqueue().err(), Some(QueueError::Full));
     }
@@ -332,13 +344,13 @@ mod tests {
     #[test]
     fn a_slot_offered_to_a_departed_waiter_passes_to_the_next() {
         let b = backend(1);
-        let q = Arc::new(Queue::new(10));
+        let (p, q) = pool(10);
         // The race: the receiver is closed but the entry is still listed
         // (its Drop has not run yet).
         let mut gone = q.enqueue().unwrap();
         gone.rx.close();
         let mut stays = q.enqueue().unwrap();
-        q.dispatch(|| InFlight::claim(&b, &q));
+        q.dispatch(|| InFlight::claim(&b, &p));
         assert_eq!(q.depth(), 0);
         let slot = stays.rx.try_recv().expect("the next waiter got the slot");
         assert_eq!(b.in_flight(), 1, "one slot, not two");

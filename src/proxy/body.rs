@@ -6,15 +6,29 @@
 //! and a half-read connection is never reused), or a short body tidegate
 //! wrote itself. (The request body on its way to a backend is
 //! `upstream::body::RequestBody`.)
+//!
+//! Two things can end a backend's body early, each freeing the slot at
+//! once and counted under its reason:
+//! - the backend sends nothing for `timeouts.read` (as nginx's
+//!   `proxy_read_timeout`): a backend fault, it counts toward ejection;
+//! - over HTTP/2, the body keeps the connection's stall accounting (see
+//!   `conn.rs`), so a client that never takes it is cut by the server.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+use tokio::time::{Instant, Sleep};
 
+use super::conn::ClientConn;
+use super::error::UPSTREAM_READ_TIMEOUT;
+use crate::pool::health::note_failure;
 use crate::pool::InFlight;
 use crate::upstream::body::RequestBody;
 
@@ -24,26 +38,60 @@ struct Lease {
     conn: Option<http1::SendRequest<RequestBody>>,
 }
 
+/// Why a response body ended before its end.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ResponseBodyError {
+    #[error("backend body: {0}")]
+    Upstream(#[from] hyper::Error),
+    #[error("the backend sent nothing for {0:?}")]
+    ReadTimeout(Duration),
+}
+
 /// The body returned to the client.
 pub(crate) struct ResponseBody(Kind);
 
 enum Kind {
-    Upstream { inner: Incoming, lease: Option<Lease> },
+    Upstream(Streaming),
     Full(Option<Bytes>),
+}
+
+/// A backend's body on its way through.
+struct Streaming {
+    inner: Incoming,
+    lease: Option<Lease>,
+    client: Arc<ClientConn>,
+    /// Counted in the connection's untaken bodies (HTTP/2 only).
+    untaken: bool,
+    read_timeout: Duration,
+    /// Allocated on the first wait for the backend, then re-armed.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 impl ResponseBody {
     /// The backend's body, holding the slot (and the HTTP/1.1 connection
-    /// to return to the pool) until it ends.
+    /// to return to the pool) until it ends; cut when the backend sends
+    /// nothing for `read_timeout`.
     pub(crate) fn upstream(
         inner: Incoming,
         slot: InFlight,
         conn: Option<http1::SendRequest<RequestBody>>,
+        client: Arc<ClientConn>,
+        read_timeout: Duration,
     ) -> ResponseBody {
-        let mut body = ResponseBody(Kind::Upstream {
+        let untaken = client.is_h2();
+        if untaken {
+            client.untaken();
+        }
+        let mut body = ResponseBody(Kind::Upstream(Streaming {
             inner,
             lease: Some(Lease { slot, conn }),
-        });
+            client,
+            untaken,
+            read_timeout,
+            timer: None,
+            armed: false,
+        }));
         if body.is_end_stream() {
             body.finish();
         }
@@ -60,51 +108,102 @@ impl ResponseBody {
 
     /// The body ended cleanly: the connection may carry another request.
     fn finish(&mut self) {
-        if let Kind::Upstream { lease, .. } = &mut self.0 {
-            if let Some(Lease { slot, conn }) = lease.take() {
-                if let Some(conn) = conn {
-                    slot.backend().upstream.check_in(conn);
-                }
-                drop(slot);
+        if let Kind::Upstream(s) = &mut self.0 {
+            s.finish();
+        }
+    }
+}
+
+impl Streaming {
+    fn finish(&mut self) {
+        if let Some(Lease { slot, conn }) = self.lease.take() {
+            if let Some(conn) = conn {
+                slot.backend().upstream.check_in(conn);
             }
+            drop(slot);
+        }
+    }
+
+    /// Waiting on the backend: `true` once it has sent nothing for
+    /// `read_timeout`.
+    fn read_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            let deadline = Instant::now() + self.read_timeout;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        self.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        if self.untaken {
+            self.client.taken();
         }
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let (inner, lease) = match &mut this.0 {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let s = match &mut self.0 {
             Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { inner, lease } => (inner, lease),
+            Kind::Upstream(s) => s,
         };
-        let polled = Pin::new(&mut *inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Err(_))) => {
-                // Broken upstream body: free the slot, drop the connection.
-                lease.take();
-            }
-            Poll::Ready(None) => this.finish(),
-            Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => this.finish(),
-            _ => {}
+        if s.untaken {
+            s.untaken = false;
+            s.client.taken();
         }
-        polled
+        match Pin::new(&mut s.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                s.armed = false;
+                if s.inner.is_end_stream() {
+                    s.finish();
+                } else if s.client.is_h2() {
+                    s.untaken = true;
+                    s.client.untaken();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // Broken upstream body: free the slot, drop the connection.
+                s.lease.take();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                s.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending if s.lease.is_some() && s.read_timed_out(cx) => {
+                if let Some(lease) = s.lease.take() {
+                    let backend = lease.slot.backend();
+                    tracing::info!(backend = %backend.address, timeout = ?s.read_timeout, "the backend stalled mid-body; ending the response");
+                    note_failure(backend);
+                    lease.slot.pool().count_error(UPSTREAM_READ_TIMEOUT);
+                }
+                Poll::Ready(Some(Err(ResponseBodyError::ReadTimeout(s.read_timeout))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+            Kind::Upstream(s) => s.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream { inner, .. } => inner.size_hint(),
+            Kind::Upstream(s) => s.inner.size_hint(),
         }
     }
 }

@@ -15,8 +15,10 @@ use super::body::ResponseBody;
 use crate::pool::{AdmitError, QueueError};
 use crate::upstream::ConnectError;
 
-/// Every error label, indexed by [`ProxyError::index`].
-pub(crate) const REASONS: [&str; 9] = [
+/// Every error label, indexed by [`ProxyError::index`]. The last three are
+/// failures after the response head was sent (nothing can be answered
+/// then): they are counted and logged, never sent.
+pub(crate) const REASONS: [&str; 16] = [
     "bad_request",
     "payload_too_large",
     "no_route",
@@ -26,7 +28,19 @@ pub(crate) const REASONS: [&str; 9] = [
     "connect_failed",
     "response_timeout",
     "upstream_failed",
+    "method_not_allowed",
+    "client_body_timeout",
+    "client_aborted",
+    "upstream_invalid",
+    "client_send_timeout",
+    "upstream_read_timeout",
+    "tunnel_idle_timeout",
 ];
+
+/// Indices into [`REASONS`] of the failures after the head.
+pub(crate) const CLIENT_SEND_TIMEOUT: usize = 13;
+pub(crate) const UPSTREAM_READ_TIMEOUT: usize = 14;
+pub(crate) const TUNNEL_IDLE_TIMEOUT: usize = 15;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProxyError {
@@ -48,6 +62,19 @@ pub(crate) enum ProxyError {
     ResponseTimeout,
     #[error("backend failed: {0}")]
     Upstream(hyper::Error),
+    /// CONNECT: tidegate is a reverse proxy, not a tunnel to anywhere.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The client stopped sending its body (`client_body_timeout`).
+    #[error("the client's upload made no progress")]
+    ClientBodyTimeout,
+    /// The client went away mid-upload (closed, reset).
+    #[error("the client aborted its request")]
+    ClientAborted,
+    /// The backend answered something no proxy may pass on (a `101` to a
+    /// request that did not ask for that protocol).
+    #[error("backend sent an invalid response: {0}")]
+    UpstreamInvalid(&'static str),
 }
 
 impl From<AdmitError> for ProxyError {
@@ -67,8 +94,15 @@ impl ProxyError {
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend | ProxyError::QueueFull | ProxyError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UpstreamInvalid(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            // nginx's 499: nobody reads it, but logs and counters say who
+            // ended the exchange.
+            ProxyError::ClientAborted => StatusCode::from_u16(499).expect("a valid status code"),
         }
     }
 
@@ -91,6 +125,10 @@ impl ProxyError {
             ProxyError::Connect(_) => 6,
             ProxyError::ResponseTimeout => 7,
             ProxyError::Upstream(_) => 8,
+            ProxyError::MethodNotAllowed => 9,
+            ProxyError::ClientBodyTimeout => 10,
+            ProxyError::ClientAborted => 11,
+            ProxyError::UpstreamInvalid(_) => 12,
         }
     }
 
@@ -122,7 +160,20 @@ impl ProxyError {
         ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if matches!(self, ProxyError::BadRequest(_) | ProxyError::PayloadTooLarge) {
+        if matches!(self, ProxyError::MethodNotAllowed) {
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"),
+            );
+        }
+        if matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::PayloadTooLarge
+                | ProxyError::MethodNotAllowed
+                | ProxyError::ClientBodyTimeout
+                | ProxyError::ClientAborted
+        ) {
             // The rest of the request may still be on the wire, unread.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -15,7 +15,7 @@ use http::Version;
 /// plus the legacy ones still seen in the wild). `Trailer` is deliberately
 /// absent: RFC 2616 listed it, RFC 9110 does not, and hyper only sends the
 /// trailer fields a response declares in it.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::TE,
     header::TRANSFER_ENCODING,
@@ -24,15 +24,37 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    // RFC 9113 3.2.1 (via RFC 7540): connection-specific, and only ever
+    // part of the h2c upgrade, which is never forwarded.
+    HeaderName::from_static("http2-settings"),
+];
+
+/// End-to-end fields that `Connection` may not remove: the ones the
+/// backend needs to be addressed and to trust the request, and the ones
+/// tidegate itself reads. (`Connection: host` stripping `Host`, or
+/// `Connection: x-forwarded-for` stripping what tidegate adds, is an
+/// attack, not a hop-by-hop option.)
+const PROTECTED: [HeaderName; 10] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    HeaderName::from_static("x-request-id"),
 ];
 // Constants, so the names are checked once at compile time, not per request.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Removes hop-by-hop fields. With `upgrade`, `Connection: upgrade` and
-/// `Upgrade` are kept so the backend can switch protocols. Returns whether
-/// the client accepts trailers (`TE: trailers`), which is forwarded.
+/// Removes hop-by-hop fields, and the fields `Connection` names (except the
+/// protected end-to-end ones). With `upgrade`, `Connection: upgrade` and
+/// `Upgrade` are kept so the peer can switch protocols. Returns whether the
+/// message accepts trailers (`TE: trailers`), which is forwarded.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
     let te_trailers = headers.get_all(header::TE).iter().any(|v| {
         v.to_str()
@@ -46,7 +68,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|s| s.split(','))
                 .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                .filter(|n| !(upgrade && n == header::UPGRADE))
+                .filter(|n| !(PROTECTED.contains(n) || upgrade && n == header::UPGRADE))
                 .collect();
             for name in named {
                 headers.remove(name);
@@ -229,5 +251,22 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
         assert_eq!(h["via"], "1.1 tidegate");
+    }
+
+    #[test]
+    fn connection_cannot_strip_host_or_fields_tidegate_relies_on() {
+        let mut h = map(&[
+            ("connection", "host, authorization, cookie, x-forwarded-for, x-other"),
+            ("host", "shop.example"),
+            ("authorization", "Bearer t"),
+            ("cookie", "cart=1"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-other", "gone"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "cookie", "host", "x-forwarded-for"]);
     }
 }

@@ -20,6 +20,7 @@
 //! (per pool, or before routing) in one place: [`Proxy::call`].
 
 pub(crate) mod body;
+pub(crate) mod conn;
 mod error;
 pub mod headers;
 mod request;
@@ -30,6 +31,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -38,21 +40,23 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 
 pub(crate) use body::ResponseBody;
-pub(crate) use error::{ProxyError, REASONS};
+pub(crate) use conn::ClientConn;
+pub(crate) use error::{ProxyError, CLIENT_SEND_TIMEOUT, REASONS};
 
 use crate::balance::{Balancer, PickContext};
 use crate::clock::clock_ns;
 use crate::config::defaults::EWMA_DECAY;
+use crate::pool::backend::status_class;
 use crate::pool::health::passive_outcome;
 use crate::pool::{AdmitError, InFlight};
 use crate::state::{Snapshot, State};
-use crate::upstream::body::RequestBodyError;
+use crate::upstream::HeadLimits;
 use request::{
     affinity_key, check_framing, content_length, has_no_body, head_of, is_idempotent, rebuild, request_host,
     upstream_request,
 };
-use send::{is_body_too_large, send, SendError};
-use upgrade::{tunnel, wants_upgrade};
+use send::{body_error, client_fault, send, SendError};
+use upgrade::{allowed_upgrade, switches_to, tunnel};
 
 /// The proxy service for one client connection.
 #[derive(Clone)]
@@ -64,12 +68,20 @@ pub(crate) struct ConnContext {
     state: Arc<State>,
     client: SocketAddr,
     tls: bool,
+    /// What this connection's exchanges share with the server (the tunnel
+    /// flag the framing guard reads, the HTTP/2 stall accounting).
+    shared: Arc<ClientConn>,
 }
 
 impl Proxy {
-    pub(crate) fn new(state: Arc<State>, client: SocketAddr, tls: bool) -> Proxy {
+    pub(crate) fn new(state: Arc<State>, client: SocketAddr, tls: bool, shared: Arc<ClientConn>) -> Proxy {
         Proxy {
-            conn: Arc::new(ConnContext { state, client, tls }),
+            conn: Arc::new(ConnContext {
+                state,
+                client,
+                tls,
+                shared,
+            }),
         }
     }
 }
@@ -122,32 +134,32 @@ async fn forward(
         .route(request_host(&req), req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     at.pool = Some(target.pool);
-    let max_body = at.snapshot.config.routes[target.route].max_body;
-    let pool = &at.snapshot.pools[target.pool];
+    let snapshot = Arc::clone(&at.snapshot);
+    let route = &snapshot.config.routes[target.route];
+    let pool = &snapshot.pools[target.pool];
     pool.shared.count_arrival();
     let cfg = &*pool.config;
-    if content_length(req.headers()).is_some_and(|n| n > max_body) {
+    if content_length(req.headers()).is_some_and(|n| n > route.max_body) {
         return Err(ProxyError::PayloadTooLarge);
     }
-    let upgrade = wants_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let upgrade = allowed_upgrade(&req, &route.upgrade);
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let hash = match pool.balancer {
         Balancer::Hash(_) => affinity_key(&cfg.hash_key, req.headers(), conn.client.ip()),
         _ => None,
     };
     let replayable = cfg.retry_idempotent && is_idempotent(req.method()) && has_no_body(&req);
-    let mut first = upstream_request(req, upgrade, conn, cfg, max_body);
-    first.body_mut().prime().await.map_err(|e| match e {
-        RequestBodyError::TooLarge(_) => ProxyError::PayloadTooLarge,
-        RequestBodyError::Client(_) => ProxyError::BadRequest("malformed request body"),
-    })?;
+    let idle = snapshot.config.limits.client_body_timeout;
+    let mut first = upstream_request(req, upgrade.clone(), conn, cfg, route.max_body, idle);
+    first.body_mut().prime().await.map_err(|e| body_error(&e))?;
     let mut request = Some(first);
     let replay = replayable.then(|| head_of(request.as_ref().expect("just built")));
 
     let mut rng = fastrand::Rng::new();
-    let mut exclude: Vec<usize> = Vec::new();
+    let mut tried: Vec<usize> = Vec::new();
     let mut connect_failures = 0;
     let mut replays_left = u32::from(replayable);
+    let started = tokio::time::Instant::now();
     loop {
         let snapshot = Arc::clone(&at.snapshot);
         let pool = &snapshot.pools[at.pool.expect("routed")];
@@ -155,7 +167,7 @@ async fn forward(
         let mut cx = PickContext {
             rng: &mut rng,
             hash,
-            exclude: &exclude,
+            exclude: &tried,
         };
         let slot = match pool.admit(&mut cx).await {
             Ok(slot) => slot,
@@ -175,67 +187,124 @@ async fn forward(
                     snapshot: fresh,
                     pool: Some(target.pool),
                 };
-                exclude.clear();
+                tried.clear();
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
         let backend = Arc::clone(slot.backend());
-        let started = tokio::time::Instant::now();
-        let outcome = send(cfg, &backend, request.take().expect("a request per attempt")).await;
-        let elapsed_ns = started.elapsed().as_nanos() as u64;
+        let sent_at = tokio::time::Instant::now();
+        let head = HeadLimits {
+            bytes: snapshot.config.limits.max_response_header_bytes,
+            fields: snapshot.config.limits.max_response_headers,
+        };
+        let mut outcome = send(cfg, head, &backend, request.take().expect("a request per attempt")).await;
+        let elapsed_ns = sent_at.elapsed().as_nanos() as u64;
+        // A 101 the request did not ask for (or to another protocol) is
+        // never passed on: it would open a tunnel past routing and limits.
+        if let Ok((resp, _)) = &outcome {
+            let asked = upgrade.as_ref().filter(|_| client_upgrade.is_some());
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !asked.is_some_and(|a| switches_to(resp, a)) {
+                outcome = Err(SendError::Invalid("a 101 the request did not ask for"));
+            }
+        }
         let status = outcome.as_ref().ok().map(|(r, _)| r.status().as_u16());
         let now_ns = clock_ns();
-        let class = backend.record(status, elapsed_ns, now_ns, EWMA_DECAY.as_nanos() as f64);
-        pool.shared.record(class, elapsed_ns);
-        let failed = match &outcome {
-            Ok((r, _)) => r.status().is_server_error(),
-            Err(SendError::Connect(..)) | Err(SendError::Timeout) => true,
-            Err(SendError::Failed(e)) => !is_body_too_large(e),
+        backend.record(status, elapsed_ns, now_ns, EWMA_DECAY.as_nanos() as f64);
+        // Only what the backend caused counts toward its ejection; a client
+        // that aborts or fumbles its upload never blames the backend.
+        let client = match &outcome {
+            Err(SendError::Failed(e)) => client_fault(e),
+            _ => None,
         };
-        passive_outcome(pool, &backend, failed, now_ns);
+        if client.is_none() {
+            let failed = match &outcome {
+                Ok((r, _)) => r.status().is_server_error(),
+                Err(_) => true,
+            };
+            passive_outcome(pool, &backend, failed, now_ns);
+        }
+        // The pool counts one request however many backends it tried.
+        let done = |status: Option<u16>| {
+            let total_ns = started.elapsed().as_nanos() as u64;
+            pool.shared.record(status_class(status), total_ns);
+        };
         match outcome {
-            Ok((resp, sender)) => return Ok(respond(resp, sender, slot, client_upgrade)),
+            Ok((resp, sender)) => {
+                done(status);
+                let limits = &snapshot.config.limits;
+                let exchange = Exchange {
+                    client: &conn.shared,
+                    read_timeout: cfg.read_timeout,
+                    tunnel_idle: limits.tunnel_idle_timeout,
+                };
+                return Ok(respond(resp, sender, slot, client_upgrade, exchange));
+            }
             Err(SendError::Connect(e, back)) => {
-                tracing::debug!(backend = %backend.address, error = %e, "connect failed, trying another backend");
+                tracing::debug!(backend = %backend.address, error = %e, "connect failed");
                 connect_failures += 1;
-                if connect_failures > cfg.connect_retries {
+                tried.extend(pool.index_of(&backend));
+                // Retry only on a backend not tried yet: a pool of one dead
+                // backend is one failed attempt, not three.
+                if connect_failures > cfg.connect_retries || !pool.has_untried(&tried) {
+                    done(None);
                     return Err(ProxyError::Connect(e));
                 }
-                exclude.extend(pool.index_of(&backend));
                 request = Some(*back);
             }
-            Err(SendError::Timeout) => return Err(ProxyError::ResponseTimeout),
+            Err(SendError::Timeout) => {
+                done(None);
+                return Err(ProxyError::ResponseTimeout);
+            }
+            Err(SendError::Invalid(why)) => {
+                done(None);
+                return Err(ProxyError::UpstreamInvalid(why));
+            }
             Err(SendError::Failed(e)) => {
-                if is_body_too_large(&e) {
-                    return Err(ProxyError::PayloadTooLarge);
+                if let Some(client) = client {
+                    done(None);
+                    return Err(client);
                 }
+                tried.extend(pool.index_of(&backend));
                 match &replay {
-                    Some(head) if replays_left > 0 => {
+                    Some(head) if replays_left > 0 && pool.has_untried(&tried) => {
                         replays_left -= 1;
-                        exclude.extend(pool.index_of(&backend));
                         request = Some(rebuild(head));
                     }
-                    _ => return Err(ProxyError::Upstream(e)),
+                    _ => {
+                        done(None);
+                        return Err(ProxyError::Upstream(e));
+                    }
                 }
             }
         }
     }
 }
 
+/// What a response needs to know of its connection and limits.
+struct Exchange<'a> {
+    client: &'a Arc<ClientConn>,
+    read_timeout: std::time::Duration,
+    tunnel_idle: std::time::Duration,
+}
+
 /// The client's response: the backend's head minus hop-by-hop fields, and
-/// its body carrying the slot. A 101 to an upgrade request starts a tunnel
-/// that holds the slot until either side closes.
+/// its body carrying the slot. A 101 (already checked to switch to the
+/// protocol asked for) starts a tunnel that holds the slot until either
+/// side closes or it idles out, and tells the connection's framing guard
+/// to step aside.
 fn respond(
     mut resp: Response<Incoming>,
     sender: Option<http1::SendRequest<crate::upstream::body::RequestBody>>,
     slot: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    exchange: Exchange<'_>,
 ) -> Response<ResponseBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
             let upstream = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client, upstream, slot));
+            exchange.client.switched.store(true, Ordering::Release);
+            tokio::spawn(tunnel(client, upstream, slot, exchange.tunnel_idle));
             let (mut parts, _) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, true);
             return Response::from_parts(parts, ResponseBody::empty());
@@ -243,5 +312,6 @@ fn respond(
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, ResponseBody::upstream(body, slot, sender))
+    let body = ResponseBody::upstream(body, slot, sender, Arc::clone(exchange.client), exchange.read_timeout);
+    Response::from_parts(parts, body)
 }

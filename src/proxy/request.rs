@@ -18,30 +18,107 @@ use crate::balance::hash_bytes;
 use crate::config::{HashKey, PoolConfig, UpstreamProtocol};
 use crate::upstream::body::RequestBody;
 
-/// Ambiguous or malformed framing is refused before anything is sent.
-/// (hyper already refuses conflicting `Content-Length` values, a
+/// Ambiguous or malformed framing, and an authority that is not exactly one
+/// `uri-host [":" port]`, are refused before anything is sent. (hyper
+/// already refuses conflicting `Content-Length` values, a
 /// `Transfer-Encoding` not ending in `chunked`, bad chunk sizes and control
 /// characters in fields.)
+///
+/// One authority is routed on and forwarded: the request target's when it
+/// has one (absolute form, HTTP/2 `:authority`; RFC 9112 3.2.2 says a
+/// server then ignores `Host`), else `Host`. An HTTP/2 request whose `host`
+/// field disagrees with its `:authority` is malformed (RFC 9113 8.3.1).
 pub(super) fn check_framing(req: &Request<Incoming>) -> Result<(), ProxyError> {
     let h = req.headers();
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
         return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding"));
     }
     if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
         return Err(ProxyError::BadRequest("more than one Content-Length"));
     }
-    let hosts = h.get_all(header::HOST).iter().count();
-    if hosts > 1 {
+    let mut hosts = h.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host"));
     }
-    if hosts == 0 && req.version() == Version::HTTP_11 {
-        return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
+    if let Some(host) = host {
+        if !valid_authority(host.as_bytes()) {
+            return Err(ProxyError::BadRequest("Host is not a host[:port]"));
+        }
+    }
+    match req.uri().authority() {
+        Some(target) => {
+            if !valid_authority(target.as_str().as_bytes()) {
+                return Err(ProxyError::BadRequest(
+                    "the request target's authority is not a host[:port]",
+                ));
+            }
+            if req.version() == Version::HTTP_2
+                && host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(target.as_str().as_bytes()))
+            {
+                return Err(ProxyError::BadRequest("host disagrees with :authority"));
+            }
+        }
+        None if host.is_none() && req.version() == Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
+        }
+        None => {}
     }
     Ok(())
 }
 
-/// The host the client asked for, without port: `:authority` for HTTP/2,
-/// else the `Host` header.
+/// `uri-host [":" port]` (RFC 9112 3.2, RFC 3986 3.2.2), strictly: a
+/// registered name of unreserved characters and percent-escapes (which
+/// covers IPv4 addresses) or an IPv6 literal in brackets, then an optional
+/// port of at most five digits. No userinfo, no whitespace, no list.
+pub(super) fn valid_authority(a: &[u8]) -> bool {
+    let (host, port) = if a.first() == Some(&b'[') {
+        let Some(close) = a.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &a[1..close];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        (&a[..=close], &a[close + 1..])
+    } else {
+        let end = a.iter().position(|&b| b == b':').unwrap_or(a.len());
+        let name = &a[..end];
+        let mut i = 0;
+        while i < name.len() {
+            match name[i] {
+                b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => i += 1,
+                b'%' if name.len() > i + 2 && name[i + 1].is_ascii_hexdigit() && name[i + 2].is_ascii_hexdigit() => {
+                    i += 3
+                }
+                _ => return false,
+            }
+        }
+        (name, &a[end..])
+    };
+    if host.is_empty() {
+        return false;
+    }
+    match port.split_first() {
+        None => true,
+        Some((b':', digits)) => {
+            digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && (digits.is_empty() || std::str::from_utf8(digits).is_ok_and(|d| d.parse::<u16>().is_ok()))
+        }
+        Some(_) => false,
+    }
+}
+
+/// The host the request is routed on, without port: the request target's
+/// authority when it has one, else the `Host` header.
 pub(super) fn request_host<B>(req: &Request<B>) -> Option<&str> {
     let raw = match req.uri().authority() {
         Some(a) => a.host(),
@@ -91,27 +168,34 @@ pub(super) fn affinity_key(key: &HashKey, headers: &HeaderMap, client: IpAddr) -
 }
 
 /// The request as the backend will see it: origin-form target, HTTP/1.1
-/// (or HTTP/2 for h2c pools), hop-by-hop fields gone, forwarded-for added.
+/// (or HTTP/2 for h2c pools), `Host` set to the one authority it was routed
+/// on, hop-by-hop fields gone (an allowed upgrade's `Upgrade` kept),
+/// forwarded-for added.
 pub(super) fn upstream_request(
     req: Request<Incoming>,
-    upgrade: bool,
+    upgrade: Option<HeaderValue>,
     conn: &ConnContext,
     cfg: &PoolConfig,
     max_body: u64,
+    client_body_timeout: std::time::Duration,
 ) -> Request<RequestBody> {
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(v) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
+    if let Some(v) = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        parts.headers.insert(header::HOST, v);
     }
-    if headers::strip_hop_by_hop(&mut parts.headers, upgrade) {
+    if headers::strip_hop_by_hop(&mut parts.headers, false) {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(protocol) = upgrade {
+        parts.headers.insert(header::UPGRADE, protocol);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     // tidegate answers `Expect: 100-continue` itself (hyper sends the 100
     // when the body is first read, i.e. once a backend is ready for it).
@@ -144,7 +228,7 @@ pub(super) fn upstream_request(
             parts.headers.remove(header::HOST);
         }
     }
-    Request::from_parts(parts, RequestBody::new(body, max_body))
+    Request::from_parts(parts, RequestBody::new(body, max_body, client_body_timeout))
 }
 
 /// A bodiless request's head, kept to resend it (idempotent retries only).

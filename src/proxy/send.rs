@@ -10,43 +10,61 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 
+use super::error::ProxyError;
 use crate::config::{PoolConfig, UpstreamProtocol};
 use crate::pool::Backend;
 use crate::upstream::body::{BodyTooLarge, RequestBody, RequestBodyError};
-use crate::upstream::ConnectError;
+use crate::upstream::{ConnectError, HeadLimits};
 
 pub(super) enum SendError {
     /// Nothing reached the backend; the request comes back for a retry.
     Connect(ConnectError, Box<Request<RequestBody>>),
+    /// No response head within `response_header` of the body being sent.
     Timeout,
+    /// The exchange broke (the request may have reached the backend).
     Failed(hyper::Error),
+    /// The backend answered something that must not be passed on.
+    Invalid(&'static str),
 }
 
 pub(super) type Sent = (Response<Incoming>, Option<http1::SendRequest<RequestBody>>);
 
 /// Sends one request to one backend. A pooled HTTP/1.1 connection that
 /// turns out to be closed hands the request back unsent, and a fresh
-/// connection is tried on the same backend.
+/// connection is tried on the same backend. The backend has
+/// `response_header` to answer, counted from when the request body has been
+/// sent (a slow upload is the client's time, not the backend's; Envoy
+/// counts the same way).
 pub(super) async fn send(
     cfg: &PoolConfig,
+    head: HeadLimits,
     backend: &Backend,
     mut req: Request<RequestBody>,
 ) -> Result<Sent, SendError> {
     let up = &backend.upstream;
     let header_timeout = cfg.response_header_timeout;
+    let sent = req.body().sent();
+    let answer_by = async move {
+        sent.await;
+        tokio::time::sleep(header_timeout).await;
+    };
+    tokio::pin!(answer_by);
     match cfg.upstream {
         UpstreamProtocol::Http1 => loop {
             let (mut sender, fresh) = match up.pooled_h1(cfg.idle_timeout).await {
                 Some(s) => (s, false),
-                None => match up.connect_h1(backend.address, cfg.connect_timeout).await {
+                None => match up.connect_h1(backend.address, cfg.connect_timeout, head).await {
                     Ok(s) => (s, true),
                     Err(e) => return Err(SendError::Connect(e, Box::new(req))),
                 },
             };
-            match tokio::time::timeout(header_timeout, sender.try_send_request(req)).await {
-                Err(_) => return Err(SendError::Timeout),
-                Ok(Ok(resp)) => return Ok((resp, Some(sender))),
-                Ok(Err(mut e)) => match e.take_message() {
+            let result = tokio::select! {
+                r = sender.try_send_request(req) => r,
+                _ = &mut answer_by => return Err(SendError::Timeout),
+            };
+            match result {
+                Ok(resp) => return Ok((resp, Some(sender))),
+                Err(mut e) => match e.take_message() {
                     Some(back) if !fresh => req = back,
                     Some(back) => {
                         return Err(SendError::Connect(
@@ -63,10 +81,13 @@ pub(super) async fn send(
                 Ok(s) => s,
                 Err(e) => return Err(SendError::Connect(e, Box::new(req))),
             };
-            match tokio::time::timeout(header_timeout, sender.try_send_request(req)).await {
-                Err(_) => Err(SendError::Timeout),
-                Ok(Ok(resp)) => Ok((resp, None)),
-                Ok(Err(mut e)) => match e.take_message() {
+            let result = tokio::select! {
+                r = sender.try_send_request(req) => r,
+                _ = &mut answer_by => return Err(SendError::Timeout),
+            };
+            match result {
+                Ok(resp) => Ok((resp, None)),
+                Err(mut e) => match e.take_message() {
                     Some(back) => Err(SendError::Connect(
                         ConnectError::Handshake(e.into_error()),
                         Box::new(back),
@@ -78,16 +99,55 @@ pub(super) async fn send(
     }
 }
 
-pub(super) fn is_body_too_large(e: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+/// The client's part in a failed exchange: `Some` when the request body
+/// failed on the client's side (too large, too slow, malformed, aborted),
+/// so the backend is not to blame; `None` when the backend broke it.
+pub(super) fn client_fault(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
+    let mut source = Some(e);
     while let Some(s) = source {
-        if s.downcast_ref::<BodyTooLarge>().is_some()
-            || matches!(
-                s.downcast_ref::<RequestBodyError>(),
-                Some(RequestBodyError::TooLarge(_))
-            )
-        {
-            return true;
+        if s.downcast_ref::<BodyTooLarge>().is_some() {
+            return Some(ProxyError::PayloadTooLarge);
+        }
+        if let Some(b) = s.downcast_ref::<RequestBodyError>() {
+            return Some(body_error(b));
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// What a failed client body means for the client.
+pub(super) fn body_error(e: &RequestBodyError) -> ProxyError {
+    match e {
+        RequestBodyError::TooLarge(_) => ProxyError::PayloadTooLarge,
+        RequestBodyError::Timeout(_) => ProxyError::ClientBodyTimeout,
+        RequestBodyError::Client(h) if client_went_away(h) => ProxyError::ClientAborted,
+        RequestBodyError::Client(_) => ProxyError::BadRequest("malformed request body"),
+    }
+}
+
+/// Whether a client body error means the client left (closed, reset,
+/// cancelled its stream) rather than sent something malformed.
+fn client_went_away(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut
+            );
+        }
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_io()
+                || h2.is_go_away()
+                || matches!(
+                    h2.reason(),
+                    Some(h2::Reason::CANCEL | h2::Reason::NO_ERROR | h2::Reason::REFUSED_STREAM)
+                );
         }
         source = s.source();
     }

@@ -21,14 +21,22 @@
 //! closes the connection (inside a body, the body fails and the upstream
 //! exchange is aborted). The connection then reads as closed.
 //!
-//! After the HTTP/2 preface or an `Upgrade`/`CONNECT` request the guard
-//! steps aside: those bytes are not HTTP/1 messages.
+//! After the HTTP/2 preface the guard steps aside: those bytes are not
+//! HTTP/1 messages. An `Upgrade` request is *not* a reason to step aside:
+//! the bytes after it are still HTTP/1 until the proxy has actually
+//! switched the connection (a `101` answered and a tunnel started), which
+//! it signals through the shared `switched` flag. (Stepping aside at the
+//! request let a refused upgrade smuggle unchecked requests behind it.)
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::proxy::ClientConn;
 
 /// Longest chunk-size line accepted (size digits plus extensions).
 const MAX_CHUNK_LINE: usize = 4096;
@@ -65,7 +73,6 @@ struct HeadFacts {
     content_length: Option<u64>,
     chunked: bool,
     transfer_encoding: bool,
-    upgrade: bool,
     http2_preface: bool,
 }
 
@@ -77,6 +84,9 @@ pub(crate) struct H1Guard<IO> {
     head: HeadFacts,
     /// Limit on a head line; longer lines are left for hyper (431).
     max_line: usize,
+    /// Shared with the proxy: `switched` once this connection became a
+    /// tunnel; told when the client speaks HTTP/2.
+    conn: Arc<ClientConn>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -86,24 +96,27 @@ enum Verdict {
 }
 
 impl<IO> H1Guard<IO> {
-    pub(crate) fn new(io: IO, max_head_bytes: usize) -> H1Guard<IO> {
+    /// Guards `io`; `conn` is what the connection shares with the proxy.
+    pub(crate) fn new(io: IO, max_head_bytes: usize, conn: Arc<ClientConn>) -> H1Guard<IO> {
         H1Guard {
             io,
             phase: Phase::Head,
             line: Vec::with_capacity(128),
             head: HeadFacts::default(),
             max_line: max_head_bytes,
+            conn,
         }
     }
 
     /// A guard that checks nothing (TLS connections that chose `h2`).
-    pub(crate) fn passthrough(io: IO) -> H1Guard<IO> {
+    pub(crate) fn passthrough(io: IO, conn: Arc<ClientConn>) -> H1Guard<IO> {
         H1Guard {
             io,
             phase: Phase::Passthrough,
             line: Vec::new(),
             head: HeadFacts::default(),
             max_line: 0,
+            conn,
         }
     }
 
@@ -220,7 +233,6 @@ impl<IO> H1Guard<IO> {
             }
             self.head.lines = 1;
             self.head.http2_preface = line == b"PRI * HTTP/2.0";
-            self.head.upgrade = line.starts_with(b"CONNECT ");
             return Verdict::Ok;
         }
         if line.is_empty() {
@@ -248,8 +260,6 @@ impl<IO> H1Guard<IO> {
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            self.head.upgrade = true;
         }
         Verdict::Ok
     }
@@ -257,15 +267,14 @@ impl<IO> H1Guard<IO> {
     fn end_of_head(&mut self) -> Verdict {
         let facts = std::mem::take(&mut self.head);
         if facts.http2_preface {
+            self.conn.set_h2();
             self.phase = Phase::Passthrough;
             return Verdict::Ok;
         }
         if facts.transfer_encoding && facts.content_length.is_some() {
             return Verdict::Refuse;
         }
-        self.phase = if facts.upgrade {
-            Phase::Passthrough
-        } else if facts.transfer_encoding {
+        self.phase = if facts.transfer_encoding {
             if facts.chunked {
                 Phase::ChunkSize
             } else {
@@ -327,6 +336,9 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 impl<IO: AsyncRead + Unpin> AsyncRead for H1Guard<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.phase != Phase::Refused && this.conn.switched.load(Ordering::Acquire) {
+            this.phase = Phase::Passthrough;
+        }
         match this.phase {
             Phase::Refused => return Poll::Ready(Ok(())),
             Phase::Passthrough => return Pin::new(&mut this.io).poll_read(cx, buf),
@@ -380,7 +392,7 @@ mod tests {
 
     /// Feeds `input` in pieces of `step` bytes; returns the refused offset.
     fn refused_at(input: &[u8], step: usize) -> Option<usize> {
-        let mut g = H1Guard::new((), 65536);
+        let mut g = H1Guard::new((), 65536, Arc::new(ClientConn::default()));
         let mut off = 0;
         for piece in input.chunks(step) {
             if let Some(bad) = g.inspect(piece) {
@@ -456,11 +468,34 @@ GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
     }
 
     #[test]
-    fn steps_aside_for_http2_and_upgrades() {
+    fn steps_aside_for_http2() {
         assert_eq!(every_split(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\n\n\n"), None);
+    }
+
+    #[test]
+    fn an_upgrade_request_is_not_a_reason_to_stop_checking() {
+        // A refused upgrade is served as an ordinary request; what follows
+        // it on the connection is checked like any pipelined request.
+        let smuggled = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n\
+POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(every_split(smuggled).is_some());
+        let connect = b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nGET / HTTP/1.1\nHost: a\n\n";
+        assert!(every_split(connect).is_some());
+    }
+
+    #[test]
+    fn once_the_proxy_switched_the_connection_bytes_pass_unchecked() {
+        let conn = Arc::new(ClientConn::default());
+        let mut g = H1Guard::new((), 65536, Arc::clone(&conn));
         assert_eq!(
-            every_split(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\n\0\n"),
+            g.inspect(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"),
             None
         );
+        conn.switched.store(true, Ordering::Release);
+        // poll_read notices the flag before inspecting; model that here.
+        if g.conn.switched.load(Ordering::Acquire) {
+            g.phase = Phase::Passthrough;
+        }
+        assert_eq!(g.inspect(b"\x81\x82\n\0binary frames"), None);
     }
 }

@@ -18,12 +18,15 @@
 
 pub mod bind;
 mod h1_guard;
+mod stall;
 pub mod tls;
 
 pub use bind::{bind, bind_admin, Bound, StartError};
 use h1_guard::H1Guard;
+use stall::SendTimeout;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,10 +36,11 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
-use crate::proxy::Proxy;
+use crate::proxy::{ClientConn, Proxy, CLIENT_SEND_TIMEOUT};
 use crate::shutdown::{accept, stopped};
 use crate::state::State;
 
@@ -60,12 +64,15 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one listener until `shutdown` turns true, then drains its
-/// connections for at most the configured shutdown timeout. Limits (other
-/// than `max_connections`, fixed when the listener starts) and the drain
-/// deadline come from the snapshot current at each accept.
+/// connections for at most the configured shutdown timeout and closes what
+/// is left at the deadline. Limits (other than `max_connections`, fixed
+/// when the listener starts) and the drain deadline come from the snapshot
+/// current at each accept.
 pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let Bound { name, listener, tls } = bound;
     let graceful = GracefulShutdown::new();
+    // Every connection task is owned here, so the deadline can end them.
+    let mut connections = JoinSet::new();
     let mut limits = state.load().config.limits.clone();
     let mut builder = Arc::new(builder(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -90,7 +97,8 @@ pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::
             limits: limits.clone(),
         };
         let tls = tls.load_full();
-        tokio::spawn(async move {
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
             conn.run(stream, peer, tls).await;
             drop(permit);
         });
@@ -100,8 +108,13 @@ pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::
     tracing::info!(listener = %name, "stopped accepting; draining connections");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!(listener = %name, "all connections finished"),
-        _ = tokio::time::sleep(drain_timeout) => tracing::warn!(listener = %name, "drain deadline passed; closing the rest"),
+        _ = tokio::time::sleep(drain_timeout) => {
+            tracing::warn!(listener = %name, open = connections.len(), "drain deadline passed; closing the rest");
+        }
     }
+    // Dropping a connection's task closes its socket and frees the slots
+    // its requests held.
+    connections.shutdown().await;
 }
 
 struct Connection {
@@ -113,6 +126,10 @@ struct Connection {
 
 impl Connection {
     async fn run(self, stream: TcpStream, peer: SocketAddr, tls: Option<Arc<TlsAcceptor>>) {
+        // What the connection shares with the proxy: the tunnel flag the
+        // framing guard reads, the HTTP/2 stall accounting.
+        let shared = Arc::new(ClientConn::default());
+        let send_timeout = self.limits.client_send_timeout;
         match tls {
             None => {
                 // hyper's header timer starts only once the protocol is
@@ -121,8 +138,9 @@ impl Connection {
                 let mut first = [0u8; 1];
                 match tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first)).await {
                     Ok(Ok(n)) if n > 0 => {
-                        let io = H1Guard::new(stream, self.limits.max_header_bytes);
-                        self.serve(io, peer, false).await
+                        let io = H1Guard::new(stream, self.limits.max_header_bytes, Arc::clone(&shared));
+                        let io = SendTimeout::new(io, send_timeout, Arc::clone(&shared));
+                        self.serve(io, peer, false, shared).await
                     }
                     _ => {}
                 }
@@ -132,11 +150,13 @@ impl Connection {
                     Ok(Ok(tls_stream)) => {
                         let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
                         let io = if h2 {
-                            H1Guard::passthrough(tls_stream)
+                            shared.set_h2();
+                            H1Guard::passthrough(tls_stream, Arc::clone(&shared))
                         } else {
-                            H1Guard::new(tls_stream, self.limits.max_header_bytes)
+                            H1Guard::new(tls_stream, self.limits.max_header_bytes, Arc::clone(&shared))
                         };
-                        self.serve(io, peer, true).await
+                        let io = SendTimeout::new(io, send_timeout, Arc::clone(&shared));
+                        self.serve(io, peer, true, shared).await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -145,14 +165,30 @@ impl Connection {
         }
     }
 
-    async fn serve<IO>(self, io: IO, peer: SocketAddr, tls: bool)
+    /// Serves the connection until it ends, or until its client stopped
+    /// taking what it is sent for `client_send_timeout` (a write that made
+    /// no progress, or HTTP/2 responses nobody asked for): then it is
+    /// closed, freeing every slot its responses held.
+    async fn serve<IO>(self, io: IO, peer: SocketAddr, tls: bool, shared: Arc<ClientConn>)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(Proxy::new(self.state, peer, tls));
+        let state = Arc::clone(&self.state);
+        let service = TowerToHyperService::new(Proxy::new(self.state, peer, tls, Arc::clone(&shared)));
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        if let Err(e) = self.watcher.watch(conn.into_owned()).await {
-            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        let watched = self.watcher.watch(conn.into_owned());
+        let stalled = tokio::select! {
+            r = watched => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                shared.send_timed_out.load(Ordering::Relaxed)
+            }
+            _ = shared.stalled(self.limits.client_send_timeout) => true,
+        };
+        if stalled {
+            tracing::info!(%peer, timeout = ?self.limits.client_send_timeout, "the client took nothing it was sent; closing the connection");
+            state.count_error(CLIENT_SEND_TIMEOUT);
         }
     }
 }

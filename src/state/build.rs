@@ -87,7 +87,7 @@ fn pool(
             p.shared.queue.set_max_depth(pc.queue_max_depth);
             Arc::clone(&p.shared)
         }
-        None => Arc::new(PoolShared::new(pc)),
+        None => Arc::new(PoolShared::new(pc.queue_max_depth)),
     };
     if let Some(a) = &pc.autoscale {
         shared.queue.set_slo(a.slo);

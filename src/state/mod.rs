@@ -183,7 +183,7 @@ backends = [ {{ address = "127.0.0.1:9100" }} ]
         let before = state.load();
         let shop = before.pool("shop").unwrap();
         let (kept, removed) = (Arc::clone(&shop.backends[0]), Arc::clone(&shop.backends[1]));
-        let slot = crate::pool::InFlight::claim(&removed, &shop.shared.queue).unwrap();
+        let slot = crate::pool::InFlight::claim(&removed, &shop.shared).unwrap();
 
         let generation = state.apply(config(false, 8));
         let after = state.load();

@@ -2,16 +2,25 @@
 //! whole.
 //!
 //! Data path. [`RequestBody`] streams the client's body through, enforcing
-//! the route's size limit as bytes pass; the upstream connections in
-//! `mod.rs` are typed on it. It lives here, below the proxy, because the
-//! connection pool holds `SendRequest<RequestBody>` handles.
+//! the route's size limit as bytes pass and `client_body_timeout` between
+//! two reads (an upload that makes no progress is cut, as nginx's
+//! `client_body_timeout` does); the upstream connections in `mod.rs` are
+//! typed on it. It lives here, below the proxy, because the connection pool
+//! holds `SendRequest<RequestBody>` handles. When its last byte has left,
+//! it says so ([`RequestBody::sent`]): the backend's time to answer is
+//! counted from then, not from the start of a slow upload.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 
 /// The request body exceeded the route's `max_body`.
 #[derive(Debug, thiserror::Error)]
@@ -20,30 +29,47 @@ pub(crate) struct BodyTooLarge {
     pub(crate) limit: u64,
 }
 
+/// Why the client's body stopped: always the client's doing, never the
+/// backend's.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RequestBodyError {
     #[error(transparent)]
     TooLarge(#[from] BodyTooLarge),
+    #[error("the client sent no body bytes for {0:?}")]
+    Timeout(Duration),
     #[error("reading the client's body: {0}")]
     Client(#[from] hyper::Error),
 }
 
-/// The client's request body with a byte limit.
+/// The client's request body with a byte limit and an idle timer.
 pub(crate) struct RequestBody {
     inner: Option<Incoming>,
     /// A frame read ahead by [`RequestBody::prime`], sent first.
     first: Option<Frame<Bytes>>,
     limit: u64,
     seen: u64,
+    idle: Duration,
+    /// Allocated on the first wait for the client, then re-armed.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    /// Notified once when the last byte has been handed on.
+    sent: Option<Arc<Notify>>,
 }
 
 impl RequestBody {
-    pub(crate) fn new(inner: Incoming, limit: u64) -> RequestBody {
+    /// Streams `inner`, at most `limit` bytes, cut after `idle` without a
+    /// byte from the client.
+    pub(crate) fn new(inner: Incoming, limit: u64, idle: Duration) -> RequestBody {
+        let sent = (!inner.is_end_stream()).then(|| Arc::new(Notify::new()));
         RequestBody {
             inner: Some(inner),
             first: None,
             limit,
             seen: 0,
+            idle,
+            timer: None,
+            armed: false,
+            sent,
         }
     }
 
@@ -53,6 +79,21 @@ impl RequestBody {
             first: None,
             limit: 0,
             seen: 0,
+            idle: Duration::MAX,
+            timer: None,
+            armed: false,
+            sent: None,
+        }
+    }
+
+    /// Completes once the whole body has been handed to the backend
+    /// connection (at once for a bodiless request).
+    pub(crate) fn sent(&self) -> impl Future<Output = ()> + Send + 'static {
+        let sent = self.sent.clone();
+        async move {
+            if let Some(n) = sent {
+                n.notified().await;
+            }
         }
     }
 
@@ -73,6 +114,28 @@ impl RequestBody {
         }
         Ok(())
     }
+
+    fn finished(&mut self) {
+        if let Some(n) = self.sent.take() {
+            n.notify_one();
+        }
+    }
+
+    /// Waiting on the client: runs the idle timer; `Ready` when it expired.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.idle == Duration::MAX {
+            return false;
+        }
+        if !self.armed {
+            let deadline = Instant::now() + self.idle;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        self.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
 }
 
 impl Body for RequestBody {
@@ -82,13 +145,18 @@ impl Body for RequestBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         if let Some(frame) = this.first.take() {
+            if this.inner.as_ref().is_none_or(Body::is_end_stream) {
+                this.finished();
+            }
             return Poll::Ready(Some(Ok(frame)));
         }
         let Some(inner) = this.inner.as_mut() else {
+            this.finished();
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.armed = false;
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
@@ -96,11 +164,23 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(BodyTooLarge { limit: this.limit }.into())));
                     }
                 }
+                if this.inner.as_ref().is_none_or(Body::is_end_stream) {
+                    this.finished();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.finished();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.idle_expired(cx) {
+                    this.inner = None;
+                    return Poll::Ready(Some(Err(RequestBodyError::Timeout(this.idle))));
+                }
+                Poll::Pending
+            }
         }
     }
 

@@ -29,6 +29,15 @@ pub(crate) mod body;
 
 use body::RequestBody;
 
+/// What a backend's response head may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadLimits {
+    /// Bytes (at least 8 KiB, hyper's floor).
+    pub(crate) bytes: usize,
+    /// Header fields.
+    pub(crate) fields: usize,
+}
+
 /// Upper bound on idle HTTP/1.1 connections kept per backend, whatever the
 /// config says (the stack is allocated once, at this size or smaller).
 const IDLE_CAPACITY_CAP: usize = 4096;
@@ -102,13 +111,21 @@ impl Upstream {
     }
 
     /// Dials a new HTTP/1.1 connection (with upgrade support, for WebSocket).
+    /// A response head may take at most `head` bytes and `headers` fields;
+    /// the read buffer never grows past `head` either, which bounds what a
+    /// response to a slow client holds here.
     pub(crate) async fn connect_h1(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
+        head: HeadLimits,
     ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
         let io = dial(addr, connect_timeout).await?;
-        let (sender, conn) = http1::Builder::new().handshake(io).await?;
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(head.bytes)
+            .max_headers(head.fields)
+            .handshake(io)
+            .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream connection ended with an error");

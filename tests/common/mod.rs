@@ -301,6 +301,13 @@ pub(crate) struct Recorder {
 }
 
 pub(crate) async fn recorder() -> Recorder {
+    scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await
+}
+
+/// A raw TCP backend that records every byte it receives and answers each
+/// request head with exactly `answer` (which may be a head and part of a
+/// body: the connection then stays open, sending nothing more).
+pub(crate) async fn scripted(answer: &'static [u8]) -> Recorder {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -316,7 +323,7 @@ pub(crate) async fn recorder() -> Recorder {
                     }
                     rec.lock().unwrap().extend_from_slice(&buf[..n]);
                     if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                        let _ = s.write_all(answer).await;
                     }
                 }
             });
@@ -489,4 +496,72 @@ pub(crate) async fn spawn_tidegate(
     }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, web.unwrap(), admin)
+}
+
+/// A minimal HTTP/2 client speaking raw frames, for what hyper's client
+/// refuses to send.
+pub(crate) mod h2raw {
+    pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// HPACK literal header fields without indexing, no Huffman.
+    pub(crate) fn headers(fields: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in fields {
+            out.push(0x00);
+            out.push(name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+            out.push(value.len() as u8);
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    pub(crate) const DATA: u8 = 0;
+    pub(crate) const HEADERS: u8 = 1;
+    pub(crate) const RST_STREAM: u8 = 3;
+    pub(crate) const SETTINGS: u8 = 4;
+    pub(crate) const GOAWAY: u8 = 7;
+    pub(crate) const END_STREAM: u8 = 0x1;
+    pub(crate) const END_HEADERS: u8 = 0x4;
+    /// SETTINGS_INITIAL_WINDOW_SIZE.
+    pub(crate) const INITIAL_WINDOW_SIZE: u16 = 0x4;
+}
+
+/// Sends frames after the preface and returns the error code of the first
+/// RST_STREAM or GOAWAY the proxy answers with, or the status of a response.
+pub(crate) async fn h2_exchange(addr: std::net::SocketAddr, frames: &[Vec<u8>]) -> String {
+    use h2raw::*;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    for f in frames {
+        s.write_all(f).await.unwrap();
+    }
+    loop {
+        let mut head = [0u8; 9];
+        if tokio::time::timeout(BOUND, s.read_exact(&mut head)).await.is_err() {
+            return "timeout".into();
+        }
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.unwrap();
+        match head[3] {
+            RST_STREAM => return format!("RST_STREAM {}", u32::from_be_bytes(payload[..4].try_into().unwrap())),
+            GOAWAY => return format!("GOAWAY {}", u32::from_be_bytes(payload[4..8].try_into().unwrap())),
+            HEADERS => {
+                // A literal ":status" is what a proxy error would look like;
+                // hpack-indexed statuses start with 0x88 (200) .. 0x8e (500).
+                return format!("HEADERS {:02x}", payload.first().copied().unwrap_or(0));
+            }
+            _ => {}
+        }
+    }
 }

@@ -77,9 +77,11 @@ impl Health {
     }
 }
 
-/// Data path, after each exchange: a connect failure or a 5xx counts
-/// against the backend; anything else clears the count. Crossing the
-/// threshold ejects the backend, if the pool's cap allows.
+/// Data path, after each exchange the backend is answerable for: a connect
+/// failure, a timeout while it owed bytes, a broken response or a 5xx
+/// counts against it; anything else clears the count. Crossing the
+/// threshold ejects the backend, if the pool's cap allows. (Failures the
+/// client caused never come here.)
 pub(crate) fn passive_outcome(pool: &Pool, backend: &Backend, failed: bool, now_ns: u64) {
     let h = &backend.health;
     if !failed {
@@ -88,8 +90,23 @@ pub(crate) fn passive_outcome(pool: &Pool, backend: &Backend, failed: bool, now_
         }
         return;
     }
+    h.passive_failures.fetch_add(1, Ordering::Relaxed);
+    maybe_eject(pool, backend, now_ns);
+}
+
+/// Data path, where the pool is not at hand (a backend that stalled
+/// mid-body): one more failure; the next exchange or the control path's
+/// [`tick`] ejects it if that crossed the threshold.
+pub(crate) fn note_failure(backend: &Backend) {
+    backend.health.passive_failures.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Ejects `backend` if its consecutive failures reached the pool's
+/// threshold and the cap on ejected backends allows.
+fn maybe_eject(pool: &Pool, backend: &Backend, now_ns: u64) {
+    let h = &backend.health;
     let cfg = &pool.config.passive;
-    let n = h.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+    let n = h.passive_failures.load(Ordering::Relaxed);
     if n < cfg.consecutive_failures || backend.state() != BackendState::Active {
         return;
     }
@@ -106,7 +123,8 @@ pub(crate) fn passive_outcome(pool: &Pool, backend: &Backend, failed: bool, now_
     tracing::warn!(pool = %pool.name, backend = %backend.address, ?period, "backend ejected after {n} consecutive failures");
 }
 
-/// Control path, a few times a second per pool: ends expired ejections and
+/// Control path, a few times a second per pool: ejects backends whose
+/// failures were noted without the pool at hand, ends expired ejections and
 /// advances slow start. Returns whether any backend gained capacity (the
 /// caller then serves the queue).
 pub(crate) fn tick(pool: &Pool, now_ns: u64) -> bool {
@@ -114,6 +132,7 @@ pub(crate) fn tick(pool: &Pool, now_ns: u64) -> bool {
     let mut grew = false;
     for b in &pool.backends {
         let h = &b.health;
+        maybe_eject(pool, b, now_ns);
         let until = h.ejected_until_ns.load(Ordering::Relaxed);
         if until != 0 && now_ns >= until {
             h.ejected_until_ns.store(0, Ordering::Relaxed);
