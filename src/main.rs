@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tidegate::config::{units::parse_duration, Config};
 use tidegate::demo::{shop, Children};
 use tidegate::state::State;
@@ -41,58 +41,7 @@ enum Command {
     Check,
     /// Replay a traffic trace through the autoscaling policies and compare
     /// them with the Erlang-C oracle.
-    Simulate {
-        /// A built-in scenario: step, spike, diurnal, flash-sale, shop-14d.
-        #[arg(long, conflicts_with = "trace")]
-        scenario: Option<String>,
-        /// A CSV trace with a header line `second,arrivals`.
-        #[arg(long)]
-        trace: Option<PathBuf>,
-        /// Provisioning delay.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        delay: Duration,
-        /// Queue-wait SLO.
-        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-        slo: Duration,
-        /// Concurrency limit per backend.
-        #[arg(long, default_value_t = 8)]
-        slots: u32,
-        /// Mean service time.
-        #[arg(long, default_value = "20ms", value_parser = parse_duration)]
-        service_time: Duration,
-        /// Mean arrival rate of generated scenarios (req/s).
-        #[arg(long, default_value_t = 200.0)]
-        rate: f64,
-        /// Seeds (generated scenarios).
-        #[arg(long, default_value_t = 1)]
-        seeds: u64,
-        /// The operator's `max` for every policy, as a multiple of the
-        /// oracle's peak (0 = 1000 backends).
-        #[arg(long, default_value_t = 2.0)]
-        max_factor: f64,
-        /// One JSON object per policy instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Write an SVG chart of the first seed here.
-        #[arg(long)]
-        svg: Option<PathBuf>,
-        /// Drive tidegate's decision step from an outside simulator: one
-        /// JSON second per stdin line in, one `{"t","desired"}` line out.
-        /// With `--config FILE [--pool NAME]` the pool's autoscale table
-        /// sets the step, as the live loop reads it.
-        #[arg(long, conflicts_with_all = ["scenario", "trace", "json", "svg"])]
-        stdio: bool,
-        /// Fewest backends (`--stdio`).
-        #[arg(long, default_value_t = 1)]
-        min: u32,
-        /// Most backends (`--stdio`).
-        #[arg(long, default_value_t = 1000)]
-        max: u32,
-        /// The autoscaled pool of `--config` whose settings `--stdio` uses
-        /// (default: the only autoscaled pool).
-        #[arg(long, requires = "stdio")]
-        pool: Option<String>,
-    },
+    Simulate(Box<SimulateArgs>),
     /// Run a simulated shop backend (for the demo, tests and benchmarks).
     Backend {
         #[arg(long)]
@@ -112,6 +61,93 @@ enum Command {
     },
 }
 
+/// `tidegate simulate`.
+#[derive(Args)]
+struct SimulateArgs {
+    /// A built-in scenario: step, spike, diurnal, flash-sale, shop-14d,
+    /// or a corpus family (ramp-slow, ramp-fast, sale-announced,
+    /// sale-unannounced, spike, bot-storm, onoff, diurnal-weekly,
+    /// quiet-rare, slow-deploy).
+    #[arg(long, conflicts_with_all = ["trace", "corpus"])]
+    scenario: Option<String>,
+    /// A CSV trace: header `second,arrivals` (per second) or
+    /// `minute,requests` (per minute, spread as a Poisson process
+    /// within each minute).
+    #[arg(long, conflicts_with = "corpus")]
+    trace: Option<PathBuf>,
+    /// The training and validation corpus: `train`, `validation` or
+    /// `all`; prints the verdict table per family and delay.
+    #[arg(long)]
+    corpus: Option<String>,
+    /// The NASA per-minute trace for the corpus (its `nasa` family).
+    #[arg(long, requires = "corpus")]
+    nasa: Option<PathBuf>,
+    /// Provisioning delay.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    delay: Duration,
+    /// Several provisioning delays (`--corpus`), e.g. "5s,30s,120s".
+    #[arg(long, value_delimiter = ',', value_parser = parse_duration)]
+    delays: Vec<Duration>,
+    /// Queue-wait SLO.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    slo: Duration,
+    /// Concurrency limit per backend.
+    #[arg(long, default_value_t = 8)]
+    slots: u32,
+    /// Mean service time.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    service_time: Duration,
+    /// Mean arrival rate (req/s): a generated scenario's base, or what a
+    /// `--trace` is scaled to (default: as recorded).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Multiply a `--trace`'s counts by this.
+    #[arg(long, conflicts_with = "rate")]
+    scale: Option<f64>,
+    /// Seeds (generated scenarios).
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// The operator's `max` for every policy, as a multiple of the
+    /// oracle's peak (0 = 1000 backends).
+    #[arg(long, default_value_t = 2.0)]
+    max_factor: f64,
+    /// The queueing model: `fluid` (fast), `exact` (a per-request event
+    /// simulation: the referee, for traces of hours), or `referee`
+    /// (both, side by side).
+    #[arg(long, default_value = "fluid")]
+    model: String,
+    /// Service times of the exact model: `exp`, `fixed`, or a
+    /// coefficient of variation (log-normal).
+    #[arg(long, default_value = "exp")]
+    service_dist: String,
+    /// Overrides of tidegate's policy parameters, `key=value,...` (A/B
+    /// runs: `trend=off`, `headroom_quantile=0.9`, ...).
+    #[arg(long, default_value = "")]
+    policy: String,
+    /// One JSON object per policy (and the oracle) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG chart of the first seed here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Drive tidegate's decision step from an outside simulator: one
+    /// JSON second per stdin line in, one `{"t","desired"}` line out.
+    /// With `--config FILE [--pool NAME]` the pool's autoscale table
+    /// sets the step, as the live loop reads it.
+    #[arg(long, conflicts_with_all = ["scenario", "trace", "corpus", "json", "svg"])]
+    stdio: bool,
+    /// Fewest backends (`--stdio`).
+    #[arg(long, default_value_t = 1)]
+    min: u32,
+    /// Most backends (`--stdio`).
+    #[arg(long, default_value_t = 1000)]
+    max: u32,
+    /// The autoscaled pool of `--config` whose settings `--stdio` uses
+    /// (default: the only autoscaled pool).
+    #[arg(long, requires = "stdio")]
+    pool: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -121,36 +157,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run { no_watch: false }) {
         Command::Run { no_watch } => run(cli.config, !no_watch),
         Command::Check => check(cli.config),
-        Command::Simulate {
-            scenario,
-            trace,
-            delay,
-            slo,
-            slots,
-            service_time,
-            rate,
-            seeds,
-            max_factor,
-            json,
-            svg,
-            stdio,
-            min,
-            max,
-            pool,
-        } => {
-            if stdio {
-                return finish(simulate_stdio(cli.config, pool, delay, slo, slots, min, max));
-            }
-            let params = tidegate::sim::model::SimParams {
-                delay: delay.as_secs(),
-                slo: slo.as_secs_f64(),
-                slots,
-                service: service_time.as_secs_f64(),
-                max_factor,
-                ..Default::default()
-            };
-            simulate(scenario, trace, params, rate, seeds, json, svg)
-        }
+        Command::Simulate(args) => simulate(cli.config, *args),
         Command::Backend {
             listen,
             service_time,
@@ -250,46 +257,115 @@ fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One worker thread gets tokio's single-threaded scheduler (no
-/// work-stealing queues or cross-thread wake-ups: measurably cheaper per
-/// request, as HAProxy's `nbthread 1`); more get the multi-threaded one.
-fn simulate(
-    scenario: Option<String>,
-    trace: Option<PathBuf>,
-    params: tidegate::sim::model::SimParams,
-    rate: f64,
-    seeds: u64,
-    json: bool,
-    svg: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    use tidegate::sim::{self, scenario as sc};
-    let traces = match (scenario, trace) {
+/// `tidegate simulate`: the corpus, a trace or a scenario through every
+/// policy, or `--stdio`.
+fn simulate(config: Option<PathBuf>, a: SimulateArgs) -> anyhow::Result<()> {
+    if a.stdio {
+        return simulate_stdio(config, a.pool, a.delay, a.slo, a.slots, a.min, a.max);
+    }
+    let params = tidegate::sim::model::SimParams {
+        delay: a.delay.as_secs(),
+        slo: a.slo.as_secs_f64(),
+        slots: a.slots,
+        service: a.service_time.as_secs_f64(),
+        max_factor: a.max_factor,
+        ..Default::default()
+    };
+    let delays = if a.delays.is_empty() {
+        vec![a.delay]
+    } else {
+        a.delays.clone()
+    };
+    let (model, service_dist, policy, json, svg) = (
+        a.model.as_str(),
+        a.service_dist.as_str(),
+        a.policy.as_str(),
+        a.json,
+        a.svg.clone(),
+    );
+    use tidegate::sim::{self, corpus, des::ServiceDist, families, scenario as sc, Model};
+    let dist = ServiceDist::parse(service_dist).map_err(anyhow::Error::msg)?;
+    let variant = sim::tidegate_variant(policy).map_err(anyhow::Error::msg)?;
+    let models: Vec<(&str, Model)> = match model {
+        "fluid" => vec![("fluid", Model::Fluid)],
+        "exact" => vec![("exact", Model::Exact(dist, 7))],
+        "referee" => vec![("fluid", Model::Fluid), ("exact", Model::Exact(dist, 7))],
+        other => anyhow::bail!("--model `{other}`: expected fluid, exact or referee"),
+    };
+    let delays: Vec<u64> = delays.iter().map(Duration::as_secs).collect();
+    if let Some(split) = &a.corpus {
+        let split = corpus::Split::parse(split).map_err(anyhow::Error::msg)?;
+        let nasa = match &a.nasa {
+            Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?),
+            None => None,
+        };
+        let instances = corpus::instances(split, nasa.as_deref()).map_err(anyhow::Error::msg)?;
+        for (name, m) in models {
+            let runs = corpus::run(&instances, &delays, &params, m, variant);
+            let rows = corpus::summaries(&runs, &delays);
+            if json {
+                for r in &rows {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else {
+                println!("model: {name}\n");
+                print!("{}", corpus::report(&rows));
+            }
+        }
+        return Ok(());
+    }
+    let traces = match (a.scenario.clone(), a.trace.clone()) {
         (_, Some(path)) => {
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            vec![sc::from_csv(&path.display().to_string(), &text)
+            let scale = match (a.rate, a.scale) {
+                (Some(r), _) => sc::Scale::MeanRate(r),
+                (None, Some(k)) => sc::Scale::Factor(k),
+                (None, None) => sc::Scale::AsIs,
+            };
+            vec![sc::from_csv(&path.display().to_string(), &text, scale, 1)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?]
         }
-        (Some(name), None) => (1..=seeds.max(1))
-            .map(|seed| sc::generate(&name, rate, seed))
-            .collect::<Option<Vec<_>>>()
-            .with_context(|| format!("unknown scenario `{name}` (known: {})", sc::SCENARIOS.join(", ")))?,
-        (None, None) => anyhow::bail!("give --scenario NAME or --trace FILE"),
-    };
-    let (rows, outcomes, need) = sim::compare(&traces, &params);
-    if json {
-        for r in &rows {
-            println!("{}", serde_json::to_string(r)?);
+        (Some(name), None) => {
+            let rate = a.rate.unwrap_or(200.0);
+            (1..=a.seeds.max(1))
+                .map(|seed| sc::generate(&name, rate, seed).or_else(|| families::generate(&name, rate, seed)))
+                .collect::<Option<Vec<_>>>()
+                .with_context(|| {
+                    format!(
+                        "unknown scenario `{name}` (known: {}, {})",
+                        sc::SCENARIOS.join(", "),
+                        families::FAMILIES.join(", ")
+                    )
+                })?
         }
-    } else {
-        print!("{}", sim::table(&rows));
-    }
-    if let Some(path) = svg {
-        std::fs::write(&path, sim::chart(&traces[0], &outcomes, &need, &params))
-            .with_context(|| format!("writing {}", path.display()))?;
+        (None, None) => anyhow::bail!("give --scenario NAME, --trace FILE or --corpus SPLIT"),
+    };
+    for (name, m) in models {
+        for &delay in &delays {
+            let params = tidegate::sim::model::SimParams { delay, ..params };
+            let (rows, outcomes, need) = sim::compare(&traces, &params, m, variant);
+            if json {
+                for r in &rows {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else {
+                if model == "referee" {
+                    println!("model: {name}\n");
+                }
+                print!("{}", sim::table(&rows));
+            }
+            if let (Some(path), "fluid" | "exact") = (&svg, name) {
+                std::fs::write(path, sim::chart(&traces[0], &outcomes, &need, &params))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
     }
     Ok(())
 }
 
+/// One worker thread gets tokio's single-threaded scheduler (no
+/// work-stealing queues or cross-thread wake-ups: measurably cheaper per
+/// request, as HAProxy's `nbthread 1`); more get the multi-threaded one.
 fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),

@@ -19,8 +19,8 @@ const LAYERS: [(&str, &[&str]); 5] = [
 ];
 
 /// The pure autoscale files: no tokio, no state, no pool, no I/O modules.
-const PURE_AUTOSCALE: [&str; 9] = [
-    "erlang", "forecast", "guard", "mod", "policy", "schedule", "signal", "step", "warmup",
+const PURE_AUTOSCALE: [&str; 10] = [
+    "erlang", "forecast", "guard", "mod", "policy", "schedule", "signal", "step", "tidegate", "warmup",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

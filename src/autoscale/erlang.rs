@@ -25,24 +25,39 @@ pub(crate) fn erlang_c(c: u64, a: f64) -> f64 {
 /// P(wait > t) in M/M/c: `C(c, a) * exp(-(c*mu - lambda) * t)`, with
 /// `lambda` arrivals per second, `service` mean service time in seconds.
 pub(crate) fn wait_exceeds(c: u64, lambda: f64, service: f64, t: f64) -> f64 {
+    wait_exceeds_g(c, lambda, service, t, 1.0)
+}
+
+/// P(wait > t) in M/G/c by the Allen-Cunneen approximation: the M/M/c
+/// tail with its decay slowed by `(1 + cv2) / 2`, where `cv2` is the
+/// squared coefficient of variation of service times (1: exponential, the
+/// M/M/c case; 0: fixed service, waits half as long; above 1: longer).
+pub(crate) fn wait_exceeds_g(c: u64, lambda: f64, service: f64, t: f64, cv2: f64) -> f64 {
     let a = lambda * service;
     if c == 0 || a >= c as f64 {
         return 1.0;
     }
     let mu = 1.0 / service;
-    erlang_c(c, a) * (-(c as f64 * mu - lambda) * t).exp()
+    let stretch = ((1.0 + cv2.max(0.0)) / 2.0).max(0.05);
+    erlang_c(c, a) * (-(c as f64 * mu - lambda) * t / stretch).exp()
 }
 
 /// The fewest backends (each `slots` servers) for which an arrival waits
 /// longer than `slo` seconds with probability at most `epsilon`.
 pub(crate) fn backends_for(lambda: f64, service: f64, slots: u64, slo: f64, epsilon: f64) -> u64 {
-    if lambda <= 0.0 {
+    backends_for_g(lambda, service, slots, slo, epsilon, 1.0)
+}
+
+/// [`backends_for`] with service times of squared coefficient of variation
+/// `cv2` (see [`wait_exceeds_g`]).
+pub(crate) fn backends_for_g(lambda: f64, service: f64, slots: u64, slo: f64, epsilon: f64, cv2: f64) -> u64 {
+    if lambda <= 0.0 || !lambda.is_finite() || service <= 0.0 {
         return 0;
     }
     let a = lambda * service;
     let mut n = ((a / slots as f64).floor() as u64).max(1);
     loop {
-        if wait_exceeds(n * slots, lambda, service, slo) <= epsilon {
+        if wait_exceeds_g(n * slots, lambda, service, slo, cv2) <= epsilon {
             return n;
         }
         n += 1;
@@ -77,5 +92,18 @@ mod tests {
         assert!(wait_exceeds((n - 1) * 8, 2000.0, 0.02, 0.1) > 0.001);
         assert!((5..=8).contains(&n), "{n}");
         assert_eq!(backends_for(0.0, 0.02, 8, 0.1, 0.001), 0);
+    }
+
+    #[test]
+    fn fixed_service_needs_fewer_backends_and_variable_service_more() {
+        let exp = backends_for_g(2000.0, 0.05, 8, 0.1, 0.001, 1.0);
+        let fixed = backends_for_g(2000.0, 0.05, 8, 0.1, 0.001, 0.0);
+        let wild = backends_for_g(2000.0, 0.05, 8, 0.1, 0.001, 4.0);
+        assert!(fixed <= exp && exp <= wild, "{fixed} {exp} {wild}");
+        assert!(wild > fixed);
+        assert_eq!(
+            backends_for_g(2000.0, 0.05, 8, 0.1, 0.001, 1.0),
+            backends_for(2000.0, 0.05, 8, 0.1, 0.001)
+        );
     }
 }

@@ -131,6 +131,27 @@ pub(crate) fn expected_rate(rate_at: impl Fn(u64) -> Option<f64>, now: u64, ahea
     best
 }
 
+/// How well the same minutes yesterday and last week have predicted the
+/// last `window` minutes before `now`: the mean relative error of that
+/// prediction (`None` with fewer than 10 minutes to judge by). The policy
+/// trusts the forecast only while this is small: a day unlike yesterday
+/// does not pay for yesterday's peak.
+pub(crate) fn track_record(rate_at: impl Fn(u64) -> Option<f64>, now: u64, window: u64) -> Option<f64> {
+    let (mut sum, mut n) = (0.0, 0u32);
+    for m in now.saturating_sub(window)..now {
+        let Some(actual) = rate_at(m) else { continue };
+        let said = [DAY, WEEK]
+            .iter()
+            .filter_map(|&back| m.checked_sub(back).and_then(&rate_at))
+            .fold(None, |best: Option<f64>, v| Some(best.map_or(v, |b| b.max(v))));
+        if let Some(said) = said {
+            sum += (said - actual).abs() / said.max(actual).max(1.0);
+            n += 1;
+        }
+    }
+    (n >= 10).then(|| sum / f64::from(n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +178,7 @@ mod tests {
             concurrency,
             queued,
             queue_wait: queued / 100.0,
+            service_cv2: None,
         }
     }
 
@@ -195,5 +217,14 @@ mod tests {
         assert_eq!(m.len() as u64, KEPT + 1);
         assert_eq!(m.rate(98), None);
         assert_eq!(m.rate(99), Some(1.0));
+    }
+
+    #[test]
+    fn the_track_record_says_how_well_yesterday_predicted_today() {
+        let same = |_: u64| Some(100.0);
+        assert_eq!(track_record(same, DAY + 120, 60), Some(0.0));
+        let doubled = |m: u64| Some(if m >= DAY { 200.0 } else { 100.0 });
+        assert_eq!(track_record(doubled, DAY + 120, 60), Some(0.5));
+        assert_eq!(track_record(|_| None, DAY + 120, 60), None);
     }
 }

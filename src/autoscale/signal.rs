@@ -24,6 +24,9 @@ pub(crate) struct Sample {
     /// Mean seconds waited by the requests that left the queue during the
     /// second (0 when none did).
     pub(crate) queue_wait: f64,
+    /// Squared coefficient of variation of the service times completed in
+    /// the second (`None`: not measured; exponential, 1, is assumed).
+    pub(crate) service_cv2: Option<f64>,
 }
 
 /// The last `capacity` samples, oldest first.
@@ -61,6 +64,13 @@ impl History {
             .take_while(move |s| s.t > from || (from == 0 && s.t == 0))
     }
 
+    /// Calls `f` for each sample of the last `secs` seconds, newest first.
+    pub(crate) fn for_each(&self, now: u64, secs: u64, mut f: impl FnMut(&Sample)) {
+        for s in self.window(now, secs) {
+            f(s);
+        }
+    }
+
     /// Mean of `f` over the last `secs` seconds (0 with no samples).
     pub(crate) fn mean(&self, now: u64, secs: u64, f: impl Fn(&Sample) -> f64) -> f64 {
         let (sum, n) = self.window(now, secs).fold((0.0, 0u32), |(s, n), x| (s + f(x), n + 1));
@@ -84,6 +94,7 @@ mod tests {
             concurrency: arrivals / 10.0,
             queued: 0.0,
             queue_wait: 0.0,
+            service_cv2: None,
         }
     }
 

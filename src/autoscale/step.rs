@@ -18,7 +18,7 @@
 //!    limit is honoured even on the way to a raised `min` or floor, so an
 //!    operator's `max_step_up` always holds; `max` is never exceeded.
 
-use super::forecast::{expected_rate, lookahead, Minute, Minutes};
+use super::forecast::{expected_rate, lookahead, track_record, Minute, Minutes};
 use super::guard::{guard, GuardState};
 use super::policy::TidegateParams;
 use super::policy::{decide, Decision, Policy, PolicyState, PoolView};
@@ -30,6 +30,8 @@ use crate::config::{Guards, PoolConfig};
 
 /// Seconds of signal kept for the policies (the longest window they read).
 pub(crate) const HISTORY_SECONDS: usize = 600;
+/// Minutes over which the history forecast's track record is judged.
+pub(crate) const TRACK_RECORD_MINUTES: u64 = 120;
 /// The scheduled floor is in force this long before an entry's start, on
 /// top of the provisioning delay, so the capacity is ready in time.
 pub(crate) const SCHEDULE_MARGIN_SECS: f64 = 300.0;
@@ -110,6 +112,8 @@ pub(crate) struct Stepper {
     delay: DelayEstimate,
     /// The size asked for last (after the guards).
     asked: Option<u32>,
+    /// The forecast's track record, judged once per minute: `(minute, error)`.
+    record: Option<(u64, Option<f64>)>,
 }
 
 impl Stepper {
@@ -122,6 +126,7 @@ impl Stepper {
             policy: PolicyState::default(),
             guards: GuardState::default(),
             asked: None,
+            record: None,
         }
     }
 
@@ -141,6 +146,7 @@ impl Stepper {
     /// Per-minute history read back from disk.
     pub(crate) fn seed_minutes(&mut self, minutes: Minutes) {
         self.minutes = minutes;
+        self.record = None;
     }
 
     pub(crate) fn minutes(&self) -> &Minutes {
@@ -168,7 +174,17 @@ impl Stepper {
         let closed = self.minutes.add_second(tick.unix.max(0) as u64, &tick.sample);
         let delay = self.delay.delay();
         let minutes = &self.minutes;
-        let forecast_rate = expected_rate(|m| minutes.rate(m), tick.unix.max(0) as u64 / 60, lookahead(delay));
+        let minute = tick.unix.max(0) as u64 / 60;
+        let forecast_rate = expected_rate(|m| minutes.rate(m), minute, lookahead(delay));
+        let forecast_error = match self.record {
+            Some((m, error)) if m == minute => error,
+            _ => {
+                let error = track_record(|m| minutes.rate(m), minute, TRACK_RECORD_MINUTES);
+                self.record = Some((minute, error));
+                error
+            }
+        };
+        let forecast_error = forecast_rate.and(forecast_error);
         let floor = floor(&p.schedule, tick.unix, (delay + SCHEDULE_MARGIN_SECS) as i64);
         let view = PoolView {
             ready: tick.ready,
@@ -178,6 +194,7 @@ impl Stepper {
             max: p.max,
             floor,
             forecast_rate,
+            forecast_error,
             provisioning_delay: delay,
         };
         let decision = decide(&p.policy, &mut self.policy, &self.history, tick.t, &view).map(|mut d| {
@@ -228,6 +245,7 @@ mod tests {
                 concurrency: arrivals * 0.02,
                 queued: 0.0,
                 queue_wait: 0.0,
+                service_cv2: None,
             },
             ready,
             provisioning: 0,

@@ -39,6 +39,10 @@ pub struct PoolShared {
     responses: [AtomicU64; 6],
     latency: LatencyHistogram,
     arrivals: AtomicU64,
+    /// Sum and sum of squares of response times (µs, wrapping), for the
+    /// autoscaler's service-time variability.
+    time_sum_us: AtomicU64,
+    time_sq_sum: AtomicU64,
     /// Responses tidegate answered itself for this pool, by reason index
     /// (the proxy's error labels).
     errors: [AtomicU64; ERROR_SLOTS],
@@ -56,6 +60,8 @@ impl PoolShared {
             responses: Default::default(),
             latency: LatencyHistogram::default(),
             arrivals: AtomicU64::new(0),
+            time_sum_us: AtomicU64::new(0),
+            time_sq_sum: AtomicU64::new(0),
             errors: Default::default(),
         }
     }
@@ -90,6 +96,18 @@ impl PoolShared {
     pub(crate) fn record(&self, class: usize, elapsed_ns: u64) {
         self.responses[class].fetch_add(1, Ordering::Relaxed);
         self.latency.record_ns(elapsed_ns);
+        let us = elapsed_ns / 1000;
+        self.time_sum_us.fetch_add(us, Ordering::Relaxed);
+        self.time_sq_sum.fetch_add(us.wrapping_mul(us), Ordering::Relaxed);
+    }
+
+    /// Running (wrapping) sums of response times and of their squares, in
+    /// µs: differences over a second give the mean and variance.
+    pub(crate) fn time_sums(&self) -> (u64, u64) {
+        (
+            self.time_sum_us.load(Ordering::Relaxed),
+            self.time_sq_sum.load(Ordering::Relaxed),
+        )
     }
 
     /// Responses since the pool was created, in [`backend::CLASSES`] order.

@@ -1,22 +1,30 @@
-//! `tidegate simulate`: replays a trace through the real decision code
-//! (`crate::autoscale::policy::decide`) and compares policies.
+//! `tidegate simulate`: replays a trace through the live loop's step
+//! function (`crate::autoscale::step`) and compares policies.
 //!
-//! Control-path tooling, no I/O beyond what the CLI reads and writes.
-//! `scenario.rs` makes traces; `model.rs` runs one policy on one trace;
-//! this file runs every policy (tidegate's default, KPA, HPA, a static pool
-//! sized for the oracle's peak) against the clairvoyant Erlang-C oracle
-//! over several seeds and reports, per policy: the share of requests whose
-//! queue wait broke the SLO, backend-seconds as a ratio to the oracle, time
-//! to capacity after a step, time back to the oracle after a fall, sales
-//! with capacity in place, and hook calls per hour.
+//! Tooling; imports only the pure autoscale code and config, and does no
+//! I/O beyond what the CLI hands it. `scenario.rs` and `families.rs` make
+//! traces, `corpus.rs` assembles the training and validation sets;
+//! `model.rs` runs one policy on one trace on the fluid queueing model,
+//! `des.rs` is the exact per-request referee; `stdio.rs` lets an outside
+//! simulator drive the step. This file runs every policy (tidegate's
+//! default, KPA, HPA, a static pool sized for the oracle's peak) and the
+//! clairvoyant Erlang-C oracle itself, and reports per policy: the share of
+//! requests whose queue wait broke the SLO, backend-seconds as a ratio to
+//! the oracle's, time to capacity after a step, time back to the oracle
+//! after a fall, sales with capacity in place, hook calls and direction
+//! reversals per hour.
 
+pub mod corpus;
+pub mod des;
+pub mod families;
 pub mod model;
 pub mod scenario;
 pub mod stdio;
 mod svg;
 
 use crate::autoscale::policy::{Policy, TidegateParams};
-use model::{oracle, simulate, Memo, Outcome, SimParams};
+use des::{Des, ServiceDist};
+use model::{oracle, simulate, Fluid, Memo, Outcome, Queueing, SimParams};
 use scenario::Trace;
 
 pub use svg::chart;
@@ -77,6 +85,25 @@ pub fn run_stdio(
     stdio::run(params, input, output)
 }
 
+/// Which queueing model runs the simulation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Model {
+    /// The fluid model: fast, for weeks of traffic.
+    Fluid,
+    /// The exact per-request event simulation (the referee), seeded, with
+    /// this service-time distribution.
+    Exact(ServiceDist, u64),
+}
+
+impl Model {
+    fn queueing(self, slo: f64) -> Box<dyn Queueing> {
+        match self {
+            Model::Fluid => Box::new(Fluid::new(slo)),
+            Model::Exact(dist, seed) => Box::new(Des::new(slo, dist, seed)),
+        }
+    }
+}
+
 /// One policy's figures over all seeds of one scenario.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
@@ -84,11 +111,17 @@ pub struct Summary {
     pub(crate) policy: String,
     pub(crate) delay_s: u64,
     pub(crate) seeds: usize,
+    /// Requests simulated and those whose queue wait broke the SLO.
+    pub(crate) requests: f64,
+    pub(crate) violations: f64,
     /// Share of requests that waited longer than the SLO.
     pub(crate) violation_share: f64,
     /// Of which in the trace's surprises (unannounced steps and spikes,
     /// the first sale): the part no forecast could prevent.
     pub(crate) surprise_violation_share: f64,
+    /// Backend-seconds, and the oracle's on the same traces.
+    pub(crate) backend_seconds: f64,
+    pub(crate) oracle_backend_seconds: f64,
     /// Backend-seconds divided by the oracle's.
     pub(crate) cost_vs_oracle: f64,
     /// Worst seconds from a step to capacity (none when the trace has no step).
@@ -98,48 +131,152 @@ pub struct Summary {
     /// Share of recurring sales that found capacity in place.
     pub(crate) sales_ready_share: Option<f64>,
     pub(crate) hook_calls_per_hour: f64,
+    /// Changes of direction of the size asked for, per hour.
+    pub(crate) reversals_per_hour: f64,
 }
 
-/// The policies compared, for a trace whose oracle peaks at `peak`.
-pub(crate) fn policies(peak: u32) -> Vec<Policy> {
+/// The policies compared, for a trace whose oracle peaks at `peak`, with
+/// tidegate's parameters as given.
+pub(crate) fn policies(tidegate: TidegateParams, peak: u32) -> Vec<Policy> {
     vec![
-        Policy::Tidegate(TidegateParams::default()),
+        Policy::Tidegate(tidegate),
         Policy::Kpa,
         Policy::Hpa,
         Policy::Static(peak),
     ]
 }
 
-/// Runs every policy on each trace (one per seed) and summarises. Also
-/// returns the first seed's outcomes and oracle, for the chart.
-pub fn compare(traces: &[Trace], p: &SimParams) -> (Vec<Summary>, Vec<Outcome>, Vec<u32>) {
-    let mut per_policy: Vec<Vec<(Outcome, f64)>> = Vec::new();
+/// tidegate's default parameters with `key=value,...` overrides (for A/B
+/// runs of the policy's parts; empty: the defaults).
+pub fn tidegate_variant(overrides: &str) -> Result<Variant, String> {
+    TidegateParams::default().with_overrides(overrides).map(Variant)
+}
+
+/// A variant of tidegate's policy (see [`tidegate_variant`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Variant(TidegateParams);
+
+/// The operator's `max` for a trace whose oracle peaks at `peak`: the same
+/// guard for every policy (KPA counts queued requests as load and would
+/// otherwise scale to whatever `max` allows during a provisioning delay).
+pub(crate) fn operator_max(p: &SimParams, peak: u32) -> u32 {
+    if p.max_factor > 0.0 {
+        ((f64::from(peak) * p.max_factor).ceil() as u32).max(peak + 4)
+    } else {
+        p.max
+    }
+}
+
+/// The oracle's pool run through the same queueing: what a clairvoyant
+/// pool with no provisioning delay would have cost and violated.
+pub(crate) fn simulate_oracle(
+    trace: &Trace,
+    p: &SimParams,
+    need: &[u32],
+    memo: &mut Memo,
+    q: &mut dyn Queueing,
+) -> Outcome {
+    let (mut requests, mut violations, mut surprise) = (0.0, 0.0, 0.0);
+    for (t, &a) in trace.arrivals.iter().enumerate() {
+        let servers = u64::from(need[t]) * u64::from(p.slots);
+        let s = q.second(t, servers, a, p.service * trace.service_at(t), memo);
+        requests += s.requests;
+        violations += s.violations;
+        if trace.surprises.iter().any(|r| r.contains(&t)) {
+            surprise += s.violations;
+        }
+    }
+    let changes = need.windows(2).filter(|w| w[0] != w[1]).count() as u64;
+    Outcome {
+        policy: "oracle".into(),
+        requests,
+        violations,
+        surprise_violations: surprise,
+        backend_seconds: need.iter().map(|&n| f64::from(n)).sum(),
+        hook_calls: changes,
+        reversals: 0,
+        time_to_capacity: Vec::new(),
+        back_to_oracle: Vec::new(),
+        sales_ready: trace.sales.len(),
+        sales: trace.sales.len(),
+        ready: need.to_vec(),
+    }
+}
+
+/// Every policy (and the oracle, last) on one trace.
+pub(crate) fn run_all(
+    trace: &Trace,
+    p: &SimParams,
+    model: Model,
+    policies_for: &dyn Fn(u32) -> Vec<Policy>,
+) -> (Vec<Outcome>, Vec<u32>, f64) {
+    let mut memo = Memo::default();
+    let need = oracle(trace, p, &mut memo);
+    let oracle_cost: f64 = need.iter().map(|&n| f64::from(n)).sum();
+    let peak = need.iter().copied().max().unwrap_or(p.min);
+    let p = &SimParams {
+        max: operator_max(p, peak),
+        ..*p
+    };
+    let mut outcomes: Vec<Outcome> = policies_for(peak)
+        .iter()
+        .map(|pol| simulate(pol, trace, p, &need, &mut memo, &mut *model.queueing(p.slo)))
+        .collect();
+    outcomes.push(simulate_oracle(trace, p, &need, &mut memo, &mut *model.queueing(p.slo)));
+    (outcomes, need, oracle_cost)
+}
+
+/// Sums runs of one policy (several traces) into a row.
+pub(crate) fn summarise(scenario: &str, delay: u64, runs: &[(&Outcome, f64, f64)]) -> Summary {
+    let requests: f64 = runs.iter().map(|(o, _, _)| o.requests).sum();
+    let violations: f64 = runs.iter().map(|(o, _, _)| o.violations).sum();
+    let surprise: f64 = runs.iter().map(|(o, _, _)| o.surprise_violations).sum();
+    let cost: f64 = runs.iter().map(|(o, _, _)| o.backend_seconds).sum();
+    let oracle_cost: f64 = runs.iter().map(|(_, c, _)| c).sum();
+    let hours: f64 = runs.iter().map(|(_, _, h)| h).sum();
+    let worst = |f: &dyn Fn(&Outcome) -> &Vec<u64>| runs.iter().flat_map(|(o, _, _)| f(o).iter().copied()).max();
+    let sales: usize = runs.iter().map(|(o, _, _)| o.sales).sum();
+    let share = |x: f64| if requests > 0.0 { x / requests } else { 0.0 };
+    Summary {
+        scenario: scenario.to_string(),
+        policy: runs.first().map_or(String::new(), |(o, _, _)| o.policy.clone()),
+        delay_s: delay,
+        seeds: runs.len(),
+        requests,
+        violations,
+        violation_share: share(violations),
+        surprise_violation_share: share(surprise),
+        backend_seconds: cost,
+        oracle_backend_seconds: oracle_cost,
+        cost_vs_oracle: cost / oracle_cost.max(1.0),
+        time_to_capacity_s: worst(&|o| &o.time_to_capacity),
+        back_to_oracle_s: worst(&|o| &o.back_to_oracle),
+        sales_ready_share: (sales > 0)
+            .then(|| runs.iter().map(|(o, _, _)| o.sales_ready).sum::<usize>() as f64 / sales as f64),
+        hook_calls_per_hour: runs.iter().map(|(o, _, _)| o.hook_calls).sum::<u64>() as f64 / hours.max(1e-9),
+        reversals_per_hour: runs.iter().map(|(o, _, _)| o.reversals).sum::<u64>() as f64 / hours.max(1e-9),
+    }
+}
+
+/// Runs every policy and the oracle on each trace (one per seed) and
+/// summarises. Also returns the first trace's outcomes and oracle, for the
+/// chart.
+pub fn compare(
+    traces: &[Trace],
+    p: &SimParams,
+    model: Model,
+    variant: Variant,
+) -> (Vec<Summary>, Vec<Outcome>, Vec<u32>) {
+    let mut per_policy: Vec<Vec<(Outcome, f64, f64)>> = Vec::new();
     let mut first: Option<(Vec<Outcome>, Vec<u32>)> = None;
     for trace in traces {
-        let mut memo = Memo::default();
-        let need = oracle(trace, p, &mut memo);
-        let oracle_cost: f64 = need.iter().map(|&n| f64::from(n)).sum();
-        let peak = need.iter().copied().max().unwrap_or(p.min);
-        // The operator's guard, the same for every policy: by default room
-        // for twice the peak (KPA counts queued requests as load and would otherwise
-        // scale to whatever `max` allows during a provisioning delay).
-        let p = &SimParams {
-            max: if p.max_factor > 0.0 {
-                ((f64::from(peak) * p.max_factor).ceil() as u32).max(peak + 4)
-            } else {
-                p.max
-            },
-            ..*p
-        };
-        let outcomes: Vec<Outcome> = policies(peak)
-            .iter()
-            .map(|pol| simulate(pol, trace, p, &need, &mut memo))
-            .collect();
+        let (outcomes, need, oracle_cost) = run_all(trace, p, model, &|peak| policies(variant.0, peak));
+        let hours = trace.arrivals.len() as f64 / 3600.0;
         if per_policy.is_empty() {
             per_policy = vec![Vec::new(); outcomes.len()];
         }
         for (slot, o) in per_policy.iter_mut().zip(&outcomes) {
-            slot.push((o.clone(), oracle_cost));
+            slot.push((o.clone(), oracle_cost, hours));
         }
         if first.is_none() {
             first = Some((outcomes, need));
@@ -149,28 +286,8 @@ pub fn compare(traces: &[Trace], p: &SimParams) -> (Vec<Summary>, Vec<Outcome>, 
     let summaries = per_policy
         .iter()
         .map(|runs| {
-            let requests: f64 = runs.iter().map(|(o, _)| o.requests).sum();
-            let violations: f64 = runs.iter().map(|(o, _)| o.violations).sum();
-            let surprise: f64 = runs.iter().map(|(o, _)| o.surprise_violations).sum();
-            let cost: f64 = runs.iter().map(|(o, _)| o.backend_seconds).sum();
-            let oracle_cost: f64 = runs.iter().map(|(_, c)| c).sum();
-            let hours: f64 = traces.iter().map(|t| t.arrivals.len() as f64 / 3600.0).sum();
-            let worst = |f: &dyn Fn(&Outcome) -> &Vec<u64>| runs.iter().flat_map(|(o, _)| f(o).iter().copied()).max();
-            let sales: usize = runs.iter().map(|(o, _)| o.sales).sum();
-            Summary {
-                scenario: name.clone(),
-                policy: runs[0].0.policy.clone(),
-                delay_s: p.delay,
-                seeds: runs.len(),
-                violation_share: if requests > 0.0 { violations / requests } else { 0.0 },
-                surprise_violation_share: if requests > 0.0 { surprise / requests } else { 0.0 },
-                cost_vs_oracle: cost / oracle_cost.max(1.0),
-                time_to_capacity_s: worst(&|o| &o.time_to_capacity),
-                back_to_oracle_s: worst(&|o| &o.back_to_oracle),
-                sales_ready_share: (sales > 0)
-                    .then(|| runs.iter().map(|(o, _)| o.sales_ready).sum::<usize>() as f64 / sales as f64),
-                hook_calls_per_hour: runs.iter().map(|(o, _)| o.hook_calls).sum::<u64>() as f64 / hours.max(1e-9),
-            }
+            let refs: Vec<(&Outcome, f64, f64)> = runs.iter().map(|(o, c, h)| (o, *c, *h)).collect();
+            summarise(&name, p.delay, &refs)
         })
         .collect();
     let (outcomes, need) = first.unwrap_or_default();
@@ -180,13 +297,13 @@ pub fn compare(traces: &[Trace], p: &SimParams) -> (Vec<Summary>, Vec<Outcome>, 
 /// A Markdown table of summaries.
 pub fn table(rows: &[Summary]) -> String {
     let mut out = String::from(
-        "| scenario | delay | policy | SLO-violating requests | of which in surprises | cost vs oracle | time to capacity | back to oracle | sales ready | hook calls/h |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| scenario | delay | policy | SLO-violating requests | of which in surprises | cost vs oracle | time to capacity | back to oracle | sales ready | hook calls/h | reversals/h |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |s| format!("{s} s"));
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} s | {} | {:.3} % | {:.3} % | {:.2}x | {} | {} | {} | {:.1} |\n",
+            "| {} | {} s | {} | {:.3} % | {:.3} % | {:.2}x | {} | {} | {} | {:.1} | {:.1} |\n",
             r.scenario,
             r.delay_s,
             r.policy,
@@ -197,7 +314,8 @@ pub fn table(rows: &[Summary]) -> String {
             opt(r.back_to_oracle_s),
             r.sales_ready_share
                 .map_or("-".to_string(), |s| format!("{:.0} %", s * 100.0)),
-            r.hook_calls_per_hour
+            r.hook_calls_per_hour,
+            r.reversals_per_hour
         ));
     }
     out

@@ -1,23 +1,41 @@
 //! One policy on one trace, second by second.
 //!
 //! The pool is `ready x slots` servers behind one FIFO queue (as tidegate's
-//! admission is). Each second: arrivals join, the pool serves up to its
-//! capacity, the rest waits. Requests violate the SLO when the backlog's
-//! fluid wait exceeds it, otherwise with the M/M/c tail probability. The
-//! policy sees what the proxy would (arrivals, in flight + queued) and its
-//! decisions take effect after the provisioning delay (scale-out) or at
-//! once (scale-in; draining a fast service takes well under a second).
-//! Cost is backend-seconds, counting backends while they provision.
+//! admission is). Each second the policy sees what the proxy would
+//! (arrivals, completions, in flight + queued, queue wait) through the live
+//! loop's step function; its decisions take effect after the provisioning
+//! delay (scale-out) or at once (scale-in; draining a fast service takes
+//! well under a second). Cost is backend-seconds, counting backends while
+//! they provision.
+//!
+//! What happens to a second's arrivals on a given pool is a [`Queueing`]
+//! model: [`Fluid`] (below, fast enough for weeks of traffic) or the exact
+//! per-request event simulation in `des.rs`, which referees it on shorter
+//! traces.
+//!
+//! **Fluid.** Within a second, arrivals come at a constant rate and the
+//! backlog grows or shrinks linearly; a request arriving at a moment when
+//! the backlog ahead of it needs more than the SLO to clear breaks the SLO
+//! (the exact share of the second for which that holds is computed, not
+//! all or nothing). The others wait only by chance, with the M/M/c tail
+//! probability `C(c, a) e^-(c mu - lambda) t` (Erlang C) at the second's
+//! arrival rate. What the proxy *sees* at the second's end is not the mean
+//! flow but a snapshot of a stochastic queue: the in-flight and queued
+//! counts are drawn from the M/M/c state at that load (all servers busy
+//! with probability C(c, a), then a geometric queue; otherwise a Poisson
+//! number busy), on top of any backlog. Policies that read concurrency
+//! (KPA, HPA) react to that noise as they do live and in the exact
+//! simulation; a mean-flow signal made them look cheaper and calmer than
+//! the per-request referee showed.
 
 use std::collections::{HashMap, VecDeque};
 
+use super::scenario::Trace;
 use crate::autoscale::erlang::{backends_for, wait_exceeds};
 use crate::autoscale::policy::Policy;
 use crate::autoscale::signal::Sample;
 use crate::autoscale::step::{StepParams, Stepper, Tick};
 use crate::config::Guards;
-
-use super::scenario::Trace;
 
 /// What is simulated: the pool, the SLO and the operator's bounds.
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +46,7 @@ pub struct SimParams {
     pub slo: f64,
     /// `max_concurrency` per backend.
     pub slots: u32,
-    /// Mean service time, seconds (exponential).
+    /// Mean service time, seconds.
     pub service: f64,
     /// The oracle meets the SLO for all but this share of requests.
     pub epsilon: f64,
@@ -56,28 +74,31 @@ impl Default for SimParams {
     }
 }
 
-/// Caches for the Erlang computations (inputs rounded to whole requests).
+/// Caches for the Erlang computations (inputs rounded to whole requests
+/// and whole microseconds).
 #[derive(Default)]
 pub(crate) struct Memo {
-    tail: HashMap<(u64, u64), f64>,
-    need: HashMap<u64, u32>,
+    tail: HashMap<(u64, u64, u64), f64>,
+    need: HashMap<(u64, u64), u32>,
 }
 
 impl Memo {
-    fn tail(&mut self, servers: u64, rate: f64, p: &SimParams) -> f64 {
-        let key = (servers, rate.round() as u64);
+    /// P(wait > slo) on `servers` servers at `rate` arrivals per second.
+    pub(crate) fn tail(&mut self, servers: u64, rate: f64, service: f64, slo: f64) -> f64 {
+        let key = (servers, rate.round() as u64, (service * 1e6).round() as u64);
         *self
             .tail
             .entry(key)
-            .or_insert_with(|| wait_exceeds(servers, key.1 as f64, p.service, p.slo))
+            .or_insert_with(|| wait_exceeds(servers, key.1 as f64, service, slo))
     }
 
-    pub(crate) fn need(&mut self, rate: f64, p: &SimParams) -> u32 {
-        let key = rate.ceil() as u64;
+    /// The oracle's size for one second.
+    pub(crate) fn need(&mut self, rate: f64, service: f64, p: &SimParams) -> u32 {
+        let key = (rate.ceil() as u64, (service * 1e6).round() as u64);
         *self
             .need
             .entry(key)
-            .or_insert_with(|| backends_for(key as f64, p.service, u64::from(p.slots), p.slo, p.epsilon) as u32)
+            .or_insert_with(|| backends_for(key.0 as f64, service, u64::from(p.slots), p.slo, p.epsilon) as u32)
     }
 }
 
@@ -86,8 +107,137 @@ pub(crate) fn oracle(trace: &Trace, p: &SimParams, memo: &mut Memo) -> Vec<u32> 
     trace
         .arrivals
         .iter()
-        .map(|&a| memo.need(a, p).clamp(p.min, p.max))
+        .enumerate()
+        .map(|(t, &a)| memo.need(a, p.service * trace.service_at(t), p).clamp(p.min, p.max))
         .collect()
+}
+
+/// What one second of queueing did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Second {
+    /// Requests that arrived.
+    pub(crate) requests: f64,
+    /// Requests (of any second) whose queue wait broke the SLO.
+    pub(crate) violations: f64,
+    /// Requests that finished.
+    pub(crate) completed: f64,
+    /// In service at the end of the second.
+    pub(crate) in_flight: f64,
+    /// Waiting at the end of the second.
+    pub(crate) queued: f64,
+    /// Mean wait of the requests that left the queue (seconds).
+    pub(crate) queue_wait: f64,
+    /// Squared coefficient of variation of service times, when measured.
+    pub(crate) service_cv2: Option<f64>,
+}
+
+/// What happens to a second's arrivals on a pool of `servers` servers with
+/// mean service time `service` (seconds).
+pub(crate) trait Queueing {
+    fn second(&mut self, t: usize, servers: u64, arrivals: f64, service: f64, memo: &mut Memo) -> Second;
+}
+
+/// The fluid model of the module docs.
+pub(crate) struct Fluid {
+    backlog: f64,
+    slo: f64,
+    rng: fastrand::Rng,
+}
+
+impl Fluid {
+    pub(crate) fn new(slo: f64) -> Fluid {
+        Fluid {
+            backlog: 0.0,
+            slo,
+            rng: fastrand::Rng::with_seed(0xF1_0D),
+        }
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.rng.f64().max(1e-12), self.rng.f64());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// A snapshot of an M/M/c queue with `servers` servers offered `a`
+    /// erlangs: (busy, waiting).
+    fn snapshot(&mut self, servers: u64, a: f64, memo: &mut Memo, service: f64) -> (f64, f64) {
+        let c = servers as f64;
+        if a <= 0.0 || servers == 0 {
+            return (0.0, 0.0);
+        }
+        if a >= c {
+            return (c, 0.0);
+        }
+        // P(all busy) is Erlang C; with the SLO at 0 the tail is exactly it.
+        let all_busy = memo.tail(servers, a / service, service, 0.0);
+        if self.rng.f64() < all_busy {
+            let rho = a / c;
+            let u = self.rng.f64().max(1e-12);
+            // Geometric number waiting, mean rho / (1 - rho).
+            let waiting = (u.ln() / rho.ln()).floor().max(0.0);
+            (c, waiting)
+        } else {
+            let z = self.normal();
+            ((a + z * a.sqrt()).round().clamp(0.0, c - 1.0), 0.0)
+        }
+    }
+}
+
+impl Queueing for Fluid {
+    fn second(&mut self, _t: usize, servers: u64, a: f64, service: f64, memo: &mut Memo) -> Second {
+        let b0 = self.backlog;
+        let capacity = servers as f64 / service;
+        if capacity <= 0.0 {
+            self.backlog = b0 + a;
+            return Second {
+                requests: a,
+                violations: a,
+                completed: 0.0,
+                in_flight: 0.0,
+                queued: self.backlog,
+                queue_wait: 0.0,
+                service_cv2: None,
+            };
+        }
+        let slope = a - capacity;
+        // The backlog a request finds breaks the SLO above this level.
+        let limit = self.slo * capacity;
+        // Share of the second during which arrivals find such a backlog.
+        let late_share = if slope > 0.0 {
+            1.0 - ((limit - b0) / slope).clamp(0.0, 1.0)
+        } else if slope < 0.0 {
+            ((b0 - limit) / -slope).clamp(0.0, 1.0)
+        } else if b0 > limit {
+            1.0
+        } else {
+            0.0
+        };
+        let end = (b0 + slope).max(0.0);
+        // The rest wait only by chance.
+        let chance = memo.tail(servers, a.min(0.98 * capacity), service, self.slo);
+        let violations = a * (late_share + (1.0 - late_share) * chance);
+        let served = b0 + a - end;
+        // Mean backlog over the second (piecewise linear), as a wait.
+        let empties_at = if slope < 0.0 { (b0 / -slope).min(1.0) } else { 1.0 };
+        let mean_backlog = (b0 + (b0 + slope * empties_at).max(0.0)) / 2.0 * empties_at;
+        self.backlog = end;
+        let (in_flight, waiting) = if end > 0.0 {
+            (servers as f64, 0.0)
+        } else {
+            self.snapshot(servers, (a * service).min(servers as f64), memo, service)
+        };
+        // Completions in a second are as random as arrivals are.
+        let completed = (served + self.normal() * served.sqrt()).max(0.0);
+        Second {
+            requests: a,
+            violations,
+            completed,
+            in_flight,
+            queued: end + waiting,
+            queue_wait: mean_backlog / capacity,
+            service_cv2: None,
+        }
+    }
 }
 
 /// One policy's run over one trace.
@@ -99,7 +249,11 @@ pub struct Outcome {
     /// Of which in the trace's surprises (no forecast could help).
     pub(crate) surprise_violations: f64,
     pub(crate) backend_seconds: f64,
+    /// Changes of the size asked for (each a provisioning call).
     pub(crate) hook_calls: u64,
+    /// Changes of direction of the size asked for (up then down, or down
+    /// then up): flapping.
+    pub(crate) reversals: u64,
     /// Seconds from each step to capacity (ready >= the oracle's need).
     pub(crate) time_to_capacity: Vec<u64>,
     /// Seconds from each fall until within 10 % of the oracle's pool.
@@ -126,9 +280,16 @@ pub(crate) fn step_params(policy: &Policy, p: &SimParams) -> StepParams {
 }
 
 /// Runs `policy` over `trace` through the live loop's step function
-/// (decide -> guard -> floor, forecast and delay learning included). `need`
-/// is the oracle's (for the per-event measures).
-pub(crate) fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u32], memo: &mut Memo) -> Outcome {
+/// (decide -> guard, forecast and delay learning included), on the
+/// queueing model `q`. `need` is the oracle's (for the per-event measures).
+pub(crate) fn simulate(
+    policy: &Policy,
+    trace: &Trace,
+    p: &SimParams,
+    need: &[u32],
+    memo: &mut Memo,
+    q: &mut dyn Queueing,
+) -> Outcome {
     let n = trace.arrivals.len();
     // Every policy starts where the oracle does; a static pool at its size.
     let start = match policy {
@@ -137,11 +298,12 @@ pub(crate) fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u3
     };
     let mut ready = start.clamp(p.min, p.max);
     let mut provisioning: VecDeque<u64> = VecDeque::new();
-    let (mut queue, mut requests, mut violations, mut cost) = (0.0f64, 0.0, 0.0, 0.0);
+    let (mut requests, mut violations, mut cost) = (0.0, 0.0, 0.0);
     let mut surprise_violations = 0.0;
     let mut stepper = Stepper::new(step_params(policy, p));
     let mut last_desired = ready;
-    let mut hook_calls = 0;
+    let mut direction = 0i8;
+    let (mut hook_calls, mut reversals) = (0, 0);
     let mut ready_series = Vec::with_capacity(n);
     for t in 0..n {
         while provisioning.front().is_some_and(|&at| at <= t as u64) {
@@ -149,53 +311,40 @@ pub(crate) fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u3
             ready += 1;
             stepper.learn_delay(p.delay as f64);
         }
-        let a = trace.arrivals[t];
         let servers = u64::from(ready) * u64::from(p.slots);
-        let capacity = servers as f64 / p.service;
-        let served = (queue + a).min(capacity);
-        let next = queue + a - served;
-        let late_share = if queue > 0.0 || next > 0.0 {
-            let wait = if capacity > 0.0 {
-                (queue + next) / 2.0 / capacity
-            } else {
-                f64::INFINITY
-            };
-            if wait > p.slo {
-                1.0
-            } else {
-                memo.tail(servers, a.min(0.98 * capacity), p)
-            }
-        } else {
-            memo.tail(servers, a, p)
-        };
-        requests += a;
-        violations += a * late_share;
+        let service = p.service * trace.service_at(t);
+        let s = q.second(t, servers, trace.arrivals[t], service, memo);
+        requests += s.requests;
+        violations += s.violations;
         if trace.surprises.iter().any(|r| r.contains(&t)) {
-            surprise_violations += a * late_share;
+            surprise_violations += s.violations;
         }
-        queue = next;
         cost += f64::from(ready) + provisioning.len() as f64;
         ready_series.push(ready);
 
-        let sample = Sample {
-            t: t as u64,
-            arrivals: a,
-            completed: served,
-            // In flight = busy servers (Little: throughput x service time).
-            concurrency: (served * p.service).min(servers as f64) + queue,
-            queued: queue,
-            queue_wait: if capacity > 0.0 { queue / capacity } else { 0.0 },
-        };
         let tick = Tick {
             t: t as u64,
             unix: t as i64,
-            sample,
+            sample: Sample {
+                t: t as u64,
+                arrivals: s.requests,
+                completed: s.completed,
+                concurrency: s.in_flight + s.queued,
+                queued: s.queued,
+                queue_wait: s.queue_wait,
+                service_cv2: s.service_cv2,
+            },
             ready,
             provisioning: provisioning.len() as u32,
         };
         if let Some(d) = stepper.step(&tick).decision {
             if d.desired != last_desired {
                 hook_calls += 1;
+                let now = if d.desired > last_desired { 1 } else { -1 };
+                if direction != 0 && now != direction {
+                    reversals += 1;
+                }
+                direction = now;
                 last_desired = d.desired;
             }
             let current = ready + provisioning.len() as u32;
@@ -215,6 +364,7 @@ pub(crate) fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u3
     let time_to_capacity = trace
         .steps
         .iter()
+        .filter(|&&s| s < n)
         .map(|&s| {
             (s..n)
                 .find(|&t| ready_series[t] >= need[t])
@@ -224,6 +374,7 @@ pub(crate) fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u3
     let back_to_oracle = trace
         .falls
         .iter()
+        .filter(|&&f| f < n)
         .map(|&f| {
             (f..n)
                 .find(|&t| f64::from(ready_series[t]) <= (f64::from(need[t]) * 1.1).ceil())
@@ -242,6 +393,7 @@ pub(crate) fn simulate(policy: &Policy, trace: &Trace, p: &SimParams, need: &[u3
         surprise_violations,
         backend_seconds: cost,
         hook_calls,
+        reversals,
         time_to_capacity,
         back_to_oracle,
         sales_ready,
@@ -256,6 +408,13 @@ mod tests {
     use crate::autoscale::policy::TidegateParams;
     use crate::sim::scenario::generate;
 
+    fn run(policy: &Policy, trace: &Trace, p: &SimParams) -> (Outcome, Vec<u32>) {
+        let mut memo = Memo::default();
+        let need = oracle(trace, p, &mut memo);
+        let o = simulate(policy, trace, p, &need, &mut memo, &mut Fluid::new(p.slo));
+        (o, need)
+    }
+
     #[test]
     fn a_static_pool_at_the_oracles_peak_meets_the_slo_at_a_higher_cost() {
         let p = SimParams::default();
@@ -263,7 +422,7 @@ mod tests {
         let mut memo = Memo::default();
         let need = oracle(&trace, &p, &mut memo);
         let peak = *need.iter().max().unwrap();
-        let o = simulate(&Policy::Static(peak), &trace, &p, &need, &mut memo);
+        let (o, _) = run(&Policy::Static(peak), &trace, &p);
         assert!(o.violations / o.requests < 0.001, "{o:?}");
         let oracle_cost: f64 = need.iter().map(|&n| f64::from(n)).sum();
         assert!(o.backend_seconds > 2.0 * oracle_cost);
@@ -274,9 +433,7 @@ mod tests {
     fn an_undersized_pool_queues_and_violates() {
         let p = SimParams::default();
         let trace = generate("step", 200.0, 7).unwrap();
-        let mut memo = Memo::default();
-        let need = oracle(&trace, &p, &mut memo);
-        let o = simulate(&Policy::Static(1), &trace, &p, &need, &mut memo);
+        let (o, _) = run(&Policy::Static(1), &trace, &p);
         assert!(o.violations / o.requests > 0.5, "{}", o.violations / o.requests);
     }
 
@@ -287,16 +444,30 @@ mod tests {
             ..SimParams::default()
         };
         let trace = generate("step", 200.0, 7).unwrap();
-        let mut memo = Memo::default();
-        let need = oracle(&trace, &p, &mut memo);
-        let o = simulate(
-            &Policy::Tidegate(TidegateParams::default()),
-            &trace,
-            &p,
-            &need,
-            &mut memo,
-        );
+        let (o, _) = run(&Policy::Tidegate(TidegateParams::default()), &trace, &p);
         let ttc = o.time_to_capacity[0];
         assert!((30..=40).contains(&ttc), "reacts within seconds, then the delay: {ttc}");
+    }
+
+    #[test]
+    fn the_fluid_backlog_breaks_the_slo_only_for_the_part_of_the_second_it_is_too_long() {
+        let mut memo = Memo::default();
+        // 10 servers x 10 ms: 1000 req/s. 2000 arrive: the backlog grows
+        // by 1000 over the second and passes 100 (100 ms) a tenth of the
+        // way in, so nine tenths of the arrivals break the SLO.
+        let mut q = Fluid::new(0.1);
+        let s = q.second(0, 10, 2000.0, 0.01, &mut memo);
+        assert!((s.violations / 2000.0 - 0.9).abs() < 0.02, "{s:?}");
+        assert_eq!(s.queued, 1000.0);
+        assert!((s.completed - 1000.0).abs() < 150.0, "{s:?}");
+        // Now 500 arrive: the backlog of 1000 shrinks by 500 and stays
+        // above 100 all second: every arrival breaks it.
+        let s = q.second(1, 10, 500.0, 0.01, &mut memo);
+        assert!((s.violations - 500.0).abs() < 1e-6, "{s:?}");
+        assert_eq!(s.queued, 500.0);
+        // Idle pool, light load: only chance waits.
+        let mut q = Fluid::new(0.1);
+        let s = q.second(0, 10, 100.0, 0.01, &mut memo);
+        assert!(s.violations < 1e-6, "{s:?}");
     }
 }

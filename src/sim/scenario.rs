@@ -1,5 +1,7 @@
 //! Traffic traces for the simulator: arrivals per second, from a CSV file
-//! (`second,arrivals`) or generated (seeded, so runs repeat).
+//! (`second,arrivals`, or `minute,requests` spread as a Poisson process
+//! within each minute) or generated (seeded, so runs repeat; the corpus
+//! families are in `families.rs`).
 
 use std::f64::consts::PI;
 
@@ -19,6 +21,35 @@ pub struct Trace {
     /// Seconds no history could foresee (the unannounced steps and spikes,
     /// the first sale), plus ten minutes after each for the backlog.
     pub(crate) surprises: Vec<std::ops::Range<usize>>,
+    /// The service time each second, as a multiple of the simulation's
+    /// (a slow deploy); empty = 1 throughout.
+    pub(crate) service_factor: Vec<f32>,
+}
+
+impl Trace {
+    /// A trace of `arrivals` with nothing else known about it.
+    pub(crate) fn plain(name: impl Into<String>, arrivals: Vec<f64>) -> Trace {
+        Trace {
+            name: name.into(),
+            arrivals,
+            steps: vec![],
+            falls: vec![],
+            sales: vec![],
+            surprises: vec![],
+            service_factor: vec![],
+        }
+    }
+
+    /// The service-time multiple at second `t`.
+    pub(crate) fn service_at(&self, t: usize) -> f64 {
+        self.service_factor.get(t).map_or(1.0, |&f| f64::from(f))
+    }
+
+    /// Mean arrivals per second.
+    #[cfg(test)]
+    pub(crate) fn mean_rate(&self) -> f64 {
+        self.arrivals.iter().sum::<f64>() / self.arrivals.len().max(1) as f64
+    }
 }
 
 /// The generated scenarios, by name.
@@ -44,14 +75,7 @@ fn noisy(rng: &mut fastrand::Rng, rate: f64) -> f64 {
 /// A generated scenario at `base` mean requests per second.
 pub fn generate(name: &str, base: f64, seed: u64) -> Option<Trace> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut t = Trace {
-        name: name.into(),
-        arrivals: Vec::new(),
-        steps: vec![],
-        falls: vec![],
-        sales: vec![],
-        surprises: vec![],
-    };
+    let mut t = Trace::plain(name, Vec::new());
     let mut push = |rate: f64, t: &mut Trace| {
         let a = noisy(&mut rng, rate);
         t.arrivals.push(a);
@@ -91,14 +115,7 @@ pub fn generate(name: &str, base: f64, seed: u64) -> Option<Trace> {
 }
 
 fn shop(name: &str, base: f64, days: usize, spikes: &[(usize, usize)], rng: &mut fastrand::Rng) -> Trace {
-    let mut t = Trace {
-        name: name.into(),
-        arrivals: Vec::with_capacity(days * SECONDS_PER_DAY),
-        steps: vec![],
-        falls: vec![],
-        sales: vec![],
-        surprises: vec![],
-    };
+    let mut t = Trace::plain(name, Vec::with_capacity(days * SECONDS_PER_DAY));
     let (sale_from, sale_to) = (20 * 3600, 21 * 3600);
     for day in 0..days {
         let start = day * SECONDS_PER_DAY;
@@ -126,29 +143,119 @@ fn shop(name: &str, base: f64, days: usize, spikes: &[(usize, usize)], rng: &mut
     t
 }
 
-/// Reads `second,arrivals` lines (a header line first).
-pub fn from_csv(name: &str, text: &str) -> Result<Trace, String> {
-    let mut arrivals = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        if line.trim().is_empty() {
-            continue;
+/// How a CSV trace's counts are scaled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scale {
+    /// As recorded.
+    AsIs,
+    /// Every count multiplied by this.
+    Factor(f64),
+    /// Scaled so the mean is this many requests per second.
+    MeanRate(f64),
+}
+
+/// Reads a trace: `second,arrivals` (arrivals per second) or
+/// `minute,requests` (requests per minute, spread over the minute's seconds
+/// as a Poisson process, i.e. each request lands in a uniformly random
+/// second, drawn from `seed`). Scaling applies to the counts before they
+/// are spread, so a per-minute trace scaled up stays Poisson within the
+/// minute instead of turning each request into a burst. Rows are in order;
+/// a missing row is a period of zero.
+pub fn from_csv(name: &str, text: &str, scale: Scale, seed: u64) -> Result<Trace, String> {
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let (_, header) = lines.next().ok_or("the trace is empty")?;
+    let per_minute = match header.trim().to_ascii_lowercase().replace(' ', "").as_str() {
+        "second,arrivals" => false,
+        "minute,requests" => true,
+        other => {
+            return Err(format!(
+                "line 1: expected a header `second,arrivals` or `minute,requests`, found `{other}`"
+            ))
         }
-        let (_, a) = line
+    };
+    let mut counts: Vec<f64> = Vec::new();
+    for (i, line) in lines {
+        let (at, n) = line
             .split_once(',')
-            .ok_or_else(|| format!("line {}: expected `second,arrivals`", i + 1))?;
-        arrivals.push(a.trim().parse::<f64>().map_err(|e| format!("line {}: {e}", i + 1))?);
+            .ok_or_else(|| format!("line {}: expected `index,count`", i + 1))?;
+        let at: usize = at.trim().parse().map_err(|e| format!("line {}: {e}", i + 1))?;
+        let n: f64 = n.trim().parse().map_err(|e| format!("line {}: {e}", i + 1))?;
+        if !n.is_finite() || n < 0.0 {
+            return Err(format!("line {}: a count must be finite and not negative", i + 1));
+        }
+        if at < counts.len() {
+            return Err(format!("line {}: index {at} is out of order", i + 1));
+        }
+        if at > 100_000_000 {
+            return Err(format!("line {}: index {at} is too large", i + 1));
+        }
+        counts.resize(at, 0.0);
+        counts.push(n);
     }
-    if arrivals.is_empty() {
+    if counts.is_empty() {
         return Err("the trace has no rows".into());
     }
-    Ok(Trace {
-        name: name.into(),
-        arrivals,
-        steps: vec![],
-        falls: vec![],
-        sales: vec![],
-        surprises: vec![],
-    })
+    Ok(from_counts(name, &counts, per_minute, scale, seed))
+}
+
+/// Parses a per-minute trace's counts (`minute,requests`).
+pub(crate) fn minute_counts(text: &str) -> Result<Vec<f64>, String> {
+    let mut counts = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let Some((at, n)) = line.split_once(',') else { continue };
+        let at: usize = at.trim().parse().map_err(|e| format!("line {}: {e}", i + 1))?;
+        let n: f64 = n.trim().parse().map_err(|e| format!("line {}: {e}", i + 1))?;
+        if at >= counts.len() {
+            counts.resize(at, 0.0);
+            counts.push(n);
+        }
+    }
+    Ok(counts)
+}
+
+/// A trace from counts per second or per minute (spread as a Poisson
+/// process within each minute), scaled before spreading.
+pub(crate) fn from_counts(name: &str, counts: &[f64], per_minute: bool, scale: Scale, seed: u64) -> Trace {
+    let period = if per_minute { 60.0 } else { 1.0 };
+    let mean_per_second = counts.iter().sum::<f64>() / (counts.len() as f64 * period);
+    let k = match scale {
+        Scale::AsIs => 1.0,
+        Scale::Factor(k) => k,
+        Scale::MeanRate(r) if mean_per_second > 0.0 => r / mean_per_second,
+        Scale::MeanRate(_) => 1.0,
+    };
+    let arrivals = if per_minute {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut seconds = vec![0.0f64; counts.len() * 60];
+        for (m, &n) in counts.iter().enumerate() {
+            spread_minute(&mut seconds[m * 60..m * 60 + 60], n * k, &mut rng);
+        }
+        seconds
+    } else {
+        counts.iter().map(|n| n * k).collect()
+    };
+    Trace::plain(name, arrivals)
+}
+
+/// Spreads `n` requests (rounded at random) over a minute's seconds, each
+/// in a uniformly random second: Poisson arrivals within the minute.
+pub(crate) fn spread_minute(seconds: &mut [f64], n: f64, rng: &mut fastrand::Rng) {
+    let whole = n.floor() as u64 + u64::from(rng.f64() < n.fract());
+    if whole > 100_000 {
+        // Multinomial by the normal approximation: one draw per second.
+        let n = seconds.len();
+        let per = whole as f64 / n as f64;
+        let mut left = whole as f64;
+        for (i, s) in seconds.iter_mut().enumerate() {
+            let v = if i + 1 == n { left } else { noisy(rng, per).min(left) };
+            *s += v;
+            left -= v;
+        }
+        return;
+    }
+    for _ in 0..whole {
+        seconds[rng.usize(..seconds.len())] += 1.0;
+    }
 }
 
 #[cfg(test)]
@@ -173,8 +280,34 @@ mod tests {
 
     #[test]
     fn csv_traces_parse_or_say_which_line_is_wrong() {
-        let t = from_csv("t", "second,arrivals\n0,10\n1,12.5\n").unwrap();
+        let t = from_csv("t", "second,arrivals\n0,10\n1,12.5\n", Scale::AsIs, 1).unwrap();
         assert_eq!(t.arrivals, vec![10.0, 12.5]);
-        assert!(from_csv("t", "second,arrivals\n0;10\n").unwrap_err().contains("line 2"));
+        assert!(from_csv("t", "second,arrivals\n0;10\n", Scale::AsIs, 1)
+            .unwrap_err()
+            .contains("line 2"));
+        assert!(from_csv("t", "when,what\n0,1\n", Scale::AsIs, 1)
+            .unwrap_err()
+            .contains("header"));
+        assert!(from_csv("t", "second,arrivals\n1,1\n0,1\n", Scale::AsIs, 1)
+            .unwrap_err()
+            .contains("out of order"));
+    }
+
+    #[test]
+    fn minute_traces_spread_as_poisson_within_the_minute_and_scale() {
+        let text = "minute,requests\n0,600\n2,60\n";
+        let t = from_csv("t", text, Scale::AsIs, 7).unwrap();
+        assert_eq!(t.arrivals.len(), 180);
+        assert_eq!(t.arrivals[..60].iter().sum::<f64>(), 600.0);
+        assert_eq!(
+            t.arrivals[60..120].iter().sum::<f64>(),
+            0.0,
+            "a missing minute is empty"
+        );
+        assert!(t.arrivals[..60].iter().all(|&a| a < 30.0), "spread, not one burst");
+        let scaled = from_csv("t", text, Scale::MeanRate(100.0), 7).unwrap();
+        assert!((scaled.mean_rate() - 100.0).abs() < 1.0, "{}", scaled.mean_rate());
+        let doubled = from_csv("t", text, Scale::Factor(2.0), 7).unwrap();
+        assert_eq!(doubled.arrivals.iter().sum::<f64>(), 1320.0);
     }
 }

@@ -37,6 +37,9 @@ struct Second {
     pending: u32,
     #[serde(default)]
     queue_wait_ms: Option<f64>,
+    /// Coefficient of variation of the second's service times, if known.
+    #[serde(default)]
+    service_cv: Option<f64>,
 }
 
 /// Why the stream stopped.
@@ -97,6 +100,7 @@ pub(crate) fn run(params: StepParams, input: impl BufRead, mut output: impl Writ
                 concurrency: s.in_flight + s.queued,
                 queued: s.queued,
                 queue_wait,
+                service_cv2: s.service_cv.filter(|c| c.is_finite() && *c >= 0.0).map(|c| c * c),
             },
             ready: s.ready,
             provisioning: s.pending,

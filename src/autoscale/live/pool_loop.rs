@@ -50,6 +50,8 @@ struct Totals {
     left_queue: u64,
     waited_ns: u64,
     late: u64,
+    time_sum_us: u64,
+    time_sq_sum: u64,
 }
 
 impl Totals {
@@ -61,6 +63,8 @@ impl Totals {
             left_queue,
             waited_ns,
             late: pool.shared.queue.late(),
+            time_sum_us: pool.shared.time_sums().0,
+            time_sq_sum: pool.shared.time_sums().1,
         }
     }
 
@@ -68,6 +72,15 @@ impl Totals {
     fn sample(&self, before: Option<Totals>, t: u64, in_flight: u32, queued: f64) -> Sample {
         let b = before.unwrap_or(*self);
         let left = self.left_queue.saturating_sub(b.left_queue);
+        let n = self.completed.saturating_sub(b.completed) as f64;
+        let sum = self.time_sum_us.wrapping_sub(b.time_sum_us) as f64;
+        let sq = self.time_sq_sum.wrapping_sub(b.time_sq_sum) as f64;
+        // Squared coefficient of variation of the second's response times
+        // (only with enough of them to mean something).
+        let service_cv2 = (n >= 20.0 && sum > 0.0).then(|| {
+            let mean = sum / n;
+            ((sq / n - mean * mean).max(0.0) / (mean * mean)).min(25.0)
+        });
         Sample {
             t,
             arrivals: self.arrivals.saturating_sub(b.arrivals) as f64,
@@ -79,6 +92,7 @@ impl Totals {
             } else {
                 self.waited_ns.saturating_sub(b.waited_ns) as f64 / left as f64 / 1e9
             },
+            service_cv2,
         }
     }
 }

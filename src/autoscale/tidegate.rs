@@ -1,0 +1,531 @@
+//! tidegate's default policy: size the pool for the load expected when new
+//! capacity can land, with headroom learned from how wrong such
+//! expectations have recently been. Control path, pure.
+//!
+//! Each second, from the signal history:
+//! 1. **Service time** by Little's law over 30 s (in flight / completions),
+//!    and its variability (squared coefficient of variation, measured
+//!    when the signal carries it, else 1: exponential).
+//! 2. **Rate now**: the mean arrivals of the last 5 s, or of the last 2 s
+//!    when that is higher (a rise is met at once, as KPA's panic window
+//!    does; a fall is believed slowly).
+//! 3. **Trend**: the least-squares slope of arrivals over a window of twice
+//!    the provisioning delay (30 s to 5 min); a rising slope projects the
+//!    rate to when capacity asked for now would be ready. A falling one is
+//!    never projected (no scale-in on a forecast).
+//! 4. **Headroom from the pool's own forecast errors**: every forecast is
+//!    kept and, one provisioning delay later, compared with what arrived.
+//!    The pool plans for its forecast plus a quantile of those relative
+//!    errors over the last 30 minutes: noisy, bursty traffic gets more
+//!    headroom, smooth traffic less, and no constant has to guess which.
+//! 5. **Sizing**: the fewest backends for which a request waits longer than
+//!    the SLO with probability at most `epsilon` (Erlang C, with the
+//!    Allen-Cunneen correction for the measured service variability).
+//! 6. **Backlog**: a queue that takes longer than the SLO to clear (not
+//!    the few requests that wait by chance) is sized to drain within
+//!    `drain_within`, including what the excess arrivals will add before
+//!    new capacity lands; held until it is gone.
+//! 7. **History**: the same minutes yesterday and last week raise the pool
+//!    ahead of a repeat, trusted only while they have been predicting well
+//!    (their recent relative error under `forecast_trust_error`).
+//! 8. **Scale-in** happens late and small: the pool keeps the highest
+//!    need of a window that grows with the provisioning delay (a backend
+//!    given back is a provisioning delay away from returning), ignores
+//!    steps within a dead band, and removes a backend only when the plan
+//!    fits in one fewer with `down_margin` to spare, so steady load does not
+//!    flap across a boundary.
+
+use std::collections::VecDeque;
+
+use super::erlang::backends_for_g;
+use super::policy::{Decision, PoolView};
+use super::signal::History;
+
+/// The policy's knobs. The defaults were chosen on the training part of
+/// the simulator's corpus (`tidegate simulate --corpus train`) and are
+/// reported on its validation part.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct TidegateParams {
+    /// Queue-wait bound, seconds.
+    pub(crate) slo: f64,
+    /// Share of requests allowed to wait longer than `slo` at the planned
+    /// rate.
+    pub(crate) epsilon: f64,
+    /// A backlog is sized to drain within this many seconds.
+    pub(crate) drain_within: f64,
+    /// Scale down only below the highest need of this many seconds (at
+    /// least; see `hold_per_delay`).
+    pub(crate) scale_down_window: u64,
+    /// ... and of this many provisioning delays.
+    pub(crate) hold_per_delay: f64,
+    /// Share of the pool the dead band ignores on the way down.
+    pub(crate) dead_band: f64,
+    /// Scale in only if the plan fits in the smaller pool with this share
+    /// of its capacity to spare.
+    pub(crate) down_margin: f64,
+    /// Seconds the backlog's capacity stays after the queue has emptied,
+    /// never longer than `scale_down_window`.
+    pub(crate) backlog_linger: u64,
+    /// Project a rising rate over the provisioning delay.
+    pub(crate) trend: bool,
+    /// Quantile of recent relative forecast errors added as headroom (0:
+    /// none).
+    pub(crate) headroom_quantile: f64,
+    /// Seconds of forecast errors the quantile reads.
+    pub(crate) headroom_window: u64,
+    /// Use the measured service-time variability (else assume 1).
+    pub(crate) service_cv: bool,
+    /// Use the history forecast only while its recent relative error is
+    /// below this (`f64::INFINITY`: always).
+    pub(crate) forecast_trust_error: f64,
+    /// Service time assumed before any is observed, seconds.
+    pub(crate) initial_service: f64,
+}
+
+impl Default for TidegateParams {
+    fn default() -> Self {
+        TidegateParams {
+            slo: 0.1,
+            epsilon: 0.0003,
+            drain_within: 1.0,
+            scale_down_window: 45,
+            hold_per_delay: 2.0,
+            dead_band: 0.1,
+            down_margin: 0.15,
+            backlog_linger: 10,
+            trend: true,
+            headroom_quantile: 0.95,
+            headroom_window: 1800,
+            service_cv: true,
+            forecast_trust_error: 0.3,
+            initial_service: 0.05,
+        }
+    }
+}
+
+impl TidegateParams {
+    /// Applies `key=value,...` overrides (the simulator's A/B runs).
+    pub(crate) fn with_overrides(mut self, spec: &str) -> Result<TidegateParams, String> {
+        for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{pair}`: expected key=value"))?;
+            let num = || v.parse::<f64>().map_err(|_| format!("`{pair}`: not a number"));
+            let on = || match v {
+                "on" | "true" | "1" => Ok(true),
+                "off" | "false" | "0" => Ok(false),
+                _ => Err(format!("`{pair}`: expected on or off")),
+            };
+            match k {
+                "epsilon" => self.epsilon = num()?,
+                "drain_within" => self.drain_within = num()?,
+                "scale_down_window" => self.scale_down_window = num()? as u64,
+                "hold_per_delay" => self.hold_per_delay = num()?,
+                "dead_band" => self.dead_band = num()?,
+                "down_margin" => self.down_margin = num()?,
+                "backlog_linger" => self.backlog_linger = num()? as u64,
+                "trend" => self.trend = on()?,
+                "headroom_quantile" => self.headroom_quantile = num()?,
+                "headroom_window" => self.headroom_window = num()? as u64,
+                "service_cv" => self.service_cv = on()?,
+                "forecast_trust_error" => self.forecast_trust_error = num()?,
+                other => return Err(format!("unknown policy parameter `{other}`")),
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Relative forecast errors over a sliding window, in fixed bins, so the
+/// quantile costs a bin walk, not a sort.
+#[derive(Debug, Clone)]
+struct Residuals {
+    bins: Vec<u32>,
+    window: VecDeque<(u64, u16)>,
+    count: u32,
+}
+
+/// Relative errors from -1 to +`MAX_ERROR` in steps of `ERROR_STEP`.
+const ERROR_STEP: f64 = 0.02;
+const MAX_ERROR: f64 = 4.0;
+const ERROR_BINS: usize = ((1.0 + MAX_ERROR) / ERROR_STEP) as usize + 1;
+/// Fewer errors than this: no headroom from them yet.
+const MIN_ERRORS: u32 = 30;
+
+impl Default for Residuals {
+    fn default() -> Self {
+        Residuals {
+            bins: vec![0; ERROR_BINS],
+            window: VecDeque::new(),
+            count: 0,
+        }
+    }
+}
+
+impl Residuals {
+    fn add(&mut self, t: u64, error: f64) {
+        let bin = (((error.clamp(-1.0, MAX_ERROR) + 1.0) / ERROR_STEP).round() as usize).min(ERROR_BINS - 1);
+        self.bins[bin] += 1;
+        self.count += 1;
+        self.window.push_back((t, bin as u16));
+    }
+
+    fn expire(&mut self, now: u64, window: u64) {
+        while self.window.front().is_some_and(|(t, _)| t + window <= now) {
+            let (_, bin) = self.window.pop_front().expect("checked");
+            self.bins[usize::from(bin)] -= 1;
+            self.count -= 1;
+        }
+    }
+
+    /// The `q` quantile of the errors (0 with too few of them).
+    fn quantile(&self, q: f64) -> f64 {
+        if self.count < MIN_ERRORS {
+            return 0.0;
+        }
+        let rank = (q * f64::from(self.count)).ceil() as u32;
+        let mut seen = 0;
+        for (i, &n) in self.bins.iter().enumerate() {
+            seen += n;
+            if seen >= rank.max(1) {
+                return i as f64 * ERROR_STEP - 1.0;
+            }
+        }
+        MAX_ERROR
+    }
+}
+
+/// What the policy remembers between seconds.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TidegateState {
+    service_estimate: Option<f64>,
+    cv2: Option<f64>,
+    /// Forecasts made, `(t, rate forecast for t + delay)`, not yet checked.
+    forecasts: VecDeque<(u64, f64)>,
+    residuals: Residuals,
+    /// Backlog share held until the queue is empty.
+    backlog_hold: u32,
+    backlog_seen: Option<u64>,
+    /// `(t, backends the rate needed then)`, for late scale-down.
+    recommendations: VecDeque<(u64, u32)>,
+}
+
+/// Least-squares slope of `arrivals` over the last `secs` seconds (per
+/// second per second); 0 with fewer than 10 samples.
+fn slope(h: &History, now: u64, secs: u64) -> f64 {
+    let (mut n, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    h.for_each(now, secs, |s| {
+        let x = s.t as f64;
+        n += 1.0;
+        sx += x;
+        sy += s.arrivals;
+        sxx += x * x;
+        sxy += x * s.arrivals;
+    });
+    if n < 10.0 {
+        return 0.0;
+    }
+    let d = n * sxx - sx * sx;
+    if d.abs() < 1e-9 {
+        0.0
+    } else {
+        (n * sxy - sx * sy) / d
+    }
+}
+
+pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, now: u64, pool: &PoolView) -> Decision {
+    // 1. Service time by Little's law over the last 30 s: in flight divided
+    // by throughput (completions: under overload arrivals understate it).
+    let completed_30 = h.mean(now, 30, |s| s.completed);
+    let in_flight_30 = h.mean(now, 30, |s| s.concurrency - s.queued);
+    if completed_30 > 1.0 && in_flight_30 > 0.0 {
+        st.service_estimate = Some(in_flight_30 / completed_30);
+    }
+    let service = st.service_estimate.unwrap_or(p.initial_service).max(1e-4);
+    if let Some(cv2) = h.last().and_then(|s| s.service_cv2) {
+        st.cv2 = Some(st.cv2.map_or(cv2, |c| c + 0.1 * (cv2 - c)));
+    }
+    let cv2 = if p.service_cv { st.cv2.unwrap_or(1.0) } else { 1.0 };
+    let slots = u64::from(pool.slots.max(1));
+    let size = |rate: f64| backends_for_g(rate, service, slots, p.slo, p.epsilon, cv2) as u32;
+
+    // 2-4. The rate when capacity asked for now lands, with headroom.
+    let delay = pool.provisioning_delay.max(1.0);
+    let rate = h.mean(now, 5, |s| s.arrivals).max(h.mean(now, 2, |s| s.arrivals));
+    let rising = if p.trend {
+        let window = (2.0 * delay).clamp(30.0, 300.0) as u64;
+        slope(h, now, window).max(0.0)
+    } else {
+        0.0
+    };
+    let forecast = rate + rising * (delay + 2.0);
+    while st
+        .forecasts
+        .front()
+        .is_some_and(|(t, _)| *t as f64 + delay <= now as f64)
+    {
+        let (_, said) = st.forecasts.pop_front().expect("checked");
+        st.residuals.add(now, (rate - said) / said.max(1.0));
+    }
+    st.forecasts.push_back((now, forecast));
+    st.residuals.expire(now, p.headroom_window);
+    let headroom = if p.headroom_quantile > 0.0 {
+        st.residuals.quantile(p.headroom_quantile).max(0.0)
+    } else {
+        0.0
+    };
+    let plan = forecast * (1.0 + headroom);
+    let for_rate = size(plan);
+
+    // 6. A backlog that the SLO cannot absorb: what is queued now, or what
+    // the excess arrivals add over one provisioning delay, whichever is
+    // larger, sized to drain within `drain_within`.
+    let ready_capacity = f64::from(pool.ready) * slots as f64 / service;
+    let queued = h.last().map_or(0.0, |s| s.queued);
+    let backlog = if queued * service / (f64::from(pool.ready.max(1)) * slots as f64) > p.slo / 2.0 {
+        queued
+    } else {
+        0.0
+    };
+    let projected = backlog.max((rate - ready_capacity).max(0.0) * delay);
+    let wanted = (projected * service / (p.drain_within * slots as f64)).ceil() as u32;
+    if projected > 0.0 {
+        st.backlog_hold = st.backlog_hold.max(wanted);
+        st.backlog_seen = Some(now);
+    } else if st
+        .backlog_seen
+        .is_none_or(|t| now >= t + p.backlog_linger.min(p.scale_down_window))
+    {
+        st.backlog_hold = 0;
+    }
+
+    // 8. Late scale-in: the highest need of a window that grows with the
+    // provisioning delay.
+    let hold = (p.scale_down_window as f64).max(p.hold_per_delay * delay) as u64;
+    st.recommendations.push_back((now, for_rate));
+    while st.recommendations.front().is_some_and(|(t, _)| *t + hold <= now) {
+        st.recommendations.pop_front();
+    }
+    let peak = st.recommendations.iter().map(|(_, r)| *r).max().unwrap_or(for_rate) + st.backlog_hold;
+
+    // 7. History, while it predicts well; it only ever raises the pool.
+    let trusted = pool
+        .forecast_rate
+        .filter(|_| pool.forecast_error.is_none_or(|e| e <= p.forecast_trust_error));
+    let for_forecast = trusted.map_or(0, size);
+    let peak = peak.max(for_forecast);
+
+    let current = pool.current();
+    let desired = if peak >= current {
+        peak
+    } else if f64::from(current - peak) <= (f64::from(current) * p.dead_band).floor() {
+        current // within the dead band: not worth a hook call
+    } else {
+        // One fewer only if the plan fits with a margin to spare, so the
+        // pool does not come straight back.
+        let smaller = peak.max(size(plan * (1.0 + p.down_margin)));
+        smaller.min(current)
+    };
+    let mut reason = format!(
+        "tidegate: {rate:.0} req/s{} x {:.0} ms, headroom {:.0} % -> plan {plan:.0} req/s needs {for_rate} (Erlang C{}, P(wait > {:.0} ms) <= {}), backlog {projected:.0} needs {}, {hold}s peak {peak}",
+        if rising > 0.0 {
+            format!(" rising {:.1}/s", rising)
+        } else {
+            String::new()
+        },
+        service * 1000.0,
+        headroom * 100.0,
+        if (cv2 - 1.0).abs() > 0.05 {
+            format!(", service cv2 {cv2:.2}")
+        } else {
+            String::new()
+        },
+        p.slo * 1000.0,
+        p.epsilon,
+        st.backlog_hold,
+    );
+    if let Some(wait) = h.last().map(|s| s.queue_wait).filter(|w| *w > 0.0) {
+        reason.push_str(&format!(", queue wait {:.0} ms", wait * 1000.0));
+    }
+    if let Some(r) = pool.forecast_rate {
+        match trusted {
+            Some(_) => reason.push_str(&format!(", forecast {r:.0} req/s needs {for_forecast}")),
+            None => reason.push_str(&format!(", forecast {r:.0} req/s not trusted")),
+        }
+    }
+    if pool.floor > desired {
+        reason.push_str(&format!(", scheduled minimum {}", pool.floor));
+    }
+    Decision {
+        desired: pool.clamp(desired),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscale::erlang::{backends_for, backends_for_g};
+    use crate::autoscale::signal::Sample;
+
+    fn pool(ready: u32) -> PoolView {
+        PoolView {
+            ready,
+            provisioning: 0,
+            slots: 10,
+            min: 1,
+            max: 100,
+            floor: 0,
+            forecast_rate: None,
+            forecast_error: None,
+            provisioning_delay: 30.0,
+        }
+    }
+
+    fn second(t: u64, arrivals: f64, service: f64) -> Sample {
+        Sample {
+            t,
+            arrivals,
+            completed: arrivals,
+            concurrency: arrivals * service,
+            queued: 0.0,
+            queue_wait: 0.0,
+            service_cv2: None,
+        }
+    }
+
+    fn steady(h: &mut History, from: u64, end: u64, arrivals: f64, service: f64) {
+        for t in from..=end {
+            h.push(second(t, arrivals, service));
+        }
+    }
+
+    fn run(p: &TidegateParams, st: &mut TidegateState, h: &History, now: u64, view: &PoolView) -> u32 {
+        decide(p, st, h, now, view).desired
+    }
+
+    #[test]
+    fn steady_load_is_sized_by_erlang_c_with_no_headroom_learned_yet() {
+        let p = TidegateParams::default();
+        let (mut st, mut h) = (TidegateState::default(), History::new(600));
+        steady(&mut h, 1, 20, 2000.0, 0.02);
+        let d = decide(&p, &mut st, &h, 20, &pool(4));
+        assert_eq!(
+            d.desired,
+            backends_for(2000.0, 0.02, 10, 0.1, 0.0003) as u32,
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn a_ramp_is_met_on_time_by_projecting_its_slope_over_the_delay() {
+        let p = TidegateParams::default();
+        let (mut with, mut without) = (TidegateState::default(), TidegateState::default());
+        let mut h = History::new(600);
+        // +10 req/s every second for two minutes.
+        for t in 1..=120 {
+            h.push(second(t, 1000.0 + 10.0 * t as f64, 0.02));
+        }
+        let flat = TidegateParams { trend: false, ..p };
+        let projected = run(&p, &mut with, &h, 120, &pool(5));
+        let plain = run(&flat, &mut without, &h, 120, &pool(5));
+        // 30 s of delay ahead: about 300 req/s more.
+        assert!(projected > plain, "{projected} vs {plain}");
+        assert!(decide(&p, &mut with, &h, 120, &pool(5)).reason.contains("rising"));
+    }
+
+    #[test]
+    fn noisy_traffic_earns_headroom_and_smooth_traffic_none() {
+        let p = TidegateParams::default();
+        let mut rng = fastrand::Rng::with_seed(1);
+        let (mut noisy_st, mut smooth_st) = (TidegateState::default(), TidegateState::default());
+        let (mut noisy, mut smooth) = (History::new(600), History::new(600));
+        let (mut n_last, mut s_last) = (0, 0);
+        for t in 1..=900 {
+            // Bursts of +100 % for 10 s, now and then.
+            let burst = if rng.u32(..100) < 3 { 2.0 } else { 1.0 };
+            noisy.push(second(t, 1000.0 * burst, 0.02));
+            smooth.push(second(t, 1000.0, 0.02));
+            n_last = run(&p, &mut noisy_st, &noisy, t, &pool(5));
+            s_last = run(&p, &mut smooth_st, &smooth, t, &pool(5));
+        }
+        assert!(noisy_st.residuals.quantile(p.headroom_quantile) > 0.2);
+        assert!(smooth_st.residuals.quantile(p.headroom_quantile) < 0.05);
+        assert!(n_last > s_last, "{n_last} vs {s_last}");
+    }
+
+    #[test]
+    fn measured_fixed_service_needs_fewer_backends_than_assumed_exponential() {
+        let p = TidegateParams::default();
+        let (mut a, mut b) = (TidegateState::default(), TidegateState::default());
+        let (mut fixed, mut unknown) = (History::new(600), History::new(600));
+        // Service as long as the SLO: waits matter, and fixed service
+        // waits half as long as exponential. A rate at the margin:
+        let rate = (100..2000)
+            .map(f64::from)
+            .find(|&r| backends_for_g(r, 0.1, 10, 0.1, 0.0003, 0.0) < backends_for(r, 0.1, 10, 0.1, 0.0003))
+            .expect("a rate where fixed service needs fewer");
+        for t in 1..=60 {
+            fixed.push(Sample {
+                service_cv2: Some(0.0),
+                ..second(t, rate, 0.1)
+            });
+            unknown.push(second(t, rate, 0.1));
+        }
+        let with_cv = run(&p, &mut a, &fixed, 60, &pool(3));
+        let assumed = run(&p, &mut b, &unknown, 60, &pool(3));
+        assert!(with_cv < assumed, "{with_cv} vs {assumed}");
+    }
+
+    #[test]
+    fn a_forecast_that_has_been_wrong_lately_is_not_trusted() {
+        let p = TidegateParams::default();
+        let (mut st, mut h) = (TidegateState::default(), History::new(600));
+        steady(&mut h, 1, 60, 100.0, 0.02);
+        let good = PoolView {
+            forecast_rate: Some(2000.0),
+            forecast_error: Some(0.1),
+            ..pool(1)
+        };
+        let bad = PoolView {
+            forecast_error: Some(0.9),
+            ..good
+        };
+        assert!(run(&p, &mut st, &h, 60, &good) > run(&p, &mut TidegateState::default(), &h, 60, &bad));
+        assert!(decide(&p, &mut TidegateState::default(), &h, 60, &bad)
+            .reason
+            .contains("not trusted"));
+    }
+
+    #[test]
+    fn scale_in_waits_and_leaves_margin_so_steady_load_does_not_flap() {
+        let p = TidegateParams::default();
+        let (mut st, mut h) = (TidegateState::default(), History::new(600));
+        steady(&mut h, 1, 60, 40_000.0, 0.02);
+        let high = run(&p, &mut st, &h, 60, &pool(90));
+        steady(&mut h, 61, 80, 4_000.0, 0.02);
+        assert_eq!(run(&p, &mut st, &h, 80, &pool(high)), high, "within the hold");
+        steady(&mut h, 81, 200, 4_000.0, 0.02);
+        let low = run(&p, &mut st, &h, 200, &pool(high));
+        assert!(low < high / 5, "{low} vs {high}");
+        // Steady load from here: the size does not move.
+        let mut sizes = Vec::new();
+        for t in 201..=400 {
+            h.push(second(t, 4_000.0, 0.02));
+            sizes.push(run(&p, &mut st, &h, t, &pool(low)));
+        }
+        assert!(sizes.iter().all(|&s| s == low), "{sizes:?}");
+    }
+
+    #[test]
+    fn overrides_parse() {
+        let p = TidegateParams::default()
+            .with_overrides("trend=off, headroom_quantile=0.9, epsilon=0.001")
+            .unwrap();
+        assert!(!p.trend);
+        assert_eq!(p.headroom_quantile, 0.9);
+        assert!(TidegateParams::default().with_overrides("nope=1").is_err());
+        assert!(TidegateParams::default().with_overrides("trend=maybe").is_err());
+    }
+}
