@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use criterion::{criterion_group, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Version;
-use tidegate::proxy::headers::{add_forwarded, strip_hop_by_hop};
+use tidegate::proxy::headers::{add_forwarded, strip_hop_by_hop, Hop};
 
 fn browser(extra: &[(&'static str, &'static str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -55,7 +55,12 @@ fn client() -> IpAddr {
 fn once(h: &mut HeaderMap, client: IpAddr) {
     let host = h.get(http::header::HOST).cloned();
     strip_hop_by_hop(h, false);
-    add_forwarded(h, client, false, host.as_ref(), Version::HTTP_11);
+    let hop = Hop {
+        peer: client,
+        trusted: false,
+        tls: false,
+    };
+    add_forwarded(h, hop, host.as_ref(), Version::HTTP_11);
 }
 
 fn rewrite(c: &mut Criterion) {

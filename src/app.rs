@@ -7,7 +7,8 @@
 //!   control path's [`Listeners`] so a reload can add and remove them);
 //! - the control owner task (`control::run`: reloads);
 //! - the reload triggers: the config file watcher and SIGHUP, each a task
-//!   sending to the owner through a [`Control`] handle;
+//!   sending to the owner through a [`Control`] handle; and SIGUSR1, which
+//!   reopens the access log;
 //! - the health checker (`health::run`);
 //! - the autoscaler supervisor (`autoscale::live::run`);
 //! - the admin listener (`admin::serve`), which reads the control path's
@@ -32,7 +33,7 @@ use crate::autoscale::live::Statuses;
 use crate::control::{Control, Listeners, Trigger, View};
 use crate::server::Bound;
 use crate::state::State;
-use crate::{admin, autoscale, config, control, health, telemetry};
+use crate::{access_log, admin, autoscale, config, control, health, telemetry};
 
 /// How `run` finds and watches its config.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +81,7 @@ pub async fn run(
     if opts.reload_on_sighup {
         triggers.spawn(reload_on_sighup(control.clone()));
     }
+    triggers.spawn(reopen_logs_on_sigusr1());
     let admin_task = admin_listener.map(|l| {
         let shared = admin::Shared {
             view: Arc::clone(&view),
@@ -125,6 +127,19 @@ async fn watch_file(path: PathBuf, loaded: Option<config::watch::Fingerprint>, c
                 }
             }
         }
+    }
+}
+
+/// SIGUSR1 reopens the access log files (after logrotate moved them).
+async fn reopen_logs_on_sigusr1() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        tracing::warn!("cannot listen for SIGUSR1; the access log is not reopened on rotation");
+        return;
+    };
+    while usr1.recv().await.is_some() {
+        tracing::info!("SIGUSR1: reopening the access log");
+        access_log::reopen_all();
     }
 }
 

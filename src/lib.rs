@@ -16,7 +16,7 @@
 //!              state/    the snapshot behind ArcSwap, its builder, the router
 //!              pool/     admission, backends, the queue, per-backend health accounting
 //!              balance/  pick (pure)      upstream/  keep-alive connections, request body
-//!              histogram.rs
+//!              histogram.rs   access_log.rs (the writer thread; requests only try_send)
 //! leaves       config/  clock.rs  shutdown.rs  telemetry.rs (every metric name + HELP)
 //! ```
 //!
@@ -33,6 +33,7 @@
 //!
 //! The dependency rules are checked by `tests/architecture.rs`.
 
+pub(crate) mod access_log;
 pub(crate) mod admin;
 pub mod app;
 pub mod autoscale;

@@ -26,6 +26,17 @@ struct Cli {
     /// embedded demo runs, with its backends started as child processes.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    /// Log lines on stderr: `text` or `json` (one object per line).
+    /// `TIDEGATE_LOG` sets the level filter (default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -150,10 +161,7 @@ struct SimulateArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TIDEGATE_LOG").unwrap_or_else(|_| "info".into()))
-        .with_target(false)
-        .init();
+    init_logging(cli.log_format);
     let result = match cli.command.unwrap_or(Command::Run { no_watch: false }) {
         Command::Run { no_watch } => run(cli.config, !no_watch),
         Command::Check => check(cli.config),
@@ -184,6 +192,26 @@ fn main() -> ExitCode {
         }
     };
     finish(result)
+}
+
+/// Logs go to stderr: as text (coloured only on a terminal, and never
+/// with `NO_COLOR` set) or as one JSON object per line. `TIDEGATE_LOG`
+/// filters them (`info` by default; e.g. `TIDEGATE_LOG=debug` or
+/// `TIDEGATE_LOG=info,tidegate::autoscale=debug`).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEGATE_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init();
+        }
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
 }
 
 fn finish(result: anyhow::Result<()>) -> ExitCode {

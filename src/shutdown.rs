@@ -33,7 +33,7 @@ pub(crate) async fn accept(
             r = listener.accept() => match r {
                 Ok(accepted) => return Some(accepted),
                 Err(e) => {
-                    tracing::warn!(listener = name, error = %e, "accept failed; backing off");
+                    tracing::warn!(listener = %name, error = %e, "accept failed; backing off");
                     tokio::select! {
                         _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
                         _ = stopped(stop) => return None,

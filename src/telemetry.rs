@@ -84,9 +84,25 @@ families! {
     QUEUE_WAIT_SECONDS = "tidegate_queue_wait_seconds", Histogram, Live,
         "Time requests that queued spent in a pool's queue";
     PROXY_ERRORS_TOTAL = "tidegate_proxy_errors_total", Counter, Live,
-        "Responses tidegate generated itself, by pool (empty before routing) and reason";
+        "Responses tidegate generated itself (and failures after the head, code empty), by pool (empty before routing), code and reason";
+    POOL_BYTES_TOTAL = "tidegate_pool_bytes_total", Counter, Live,
+        "Body bytes through a pool: in = request bodies from clients, out = response bodies to clients";
+    ACCESS_LOG_DROPPED_TOTAL = "tidegate_access_log_dropped_total", Counter, Live,
+        "Access-log lines dropped because the writer was behind (the proxy never waits for it)";
     CONFIG_GENERATION = "tidegate_config_generation", Gauge, Live,
         "Snapshot generation: bumped by every reload and every membership change";
+    CONFIG_LAST_RELOAD_SUCCESS = "tidegate_config_last_reload_success_timestamp_seconds", Gauge, Live,
+        "When the config last loaded successfully (start or reload), Unix seconds";
+    PROCESS_CPU = "process_cpu_seconds_total", Counter, Live,
+        "User and system CPU time the process has used";
+    PROCESS_RSS = "process_resident_memory_bytes", Gauge, Live,
+        "Resident memory of the process";
+    PROCESS_OPEN_FDS = "process_open_fds", Gauge, Live,
+        "Open file descriptors (client and backend connections, listeners, files)";
+    PROCESS_MAX_FDS = "process_max_fds", Gauge, Live,
+        "The open file descriptor limit (RLIMIT_NOFILE)";
+    PROCESS_START = "process_start_time_seconds", Gauge, Live,
+        "When the process started, Unix seconds";
     CONFIG_RELOADS_TOTAL = "tidegate_config_reloads_total", Counter, Recorder,
         "Config reload attempts by result";
     POOL_DESIRED_BACKENDS = "tidegate_pool_desired_backends", Gauge, Recorder,
@@ -196,7 +212,12 @@ mod tests {
     #[test]
     fn every_family_is_named_with_a_unit_and_has_help() {
         for f in FAMILIES {
-            assert!(f.name.starts_with("tidegate_"), "{}", f.name);
+            // tidegate's own, or the standard process collector's names.
+            assert!(
+                f.name.starts_with("tidegate_") || f.name.starts_with("process_"),
+                "{}",
+                f.name
+            );
             assert!(!f.help.is_empty(), "{}", f.name);
             if f.kind == Kind::Counter {
                 assert!(f.name.ends_with("_total"), "{}", f.name);

@@ -14,12 +14,16 @@ use tokio::net::TcpStream;
 /// The count `/metrics` shows for `tidegate_proxy_errors_total` with these
 /// labels (0 when absent).
 async fn errors(t: &Tidegate, pool: &str, reason: &str) -> f64 {
-    let needle = format!("tidegate_proxy_errors_total{{pool=\"{pool}\",reason=\"{reason}\"}} ");
+    let (head, tail) = (
+        format!("tidegate_proxy_errors_total{{pool=\"{pool}\",code="),
+        format!(",reason=\"{reason}\"}} "),
+    );
     t.metrics()
         .await
         .lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+        .filter(|l| l.starts_with(&head))
+        .find_map(|l| l.split_once(&tail).map(|(_, v)| v.trim().parse().unwrap()))
+        .unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -143,7 +143,7 @@ async fn simulate_compares_the_policies_and_writes_a_chart() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let names: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
-    assert_eq!(names, ["tidegate", "kpa", "hpa", "static"]);
+    assert_eq!(names, ["tidegate", "kpa", "hpa", "static", "oracle"]);
     let tidegate = &rows[0];
     assert!(tidegate["time_to_capacity_s"].as_u64().unwrap() <= 34, "{tidegate}");
     assert!(tidegate["cost_vs_oracle"].as_f64().unwrap() < rows[1]["cost_vs_oracle"].as_f64().unwrap());

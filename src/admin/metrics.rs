@@ -6,10 +6,11 @@
 //! snapshot (serving or draining) and vanish with it, so an autoscaled pool
 //! on ephemeral ports does not leak series.
 
-use super::Shared;
+use super::{process, Shared};
+use crate::access_log;
 use crate::pool::backend::CLASSES;
 use crate::pool::{BackendState, Pool};
-use crate::proxy::REASONS;
+use crate::proxy::{CODES, REASONS};
 use crate::telemetry::{self as t, write_header, write_histogram, write_sample};
 
 const STATES: [BackendState; 4] = [
@@ -35,6 +36,28 @@ pub(super) fn render(shared: &Shared) -> String {
     write_sample(&mut out, t::BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
     header(&mut out, t::CONFIG_GENERATION);
     write_sample(&mut out, t::CONFIG_GENERATION, &[], snapshot.generation as f64);
+    header(&mut out, t::CONFIG_LAST_RELOAD_SUCCESS);
+    write_sample(
+        &mut out,
+        t::CONFIG_LAST_RELOAD_SUCCESS,
+        &[],
+        shared.view.reloads.load().last_success_unix_ms as f64 / 1000.0,
+    );
+    if let Some(p) = process::read() {
+        let gauges = [
+            (t::PROCESS_CPU, Some(p.cpu_seconds)),
+            (t::PROCESS_RSS, Some(p.resident_bytes)),
+            (t::PROCESS_OPEN_FDS, Some(p.open_fds)),
+            (t::PROCESS_MAX_FDS, p.max_fds),
+            (t::PROCESS_START, p.start_time_seconds),
+        ];
+        for (name, value) in gauges {
+            if let Some(v) = value {
+                header(&mut out, name);
+                write_sample(&mut out, name, &[], v);
+            }
+        }
+    }
 
     header(&mut out, t::REQUESTS_TOTAL);
     for_backends(pools, |pool, b, addr| {
@@ -105,27 +128,45 @@ pub(super) fn render(shared: &Shared) -> String {
     }
 
     header(&mut out, t::PROXY_ERRORS_TOTAL);
+    let codes: Vec<String> = CODES
+        .iter()
+        .map(|&c| if c == 0 { String::new() } else { c.to_string() })
+        .collect();
     let unrouted = state.unrouted_errors();
-    for (reason, n) in REASONS.iter().zip(unrouted) {
+    for ((reason, code), n) in REASONS.iter().zip(&codes).zip(unrouted) {
         if n > 0 {
             write_sample(
                 &mut out,
                 t::PROXY_ERRORS_TOTAL,
-                &[("pool", ""), ("reason", reason)],
+                &[("pool", ""), ("code", code), ("reason", reason)],
                 n as f64,
             );
         }
     }
     for p in pools {
-        for (reason, n) in REASONS.iter().zip(p.shared.error_counts()) {
+        for ((reason, code), n) in REASONS.iter().zip(&codes).zip(p.shared.error_counts()) {
             write_sample(
                 &mut out,
                 t::PROXY_ERRORS_TOTAL,
-                &[("pool", &p.name), ("reason", reason)],
+                &[("pool", &p.name), ("code", code), ("reason", reason)],
                 n as f64,
             );
         }
     }
+    header(&mut out, t::POOL_BYTES_TOTAL);
+    for p in pools {
+        let (bytes_in, bytes_out) = p.shared.bytes();
+        for (direction, n) in [("in", bytes_in), ("out", bytes_out)] {
+            write_sample(
+                &mut out,
+                t::POOL_BYTES_TOTAL,
+                &[("pool", &p.name), ("direction", direction)],
+                n as f64,
+            );
+        }
+    }
+    header(&mut out, t::ACCESS_LOG_DROPPED_TOTAL);
+    write_sample(&mut out, t::ACCESS_LOG_DROPPED_TOTAL, &[], access_log::dropped() as f64);
 
     let recorder = t::install();
     recorder.run_upkeep();

@@ -10,6 +10,7 @@
 //! (or `?token=` in the URL, for opening the dashboard in a browser).
 
 mod metrics;
+mod process;
 mod stats;
 
 use std::convert::Infallible;

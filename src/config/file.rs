@@ -36,6 +36,14 @@ pub(crate) struct RawConfig {
     pub(crate) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(crate) pools: BTreeMap<String, Spanned<RawPool>>,
+    pub(crate) access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    pub(crate) format: Option<Spanned<String>>,
+    pub(crate) path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +76,7 @@ pub(crate) struct RawLimits {
     pub(crate) tunnel_idle_timeout: Option<Dur>,
     pub(crate) max_response_header_bytes: Option<Size>,
     pub(crate) max_response_headers: Option<Spanned<u64>>,
+    pub(crate) trusted_proxies: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +85,7 @@ pub(crate) struct RawListener {
     pub(crate) name: Spanned<String>,
     pub(crate) listen: Spanned<String>,
     pub(crate) tls: Option<RawTls>,
+    pub(crate) proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

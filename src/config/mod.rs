@@ -10,6 +10,7 @@
 
 pub mod defaults;
 mod file;
+pub mod net;
 pub mod schedule;
 pub mod units;
 mod validate;
@@ -46,6 +47,27 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[pools.NAME]`, by name.
     pub pools: BTreeMap<String, Arc<PoolConfig>>,
+    /// `[access_log]`: one line per request; `None` = off.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// Line format.
+    pub format: AccessLogFormat,
+    /// A file (appended to, reopened on SIGUSR1); `None` = stderr.
+    pub path: Option<PathBuf>,
+}
+
+/// `access_log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Apache's and nginx's combined format, plus request id, duration
+    /// and pool.
+    Combined,
 }
 
 /// `[runtime]`.
@@ -96,6 +118,9 @@ pub struct Limits {
     pub max_response_header_bytes: usize,
     /// Header fields a backend's response may carry.
     pub max_response_headers: usize,
+    /// Peers whose `X-Forwarded-For` (and `X-Request-Id`) is believed and
+    /// appended to; anyone else's is replaced.
+    pub trusted_proxies: Vec<net::IpNet>,
 }
 
 /// `[[listener]]`: one port clients connect to.
@@ -107,6 +132,9 @@ pub struct Listener {
     pub listen: SocketAddr,
     /// TLS termination; `None` = plain TCP.
     pub tls: Option<Tls>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2)
+    /// naming the real client.
+    pub proxy_protocol: bool,
 }
 
 /// A listener's `tls` table.

@@ -23,9 +23,11 @@ use super::defaults as d;
 use super::file::{
     Dur, RawAutoscale, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool, RawUpstream, Size,
 };
+use super::net::IpNet;
 use super::{
-    Admin, AutoscaleConfig, BackendConfig, Balance, CertificatePaths, CheckKind, Config, ConfigError, Guards, HashKey,
-    HealthCheck, HookConfig, Limits, Listener, PassiveHealth, PoolConfig, Route, Runtime, Tls, UpstreamProtocol,
+    AccessLogConfig, AccessLogFormat, Admin, AutoscaleConfig, BackendConfig, Balance, CertificatePaths, CheckKind,
+    Config, ConfigError, Guards, HashKey, HealthCheck, HookConfig, Limits, Listener, PassiveHealth, PoolConfig, Route,
+    Runtime, Tls, UpstreamProtocol,
 };
 
 /// Hyper refuses read buffers smaller than this.
@@ -256,6 +258,7 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
     };
     let admin = raw.admin.and_then(|a| validate_admin(cx, a));
     let limits = validate_limits(cx, raw.limits);
+    let access_log = raw.access_log.map(|a| validate_access_log(cx, a, base_dir));
 
     if raw.listeners.is_empty() {
         cx.report(0..0, "listener", "at least one [[listener]] is required");
@@ -312,6 +315,7 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
             name: rl.name.into_inner(),
             listen,
             tls,
+            proxy_protocol: rl.proxy_protocol.unwrap_or(false),
         });
     }
 
@@ -396,6 +400,7 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
         listeners,
         routes,
         pools,
+        access_log,
     })
 }
 
@@ -463,6 +468,62 @@ fn validate_admin(cx: &Ctx<'_>, a: super::file::RawAdmin) -> Option<Admin> {
         );
     }
     Some(Admin { listen, token })
+}
+
+fn validate_access_log(cx: &Ctx<'_>, a: super::file::RawAccessLog, base_dir: &Path) -> AccessLogConfig {
+    let format = match a.format {
+        None => AccessLogFormat::Json,
+        Some(f) => match f.get_ref().as_str() {
+            "json" => AccessLogFormat::Json,
+            "combined" => AccessLogFormat::Combined,
+            other => {
+                cx.report(
+                    f.span(),
+                    "access_log.format",
+                    format!("`{other}`: expected \"json\" or \"combined\""),
+                );
+                AccessLogFormat::Json
+            }
+        },
+    };
+    let path = match a.path {
+        None => None,
+        Some(p) if p.get_ref() == "-" => None,
+        Some(p) if p.get_ref().trim().is_empty() => {
+            cx.report(p.span(), "access_log.path", "expected a file, or \"-\" for stderr");
+            None
+        }
+        Some(p) => {
+            let path = base_dir.join(p.get_ref());
+            // Opened (and created) here, as `nginx -t` does, so a path the
+            // process cannot write is refused with its position instead of
+            // losing every line later.
+            if let Err(e) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+                cx.report(
+                    p.span(),
+                    "access_log.path",
+                    format!("cannot open {} for appending: {e}", path.display()),
+                );
+            }
+            Some(path)
+        }
+    };
+    AccessLogConfig { format, path }
+}
+
+fn validate_trusted(cx: &Ctx<'_>, list: Option<Spanned<Vec<String>>>) -> Vec<IpNet> {
+    let Some(list) = list else { return Vec::new() };
+    let span = list.span();
+    list.into_inner()
+        .iter()
+        .filter_map(|s| match s.parse::<IpNet>() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                cx.report(span.clone(), "limits.trusted_proxies", e);
+                None
+            }
+        })
+        .collect()
 }
 
 fn validate_limits(cx: &Ctx<'_>, l: super::file::RawLimits) -> Limits {
@@ -539,6 +600,7 @@ fn validate_limits(cx: &Ctx<'_>, l: super::file::RawLimits) -> Limits {
             1,
             10_000,
         ),
+        trusted_proxies: validate_trusted(cx, l.trusted_proxies),
     }
 }
 

@@ -62,7 +62,7 @@ fn record(view: &View, trigger: Trigger, result: &Result<u64, String>) {
             log.ok_total += 1;
             log.last_success_unix_ms = at_unix_ms;
             metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
-            tracing::info!(trigger = trigger.as_str(), generation, "config reloaded");
+            tracing::info!(trigger = %trigger.as_str(), generation, "config reloaded");
             ReloadAttempt {
                 at_unix_ms,
                 trigger,
@@ -75,7 +75,7 @@ fn record(view: &View, trigger: Trigger, result: &Result<u64, String>) {
             log.error_total += 1;
             metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
             tracing::error!(
-                trigger = trigger.as_str(),
+                trigger = %trigger.as_str(),
                 "config reload refused, the previous config keeps serving: {e}"
             );
             ReloadAttempt {

@@ -46,6 +46,11 @@ pub struct PoolShared {
     /// Responses tidegate answered itself for this pool, by reason index
     /// (the proxy's error labels).
     errors: [AtomicU64; ERROR_SLOTS],
+    /// Request body bytes read from clients (each body adds its count when
+    /// done, hence shared).
+    pub(crate) bytes_in: Arc<AtomicU64>,
+    /// Response body bytes passed to clients.
+    bytes_out: AtomicU64,
 }
 
 /// Reason slots counted per pool (the proxy has fewer reasons than this).
@@ -63,7 +68,23 @@ impl PoolShared {
             time_sum_us: AtomicU64::new(0),
             time_sq_sum: AtomicU64::new(0),
             errors: Default::default(),
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            bytes_out: AtomicU64::new(0),
         }
+    }
+
+    /// Data path: `n` response body bytes went to a client.
+    #[inline]
+    pub(crate) fn count_bytes_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Body bytes `(in, out)` since the pool was created.
+    pub(crate) fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes_in.load(Ordering::Relaxed),
+            self.bytes_out.load(Ordering::Relaxed),
+        )
     }
 
     /// Data path: tidegate answered a request of this pool itself, for the

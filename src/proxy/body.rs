@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,6 +29,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::conn::ClientConn;
 use super::error::UPSTREAM_READ_TIMEOUT;
+use crate::access_log::{AccessLog, Entry};
 use crate::pool::health::note_failure;
 use crate::pool::InFlight;
 use crate::upstream::body::RequestBody;
@@ -48,7 +50,21 @@ pub(crate) enum ResponseBodyError {
 }
 
 /// The body returned to the client.
-pub(crate) struct ResponseBody(Kind);
+pub(crate) struct ResponseBody {
+    kind: Kind,
+    /// The request's access-log entry, sent when the body is dropped (its
+    /// last byte gone, or the client gone).
+    logged: Option<Box<Logged>>,
+}
+
+/// An access-log entry waiting for its response to end.
+pub(crate) struct Logged {
+    pub(crate) log: Arc<AccessLog>,
+    pub(crate) entry: Entry,
+    pub(crate) started: Instant,
+    /// The request body's byte count (added when that body is dropped).
+    pub(crate) bytes_in: Option<Arc<AtomicU64>>,
+}
 
 enum Kind {
     Upstream(Streaming),
@@ -83,7 +99,7 @@ impl ResponseBody {
         if untaken {
             client.untaken();
         }
-        let mut body = ResponseBody(Kind::Upstream(Streaming {
+        let mut body = ResponseBody::from(Kind::Upstream(Streaming {
             inner,
             lease: Some(Lease { slot, conn }),
             client,
@@ -99,17 +115,38 @@ impl ResponseBody {
     }
 
     pub(crate) fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-        ResponseBody(Kind::Full(Some(bytes.into())))
+        ResponseBody::from(Kind::Full(Some(bytes.into())))
     }
 
     pub(crate) fn empty() -> ResponseBody {
-        ResponseBody(Kind::Full(None))
+        ResponseBody::from(Kind::Full(None))
+    }
+
+    fn from(kind: Kind) -> ResponseBody {
+        ResponseBody { kind, logged: None }
+    }
+
+    /// Logs the request in `logged` when this body ends.
+    pub(crate) fn logged(mut self, logged: Box<Logged>) -> ResponseBody {
+        self.logged = Some(logged);
+        self
     }
 
     /// The body ended cleanly: the connection may carry another request.
     fn finish(&mut self) {
-        if let Kind::Upstream(s) = &mut self.0 {
+        if let Kind::Upstream(s) = &mut self.kind {
             s.finish();
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(mut l) = self.logged.take() {
+            l.entry.duration = l.started.elapsed();
+            l.entry.bytes_in = l.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
+            l.entry.incomplete = !self.is_end_stream();
+            l.log.send(l.entry);
         }
     }
 }
@@ -152,7 +189,32 @@ impl Body for ResponseBody {
     type Error = ResponseBodyError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let s = match &mut self.0 {
+        let this = &mut *self;
+        let polled = this.kind.poll_frame(cx);
+        if let (Some(l), Poll::Ready(Some(Ok(frame)))) = (&mut this.logged, &polled) {
+            l.entry.bytes_out += frame.data_ref().map_or(0, |d| d.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(s) => s.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(s) => s.inner.size_hint(),
+        }
+    }
+}
+
+impl Kind {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        let s = match self {
             Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(s) => s,
         };
@@ -163,6 +225,9 @@ impl Body for ResponseBody {
         match Pin::new(&mut s.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 s.armed = false;
+                if let (Some(lease), Some(data)) = (&s.lease, frame.data_ref()) {
+                    lease.slot.pool().count_bytes_out(data.len() as u64);
+                }
                 if s.inner.is_end_stream() {
                     s.finish();
                 } else if s.client.is_h2() {
@@ -190,20 +255,6 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Err(ResponseBodyError::ReadTimeout(s.read_timeout))))
             }
             Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.0 {
-            Kind::Full(b) => b.is_none(),
-            Kind::Upstream(s) => s.inner.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.0 {
-            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(s) => s.inner.size_hint(),
         }
     }
 }

@@ -37,6 +37,10 @@ pub(crate) const REASONS: [&str; 16] = [
     "tunnel_idle_timeout",
 ];
 
+/// The status tidegate answers for each reason of [`REASONS`] (0: a
+/// failure after the head, which has its own status already).
+pub(crate) const CODES: [u16; 16] = [400, 413, 404, 503, 503, 503, 502, 504, 502, 405, 408, 499, 502, 0, 0, 0];
+
 /// Indices into [`REASONS`] of the failures after the head.
 pub(crate) const CLIENT_SEND_TIMEOUT: usize = 13;
 pub(crate) const UPSTREAM_READ_TIMEOUT: usize = 14;
@@ -88,22 +92,11 @@ impl From<AdmitError> for ProxyError {
 }
 
 impl ProxyError {
+    /// The status answered: [`CODES`] at [`ProxyError::index`] (499, as
+    /// nginx's, for a client that aborted: nobody reads it, but logs and
+    /// counters say who ended the exchange).
     pub(crate) fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend | ProxyError::QueueFull | ProxyError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UpstreamInvalid(_) => {
-                StatusCode::BAD_GATEWAY
-            }
-            ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            // nginx's 499: nobody reads it, but logs and counters say who
-            // ended the exchange.
-            ProxyError::ClientAborted => StatusCode::from_u16(499).expect("a valid status code"),
-        }
+        StatusCode::from_u16(CODES[self.index()]).expect("every error before the head has a status")
     }
 
     /// Stable label for the `x-tidegate-error` header, logs and the

@@ -127,15 +127,29 @@ fn is_common_connection_value(v: &[u8]) -> bool {
     v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
 }
 
-/// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`,
-/// `X-Forwarded-Host` and `Via` to a request on its way to a backend.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&HeaderValue>, version: Version) {
+/// The hop a request arrived over, as `add_forwarded` records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop {
+    /// The connection's peer (the socket's, or the PROXY header's).
+    pub peer: IpAddr,
+    /// The peer is a trusted proxy: what it says about earlier hops is kept.
+    pub trusted: bool,
+    /// The client connection is TLS.
+    pub tls: bool,
+}
+
+/// Adds the forwarded-for family and `Via` to a request on its way to a
+/// backend. From a trusted proxy, `X-Forwarded-For` is appended to and its
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` are kept when present; from
+/// anyone else they are replaced (a client's claim is not a fact), and a
+/// `Forwarded` field is removed.
+pub fn add_forwarded(headers: &mut HeaderMap, hop: Hop, host: Option<&HeaderValue>, version: Version) {
     let mut buf = [0u8; 48];
-    let ip = format_ip(client, &mut buf);
+    let ip = format_ip(hop.peer, &mut buf);
     let mut prior = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
-        .filter(|v| v.to_str().is_ok())
+        .filter(|v| hop.trusted && v.to_str().is_ok())
         .peekable();
     let value = if prior.peek().is_none() {
         HeaderValue::from_bytes(ip)
@@ -151,12 +165,24 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: O
     if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    if let Some(h) = host {
-        headers.insert(X_FORWARDED_HOST, h.clone());
+    if !(hop.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if hop.tls { "https" } else { "http" }),
+        );
+    }
+    if !(hop.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST, h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    if !hop.trusted {
+        headers.remove(header::FORWARDED);
     }
     let hop = match version {
         Version::HTTP_10 => "1.0 tidegate",
@@ -232,25 +258,33 @@ mod tests {
     }
 
     #[test]
-    fn appends_forwarded_for_and_sets_proto_host_via() {
+    fn forwarded_for_is_appended_for_trusted_proxies_and_replaced_for_others() {
         let mut h = map(&[
             ("x-forwarded-for", "203.0.113.7"),
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-proto", "https"),
         ]);
         let host = HeaderValue::from_static("shop.example");
-        add_forwarded(
-            &mut h,
-            "127.0.0.1".parse().unwrap(),
-            false,
-            Some(&host),
-            Version::HTTP_11,
+        let hop = |trusted| Hop {
+            peer: "127.0.0.1".parse().unwrap(),
+            trusted,
+            tls: false,
+        };
+        let mut from_proxy = h.clone();
+        add_forwarded(&mut from_proxy, hop(true), Some(&host), Version::HTTP_11);
+        assert_eq!(from_proxy["x-forwarded-for"], "203.0.113.7, 10.0.0.1, 127.0.0.1");
+        assert_eq!(from_proxy.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            from_proxy["x-forwarded-proto"], "https",
+            "a trusted proxy's scheme is kept"
         );
-        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 10.0.0.1, 127.0.0.1");
-        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(from_proxy["x-forwarded-host"], "shop.example");
+        assert_eq!(from_proxy["via"], "1.1 tidegate");
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        add_forwarded(&mut h, hop(false), Some(&host), Version::HTTP_11);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "anyone else's claim is replaced");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "shop.example");
-        assert_eq!(h["via"], "1.1 tidegate");
+        assert!(!h.contains_key(header::FORWARDED));
     }
 
     #[test]

@@ -20,20 +20,23 @@
 //! (per pool, or before routing) in one place: [`Proxy::call`].
 
 pub(crate) mod body;
+mod client;
 pub(crate) mod conn;
 mod error;
 pub mod headers;
+mod log;
 mod request;
 mod send;
 mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -41,7 +44,7 @@ use hyper::client::conn::http1;
 
 pub(crate) use body::ResponseBody;
 pub(crate) use conn::ClientConn;
-pub(crate) use error::{ProxyError, CLIENT_SEND_TIMEOUT, REASONS};
+pub(crate) use error::{ProxyError, CLIENT_SEND_TIMEOUT, CODES, REASONS};
 
 use crate::balance::{Balancer, PickContext};
 use crate::clock::clock_ns;
@@ -50,6 +53,7 @@ use crate::pool::backend::status_class;
 use crate::pool::health::passive_outcome;
 use crate::pool::{AdmitError, InFlight};
 use crate::state::{Snapshot, State};
+use crate::upstream::body::{RequestBody, Tallies};
 use crate::upstream::HeadLimits;
 use request::{
     affinity_key, check_framing, content_length, has_no_body, head_of, is_idempotent, rebuild, request_host,
@@ -95,36 +99,80 @@ impl tower::Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         let conn = Arc::clone(&self.conn);
         Box::pin(async move {
-            let mut at = Place {
-                snapshot: conn.state.load(),
-                pool: None,
+            let snapshot = conn.state.load();
+            let trusted = &snapshot.config.limits.trusted_proxies;
+            let peer = conn.client.ip();
+            let who = Who {
+                peer,
+                trusted: client::is_trusted(trusted, peer),
+                ip: client::client_ip(peer, req.headers(), trusted),
             };
-            Ok(match forward(&conn, req, &mut at).await {
+            let request_id = client::request_id(req.headers_mut(), who.trusted);
+            let mut logged = snapshot
+                .access_log
+                .as_ref()
+                .map(|log| log::start(log, &req, &who, &request_id));
+            let mut at = Place {
+                snapshot,
+                pool: None,
+                backend: None,
+                queued: Duration::ZERO,
+                bytes_in: logged.as_ref().and_then(|l| l.bytes_in.clone()),
+            };
+            let resp = match forward(&conn, req, &who, &mut at).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     match at.pool {
                         Some(i) => at.snapshot.pools[i].shared.count_error(e.index()),
                         None => conn.state.count_error(e.index()),
                     }
-                    e.into_response()
+                    if let Some(l) = &mut logged {
+                        l.entry.error = Some(e.label());
+                    }
+                    let mut resp = e.into_response();
+                    resp.headers_mut().insert(client::X_REQUEST_ID, request_id);
+                    resp
                 }
+            };
+            Ok(match logged {
+                Some(mut l) => {
+                    log::respond(&mut l, &at, resp.status());
+                    resp.map(|body| body.logged(l))
+                }
+                None => resp,
             })
         })
     }
 }
 
-/// Where a request stands: the snapshot it uses and, once routed, its pool.
-struct Place {
+/// The client as one request sees it.
+pub(crate) struct Who {
+    /// The connection's peer (the socket's, or the PROXY header's).
+    peer: IpAddr,
+    /// Whether the peer is a trusted proxy.
+    trusted: bool,
+    /// The client: the peer, or behind trusted proxies, whom they name.
+    ip: IpAddr,
+}
+
+/// Where a request stands: the snapshot it uses and, once routed, its pool;
+/// then the backend that answered and how long it queued for a slot.
+pub(crate) struct Place {
     snapshot: Arc<Snapshot>,
     pool: Option<usize>,
+    backend: Option<SocketAddr>,
+    queued: Duration,
+    /// The access log's count of request body bytes, when logging.
+    bytes_in: Option<Arc<AtomicU64>>,
 }
 
 async fn forward(
     conn: &ConnContext,
     mut req: Request<Incoming>,
+    who: &Who,
     at: &mut Place,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_framing(&req)?;
@@ -145,12 +193,17 @@ async fn forward(
     let upgrade = allowed_upgrade(&req, &route.upgrade);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let hash = match pool.balancer {
-        Balancer::Hash(_) => affinity_key(&cfg.hash_key, req.headers(), conn.client.ip()),
+        Balancer::Hash(_) => affinity_key(&cfg.hash_key, req.headers(), who.ip),
         _ => None,
     };
     let replayable = cfg.retry_idempotent && is_idempotent(req.method()) && has_no_body(&req);
     let idle = snapshot.config.limits.client_body_timeout;
-    let mut first = upstream_request(req, upgrade.clone(), conn, cfg, route.max_body, idle);
+    let tallies = Tallies {
+        pool: (!http_body::Body::is_end_stream(req.body())).then(|| Arc::clone(&pool.shared.bytes_in)),
+        request: at.bytes_in.clone(),
+    };
+    let req = req.map(|body| RequestBody::new(body, route.max_body, idle, tallies));
+    let mut first = upstream_request(req, upgrade.clone(), conn, who, cfg);
     first.body_mut().prime().await.map_err(|e| body_error(&e))?;
     let mut request = Some(first);
     let replay = replayable.then(|| head_of(request.as_ref().expect("just built")));
@@ -169,7 +222,10 @@ async fn forward(
             hash,
             exclude: &tried,
         };
-        let slot = match pool.admit(&mut cx).await {
+        let asked = tokio::time::Instant::now();
+        let admitted = pool.admit(&mut cx).await;
+        at.queued += asked.elapsed();
+        let slot = match admitted {
             Ok(slot) => slot,
             Err(AdmitError::NoBackend) => {
                 // A reload may have replaced every backend this snapshot
@@ -183,16 +239,15 @@ async fn forward(
                     .router
                     .route(request_host(req), req.uri().path())
                     .ok_or(ProxyError::NoRoute)?;
-                *at = Place {
-                    snapshot: fresh,
-                    pool: Some(target.pool),
-                };
+                at.snapshot = fresh;
+                at.pool = Some(target.pool);
                 tried.clear();
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
         let backend = Arc::clone(slot.backend());
+        at.backend = Some(backend.address);
         let sent_at = tokio::time::Instant::now();
         let head = HeadLimits {
             bytes: snapshot.config.limits.max_response_header_bytes,

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::headers;
-use super::ConnContext;
+use super::{ConnContext, Who};
 use crate::balance::hash_bytes;
 use crate::config::{HashKey, PoolConfig, UpstreamProtocol};
 use crate::upstream::body::RequestBody;
@@ -172,12 +172,11 @@ pub(super) fn affinity_key(key: &HashKey, headers: &HeaderMap, client: IpAddr) -
 /// on, hop-by-hop fields gone (an allowed upgrade's `Upgrade` kept),
 /// forwarded-for added.
 pub(super) fn upstream_request(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     upgrade: Option<HeaderValue>,
     conn: &ConnContext,
+    who: &Who,
     cfg: &PoolConfig,
-    max_body: u64,
-    client_body_timeout: std::time::Duration,
 ) -> Request<RequestBody> {
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
@@ -203,8 +202,11 @@ pub(super) fn upstream_request(
     let host = parts.headers.get(header::HOST).cloned();
     headers::add_forwarded(
         &mut parts.headers,
-        conn.client.ip(),
-        conn.tls,
+        headers::Hop {
+            peer: who.peer,
+            trusted: who.trusted,
+            tls: conn.tls,
+        },
         host.as_ref(),
         client_version,
     );
@@ -228,7 +230,7 @@ pub(super) fn upstream_request(
             parts.headers.remove(header::HOST);
         }
     }
-    Request::from_parts(parts, RequestBody::new(body, max_body, client_body_timeout))
+    Request::from_parts(parts, body)
 }
 
 /// A bodiless request's head, kept to resend it (idempotent retries only).

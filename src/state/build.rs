@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use super::router::Router;
 use super::snapshot::Snapshot;
+use crate::access_log::AccessLog;
 use crate::balance::Balancer;
-use crate::config::{Config, PoolConfig};
+use crate::config::{AccessLogConfig, Config, PoolConfig};
 use crate::pool::{Backend, BackendState, Pool, PoolShared};
 
 /// Builds a whole snapshot. Autoscaled pools keep the members their
@@ -39,13 +40,33 @@ pub(super) fn snapshot(config: Config, previous: Option<&Snapshot>, generation: 
         .collect();
     let index: HashMap<&str, usize> = pools.iter().enumerate().map(|(i, p)| (&*p.name, i)).collect();
     let router = Router::new(&config.routes, &index);
+    let access_log = access_log(config.access_log.as_ref(), previous.and_then(|s| s.access_log.as_ref()));
     let snapshot = Snapshot {
         generation,
         config: Arc::new(config),
         router,
         pools,
+        access_log,
     };
     (snapshot, removed)
+}
+
+/// The writer for `wanted`: the running one when its settings are the
+/// same (its file stays open), else a new one. The path was opened once
+/// already when the config validated; should it fail now, requests are
+/// served unlogged and the error says so.
+fn access_log(wanted: Option<&AccessLogConfig>, running: Option<&Arc<AccessLog>>) -> Option<Arc<AccessLog>> {
+    let wanted = wanted?;
+    if let Some(log) = running.filter(|l| l.config() == wanted) {
+        return Some(Arc::clone(log));
+    }
+    match AccessLog::start(wanted) {
+        Ok(log) => Some(log),
+        Err(e) => {
+            tracing::error!(error = %e, path = %wanted.path.as_deref().map_or("-".into(), |p| p.display().to_string()), "cannot open the access log; requests are not logged");
+            None
+        }
+    }
 }
 
 /// The same snapshot with one pool's provisioned members replaced: only
@@ -69,6 +90,7 @@ pub(super) fn with_members(
             config: Arc::clone(&previous.config),
             router,
             pools,
+            access_log: previous.access_log.clone(),
         },
         removed,
     ))

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use super::router::Router;
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::pool::Pool;
 
@@ -19,6 +20,8 @@ pub(crate) struct Snapshot {
     pub(crate) router: Router,
     /// Shared with later snapshots when only another pool changed.
     pub(crate) pools: Vec<Arc<Pool>>,
+    /// The `[access_log]` writer, kept across reloads that keep its table.
+    pub(crate) access_log: Option<Arc<AccessLog>>,
 }
 
 impl Snapshot {

@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,12 +55,32 @@ pub(crate) struct RequestBody {
     armed: bool,
     /// Notified once when the last byte has been handed on.
     sent: Option<Arc<Notify>>,
+    /// Counters the bytes read are added to when the body is done with
+    /// (the pool's total, the request's access-log entry).
+    tallies: Tallies,
+}
+
+/// Where a request body's byte count goes when it is dropped.
+#[derive(Default)]
+pub(crate) struct Tallies {
+    pub(crate) pool: Option<Arc<AtomicU64>>,
+    pub(crate) request: Option<Arc<AtomicU64>>,
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if self.seen > 0 {
+            for t in [&self.tallies.pool, &self.tallies.request].into_iter().flatten() {
+                t.fetch_add(self.seen, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl RequestBody {
     /// Streams `inner`, at most `limit` bytes, cut after `idle` without a
     /// byte from the client.
-    pub(crate) fn new(inner: Incoming, limit: u64, idle: Duration) -> RequestBody {
+    pub(crate) fn new(inner: Incoming, limit: u64, idle: Duration, tallies: Tallies) -> RequestBody {
         let sent = (!inner.is_end_stream()).then(|| Arc::new(Notify::new()));
         RequestBody {
             inner: Some(inner),
@@ -70,6 +91,7 @@ impl RequestBody {
             timer: None,
             armed: false,
             sent,
+            tallies,
         }
     }
 
@@ -83,6 +105,7 @@ impl RequestBody {
             timer: None,
             armed: false,
             sent: None,
+            tallies: Tallies::default(),
         }
     }
 

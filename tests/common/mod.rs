@@ -471,12 +471,12 @@ pub(crate) async fn spawn_tidegate(
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
         .args(args)
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Logs go to stderr (without colour: it is not a terminal).
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let (mut web, mut admin) = (None, None);
     let wants_admin = args
         .iter()

@@ -139,18 +139,18 @@ impl Recorder {
         match load {
             Ok(Ok((minutes, skipped))) => {
                 if skipped > 0 {
-                    tracing::warn!(pool, file = %path.display(), skipped, "history lines that did not parse were dropped");
+                    tracing::warn!(pool = %pool, path = %path.display(), skipped, "history lines that did not parse were dropped");
                 }
-                tracing::info!(pool, file = %path.display(), minutes = minutes.len(), "autoscale history loaded");
+                tracing::info!(pool = %pool, path = %path.display(), minutes = minutes.len(), "autoscale history loaded");
                 self.file = Some(path);
                 Some(minutes)
             }
             Ok(Err(e)) => {
-                tracing::warn!(pool, file = %path.display(), error = %e, "cannot keep the autoscale history; the forecast lives in memory only");
+                tracing::warn!(pool = %pool, path = %path.display(), error = %e, "cannot keep the autoscale history; the forecast lives in memory only");
                 None
             }
             Err(e) => {
-                tracing::warn!(pool, error = %e, "history loader failed");
+                tracing::warn!(pool = %pool, error = %e, "history loader failed");
                 None
             }
         }
@@ -161,7 +161,7 @@ impl Recorder {
         if let Some(path) = self.file.clone() {
             let written = tokio::task::spawn_blocking(move || append(&path, &closed)).await;
             if let Ok(Err(e)) = written {
-                tracing::warn!(pool, error = %e, "cannot append to the autoscale history");
+                tracing::warn!(pool = %pool, error = %e, "cannot append to the autoscale history");
             }
         }
     }

@@ -183,13 +183,13 @@ pub(crate) fn apply_probe(
             }
             backend.set_state(BackendState::Active);
             h.came_up(now_ns);
-            tracing::info!(pool, backend = %backend.address, "backend is up");
+            tracing::info!(pool = %pool, backend = %backend.address, "backend is up");
             true
         }
         Some(false) if state == BackendState::Active => {
             h.down_by_probe.store(true, Ordering::Relaxed);
             backend.set_state(BackendState::Down);
-            tracing::warn!(pool, backend = %backend.address, error = result.err().unwrap_or_default(), "backend is down");
+            tracing::warn!(pool = %pool, backend = %backend.address, error = %result.err().unwrap_or_default(), "backend is down");
             false
         }
         _ => false,
