@@ -76,7 +76,9 @@ pub async fn run(
     let mut triggers = JoinSet::new();
     if let (true, Some(path)) = (opts.watch_file, opts.config_path.clone()) {
         let loaded = state.load().config.loaded_from.clone();
-        triggers.spawn(watch_file(path, loaded, control.clone()));
+        let live = Arc::clone(&state);
+        let certificates = move || live.load().config.certificate_files();
+        triggers.spawn(watch_file(path, loaded, certificates, control.clone()));
     }
     if opts.reload_on_sighup {
         triggers.spawn(reload_on_sighup(control.clone()));
@@ -113,10 +115,16 @@ pub async fn serve(state: Arc<State>, bound: Vec<Bound>, shutdown: impl Future<O
     run(state, bound, None, Options::default(), shutdown).await
 }
 
-/// Turns file changes into reload requests until the owner is gone.
-async fn watch_file(path: PathBuf, loaded: Option<config::watch::Fingerprint>, control: Control) {
+/// Turns changes of the config file or its certificates into reload
+/// requests until the owner is gone.
+async fn watch_file(
+    path: PathBuf,
+    loaded: Option<config::watch::Fingerprint>,
+    certificates: impl Fn() -> Vec<PathBuf> + Send + Sync + 'static,
+    control: Control,
+) {
     let (tx, mut changes) = tokio::sync::mpsc::channel(1);
-    let watcher = config::watch::watch(path, loaded, tx);
+    let watcher = config::watch::watch(path, loaded, certificates, tx);
     tokio::pin!(watcher);
     loop {
         tokio::select! {

@@ -166,7 +166,7 @@ async fn webhook(
 async fn a_webhook_gets_the_request_as_a_post_and_its_failures_are_reported() {
     let (addr, seen) = webhook(200, r#"{"members":["127.0.0.1:9101","127.0.0.1:9102"]}"#, false).await;
     let url: http::Uri = format!("http://{addr}/provision").parse().unwrap();
-    let a = call_webhook(&url, &request(2, &[]), Duration::from_secs(5))
+    let a = call_webhook(&url, &request(2, &[]), Duration::from_secs(5), None)
         .await
         .unwrap();
     assert_eq!(a.members.len(), 2);
@@ -174,7 +174,7 @@ async fn a_webhook_gets_the_request_as_a_post_and_its_failures_are_reported() {
 
     let (addr, _) = webhook(503, "busy", false).await;
     let url: http::Uri = format!("http://{addr}/").parse().unwrap();
-    let e = call_webhook(&url, &request(2, &[]), Duration::from_secs(5))
+    let e = call_webhook(&url, &request(2, &[]), Duration::from_secs(5), None)
         .await
         .unwrap_err();
     assert!(matches!(e, HookError::Status { status: 503, .. }), "{e}");
@@ -182,7 +182,7 @@ async fn a_webhook_gets_the_request_as_a_post_and_its_failures_are_reported() {
     let (addr, _) = webhook(200, "<html>", false).await;
     let url: http::Uri = format!("http://{addr}/").parse().unwrap();
     assert_eq!(
-        call_webhook(&url, &request(2, &[]), Duration::from_secs(5))
+        call_webhook(&url, &request(2, &[]), Duration::from_secs(5), None)
             .await
             .unwrap_err()
             .label(),
@@ -191,14 +191,14 @@ async fn a_webhook_gets_the_request_as_a_post_and_its_failures_are_reported() {
 
     let (addr, _) = webhook(200, "{}", true).await;
     let url: http::Uri = format!("http://{addr}/").parse().unwrap();
-    let e = call_webhook(&url, &request(2, &[]), Duration::from_millis(300))
+    let e = call_webhook(&url, &request(2, &[]), Duration::from_millis(300), None)
         .await
         .unwrap_err();
     assert!(matches!(e, HookError::Timeout(_)), "{e}");
 
     let url: http::Uri = format!("http://{}/", dead_addr().await).parse().unwrap();
     assert!(matches!(
-        call_webhook(&url, &request(2, &[]), Duration::from_secs(5)).await,
+        call_webhook(&url, &request(2, &[]), Duration::from_secs(5), None).await,
         Err(HookError::Http(_))
     ));
 }
@@ -232,4 +232,86 @@ async fn the_local_provisioner_starts_and_stops_real_backends() {
         })
         .await;
     }
+}
+
+#[tokio::test]
+async fn an_https_webhook_is_verified_and_an_ipv6_url_is_reached() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    use rustls::pki_types::pem::PemObject;
+    // A CA and a leaf for 127.0.0.1 signed by it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let mut leaf_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf_params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    let body = r#"{"members":["127.0.0.1:9101"]}"#;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(body.as_bytes()),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let url: http::Uri = format!("https://{addr}/provision").parse().unwrap();
+    let a = call_webhook(&url, &request(1, &[]), Duration::from_secs(5), Some(&ca_path))
+        .await
+        .unwrap();
+    assert_eq!(a.members, vec!["127.0.0.1:9101".parse().unwrap()]);
+    // Without the CA the certificate is not trusted.
+    let e = call_webhook(&url, &request(1, &[]), Duration::from_secs(5), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, HookError::Http(m) if m.contains("TLS")), "{e}");
+
+    // A webhook on an IPv6 literal: a raw server on [::1] that answers.
+    let Ok(v6) = tokio::net::TcpListener::bind("[::1]:0").await else {
+        return; // no IPv6 loopback on this machine
+    };
+    let port = v6.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if let Ok((mut s, _)) = v6.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let body = r#"{"members":["[::1]:9102"]}"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+        }
+    });
+    let url: http::Uri = format!("http://[::1]:{port}/").parse().unwrap();
+    let a = call_webhook(&url, &request(1, &[]), Duration::from_secs(5), None)
+        .await
+        .unwrap();
+    assert_eq!(a.members, vec!["[::1]:9102".parse().unwrap()]);
 }

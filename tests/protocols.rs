@@ -256,3 +256,169 @@ fn renew(pki: &Pki, name: &str) -> CertificateDer<'static> {
     std::fs::write(pki.dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
     cert.der().clone()
 }
+
+/// `config_text` with `extra` added to the listener table.
+fn with_listener(text: &str, extra: &str) -> String {
+    text.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:0\"\n{extra}"),
+    )
+}
+
+#[tokio::test]
+async fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
+    let b = backend("b1").await;
+    let p = tidegate(&with_listener(&config_text(&[b.addr], "", ""), "proxy_protocol = true")).await;
+    let get = b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n";
+    // Version 1.
+    let v1 = [&b"PROXY TCP4 198.51.100.7 10.0.0.1 5555 80\r\n"[..], get].concat();
+    let seen = String::from_utf8(raw(p.addr, &v1).await).unwrap();
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("x-forwarded-for: 198.51.100.7\n"), "{seen}");
+    // Version 2, TCP over IPv6.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+    v2.extend_from_slice(&"2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v2.extend_from_slice(&"2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v2.extend_from_slice(&[0x15, 0xb3, 0x00, 0x50]);
+    v2.extend_from_slice(get);
+    let seen = String::from_utf8(raw(p.addr, &v2).await).unwrap();
+    assert!(seen.contains("x-forwarded-for: 2001:db8::7\n"), "{seen}");
+    // No header (or a forged one): closed before any backend sees a byte.
+    let r = recorder().await;
+    let p2 = tidegate(&with_listener(&config_text(&[r.addr], "", ""), "proxy_protocol = true")).await;
+    assert!(raw(p2.addr, get).await.is_empty());
+    assert!(raw(p2.addr, b"PROXY TCP4 nonsense\r\nGET / HTTP/1.1\r\n\r\n")
+        .await
+        .is_empty());
+    assert!(r.received.lock().unwrap().is_empty());
+    p.shutdown().await;
+    p2.shutdown().await;
+}
+
+#[tokio::test]
+async fn plain_http_sent_to_a_tls_port_gets_a_400_that_says_so() {
+    let pki = pki();
+    let b = backend("b1").await;
+    let d = pki.dir.path().display();
+    let text = with_listener(
+        &config_text(&[b.addr], "", ""),
+        &format!(
+            "tls = {{ certificates = [ {{ cert = \"{d}/shop.example.pem\", key = \"{d}/shop.example.key\" }} ] }}"
+        ),
+    );
+    let p = tidegate(&text).await;
+    let answer = String::from_utf8(raw(p.addr, b"GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n").await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("a plain HTTP request was sent to a TLS port\n"),
+        "{answer}"
+    );
+    // TLS still works on the port.
+    let tls = tls_connect(&pki, p.addr, "shop.example", b"http/1.1")
+        .await
+        .expect("handshake");
+    drop(tls);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_file_is_loaded_without_being_asked() {
+    let pki = pki();
+    let b = backend("b1").await;
+    let d = pki.dir.path().display();
+    let text = with_listener(
+        &config_text(&[b.addr], "", ""),
+        &format!(
+            "tls = {{ certificates = [ {{ cert = \"{d}/shop.example.pem\", key = \"{d}/shop.example.key\" }} ] }}"
+        ),
+    );
+    let m = tidegate_watching(&text).await;
+    let peer_cert =
+        |tls: tokio_rustls::client::TlsStream<TcpStream>| tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let before = peer_cert(tls_connect(&pki, m.addr, "shop.example", b"http/1.1").await.unwrap());
+    let renewed = renew(&pki, "shop.example");
+    assert_ne!(renewed, before);
+    eventually("the watcher reloads the renewed certificate", || async {
+        peer_cert(tls_connect(&pki, m.addr, "shop.example", b"http/1.1").await.unwrap()) == renewed
+    })
+    .await;
+    m.shutdown().await;
+}
+
+/// An HTTPS backend with `name`'s certificate from `pki`: answers every
+/// request with `secure <path>`. Returns its address.
+async fn tls_backend(pki: &Pki, name: &str) -> std::net::SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let dir = pki.dir.path();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(dir.join(format!("{name}.pem")))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let body = format!("secure {}", req.uri().path());
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(body),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_tls_verifies_the_backend_and_refuses_one_it_cannot_trust() {
+    let pki = pki();
+    std::fs::write(pki.dir.path().join("ca.pem"), pki.ca_cert.pem()).unwrap();
+    let b = tls_backend(&pki, "shop.example").await;
+    let ca = pki.dir.path().join("ca.pem");
+    let trusted = format!(
+        "upstream_tls = {{ server_name = \"shop.example\", ca = \"{}\" }}\nhealth = {{ path = \"/healthz\", interval = \"1s\" }}",
+        ca.display()
+    );
+    let p = tidegate(&config_text(&[b], "", &trusted)).await;
+    let a = get(p.addr, "/products/3").await;
+    assert_eq!((a.status.as_u16(), a.text().as_str()), (200, "secure /products/3"));
+    eventually("the health check passes over TLS", || async {
+        p.backend(0).await["health"]["consecutive_passes"].as_u64().unwrap() >= 2
+    })
+    .await;
+    p.shutdown().await;
+
+    // The certificate is for shop.example: another name is refused.
+    let wrong_name = format!(
+        "upstream_tls = {{ server_name = \"other.example\", ca = \"{}\" }}",
+        ca.display()
+    );
+    let p = tidegate(&config_text(&[b], "", &wrong_name)).await;
+    let a = get(p.addr, "/products/3").await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.headers["x-tidegate-error"], "connect_failed");
+    p.shutdown().await;
+
+    // A bad CA file is a config error with its position.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, config_text(&[b], "", "upstream_tls = { ca = \"missing.pem\" }")).unwrap();
+    let err = tidegate::config::Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("pools.shop.upstream_tls.ca: cannot read"), "{err}");
+}

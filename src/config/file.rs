@@ -115,6 +115,7 @@ pub(crate) struct RawRoute {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPool {
+    pub(crate) upstream_tls: Option<RawUpstreamTls>,
     pub(crate) balance: Option<RawBalance>,
     pub(crate) hash_key: Option<Spanned<String>>,
     pub(crate) max_concurrency: Option<Spanned<u64>>,
@@ -130,6 +131,13 @@ pub(crate) struct RawPool {
     pub(crate) autoscale: Option<RawAutoscale>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub(crate) server_name: Option<Spanned<String>>,
+    pub(crate) ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +187,8 @@ pub(crate) enum RawHook {
     Webhook {
         url: String,
         timeout: Option<HumanDuration>,
+        /// PEM CAs for an https:// URL (default: the system's).
+        ca: Option<String>,
     },
     Local {
         service_time: Option<HumanDuration>,

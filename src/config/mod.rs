@@ -217,6 +217,19 @@ pub enum UpstreamProtocol {
     H2c,
 }
 
+/// A pool's `upstream_tls` table: TLS from tidegate to its backends,
+/// verified with rustls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name backend certificates are verified against (and sent as
+    /// SNI); `None` = the backend's host name as configured, or its
+    /// address.
+    pub server_name: Option<String>,
+    /// PEM file of the certificate authorities to trust; `None` = the
+    /// system's (`SSL_CERT_FILE`, or the distribution's bundle).
+    pub ca: Option<PathBuf>,
+}
+
 /// `[pools.NAME]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
@@ -245,6 +258,8 @@ pub struct PoolConfig {
     pub max_idle_per_backend: usize,
     /// HTTP/1.1 or h2c to the backends.
     pub upstream: UpstreamProtocol,
+    /// TLS to the backends; `None` = plain TCP.
+    pub upstream_tls: Option<UpstreamTls>,
     /// Other backends tried after a connect failure (nothing was sent).
     pub connect_retries: u32,
     /// Whether a bodiless idempotent request may be resent after a backend
@@ -318,10 +333,12 @@ pub enum HookConfig {
     },
     /// An HTTP POST of the request; the answer is the response body.
     Webhook {
-        /// Where to POST.
+        /// Where to POST (`http://` or `https://`).
         url: http::Uri,
         /// A call that takes longer failed.
         timeout: Duration,
+        /// The CAs an `https://` URL is verified with; `None` = the system's.
+        ca: Option<PathBuf>,
     },
     /// Built in: `tidegate backend` children on loopback (the demo's).
     Local {
@@ -376,10 +393,13 @@ pub struct PassiveHealth {
 }
 
 /// One static member of a pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
     /// The backend's address.
     pub address: SocketAddr,
+    /// The host name it was given by, when it was a name (the TLS server
+    /// name when `upstream_tls` names none).
+    pub host: Option<String>,
     /// Relative share of traffic.
     pub weight: u32,
 }
@@ -415,6 +435,17 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The certificate and key files the listeners name (watched with the
+    /// config file: a renewed certificate reloads like an edit).
+    pub fn certificate_files(&self) -> Vec<PathBuf> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| &t.certificates)
+            .flat_map(|c| [c.cert.clone(), c.key.clone()])
+            .collect()
+    }
+
     /// Reads, parses and validates a file. Relative certificate paths are
     /// resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -27,7 +27,7 @@ use super::net::IpNet;
 use super::{
     AccessLogConfig, AccessLogFormat, Admin, AutoscaleConfig, BackendConfig, Balance, CertificatePaths, CheckKind,
     Config, ConfigError, Guards, HashKey, HealthCheck, HookConfig, Limits, Listener, PassiveHealth, PoolConfig, Route,
-    Runtime, Tls, UpstreamProtocol,
+    Runtime, Tls, UpstreamProtocol, UpstreamTls,
 };
 
 /// Hyper refuses read buffers smaller than this.
@@ -322,7 +322,7 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
     let mut pools = BTreeMap::new();
     for (name, rp) in raw.pools {
         let span = rp.span();
-        if let Some(pool) = validate_pool(cx, &name, rp.into_inner(), span) {
+        if let Some(pool) = validate_pool(cx, &name, rp.into_inner(), span, base_dir) {
             pools.insert(name, Arc::new(pool));
         }
     }
@@ -604,7 +604,7 @@ fn validate_limits(cx: &Ctx<'_>, l: super::file::RawLimits) -> Limits {
     }
 }
 
-fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> Option<PoolConfig> {
+fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>, base_dir: &Path) -> Option<PoolConfig> {
     let key = format!("pools.{name}");
     let k = |sub: &str| format!("{key}.{sub}");
     let balance = match rp.balance.unwrap_or(RawBalance::LeastConn) {
@@ -648,7 +648,13 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> O
                 format!("{address} is listed twice"),
             );
         }
-        backends.push(BackendConfig { address, weight });
+        let written = b.address.get_ref();
+        let host = written
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .filter(|h| h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('['))
+            .map(str::to_string);
+        backends.push(BackendConfig { address, host, weight });
     }
     if backends.is_empty() && rp.autoscale.is_none() && cx.errors.borrow().is_empty() {
         cx.report(
@@ -657,7 +663,7 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> O
             "a pool needs at least one backend (or an `autoscale` table)",
         );
     }
-    let autoscale = rp.autoscale.and_then(|a| validate_autoscale(cx, &key, a));
+    let autoscale = rp.autoscale.and_then(|a| validate_autoscale(cx, &key, a, base_dir));
     let health = match rp.health {
         Some(h) => Some(validate_health(cx, &key, h)),
         // Provisioned backends join warming and need a check to pass.
@@ -716,6 +722,7 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> O
             0,
             4096,
         ),
+        upstream_tls: rp.upstream_tls.map(|t| validate_upstream_tls(cx, &key, t, base_dir)),
         upstream: match rp.upstream.unwrap_or(RawUpstream::Http1) {
             RawUpstream::Http1 => UpstreamProtocol::Http1,
             RawUpstream::H2c => UpstreamProtocol::H2c,
@@ -731,7 +738,41 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>) -> O
     })
 }
 
-fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale) -> Option<AutoscaleConfig> {
+fn validate_upstream_tls(cx: &Ctx<'_>, pool_key: &str, t: super::file::RawUpstreamTls, base_dir: &Path) -> UpstreamTls {
+    use rustls_pki_types::pem::PemObject;
+    let server_name = t.server_name.and_then(|n| {
+        if rustls_pki_types::ServerName::try_from(n.get_ref().as_str()).is_err() {
+            cx.report(
+                n.span(),
+                format!("{pool_key}.upstream_tls.server_name"),
+                format!("`{}` is not a DNS name or an IP address", n.get_ref()),
+            );
+            return None;
+        }
+        Some(n.into_inner())
+    });
+    let ca = t.ca.map(|c| {
+        let path = base_dir.join(c.get_ref());
+        let certs: Result<Vec<_>, _> = rustls_pki_types::CertificateDer::pem_file_iter(&path).and_then(|i| i.collect());
+        match certs {
+            Ok(certs) if !certs.is_empty() => {}
+            Ok(_) => cx.report(
+                c.span(),
+                format!("{pool_key}.upstream_tls.ca"),
+                format!("{} holds no PEM certificate", path.display()),
+            ),
+            Err(e) => cx.report(
+                c.span(),
+                format!("{pool_key}.upstream_tls.ca"),
+                format!("cannot read {}: {e}", path.display()),
+            ),
+        }
+        path
+    });
+    UpstreamTls { server_name, ca }
+}
+
+fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale, base_dir: &Path) -> Option<AutoscaleConfig> {
     let key = format!("{pool_key}.autoscale");
     let k = |sub: &str| format!("{key}.{sub}");
     let min: u32 = cx.number(a.min, &k("min"), 1, 0, 10_000);
@@ -771,18 +812,36 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale) -> Option<A
                 timeout: hook_timeout(timeout),
             }
         }
-        RawHook::Webhook { url, timeout } => {
+        RawHook::Webhook { url, timeout, ca } => {
             let uri = url
                 .parse::<http::Uri>()
                 .ok()
-                .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some());
             let Some(uri) = uri else {
-                cx.report(span.clone(), k("hook.url"), format!("`{url}` is not an http:// URL"));
+                cx.report(
+                    span.clone(),
+                    k("hook.url"),
+                    format!("`{url}` is not an http:// or https:// URL"),
+                );
                 return None;
             };
+            let ca = ca.map(|c| base_dir.join(c));
+            if let Some(ca) = &ca {
+                use rustls_pki_types::pem::PemObject;
+                let read: Result<Vec<_>, _> =
+                    rustls_pki_types::CertificateDer::pem_file_iter(ca).and_then(|i| i.collect());
+                if !read.is_ok_and(|c| !c.is_empty()) {
+                    cx.report(
+                        span.clone(),
+                        k("hook.ca"),
+                        format!("cannot read PEM certificates from {}", ca.display()),
+                    );
+                }
+            }
             HookConfig::Webhook {
                 url: uri,
                 timeout: hook_timeout(timeout),
+                ca,
             }
         }
         RawHook::Local {
@@ -1090,7 +1149,7 @@ backends = [ { address = "127.0.0.1:9001" } ]
         let bad = text.replace("max = 5", "max = 0");
         assert_eq!(invalid(&bad).2, "pools.shop.autoscale.max");
         let bad = text.replace("{ kind = \"local\" }", "{ kind = \"webhook\", url = \"ftp://x\" }");
-        assert!(invalid(&bad).3.contains("is not an http:// URL"));
+        assert!(invalid(&bad).3.contains("is not an http:// or https:// URL"));
         let bad = text.replace("{ kind = \"local\" }", "{ kind = \"cloud\" }");
         assert!(invalid(&bad).3.contains("unknown variant `cloud`"));
         let empty = MINIMAL.replace("backends = [ { address = \"127.0.0.1:9001\" } ]", "backends = []");

@@ -1,4 +1,5 @@
-//! Watching the config file for changes: control path.
+//! Watching the config file, and the certificate and key files it names,
+//! for changes: control path.
 //!
 //! Polls the file's metadata (through symlinks) rather than subscribing to
 //! inotify: a poll sees the same thing whether an editor rewrote the file in
@@ -38,16 +39,19 @@ pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
     })
 }
 
+/// The identities of a set of files, in order (`None`: missing).
+pub type Fingerprints = Vec<Option<Fingerprint>>;
+
 /// Decides when a series of observations means "reload now".
 #[derive(Debug)]
-pub struct Debounce {
-    last_seen: Option<Fingerprint>,
-    applied: Option<Fingerprint>,
+pub struct Debounce<T = Fingerprint> {
+    last_seen: Option<T>,
+    applied: Option<T>,
 }
 
-impl Debounce {
+impl<T: Clone + PartialEq> Debounce<T> {
     /// `current` is the version already loaded.
-    pub fn new(current: Option<Fingerprint>) -> Debounce {
+    pub fn new(current: Option<T>) -> Debounce<T> {
         Debounce {
             last_seen: current.clone(),
             applied: current,
@@ -57,7 +61,7 @@ impl Debounce {
     /// One observation (`None`: the file is missing right now, e.g. between
     /// an editor's delete and rename). Returns `true` when the file has
     /// changed from the applied version and held still for one poll.
-    pub fn observe(&mut self, now: Option<Fingerprint>) -> bool {
+    pub fn observe(&mut self, now: Option<T>) -> bool {
         let stable = now.is_some() && now == self.last_seen;
         self.last_seen = now.clone();
         if stable && now != self.applied {
@@ -68,17 +72,33 @@ impl Debounce {
     }
 }
 
-/// Polls `path` until `changes` is closed, sending `()` for each change
-/// from `loaded`, the version the running config was read from.
-pub async fn watch(path: PathBuf, loaded: Option<Fingerprint>, changes: mpsc::Sender<()>) {
-    let mut debounce = Debounce::new(loaded);
+/// The config file's identity (`None`: missing), then the other files'.
+fn observe_all(path: &Path, others: &[PathBuf]) -> Option<Fingerprints> {
+    let config = fingerprint(path)?;
+    let mut all = vec![Some(config)];
+    all.extend(others.iter().map(|p| fingerprint(p)));
+    Some(all)
+}
+
+/// Polls `path`, and the files `others()` names (the running config's
+/// certificates and keys, asked again at each poll), until `changes` is
+/// closed, sending `()` for each change from `loaded`, the version the
+/// running config was read from. A renewed certificate is thus loaded the
+/// way an edited config is: validated first, and refused if broken.
+pub async fn watch<F>(path: PathBuf, loaded: Option<Fingerprint>, others: F, changes: mpsc::Sender<()>)
+where
+    F: Fn() -> Vec<PathBuf> + Send + Sync + 'static,
+{
+    let mut at_start = vec![loaded];
+    at_start.extend(others().iter().map(|p| fingerprint(p)));
+    let mut debounce = Debounce::new(Some(at_start));
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || fingerprint(&path))
+            let (path, files) = (path.clone(), others());
+            tokio::task::spawn_blocking(move || observe_all(&path, &files))
                 .await
                 .ok()
                 .flatten()

@@ -114,7 +114,7 @@ async fn check_loop(state: Weak<State>, pool_name: Arc<str>, backend: Weak<Backe
             }
             (check, b)
         };
-        let result = probe::probe(b.address, &check).await;
+        let result = probe::probe(b.address, &check, b.tls()).await;
         if apply_probe(&pool_name, &b, result, &check, clock_ns()) {
             if let Some(state) = state.upgrade() {
                 if let Some(pool) = state.load().pool(&pool_name) {

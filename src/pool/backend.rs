@@ -10,9 +10,13 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 use super::health::Health;
 use crate::histogram::{LatencyHistogram, SecondsHistogram};
+use crate::upstream::tls::Target;
 use crate::upstream::Upstream;
 
 /// Where a backend stands in its life cycle. Only `Active` takes new requests.
@@ -76,6 +80,8 @@ pub struct Backend {
     latency: LatencyHistogram,
     pub(crate) health: Health,
     pub(crate) upstream: Upstream,
+    /// TLS to this backend (`upstream_tls`), read only when dialling.
+    tls: ArcSwapOption<Target>,
     /// Time to the response head in Prometheus buckets, for `/metrics`.
     duration: SecondsHistogram,
 }
@@ -114,8 +120,20 @@ impl Backend {
             latency: LatencyHistogram::default(),
             health: Health::default(),
             upstream: Upstream::new(max_idle),
+            tls: ArcSwapOption::empty(),
             duration: SecondsHistogram::default(),
         }
+    }
+
+    /// How to dial it over TLS (`None`: plain TCP).
+    pub(crate) fn tls(&self) -> Option<Arc<Target>> {
+        self.tls.load_full()
+    }
+
+    /// Control path (snapshot builder): TLS from now on, or not. Open
+    /// connections keep what they were dialled with until they close.
+    pub(crate) fn set_tls(&self, tls: Option<Arc<Target>>) {
+        self.tls.store(tls);
     }
 
     /// Requests in flight now.

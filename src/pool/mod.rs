@@ -25,6 +25,7 @@ pub use backend::{Backend, BackendState};
 use crate::balance::{Balancer, PickContext};
 use crate::config::PoolConfig;
 use crate::histogram::LatencyHistogram;
+use crate::upstream::tls::Connector;
 pub use queue::{InFlight, Queue, QueueError, Waiting};
 
 /// Times a request re-picks after losing a claim race before queueing.
@@ -162,6 +163,9 @@ pub(crate) struct Pool {
     pub(crate) provisioned: Vec<SocketAddr>,
     pub(crate) balancer: Balancer,
     pub(crate) shared: Arc<PoolShared>,
+    /// The TLS client for `upstream_tls` (kept across rebuilds while that
+    /// table is unchanged).
+    pub(crate) tls: Option<Arc<Connector>>,
 }
 
 impl Pool {
@@ -280,5 +284,6 @@ pub(crate) fn test_pool(pool_toml: &str) -> Pool {
         provisioned: Vec::new(),
         balancer,
         shared,
+        tls: None,
     }
 }

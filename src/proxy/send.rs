@@ -53,7 +53,10 @@ pub(super) async fn send(
         UpstreamProtocol::Http1 => loop {
             let (mut sender, fresh) = match up.pooled_h1(cfg.idle_timeout).await {
                 Some(s) => (s, false),
-                None => match up.connect_h1(backend.address, cfg.connect_timeout, head).await {
+                None => match up
+                    .connect_h1(backend.address, cfg.connect_timeout, head, backend.tls().as_deref())
+                    .await
+                {
                     Ok(s) => (s, true),
                     Err(e) => return Err(SendError::Connect(e, Box::new(req))),
                 },
@@ -77,7 +80,8 @@ pub(super) async fn send(
             }
         },
         UpstreamProtocol::H2c => {
-            let mut sender = match up.h2(backend.address, cfg.connect_timeout).await {
+            let tls = backend.tls();
+            let mut sender = match up.h2(backend.address, cfg.connect_timeout, tls.as_deref()).await {
                 Ok(s) => s,
                 Err(e) => return Err(SendError::Connect(e, Box::new(req))),
             };

@@ -18,6 +18,7 @@
 
 pub mod bind;
 mod h1_guard;
+mod proxy_protocol;
 mod stall;
 pub mod tls;
 
@@ -85,16 +86,24 @@ pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::
             break;
         };
         let _ = stream.set_nodelay(true);
-        let current = &state.load().config.limits;
+        let snapshot = state.load();
+        let current = &snapshot.config.limits;
         if *current != limits {
             limits = current.clone();
             builder = Arc::new(self::builder(&limits));
         }
+        let proxy_protocol = snapshot
+            .config
+            .listeners
+            .iter()
+            .any(|l| l.name == name && l.proxy_protocol);
+        drop(snapshot);
         let conn = Connection {
             builder: Arc::clone(&builder),
             state: Arc::clone(&state),
             watcher: graceful.watcher(),
             limits: limits.clone(),
+            proxy_protocol,
         };
         let tls = tls.load_full();
         while connections.try_join_next().is_some() {}
@@ -122,14 +131,35 @@ struct Connection {
     state: Arc<State>,
     watcher: Watcher,
     limits: Limits,
+    /// A PROXY protocol header comes first and names the client.
+    proxy_protocol: bool,
 }
 
+/// nginx's answer to plain HTTP on a TLS port, so a misconfigured client
+/// learns why instead of seeing the connection drop.
+const PLAIN_HTTP_ON_TLS_PORT: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 54\r\nx-tidegate-error: bad_request\r\nconnection: close\r\n\r\ntidegate: a plain HTTP request was sent to a TLS port\n";
+
 impl Connection {
-    async fn run(self, stream: TcpStream, peer: SocketAddr, tls: Option<Arc<TlsAcceptor>>) {
+    async fn run(self, mut stream: TcpStream, mut peer: SocketAddr, tls: Option<Arc<TlsAcceptor>>) {
         // What the connection shares with the proxy: the tunnel flag the
         // framing guard reads, the HTTP/2 stall accounting.
         let shared = Arc::new(ClientConn::default());
         let send_timeout = self.limits.client_send_timeout;
+        if self.proxy_protocol {
+            let read = proxy_protocol::read_header(&mut stream);
+            match tokio::time::timeout(self.limits.header_read_timeout, read).await {
+                Ok(Ok(Some(client))) => peer = client,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "PROXY protocol header refused; closing");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no PROXY protocol header in time; closing");
+                    return;
+                }
+            }
+        }
         match tls {
             None => {
                 // hyper's header timer starts only once the protocol is
@@ -146,6 +176,23 @@ impl Connection {
                 }
             }
             Some(acceptor) => {
+                // A TLS connection opens with a handshake record (0x16);
+                // anything else is most likely plain HTTP on the wrong port.
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(self.limits.tls_handshake_timeout, stream.peek(&mut first)).await {
+                    Ok(Ok(1)) if first[0] == 0x16 => {}
+                    Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        // Read what was sent first, so closing does not
+                        // reset the connection before the answer is read.
+                        let mut request = [0u8; 4096];
+                        let _ = tokio::time::timeout(self.limits.header_read_timeout, stream.read(&mut request)).await;
+                        let _ = tokio::time::timeout(send_timeout, stream.write_all(PLAIN_HTTP_ON_TLS_PORT)).await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                    _ => return,
+                }
                 match tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
                         let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");

@@ -18,6 +18,7 @@ use crate::access_log::AccessLog;
 use crate::balance::Balancer;
 use crate::config::{AccessLogConfig, Config, PoolConfig};
 use crate::pool::{Backend, BackendState, Pool, PoolShared};
+use crate::upstream::tls::{Connector, Target};
 
 /// Builds a whole snapshot. Autoscaled pools keep the members their
 /// provisioner provides (read from the previous snapshot). Also returns
@@ -115,6 +116,15 @@ fn pool(
         shared.queue.set_slo(a.slo);
     }
     let pool_name: Arc<str> = old.map_or_else(|| Arc::from(name), |p| Arc::clone(&p.name));
+    let tls = connector(pc, old);
+    let target = |address: SocketAddr, host: Option<&str>| {
+        tls.as_ref().map(|c| {
+            Arc::new(Target {
+                connector: Arc::clone(c),
+                name: c.name_for(host, address),
+            })
+        })
+    };
     let mut members: Vec<(SocketAddr, u32, bool)> = pc.backends.iter().map(|b| (b.address, b.weight, false)).collect();
     let provisioned: Vec<SocketAddr> = if pc.autoscale.is_some() {
         provisioned
@@ -130,7 +140,12 @@ fn pool(
         .iter()
         .map(|&(address, weight, dynamic)| {
             let kept = old.and_then(|p| p.backends.iter().chain(&p.draining).find(|b| b.address == address));
-            match kept {
+            let host = pc
+                .backends
+                .iter()
+                .find(|b| b.address == address)
+                .and_then(|b| b.host.as_deref());
+            let b = match kept {
                 Some(b) => {
                     b.reconfigure(weight, pc.max_concurrency, pc.max_idle_per_backend);
                     if b.state() == BackendState::Draining {
@@ -152,7 +167,9 @@ fn pool(
                     }
                     b
                 }
-            }
+            };
+            b.set_tls(target(address, host));
+            b
         })
         .collect();
     let mut removed = Vec::new();
@@ -177,6 +194,28 @@ fn pool(
         provisioned,
         balancer,
         shared,
+        tls,
     };
     (pool, removed)
+}
+
+/// The pool's TLS client: the old pool's while `upstream_tls` is the same,
+/// else a new one. The CA file was read when the config validated; should
+/// it fail now, the pool keeps the old client (or connects to nobody in
+/// the clear: every connect fails and says why).
+fn connector(pc: &PoolConfig, old: Option<&Pool>) -> Option<Arc<Connector>> {
+    let wanted = pc.upstream_tls.as_ref()?;
+    if let Some(p) = old.filter(|p| p.config.upstream_tls.as_ref() == Some(wanted)) {
+        if let Some(c) = &p.tls {
+            return Some(Arc::clone(c));
+        }
+    }
+    match Connector::new(wanted) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::error!(pool = %pc.name, error = %e, "upstream TLS cannot be set up; keeping the previous settings");
+            old.and_then(|p| p.tls.clone())
+                .or_else(|| Some(Arc::new(Connector::refusing())))
+        }
+    }
 }

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub(crate) mod body;
+pub(crate) mod tls;
 
 use body::RequestBody;
 
@@ -50,6 +51,8 @@ pub(crate) enum ConnectError {
     Io(#[from] io::Error),
     #[error("handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
 }
 
 struct Idle {
@@ -110,61 +113,104 @@ impl Upstream {
         });
     }
 
-    /// Dials a new HTTP/1.1 connection (with upgrade support, for WebSocket).
-    /// A response head may take at most `head` bytes and `headers` fields;
-    /// the read buffer never grows past `head` either, which bounds what a
-    /// response to a slow client holds here.
+    /// Dials a new HTTP/1.1 connection (with upgrade support, for WebSocket),
+    /// over TLS when `tls` is given. A response head may take at most
+    /// `head` bytes and `headers` fields; the read buffer never grows past
+    /// `head` either, which bounds what a response to a slow client holds
+    /// here.
     pub(crate) async fn connect_h1(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
         head: HeadLimits,
+        tls: Option<&tls::Target>,
     ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
-        let io = dial(addr, connect_timeout).await?;
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(head.bytes)
-            .max_headers(head.fields)
-            .handshake(io)
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+        let tcp = dial(addr, connect_timeout).await?;
+        let mut builder = http1::Builder::new();
+        builder.max_buf_size(head.bytes).max_headers(head.fields);
+        match tls {
+            None => h1_handshake(&builder, TokioIo::new(tcp), addr).await,
+            Some(t) => {
+                let stream = secure(t, tcp, false, connect_timeout).await?;
+                h1_handshake(&builder, TokioIo::new(stream), addr).await
             }
-        });
-        Ok(sender)
+        }
     }
 
-    /// The shared h2c connection, dialled if there is none or it closed.
+    /// The shared HTTP/2 connection (h2c, or h2 over TLS when `tls` is
+    /// given), dialled if there is none or it closed.
     pub(crate) async fn h2(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
+        tls: Option<&tls::Target>,
     ) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
         if let Some(current) = self.h2.load_full() {
             if !current.is_closed() && current.is_ready() {
                 return Ok((*current).clone());
             }
         }
-        let io = dial(addr, connect_timeout).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20))
-            .handshake(io)
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream h2 connection ended with an error");
-            }
-        });
+        let tcp = dial(addr, connect_timeout).await?;
+        let sender = match tls {
+            None => h2_handshake(TokioIo::new(tcp), addr).await?,
+            Some(t) => h2_handshake(TokioIo::new(secure(t, tcp, true, connect_timeout).await?), addr).await?,
+        };
         self.h2.store(Some(Arc::new(sender.clone())));
         Ok(sender)
     }
 }
 
-async fn dial(addr: SocketAddr, connect_timeout: Duration) -> Result<TokioIo<TcpStream>, ConnectError> {
+/// The TLS handshake with a backend, bounded by the connect timeout.
+async fn secure(
+    t: &tls::Target,
+    tcp: TcpStream,
+    h2: bool,
+    connect_timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    tokio::time::timeout(connect_timeout, t.connector.connect(t.name.clone(), tcp, h2))
+        .await
+        .map_err(|_| ConnectError::Timeout(connect_timeout))?
+        .map_err(ConnectError::Tls)
+}
+
+async fn h1_handshake<IO>(
+    builder: &http1::Builder,
+    io: IO,
+    addr: SocketAddr,
+) -> Result<http1::SendRequest<RequestBody>, ConnectError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = builder.handshake(io).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn h2_handshake<IO>(io: IO, addr: SocketAddr) -> Result<http2::SendRequest<RequestBody>, ConnectError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .handshake(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream h2 connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn dial(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpStream, ConnectError> {
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout(connect_timeout))??;
     stream.set_nodelay(true)?;
-    Ok(TokioIo::new(stream))
+    Ok(stream)
 }

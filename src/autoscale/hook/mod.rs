@@ -175,9 +175,10 @@ pub(crate) fn provisioner(hook: &HookConfig, exe: Option<PathBuf>) -> Box<dyn Pr
             command: command.clone(),
             timeout: *timeout,
         }),
-        HookConfig::Webhook { url, timeout } => Box::new(Webhook {
+        HookConfig::Webhook { url, timeout, ca } => Box::new(Webhook {
             url: url.clone(),
             timeout: *timeout,
+            ca: ca.clone(),
         }),
         HookConfig::Local {
             service_time,
