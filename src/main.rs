@@ -20,12 +20,10 @@ use tidegate::state::State;
     about = "A Layer-7 load balancer that turns its own queue into capacity"
 )]
 struct Cli {
+    /// Without a command, the demo runs on the embedded `conf/demo.toml`,
+    /// its backends started as child processes.
     #[command(subcommand)]
     command: Option<Command>,
-    /// Config file for `run` (the default command). Without it, the
-    /// embedded demo runs, with its backends started as child processes.
-    #[arg(long, short, global = true)]
-    config: Option<PathBuf>,
     /// Log lines on stderr: `text` or `json` (one object per line).
     /// `TIDEGATE_LOG` sets the level filter (default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -41,20 +39,34 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy (the default).
+    /// Run the proxy on a config file.
     Run {
+        /// The config file (TOML); reloaded when it changes, on SIGHUP and
+        /// on `POST /reload`.
+        #[arg(long, short)]
+        config: PathBuf,
         /// Do not reload when the config file changes (SIGHUP and
         /// `POST /reload` still do).
         #[arg(long)]
         no_watch: bool,
     },
-    /// Validate a config file and exit (like `nginx -t`).
-    Check,
+    /// Validate a config file and exit (like `nginx -t`): every error, each
+    /// with its file:line:col and key.
+    Check {
+        /// The config file to validate.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the effective config (defaults filled in, `${VAR}`s
+        /// replaced, secrets masked) instead of the summary.
+        #[arg(long)]
+        dump: bool,
+    },
     /// Replay a traffic trace through the autoscaling policies and compare
     /// them with the Erlang-C oracle.
     Simulate(Box<SimulateArgs>),
     /// Run a simulated shop backend (for the demo, tests and benchmarks).
     Backend {
+        /// Address to listen on, e.g. 127.0.0.1:9001.
         #[arg(long)]
         listen: SocketAddr,
         /// Time each request takes, e.g. "20ms".
@@ -147,6 +159,10 @@ struct SimulateArgs {
     /// sets the step, as the live loop reads it.
     #[arg(long, conflicts_with_all = ["scenario", "trace", "corpus", "json", "svg"])]
     stdio: bool,
+    /// With `--stdio`: the config file whose pool's autoscale table sets
+    /// the step.
+    #[arg(long, short, requires = "stdio")]
+    config: Option<PathBuf>,
     /// Fewest backends (`--stdio`).
     #[arg(long, default_value_t = 1)]
     min: u32,
@@ -162,23 +178,29 @@ struct SimulateArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let result = match cli.command.unwrap_or(Command::Run { no_watch: false }) {
-        Command::Run { no_watch } => run(cli.config, !no_watch),
-        Command::Check => check(cli.config),
-        Command::Simulate(args) => simulate(cli.config, *args),
-        Command::Backend {
+    let result = match cli.command {
+        None => run(None, false),
+        Some(Command::Run { config, no_watch }) => run(Some(config), !no_watch),
+        Some(Command::Check { config, dump }) => check(&config, dump),
+        Some(Command::Simulate(args)) => simulate(*args),
+        Some(Command::Backend {
             listen,
             service_time,
             concurrency,
             name,
             threads,
-        } => {
+        }) => {
             let opts = shop::BackendOptions {
                 name: name.unwrap_or_else(|| listen.to_string()),
                 service_time,
                 concurrency,
             };
             runtime(Some(threads)).and_then(|rt| {
+                tracing::info!(
+                    name = %opts.name,
+                    service_time = ?opts.service_time,
+                    "tidegate backend listening on http://{listen}/"
+                );
                 rt.block_on(async {
                     let (tx, rx) = tokio::sync::watch::channel(false);
                     let serve = shop::run(listen, opts, rx);
@@ -273,23 +295,31 @@ fn simulate_stdio(
     run_stdio(settings, stdin, stdout).context("simulate --stdio")
 }
 
-fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let path = path.context("check needs --config FILE")?;
-    let config = Config::load(&path)?;
+/// `tidegate check`: the config's every error (positions included), then
+/// the certificates as the listeners will load them (a key that does not
+/// match its certificate); the summary, or with `--dump` the effective
+/// config.
+fn check(path: &std::path::Path, dump: bool) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
     for l in &config.listeners {
         if let Some(tls) = &l.tls {
-            tidegate::server::tls::acceptor(tls).with_context(|| format!("listener `{}`", l.name))?;
+            tidegate::server::tls::acceptor(tls)
+                .with_context(|| format!("{}: listener `{}`: tls", path.display(), l.name))?;
         }
     }
-    println!("{}", config.summary());
+    if dump {
+        println!("{}", config.dump());
+    } else {
+        println!("{}", config.summary());
+    }
     Ok(())
 }
 
 /// `tidegate simulate`: the corpus, a trace or a scenario through every
 /// policy, or `--stdio`.
-fn simulate(config: Option<PathBuf>, a: SimulateArgs) -> anyhow::Result<()> {
+fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
     if a.stdio {
-        return simulate_stdio(config, a.pool, a.delay, a.slo, a.slots, a.min, a.max);
+        return simulate_stdio(a.config.clone(), a.pool, a.delay, a.slo, a.slots, a.min, a.max);
     }
     let params = tidegate::sim::model::SimParams {
         delay: a.delay.as_secs(),

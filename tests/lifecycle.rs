@@ -156,3 +156,114 @@ async fn simulate_compares_the_policies_and_writes_a_chart() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scenario `nope`"));
 }
+
+/// `tidegate ARGS` with `env`; (success, stdout, stderr).
+async fn tidegate_cli(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(EXE);
+    cmd.args(args).env_remove("TG_TEST_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_substitutes_the_environment_resolves_hooks_and_dumps_the_effective_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("provision.sh");
+    std::fs::write(&hook, "#!/bin/sh\necho '{\"members\":[]}'\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${TG_TEST_TOKEN}\"\n\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\
+[pools.shop]\nbackends = []\nautoscale = { min = 1, max = 3, hook = { kind = \"exec\", command = [\"./provision.sh\"] } }\n";
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, text).unwrap();
+    let check = |dump: bool| {
+        let mut args = vec![std::ffi::OsStr::new("check"), "--config".as_ref(), path.as_os_str()];
+        if dump {
+            args.push("--dump".as_ref());
+        }
+        args
+    };
+    // With the variable set: valid; the dump shows the resolved hook and
+    // hides the token.
+    let (ok, out, err) = tidegate_cli(&check(true), &[("TG_TEST_TOKEN", "s3cret-value")]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("********") && !out.contains("s3cret-value"), "{out}");
+    assert!(
+        out.contains(&hook.display().to_string()),
+        "the hook resolved relative to the file:\n{out}"
+    );
+    // Unset: refused, with the place the variable is used.
+    let (ok, _, err) = tidegate_cli(&check(false), &[]).await;
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "{}:3:10: admin.token: environment variable `TG_TEST_TOKEN` is not set",
+            path.display()
+        )),
+        "{err}"
+    );
+    // A hook that is not there, or not executable: refused with its key.
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, _, err) = tidegate_cli(&check(false), &[("TG_TEST_TOKEN", "x")]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("pools.shop.autoscale.hook.command:") && err.contains("is not an executable file"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn run_needs_a_config_and_a_taken_port_is_named_once_with_its_place() {
+    let (ok, _, err) = tidegate_cli(&["run".as_ref()], &[]).await;
+    assert!(!ok);
+    assert!(err.contains("--config"), "{err}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listener]]\nname = \"web\"\nlisten = \"{}\"\n\n[pools.shop]\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n",
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = tidegate_cli(&["run".as_ref(), "--config".as_ref(), path.as_os_str()], &[]).await;
+    assert!(!ok);
+    let expected = format!(
+        "{}:3:10: listener[0].listen (listener `web`): cannot bind",
+        path.display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn a_backend_says_where_it_listens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Command::new(EXE)
+        .args(["backend", "--listen", &port.to_string()])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(BOUND, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(line.contains(&format!("listening on http://{port}/")), "{line}");
+    child.kill().await.unwrap();
+}

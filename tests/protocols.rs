@@ -204,19 +204,20 @@ async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_http11_by_alpn() {
 }
 
 #[tokio::test]
-async fn a_listener_with_a_missing_certificate_refuses_to_start() {
+async fn a_listener_with_a_missing_certificate_is_refused_with_its_position() {
     let text = config_text(&[dead_addr().await], "", "").replace(
         "listen = \"127.0.0.1:0\"",
         "listen = \"127.0.0.1:0\"\ntls = { certificates = [ { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" } ] }",
     );
-    let config = tidegate::config::Config::parse(&text, "t.toml", std::path::Path::new(".")).unwrap();
-    let err = tidegate::server::bind(&config)
-        .await
-        .err()
-        .expect("refused")
+    let err = tidegate::config::Config::parse(&text, "t.toml", std::path::Path::new("."))
+        .unwrap_err()
         .to_string();
     assert!(
-        err.contains("listener `web`") && err.contains("/nonexistent/c.pem"),
+        err.contains("t.toml:5:35: listener[0].tls.certificates[0].cert: /nonexistent/c.pem"),
+        "{err}"
+    );
+    assert!(
+        err.contains("listener[0].tls.certificates[0].key: /nonexistent/k.pem"),
         "{err}"
     );
 }

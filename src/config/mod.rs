@@ -9,6 +9,7 @@
 //! Every error names the file, line, column and key ([`ConfigError`]).
 
 pub mod defaults;
+mod env;
 mod file;
 pub mod net;
 pub mod schedule;
@@ -135,6 +136,16 @@ pub struct Listener {
     /// Every connection starts with a PROXY protocol header (v1 or v2)
     /// naming the real client.
     pub proxy_protocol: bool,
+    /// Where `listen` is written: `file:line:col: listener[i].listen`, for
+    /// errors found after validation (a port already taken).
+    pub written_at: String,
+}
+
+impl Listener {
+    /// The listener as an error names it: its place in the file and name.
+    pub fn describe(&self) -> String {
+        format!("{} (listener `{}`)", self.written_at, self.name)
+    }
 }
 
 /// A listener's `tls` table.
@@ -435,6 +446,18 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The effective config, every default filled in and `${VAR}`s
+    /// replaced, with the admin token masked (`tidegate check --dump`).
+    pub fn dump(&self) -> String {
+        let mut shown = self.clone();
+        if let Some(a) = &mut shown.admin {
+            if a.token.is_some() {
+                a.token = Some("********".into());
+            }
+        }
+        format!("{shown:#?}")
+    }
+
     /// The certificate and key files the listeners name (watched with the
     /// config file: a renewed certificate reloads like an edit).
     pub fn certificate_files(&self) -> Vec<PathBuf> {

@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -215,6 +215,26 @@ fn key_at(text: &str, offset: usize) -> String {
 }
 
 pub(super) fn parse(text: &str, source: &str, base_dir: &Path, resolve: Resolve<'_>) -> Result<Config, ConfigError> {
+    let substituted = super::env::substitute(text, |name| std::env::var(name).ok()).map_err(|unset| {
+        let errors: Vec<ConfigError> = unset
+            .iter()
+            .map(|u| {
+                let (line, col) = position(text, u.offset);
+                ConfigError::Invalid {
+                    path: source.to_string(),
+                    line,
+                    col,
+                    key: key_at(text, u.offset),
+                    message: format!("environment variable `{}` is not set", u.name),
+                }
+            })
+            .collect();
+        match <[ConfigError; 1]>::try_from(errors) {
+            Ok([one]) => one,
+            Err(several) => ConfigError::Several(several),
+        }
+    })?;
+    let text = substituted.as_str();
     let cx = Ctx {
         text,
         source,
@@ -304,18 +324,38 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
                 .certificates
                 .into_inner()
                 .into_iter()
-                .map(|c| CertificatePaths {
-                    cert: base_dir.join(c.cert.into_inner()),
-                    key: base_dir.join(c.key.into_inner()),
+                .enumerate()
+                .map(|(j, c)| {
+                    let paths = CertificatePaths {
+                        cert: base_dir.join(c.cert.get_ref()),
+                        key: base_dir.join(c.key.get_ref()),
+                    };
+                    check_pem(
+                        cx,
+                        &c.cert,
+                        &paths.cert,
+                        &format!("{key}.tls.certificates[{j}].cert"),
+                        true,
+                    );
+                    check_pem(
+                        cx,
+                        &c.key,
+                        &paths.key,
+                        &format!("{key}.tls.certificates[{j}].key"),
+                        false,
+                    );
+                    paths
                 })
                 .collect();
             Some(Tls { certificates })
         });
+        let (line, col) = position(cx.text, rl.listen.span().start);
         listeners.push(Listener {
             name: rl.name.into_inner(),
             listen,
             tls,
             proxy_protocol: rl.proxy_protocol.unwrap_or(false),
+            written_at: format!("{}:{line}:{col}: {key}.listen", cx.source),
         });
     }
 
@@ -738,6 +778,52 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>, base
     })
 }
 
+/// A listener's certificate chain (`cert`) or private key file: readable
+/// and holding what it should, else an error at its place in the file.
+fn check_pem<T>(cx: &Ctx<'_>, at: &Spanned<T>, path: &Path, key: &str, cert: bool) {
+    use rustls_pki_types::pem::PemObject;
+    let problem = if cert {
+        match rustls_pki_types::CertificateDer::pem_file_iter(path).and_then(|i| i.collect::<Result<Vec<_>, _>>()) {
+            Ok(c) if c.is_empty() => Some("holds no PEM certificate".to_string()),
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    } else {
+        rustls_pki_types::PrivateKeyDer::from_pem_file(path)
+            .err()
+            .map(|e| e.to_string())
+    };
+    if let Some(why) = problem {
+        cx.report(at.span(), key, format!("{}: {why}", path.display()));
+    }
+}
+
+/// An exec hook's program: a path with a `/` is taken relative to the
+/// config file (like certificate paths), a bare name is looked up in
+/// `PATH`; either way it must be an executable file.
+fn resolve_program(program: &str, base_dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let path: PathBuf = base_dir
+            .join(program)
+            .components()
+            .filter(|c| *c != std::path::Component::CurDir)
+            .collect();
+        return match std::fs::metadata(&path) {
+            Err(e) => Err(format!("{}: {e}", path.display())),
+            Ok(_) if !executable(&path) => Err(format!("{} is not an executable file", path.display())),
+            Ok(_) => Ok(path),
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| format!("`{program}` is not an executable in PATH"))
+}
+
 fn validate_upstream_tls(cx: &Ctx<'_>, pool_key: &str, t: super::file::RawUpstreamTls, base_dir: &Path) -> UpstreamTls {
     use rustls_pki_types::pem::PemObject;
     let server_name = t.server_name.and_then(|n| {
@@ -803,9 +889,14 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale, base_dir: &
         }
     };
     let hook = match a.hook.into_inner() {
-        RawHook::Exec { command, timeout } => {
+        RawHook::Exec { mut command, timeout } => {
             if command.is_empty() || command[0].trim().is_empty() {
                 cx.report(span.clone(), k("hook.command"), "needs a program to run");
+            } else {
+                match resolve_program(&command[0], base_dir) {
+                    Ok(program) => command[0] = program.display().to_string(),
+                    Err(why) => cx.report(span.clone(), k("hook.command"), why),
+                }
             }
             HookConfig::Exec {
                 command,

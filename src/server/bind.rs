@@ -35,15 +35,16 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A listener's certificates could not be loaded.
-    #[error("listener `{name}`: {source}")]
+    #[error("{name}: certificates")]
     Tls {
         /// The listener.
         name: String,
         /// Why.
         source: TlsError,
     },
-    /// A listener's address could not be bound.
-    #[error("listener `{name}`: cannot bind {addr}: {source}")]
+    /// A listener's address could not be bound (the OS error is the
+    /// source, printed once after this).
+    #[error("{name}: cannot bind {addr}")]
     Bind {
         /// The listener.
         name: String,
@@ -58,7 +59,7 @@ pub enum StartError {
 pub fn load_tls(l: &Listener) -> Result<Option<TlsAcceptor>, StartError> {
     match &l.tls {
         Some(t) => tls::acceptor(t).map(Some).map_err(|source| StartError::Tls {
-            name: l.name.clone(),
+            name: l.describe(),
             source,
         }),
         None => Ok(None),
@@ -68,7 +69,7 @@ pub fn load_tls(l: &Listener) -> Result<Option<TlsAcceptor>, StartError> {
 /// Binds one listener with its (already loaded) certificates.
 pub async fn bind_listener(l: &Listener, tls: Option<TlsAcceptor>) -> Result<Bound, StartError> {
     let listener = TcpListener::bind(l.listen).await.map_err(|source| StartError::Bind {
-        name: l.name.clone(),
+        name: l.describe(),
         addr: l.listen,
         source,
     })?;
@@ -103,7 +104,7 @@ pub async fn bind_admin(config: &Config) -> Result<Option<TcpListener>, StartErr
             .await
             .map(Some)
             .map_err(|source| StartError::Bind {
-                name: "admin".into(),
+                name: "admin.listen".into(),
                 addr: a.listen,
                 source,
             }),
