@@ -60,7 +60,7 @@ pub const AUTOSCALE_HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// readiness is observed.
 pub const PROVISIONING_DELAY: Duration = Duration::from_secs(30);
 /// Autoscaling: scale down only below the highest need of this window.
-pub const SCALE_DOWN_WINDOW: Duration = Duration::from_secs(45);
+pub const SCALE_DOWN_WINDOW: Duration = Duration::from_secs(90);
 /// Autoscaling: a provisioned member not healthy this long after the hook
 /// reported it is replaced.
 pub const READY_DEADLINE: Duration = Duration::from_secs(300);

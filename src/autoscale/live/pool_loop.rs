@@ -213,6 +213,7 @@ impl PoolLoop {
             in_flight: (sample.concurrency - sample.queued).max(0.0) as u64,
             queued: sample.queued as u64,
             queue_wait_ms: sample.queue_wait * 1000.0,
+            service_cv: sample.service_cv2.map(f64::sqrt),
             ready: tick.ready,
             pending: tick.provisioning,
             desired: self.board.status.lock().unwrap_or_else(|p| p.into_inner()).desired,

@@ -26,6 +26,10 @@ pub(crate) struct Second {
     pub(crate) queued: u64,
     /// Mean queue wait of the requests that left the queue this second.
     pub(crate) queue_wait_ms: f64,
+    /// Coefficient of variation of the service times measured so far
+    /// (absent before any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) service_cv: Option<f64>,
     pub(crate) ready: u32,
     /// Members asked for and not ready yet.
     pub(crate) pending: u32,
