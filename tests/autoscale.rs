@@ -211,6 +211,49 @@ echo "{{\"members\":[$out]}}""#,
     m.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_loop_back_or_exceed_max_are_refused_and_the_pool_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let answer = dir.path().join("answer.json");
+    std::fs::write(&answer, r#"{"members":[]}"#).unwrap();
+    let hook = exec_hook(&dir, &format!("cat > /dev/null; cat {}", answer.display()));
+    let m = tidegate(&elastic(&hook)).await;
+    let failures = || async {
+        m.stats().await["pools"][0]["autoscale"]["hook_failures"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let last_error = || async {
+        m.stats().await["pools"][0]["autoscale"]["hook_calls"][0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    // tidegate's own listener as a member: every request would loop.
+    std::fs::write(&answer, format!(r#"{{"members":["{}"]}}"#, m.addr)).unwrap();
+    eventually("the looping answer is refused", || async {
+        last_error().await.contains("own listeners")
+    })
+    .await;
+    // More members than `max = 4`.
+    let many: Vec<String> = (1..=6).map(|i| format!("\"127.0.0.1:{}\"", 1000 + i)).collect();
+    std::fs::write(&answer, format!(r#"{{"members":[{}]}}"#, many.join(","))).unwrap();
+    eventually("the oversized answer is refused", || async {
+        last_error().await.contains("more than the pool may hold")
+    })
+    .await;
+    assert!(failures().await >= 2);
+    assert!(members(&m, |_| true).await.is_empty(), "no refused member was used");
+    // A good answer is taken: the loop went on after the refusals.
+    let good = backend("good").await;
+    std::fs::write(&answer, format!(r#"{{"members":["{}"]}}"#, good.addr)).unwrap();
+    eventually("the good member serves", || async {
+        active(&m).await == vec![good.addr]
+    })
+    .await;
+    m.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_failing_hook_leaves_the_pool_serving_and_is_retried_with_backoff() {
     let fixed = backend("fixed").await;

@@ -44,7 +44,7 @@ echo "{{\"members\":[${{m%,}}]}}""#,
             seen.display()
         ),
     );
-    let a = call_exec(&hook, &request(3, &[]), Duration::from_secs(5))
+    let a = call_exec(&hook, &[], &request(3, &[]), Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(
@@ -58,7 +58,7 @@ echo "{{\"members\":[${{m%,}}]}}""#,
     );
     // Declarative: the same request again gives the same answer.
     assert_eq!(
-        call_exec(&hook, &request(3, &[]), Duration::from_secs(5))
+        call_exec(&hook, &[], &request(3, &[]), Duration::from_secs(5))
             .await
             .unwrap(),
         a
@@ -75,7 +75,7 @@ async fn a_hanging_exec_hook_times_out_and_is_killed() {
         &format!("echo $$ > {}\nexec sleep 30", pid_file.display()),
     );
     let started = tokio::time::Instant::now();
-    let e = call_exec(&hook, &request(2, &[]), Duration::from_millis(300))
+    let e = call_exec(&hook, &[], &request(2, &[]), Duration::from_millis(300))
         .await
         .unwrap_err();
     assert!(matches!(e, HookError::Timeout(_)), "{e}");
@@ -87,11 +87,81 @@ async fn a_hanging_exec_hook_times_out_and_is_killed() {
     .await;
 }
 
+/// Whether process `pid` is still alive.
+fn alive(pid: &str) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test]
+async fn a_hook_that_leaves_a_job_running_is_answered_when_it_exits() {
+    // The job inherits stdout, so stdout never reaches EOF while it runs:
+    // the answer is what the command wrote by the time it exited.
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("job");
+    let hook = command(
+        &dir,
+        "starts-a-job.sh",
+        &format!(
+            r#"cat > /dev/null; sleep 30 & echo $! > {}
+echo '{{"members":["127.0.0.1:9001"]}}'"#,
+            pid_file.display()
+        ),
+    );
+    let a = call_exec(&hook, &[], &request(1, &[]), Duration::from_secs(5)).await;
+    let job = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    assert_eq!(a.unwrap().members.len(), 1);
+    // A hook that exited cleanly may start what it likes: it keeps running.
+    assert!(alive(&job));
+    std::process::Command::new("kill").arg(&job).status().unwrap();
+}
+
+#[tokio::test]
+async fn a_timed_out_hook_is_killed_with_everything_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("job");
+    let hook = command(
+        &dir,
+        "hangs-with-a-job.sh",
+        &format!("sleep 30 & echo $! > {}\nexec sleep 30", pid_file.display()),
+    );
+    let e = call_exec(&hook, &[], &request(2, &[]), Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, HookError::Timeout(_)), "{e}");
+    let job = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    eventually("the job the hook started is gone too", || async { !alive(&job) }).await;
+}
+
+#[tokio::test]
+async fn a_hook_gets_only_the_allowed_environment() {
+    // Cargo sets CARGO_MANIFEST_DIR for this test process; tidegate's
+    // environment is not the hook's unless listed.
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("env");
+    let hook = command(
+        &dir,
+        "env.sh",
+        &format!(r#"cat > /dev/null; env > {}; echo '{{"members":[]}}'"#, seen.display()),
+    );
+    call_exec(&hook, &[], &request(0, &[]), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    assert!(!env.contains("CARGO_MANIFEST_DIR="), "{env}");
+    let listed = ["CARGO_MANIFEST_DIR".to_string()];
+    call_exec(&hook, &listed, &request(0, &[]), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(std::fs::read_to_string(&seen).unwrap().contains("CARGO_MANIFEST_DIR="));
+}
+
 #[tokio::test]
 async fn a_crashing_or_babbling_exec_hook_is_a_failure_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let crash = command(&dir, "crash.sh", "cat > /dev/null; echo boom >&2; exit 3");
-    let e = call_exec(&crash, &request(2, &[]), Duration::from_secs(5))
+    let e = call_exec(&crash, &[], &request(2, &[]), Duration::from_secs(5))
         .await
         .unwrap_err();
     assert!(
@@ -100,7 +170,7 @@ async fn a_crashing_or_babbling_exec_hook_is_a_failure_with_the_reason() {
     );
     assert_eq!(e.label(), "failed");
     let garbage = command(&dir, "garbage.sh", "cat > /dev/null; echo hello world");
-    let e = call_exec(&garbage, &request(2, &[]), Duration::from_secs(5))
+    let e = call_exec(&garbage, &[], &request(2, &[]), Duration::from_secs(5))
         .await
         .unwrap_err();
     assert_eq!(e.label(), "invalid", "{e}");
@@ -109,13 +179,13 @@ async fn a_crashing_or_babbling_exec_hook_is_a_failure_with_the_reason() {
         "bad.sh",
         r#"cat > /dev/null; echo '{"members":["not-an-address"]}'"#,
     );
-    let e = call_exec(&bad_addr, &request(2, &[]), Duration::from_secs(5))
+    let e = call_exec(&bad_addr, &[], &request(2, &[]), Duration::from_secs(5))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("not-an-address"), "{e}");
     let missing = vec!["/nonexistent/provision.sh".to_string()];
     assert!(matches!(
-        call_exec(&missing, &request(2, &[]), Duration::from_secs(5)).await,
+        call_exec(&missing, &[], &request(2, &[]), Duration::from_secs(5)).await,
         Err(HookError::Spawn { .. })
     ));
 }

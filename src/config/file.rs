@@ -183,6 +183,9 @@ pub(crate) enum RawHook {
     Exec {
         command: Vec<String>,
         timeout: Option<HumanDuration>,
+        /// Environment variables passed on besides the default allow-list.
+        #[serde(default)]
+        env: Vec<String>,
     },
     Webhook {
         url: String,

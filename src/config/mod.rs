@@ -339,8 +339,11 @@ pub enum HookConfig {
     Exec {
         /// Program and arguments.
         command: Vec<String>,
-        /// A call that takes longer failed (the process is killed).
+        /// A call that takes longer failed (the process group is killed).
         timeout: Duration,
+        /// Environment variables the command gets besides
+        /// `PATH`, `HOME`, `LANG`, `LC_ALL`, `TZ`, `TMPDIR` and `USER`.
+        env: Vec<String>,
     },
     /// An HTTP POST of the request; the answer is the response body.
     Webhook {

@@ -889,7 +889,11 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale, base_dir: &
         }
     };
     let hook = match a.hook.into_inner() {
-        RawHook::Exec { mut command, timeout } => {
+        RawHook::Exec {
+            mut command,
+            timeout,
+            env,
+        } => {
             if command.is_empty() || command[0].trim().is_empty() {
                 cx.report(span.clone(), k("hook.command"), "needs a program to run");
             } else {
@@ -898,9 +902,17 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale, base_dir: &
                     Err(why) => cx.report(span.clone(), k("hook.command"), why),
                 }
             }
+            if let Some(bad) = env.iter().find(|n| n.is_empty() || n.contains('=')) {
+                cx.report(
+                    span.clone(),
+                    k("hook.env"),
+                    format!("`{bad}` is not a variable name (list names only: env = [\"AWS_PROFILE\"])"),
+                );
+            }
             HookConfig::Exec {
                 command,
                 timeout: hook_timeout(timeout),
+                env,
             }
         }
         RawHook::Webhook { url, timeout, ca } => {

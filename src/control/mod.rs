@@ -37,7 +37,7 @@ pub(crate) async fn run(
     mut commands: mpsc::Receiver<Command>,
     shutdown: impl Future<Output = ()>,
 ) {
-    view.listeners.store(Arc::new(listeners.info()));
+    publish_listeners(&view, &listeners);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -108,6 +108,14 @@ async fn reload(view: &View, listeners: &mut Listeners) -> Result<u64, String> {
     }
     let generation = view.state.apply(config);
     listeners.apply(plan, &view.state);
-    view.listeners.store(Arc::new(listeners.info()));
+    publish_listeners(view, listeners);
     Ok(generation)
+}
+
+/// What `/stats` shows of the listeners, and their addresses for the
+/// autoscaler's self-loop check.
+fn publish_listeners(view: &View, listeners: &Listeners) {
+    let info = listeners.info();
+    view.state.set_own_addresses(info.iter().map(|l| l.address).collect());
+    view.listeners.store(Arc::new(info));
 }

@@ -39,6 +39,9 @@ pub struct State {
     /// Responses tidegate answered itself before a request was routed
     /// (bad request, no route), by reason index.
     unrouted_errors: [AtomicU64; ERROR_SLOTS],
+    /// The addresses tidegate's own listeners are bound to (set by the
+    /// control path), so a provisioner cannot make the pool loop back.
+    own_addresses: ArcSwap<Vec<SocketAddr>>,
 }
 
 impl State {
@@ -51,6 +54,7 @@ impl State {
             writer: Mutex::new(()),
             changed: watch::Sender::new(1),
             unrouted_errors: Default::default(),
+            own_addresses: ArcSwap::from_pointee(Vec::new()),
         })
     }
 
@@ -87,6 +91,16 @@ impl State {
         let generation = self.next_generation();
         let (next, removed) = build::with_members(&previous, pool, members, generation)?;
         Some(self.publish(next, removed))
+    }
+
+    /// Control path: the addresses the listeners are bound to now.
+    pub(crate) fn set_own_addresses(&self, addresses: Vec<SocketAddr>) {
+        self.own_addresses.store(Arc::new(addresses));
+    }
+
+    /// The addresses the listeners are bound to.
+    pub(crate) fn own_addresses(&self) -> Arc<Vec<SocketAddr>> {
+        self.own_addresses.load_full()
     }
 
     /// Data path: tidegate answered a request itself before routing it.

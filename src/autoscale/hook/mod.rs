@@ -136,16 +136,47 @@ pub(crate) fn parse_answer(bytes: &[u8]) -> Result<HookAnswer, HookError> {
         HookError::InvalidAnswer(format!("{e} (answer began {shown:?})"))
     })?;
     let mut members = Vec::with_capacity(raw.members.len());
+    let mut seen = std::collections::HashSet::with_capacity(raw.members.len());
     for m in raw.members {
         let addr: SocketAddr = m
             .parse()
             .map_err(|_| HookError::InvalidAnswer(format!("`{m}` is not an address such as 127.0.0.1:9001")))?;
-        if members.contains(&addr) {
+        if !seen.insert(addr) {
             return Err(HookError::InvalidAnswer(format!("{addr} is listed twice")));
         }
         members.push(addr);
     }
     Ok(HookAnswer { members })
+}
+
+/// Checks an answer against what the pool may hold: at most `limit`
+/// members (the pool's `max` plus those still draining), none of them one
+/// of tidegate's own listeners (`own`), which would loop every request
+/// back into tidegate.
+pub(crate) fn check_members(answer: &HookAnswer, limit: usize, own: &[SocketAddr]) -> Result<(), HookError> {
+    if answer.members.len() > limit {
+        return Err(HookError::InvalidAnswer(format!(
+            "{} members, more than the pool may hold ({limit}: its max plus members still draining)",
+            answer.members.len()
+        )));
+    }
+    if let Some(m) = answer.members.iter().find(|m| is_own(**m, own)) {
+        return Err(HookError::InvalidAnswer(format!(
+            "{m} is one of tidegate's own listeners: every request would loop back"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `member` reaches one of the listeners at `own`: the same port
+/// and the same address, or a listener on every address and a loopback or
+/// unspecified member.
+fn is_own(member: SocketAddr, own: &[SocketAddr]) -> bool {
+    own.iter().any(|l| {
+        l.port() == member.port()
+            && (l.ip() == member.ip()
+                || (l.ip().is_unspecified() && (member.ip().is_loopback() || member.ip().is_unspecified())))
+    })
 }
 
 /// Delay before retry number `attempt` (1-based): doubling from 1 s up to
@@ -171,9 +202,10 @@ pub(crate) trait Provisioner: Send {
 /// binary, which the `local` kind starts as its backends.
 pub(crate) fn provisioner(hook: &HookConfig, exe: Option<PathBuf>) -> Box<dyn Provisioner> {
     match hook {
-        HookConfig::Exec { command, timeout } => Box::new(Exec {
+        HookConfig::Exec { command, timeout, env } => Box::new(Exec {
             command: command.clone(),
             timeout: *timeout,
+            env: env.clone(),
         }),
         HookConfig::Webhook { url, timeout, ca } => Box::new(Webhook {
             url: url.clone(),
@@ -208,6 +240,32 @@ mod tests {
             let e = parse_answer(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{e}");
         }
+    }
+
+    #[test]
+    fn answers_over_the_limit_or_looping_back_are_refused() {
+        let own: Vec<SocketAddr> = vec!["0.0.0.0:8080".parse().unwrap(), "10.0.0.1:8443".parse().unwrap()];
+        let answer = |list: &[&str]| HookAnswer {
+            members: list.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        assert!(check_members(&answer(&["10.0.0.2:8080", "10.0.0.1:9000"]), 2, &own).is_ok());
+        let e = check_members(&answer(&["10.0.0.2:1", "10.0.0.2:2", "10.0.0.2:3"]), 2, &own).unwrap_err();
+        assert!(e.to_string().contains("3 members, more than"), "{e}");
+        for looping in ["127.0.0.1:8080", "[::1]:8080", "10.0.0.1:8443"] {
+            let e = check_members(&answer(&[looping]), 5, &own).unwrap_err();
+            assert!(e.to_string().contains("own listeners"), "{looping}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_long_answer_is_parsed_in_linear_time() {
+        // 45,000 members (the size that once took the pool down) parse
+        // quickly with the set; the old quadratic scan did 10^9 compares.
+        let list: Vec<String> = (0..45_000u32)
+            .map(|i| format!("\"10.{}.{}.{}:80\"", i >> 16, (i >> 8) & 255, i & 255))
+            .collect();
+        let text = format!("{{\"members\":[{}]}}", list.join(","));
+        assert_eq!(parse_answer(text.as_bytes()).unwrap().members.len(), 45_000);
     }
 
     #[test]

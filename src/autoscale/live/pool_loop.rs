@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::history_file::Recorder;
 use super::status::{DecisionRecord, HookRecord, Second, KEPT};
 use super::Board;
-use crate::autoscale::hook::{backoff, provisioner, HookAnswer, HookRequest, Provisioner};
+use crate::autoscale::hook::{backoff, check_members, provisioner, HookAnswer, HookRequest, Provisioner};
 use crate::autoscale::policy::Decision;
 use crate::autoscale::signal::Sample;
 use crate::autoscale::step::{Outcome, StepParams, Stepper, Tick};
@@ -224,7 +224,11 @@ impl PoolLoop {
             let want = decision.desired.saturating_sub(statics);
             let drained = self.drained(pool, now, cfg.drain_timeout.as_secs_f64());
             self.scale_in(pool, &mut members, want, now);
-            if let Some(answer) = self.call_hook(&tick, want, &members, &drained, decision).await {
+            let own = state.own_addresses();
+            let answer = self
+                .call_hook(&tick, want, &members, &drained, decision, (cfg.max, &own))
+                .await;
+            if let Some(answer) = answer {
                 members = self.accept(answer, &drained);
             }
         }
@@ -392,6 +396,7 @@ impl PoolLoop {
         members: &[SocketAddr],
         drained: &[SocketAddr],
         decision: &Decision,
+        (max, own): (u32, &[SocketAddr]),
     ) -> Option<HookAnswer> {
         let hook = self.hook.as_mut().expect("configured");
         if hook.retry_at.is_some_and(|at| Instant::now() < at) {
@@ -419,7 +424,14 @@ impl PoolLoop {
             reason: decision.reason.clone(),
         };
         let began = Instant::now();
-        let result = hook.provisioner.call(&req).await;
+        // An answer is held to what the pool may hold and may not point
+        // back at tidegate (a huge or looping answer once took a pool down).
+        let limit = (max + still_draining + self.ignored.len() as u32) as usize;
+        let result = hook
+            .provisioner
+            .call(&req)
+            .await
+            .and_then(|a| check_members(&a, limit, own).map(|()| a));
         let (label, error) = match &result {
             Ok(_) => {
                 hook.failures = 0;
