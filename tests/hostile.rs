@@ -296,3 +296,70 @@ async fn a_one_backend_pool_tries_a_dead_backend_once_and_counts_one_request() {
     assert_eq!(pool["backends"][0]["responses"]["error"], 1, "one attempt: {pool}");
     t.shutdown().await;
 }
+
+/// A raw keep-alive HTTP/1.1 backend that counts its open connections.
+async fn counting_backend() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&open);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let open = std::sync::Arc::clone(&counter);
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_at_the_idle_timeout_not_at_next_use() {
+    use std::sync::atomic::Ordering;
+    let (backend, open) = counting_backend().await;
+    let t = tidegate(&config_text(
+        &[backend],
+        "",
+        "timeouts = { idle = \"1s\" }\nmax_concurrency = 64",
+    ))
+    .await;
+    // Twenty requests at once: up to twenty upstream connections, then idle.
+    let addr = t.addr;
+    let answers: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(async move { get(addr, "/").await.status }))
+        .collect();
+    for a in answers {
+        assert_eq!(a.await.unwrap(), 200);
+    }
+    assert!(
+        open.load(Ordering::SeqCst) > 1,
+        "several upstream connections were opened"
+    );
+    // Nothing uses them again: the upkeep closes them, within the timeout
+    // plus its one-second pass.
+    eventually("every idle upstream connection is closed", || async {
+        open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    t.shutdown().await;
+}

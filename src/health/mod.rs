@@ -8,7 +8,9 @@
 //!   once its backend leaves the snapshot; all of them end with the
 //!   supervisor.
 //! - Four times a second it ends expired ejections and advances slow start
-//!   (`pool::health::tick`), and serves a pool's queue when capacity grew.
+//!   (`pool::health::tick`), and serves a pool's queue when capacity grew;
+//!   once a second it closes idle upstream connections past the pool's
+//!   `timeouts.idle` (a quiet pool holds no sockets it will not reuse).
 //!
 //! Results are applied by `pool::health::apply_probe`, which holds the
 //! rules (pure, in `pool/health/transition.rs`); this module only schedules.
@@ -31,6 +33,10 @@ use crate::state::State;
 /// How often ejections expire and slow starts advance.
 pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Every this many upkeep ticks (1 s), idle upstream connections past the
+/// pool's `timeouts.idle` are closed.
+const REAP_EVERY: u64 = 4;
+
 /// Runs until `stop` turns true.
 pub(crate) async fn run(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let mut changes = state.subscribe();
@@ -38,6 +44,7 @@ pub(crate) async fn run(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     probes.reconcile(&state);
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             changed = changes.changed() => {
@@ -49,9 +56,15 @@ pub(crate) async fn run(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             _ = upkeep.tick() => {
                 let now = clock_ns();
                 let mut rng = fastrand::Rng::new();
+                ticks = ticks.wrapping_add(1);
                 for pool in &state.load().pools {
                     if tick(pool, now) {
                         pool.dispatch(&mut rng);
+                    }
+                    if ticks % REAP_EVERY == 0 {
+                        for b in &pool.backends {
+                            b.upstream.reap(pool.config.idle_timeout);
+                        }
                     }
                 }
             }

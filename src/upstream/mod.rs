@@ -101,6 +101,28 @@ impl Upstream {
         None
     }
 
+    /// Closes pooled HTTP/1.1 connections idle longer than `idle_timeout`
+    /// (or already closed by the backend), so an idle pool holds no
+    /// sockets past the timeout. Control path (the health upkeep), at most
+    /// one pass over the stack; requests may pop and push meanwhile.
+    pub(crate) fn reap(&self, idle_timeout: Duration) -> usize {
+        let mut kept = Vec::new();
+        let mut closed = 0;
+        for _ in 0..self.idle.len() {
+            let Some(idle) = self.idle.pop() else { break };
+            if idle.sender.is_closed() || idle.since.elapsed() > idle_timeout {
+                closed += 1;
+            } else {
+                kept.push(idle);
+            }
+        }
+        // Back in the order they left (oldest first): the queue keeps its order.
+        for idle in kept {
+            let _ = self.idle.push(idle);
+        }
+        closed
+    }
+
     /// Gives an HTTP/1.1 connection back after its response body was read to
     /// the end. Dropped instead when the pool is full.
     pub(crate) fn check_in(&self, sender: http1::SendRequest<RequestBody>) {
