@@ -73,6 +73,42 @@ async fn a_file_replaced_by_rename_is_picked_up_by_the_watcher() {
 }
 
 #[tokio::test]
+async fn a_file_written_in_two_steps_is_loaded_whole_not_half_way() {
+    let (b1, b2) = (backend("b1").await, backend("b2").await);
+    let m = tidegate_watching(&shop(&[b1.addr], "least_conn", false)).await;
+    // The new file's first half is a valid config on its own (the same
+    // pool, p2c); the second half, a second later, moves it to b2.
+    let whole = shop(&[b2.addr], "p2c", false);
+    let first = shop(&[b1.addr], "p2c", false);
+    let path = m.path.clone();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(first.as_bytes()).unwrap();
+        f.sync_all().unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        f.set_len(0).unwrap();
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(whole.as_bytes()).unwrap();
+    }
+    eventually("the whole file is loaded", || async {
+        get(m.addr, "/").await.backend() == "b2"
+    })
+    .await;
+    assert_eq!(
+        m.generation().await,
+        2,
+        "one reload: the half-written file was never applied"
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_symlinked_config_reloads_when_the_link_is_swapped() {
     let (b1, b2) = (backend("b1").await, backend("b2").await);
     let dir = tempfile::tempdir().unwrap();
