@@ -443,7 +443,8 @@ fn run(path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
         Some(p) => Config::load(p)?,
         None => Config::demo(),
     };
-    runtime(config.runtime.worker_threads)?.block_on(async move {
+    let rt = runtime(config.runtime.worker_threads)?;
+    let result = rt.block_on(async move {
         let children = if demo {
             let exe = std::env::current_exe().context("locating the tidegate binary")?;
             Some(
@@ -495,7 +496,11 @@ fn run(path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
         }
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    // A blocking read stuck on a hung mount must not keep the process
+    // from exiting.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Completes on SIGTERM or SIGINT.

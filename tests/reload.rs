@@ -290,3 +290,23 @@ async fn pool_totals_survive_a_reload_that_replaces_every_backend() {
     );
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_config_path_that_would_block_is_refused_and_reloads_go_on() {
+    let b = backend("b1").await;
+    let m = tidegate(&shop(&[b.addr], "least_conn", false)).await;
+    // The config file becomes a FIFO nobody writes to: reading it would
+    // block forever.
+    std::fs::remove_file(&m.path).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&m.path).status().unwrap();
+    assert!(made.success());
+    let refused = m.reload().await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.text().contains("not a regular file"), "{}", refused.text());
+    // The control task is not wedged: the next reload of a real file works.
+    std::fs::remove_file(&m.path).unwrap();
+    std::fs::write(&m.path, shop(&[b.addr], "p2c", false)).unwrap();
+    assert_eq!(m.reload().await.status, 200);
+    assert_eq!(m.pool().await["balance"], "p2c");
+    m.shutdown().await;
+}

@@ -479,7 +479,19 @@ impl Config {
         // Taken before reading: a change racing the read reloads once more
         // rather than not at all.
         let fingerprint = watch::fingerprint(path);
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        // A FIFO or a device would block the read until someone writes:
+        // only a regular file (through symlinks) is read.
+        let read = std::fs::metadata(path).and_then(|meta| {
+            if meta.is_file() {
+                std::fs::read_to_string(path)
+            } else {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file (a FIFO, socket or device is never read)",
+                ))
+            }
+        });
+        let text = read.map_err(|e| ConfigError::Read {
             path: shown.clone(),
             message: e.to_string(),
         })?;

@@ -20,6 +20,7 @@ pub(crate) mod view;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -42,7 +43,12 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             Some(cmd) = commands.recv() => {
-                let result = reload(&view, &mut listeners).await;
+                // Shutdown does not wait for a reload (nothing is applied
+                // until the new config is read and checked).
+                let result = tokio::select! {
+                    result = reload(&view, &mut listeners) => result,
+                    _ = &mut shutdown => break,
+                };
                 record(&view, cmd.trigger, &result);
                 if let Some(reply) = cmd.reply {
                     let _ = reply.send(result);
@@ -53,6 +59,9 @@ pub(crate) async fn run(
     }
     listeners.stop().await;
 }
+
+/// Longest a reload waits for the config file to be read and checked.
+const CONFIG_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn record(view: &View, trigger: Trigger, result: &Result<u64, String>) {
     let at_unix_ms = unix_ms();
@@ -97,10 +106,16 @@ async fn reload(view: &View, listeners: &mut Listeners) -> Result<u64, String> {
         .config_path
         .clone()
         .ok_or_else(|| "no config file to reload (running the embedded demo)".to_string())?;
-    let config = tokio::task::spawn_blocking(move || Config::load(&path))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    // Off the control task, and bounded: a hung mount must not wedge
+    // reloads, upkeep or shutdown.
+    let config = tokio::time::timeout(
+        CONFIG_READ_TIMEOUT,
+        tokio::task::spawn_blocking(move || Config::load(&path)),
+    )
+    .await
+    .map_err(|_| format!("reading the config took longer than {CONFIG_READ_TIMEOUT:?} (a hung mount?)"))?
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     let plan = listeners.prepare(&config).await.map_err(|e| e.to_string())?;
     let previous_admin = view.state.load().config.admin.as_ref().map(|a| a.listen);
     if config.admin.as_ref().map(|a| a.listen) != previous_admin {
