@@ -455,6 +455,18 @@ fn run(path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
         } else {
             None
         };
+        let wanted = tidegate::server::nofile::needed(&config);
+        match tidegate::server::nofile::raise(wanted) {
+            Some(limit) if limit.soft < wanted => tracing::warn!(
+                "the config may hold about {wanted} file descriptors open (max_connections x listeners x 2), \
+                 but the limit is {} (hard {}): raise it (ulimit -n, LimitNOFILE= in the systemd unit) or \
+                 lower limits.max_connections; past it, accepts wait and new upstream connections fail",
+                limit.soft,
+                limit.hard
+            ),
+            Some(limit) => tracing::debug!(soft = limit.soft, wanted, "open-file limit"),
+            None => tracing::warn!("the open-file limit could not be read"),
+        }
         let bound = tidegate::server::bind(&config).await?;
         let admin = tidegate::server::bind_admin(&config).await?;
         for (l, b) in config.listeners.iter().zip(&bound) {

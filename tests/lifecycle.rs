@@ -267,3 +267,44 @@ async fn a_backend_says_where_it_listens() {
     assert!(line.contains(&format!("listening on http://{port}/")), "{line}");
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_and_a_config_that_cannot_fit_is_warned_about() {
+    use tokio::io::AsyncBufReadExt;
+    let b = backend("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidegate.toml");
+    std::fs::write(&path, config_text(&[b.addr], "[limits]\nmax_connections = 10000\n", "")).unwrap();
+    // A soft limit of 256 under a hard one of 1024: tidegate raises the soft
+    // limit as far as it may, and says 10,000 connections cannot fit.
+    let mut child = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -S -n 256 && ulimit -H -n 1024 && exec \"$0\" run --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_tidegate"))
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut warned = None;
+    while let Ok(Some(line)) = tokio::time::timeout(BOUND, lines.next_line()).await.unwrap() {
+        if line.contains("serving on") {
+            break;
+        }
+        if line.contains("file descriptors") {
+            warned = Some(line);
+        }
+    }
+    let warned = warned.expect("a warning about the open-file limit");
+    assert!(warned.contains("20256") && warned.contains("1024"), "{warned}");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    assert_eq!(
+        open_files.split_whitespace().nth(3),
+        Some("1024"),
+        "the soft limit was raised to the hard one: {open_files}"
+    );
+    child.kill().await.unwrap();
+}

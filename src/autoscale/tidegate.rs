@@ -76,6 +76,9 @@ pub(crate) struct TidegateParams {
     pub(crate) headroom_quantile: f64,
     /// Seconds of forecast errors the quantile reads.
     pub(crate) headroom_window: u64,
+    /// The share of requests allowed to wait longer than `slo` at the
+    /// rate with headroom (the forecast itself is sized to `epsilon`).
+    pub(crate) headroom_epsilon: f64,
     /// Use the measured service-time variability (else assume 1).
     pub(crate) service_cv: bool,
     /// Use the history forecast only while its recent relative error is
@@ -101,6 +104,7 @@ impl Default for TidegateParams {
             trend: true,
             headroom_quantile: 0.95,
             headroom_window: 1800,
+            headroom_epsilon: 0.0003,
             service_cv: true,
             forecast_trust_error: 0.3,
             initial_service: 0.05,
@@ -133,6 +137,7 @@ impl TidegateParams {
                 "trend" => self.trend = on()?,
                 "headroom_quantile" => self.headroom_quantile = num()?,
                 "headroom_window" => self.headroom_window = num()? as u64,
+                "headroom_epsilon" => self.headroom_epsilon = num()?,
                 "service_cv" => self.service_cv = on()?,
                 "forecast_trust_error" => self.forecast_trust_error = num()?,
                 "fast_service" => self.fast_service = on()?,
@@ -336,7 +341,10 @@ pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, no
         0.0
     };
     let plan = forecast * (1.0 + headroom);
-    let for_rate = size(plan);
+    // The forecast is sized to `epsilon`; the headroom above it guards
+    // against a forecast gone wrong, where a looser bound is enough (on a
+    // pool of one or two backends, a whole backend for a rare error).
+    let for_rate = size(forecast).max(backends_for_g(plan, service, slots, p.slo, p.headroom_epsilon, cv2) as u32);
 
     // 6. A backlog that the SLO cannot absorb: what is queued now, or what
     // the excess arrivals add over one provisioning delay, whichever is

@@ -18,6 +18,7 @@
 
 pub mod bind;
 mod h1_guard;
+pub mod nofile;
 mod proxy_protocol;
 mod stall;
 pub mod tls;
