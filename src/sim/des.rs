@@ -10,7 +10,7 @@
 //! busy count is below the new size (a draining backend).
 //!
 //! The fluid model (`model.rs`) must agree with this on the same policy
-//! and trace; `tidegate simulate --referee` compares the two.
+//! and trace; `tidegate simulate --model referee` compares the two.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
