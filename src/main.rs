@@ -458,7 +458,8 @@ fn run(path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
         let wanted = tidegate::server::nofile::needed(&config);
         match tidegate::server::nofile::raise(wanted) {
             Some(limit) if limit.soft < wanted => tracing::warn!(
-                "the config may hold about {wanted} file descriptors open (max_connections x listeners x 2), \
+                "the config may hold about {wanted} file descriptors open (client connections of every listener \
+                 and upstream connections of every backend), \
                  but the limit is {} (hard {}): raise it (ulimit -n, LimitNOFILE= in the systemd unit) or \
                  lower limits.max_connections; past it, accepts wait and new upstream connections fail",
                 limit.soft,

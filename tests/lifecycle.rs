@@ -298,7 +298,7 @@ async fn the_open_file_limit_is_raised_and_a_config_that_cannot_fit_is_warned_ab
         }
     }
     let warned = warned.expect("a warning about the open-file limit");
-    assert!(warned.contains("20256") && warned.contains("1024"), "{warned}");
+    assert!(warned.contains("1024"), "{warned}");
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
     assert_eq!(

@@ -14,11 +14,21 @@ use crate::config::Config;
 const SLACK: u64 = 256;
 
 /// What the config may hold open at once: each listener's
-/// `max_connections` client connections, each with one upstream
-/// connection (HTTP/2 streams share one), plus slack.
+/// `max_connections` client connections, plus, per pool, one upstream
+/// connection per concurrency slot of every backend it may have (static
+/// ones and the autoscaler's `max`) and as many idle ones, plus slack.
 pub fn needed(config: &Config) -> u64 {
     let clients = config.listeners.len() as u64 * config.limits.max_connections as u64;
-    clients.saturating_mul(2).saturating_add(SLACK)
+    let upstream: u64 = config
+        .pools
+        .values()
+        .map(|p| {
+            let backends = p.backends.len() as u64 + p.autoscale.as_ref().map_or(0, |a| u64::from(a.max));
+            let per_backend = u64::from(p.max_concurrency) + p.max_idle_per_backend as u64;
+            backends.saturating_mul(per_backend)
+        })
+        .fold(0u64, u64::saturating_add);
+    clients.saturating_add(upstream).saturating_add(SLACK)
 }
 
 /// The open-file limits after [`raise`].
