@@ -165,6 +165,25 @@ pub(super) fn render(shared: &Shared) -> String {
             );
         }
     }
+    let limits: Vec<_> = snapshot.rate_limits.iter().map(|r| (&r.name, r.counts())).collect();
+    let per_rule = [
+        t::RATE_LIMITED_TOTAL,
+        t::RATE_LIMIT_KEYS,
+        t::RATE_LIMIT_LIMITED_CLIENTS,
+        t::RATE_LIMIT_UNTRACKED_TOTAL,
+    ];
+    for family in per_rule {
+        header(&mut out, family);
+        for (name, c) in &limits {
+            let value = match family {
+                t::RATE_LIMITED_TOTAL => c.limited_total as f64,
+                t::RATE_LIMIT_KEYS => c.keys as f64,
+                t::RATE_LIMIT_LIMITED_CLIENTS => c.limited_now.clients as f64,
+                _ => c.untracked_total as f64,
+            };
+            write_sample(&mut out, family, &[("rule", name)], value);
+        }
+    }
     header(&mut out, t::ACCESS_LOG_DROPPED_TOTAL);
     write_sample(&mut out, t::ACCESS_LOG_DROPPED_TOTAL, &[], access_log::dropped() as f64);
 

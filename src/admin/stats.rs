@@ -10,6 +10,7 @@ use crate::histogram::percentiles_ms;
 use crate::pool::backend::CLASSES;
 use crate::pool::health::HealthDetail;
 use crate::pool::Backend;
+use crate::traffic::ratelimit::{RateLimit, RateLimitCounts};
 
 #[derive(Serialize)]
 pub(crate) struct Stats {
@@ -19,6 +20,30 @@ pub(crate) struct Stats {
     pub(crate) listeners: Vec<ListenerInfo>,
     pub(crate) config: ConfigStats,
     pub(crate) pools: Vec<PoolStats>,
+    pub(crate) rate_limits: Vec<RateLimitStats>,
+}
+
+/// One `[[rate_limit]]` rule: its settings and counts.
+#[derive(Serialize)]
+pub(crate) struct RateLimitStats {
+    pub(crate) name: String,
+    pub(crate) rate: String,
+    pub(crate) burst: u32,
+    pub(crate) key: String,
+    pub(crate) max_keys: usize,
+    #[serde(flatten)]
+    pub(crate) counts: RateLimitCounts,
+}
+
+fn rate_limit_stats(r: &RateLimit) -> RateLimitStats {
+    RateLimitStats {
+        name: r.name.to_string(),
+        rate: r.config.rate.to_string(),
+        burst: r.config.burst,
+        key: r.config.key.to_string(),
+        max_keys: r.config.max_keys,
+        counts: r.counts(),
+    }
 }
 
 #[derive(Serialize)]
@@ -141,5 +166,6 @@ pub(crate) fn collect(shared: &Shared) -> Stats {
             reloads: (*view.reloads.load_full()).clone(),
         },
         pools,
+        rate_limits: snapshot.rate_limits.iter().map(|r| rate_limit_stats(r)).collect(),
     }
 }

@@ -106,6 +106,14 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent HTTP/2 streams per client connection.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 
+/// Rate limits: clients (keys) one `[[rate_limit]]` remembers at most; a
+/// new client beyond it is admitted untracked until the sweep frees room.
+pub const RATE_LIMIT_MAX_KEYS: usize = 1_000_000;
+/// Rate limits: IPv6 clients are keyed by this many leading bits (a /64 is
+/// what one subscriber usually gets, so a client cannot escape its limit
+/// by hopping addresses inside it).
+pub const RATE_LIMIT_IPV6_PREFIX: u8 = 64;
+
 /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The admin listener when `[admin]` is present without `listen`.

@@ -50,6 +50,32 @@ pub struct Config {
     pub pools: BTreeMap<String, Arc<PoolConfig>>,
     /// `[access_log]`: one line per request; `None` = off.
     pub access_log: Option<AccessLogConfig>,
+    /// `[[rate_limit]]`: per-client limits, in file order.
+    pub rate_limits: Vec<RateLimitConfig>,
+}
+
+/// `[[rate_limit]]`: at most `rate` requests per client (keyed by
+/// [`HashKey`]), with bursts of up to `burst`, on the requests it matches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    /// Unique name: a reload keeps the counts of a rule that keeps it; the
+    /// label of its metrics and the access log's `rate_limit` field.
+    pub name: String,
+    /// Lower-case host without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix; `None` matches any path.
+    pub path_prefix: Option<String>,
+    /// What identifies a client. A request without the header or cookie is
+    /// keyed by its client address.
+    pub key: HashKey,
+    /// The sustained rate.
+    pub rate: units::Rate,
+    /// Requests a client may send at once after being idle.
+    pub burst: u32,
+    /// IPv6 clients are keyed by this many leading bits.
+    pub ipv6_prefix: u8,
+    /// Clients remembered at most.
+    pub max_keys: usize,
 }
 
 /// `[access_log]`.
@@ -539,6 +565,17 @@ fn resolve(text: &str) -> Result<SocketAddr, String> {
         .or(addrs.first())
         .copied()
         .ok_or_else(|| format!("`{host}` resolves to no address"))
+}
+
+impl fmt::Display for HashKey {
+    /// As the config file spells it: `client_ip`, `header:NAME`, `cookie:NAME`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::ClientIp => f.write_str("client_ip"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+        }
+    }
 }
 
 impl fmt::Display for Balance {

@@ -46,6 +46,7 @@ pub(super) fn start(log: &Arc<AccessLog>, req: &Request<Incoming>, who: &Who, re
             pool: None,
             backend: None,
             error: None,
+            rate_limit: None,
             incomplete: false,
         },
     })

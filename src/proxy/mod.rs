@@ -6,7 +6,9 @@
 //! it:
 //! 1. loads the live snapshot once and rejects ambiguous framing (400,
 //!    `request.rs`);
-//! 2. routes host + path to a pool, enforcing the route's body limit (413);
+//! 2. routes host + path to a pool, enforcing the route's body limit (413)
+//!    and the matching `[[rate_limit]]` rules (429, `request.rs`, before
+//!    the pool counts an arrival: a refused flood buys no capacity);
 //! 3. gets an in-flight slot from the pool's admission (pick, or queue);
 //! 4. rewrites headers and sends the request over a pooled keep-alive
 //!    connection (`send.rs`); a connect failure (nothing sent) tries another
@@ -56,8 +58,8 @@ use crate::state::{Snapshot, State};
 use crate::upstream::body::{RequestBody, Tallies};
 use crate::upstream::HeadLimits;
 use request::{
-    affinity_key, check_framing, content_length, has_no_body, head_of, is_idempotent, rebuild, request_host,
-    upstream_request,
+    affinity_key, check_framing, content_length, has_no_body, head_of, is_idempotent, rate_limit, rebuild,
+    request_host, upstream_request,
 };
 use send::{body_error, client_fault, send, SendError};
 use upgrade::{allowed_upgrade, switches_to, tunnel};
@@ -131,6 +133,9 @@ impl tower::Service<Request<Incoming>> for Proxy {
                     }
                     if let Some(l) = &mut logged {
                         l.entry.error = Some(e.label());
+                        if let ProxyError::RateLimited { rule, .. } = &e {
+                            l.entry.rate_limit = Some(Arc::clone(rule));
+                        }
                     }
                     let mut resp = e.into_response();
                     resp.headers_mut().insert(client::X_REQUEST_ID, request_id);
@@ -176,13 +181,24 @@ async fn forward(
     at: &mut Place,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_framing(&req)?;
+    let host = request_host(&req);
     let target = at
         .snapshot
         .router
-        .route(request_host(&req), req.uri().path())
+        .route(host, req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     at.pool = Some(target.pool);
     let snapshot = Arc::clone(&at.snapshot);
+    if !snapshot.rate_limits.is_empty() {
+        rate_limit(
+            &snapshot.rate_limits,
+            host,
+            req.uri().path(),
+            req.headers(),
+            who.ip,
+            clock_ns(),
+        )?;
+    }
     let route = &snapshot.config.routes[target.route];
     let pool = &snapshot.pools[target.pool];
     pool.shared.count_arrival();
