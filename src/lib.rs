@@ -24,9 +24,10 @@
 //! **Data path** (per request; no lock on the uncontended path, no await
 //! while holding a guard): `server` accepts and speaks HTTP/1.1 + HTTP/2,
 //! `proxy` loads the live snapshot once (`state`), routes host + path,
-//! checks the matching rate limits (`traffic`), asks `pool` admission for a slot (`balance` picks, or the request waits
-//! in the pool's bounded FIFO queue), forwards over an `upstream`
-//! keep-alive connection and streams the body back with the slot inside it.
+//! checks the matching rate limits (`traffic`), asks `pool` admission for
+//! a slot (`balance` picks, or the request waits in its priority lane of
+//! the pool's bounded queue), forwards over an `upstream` keep-alive
+//! connection and streams the body back with the slot inside it.
 //!
 //! **Control path** (one writer per kind of change; the hot path only sees
 //! whole snapshots): `control` runs reloads, `autoscale::live` publishes

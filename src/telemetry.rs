@@ -81,6 +81,10 @@ families! {
         "Backends of a pool by state (active, warming, draining, down)";
     POOL_QUEUE_DEPTH = "tidegate_pool_queue_depth", Gauge, Live,
         "Requests waiting in a pool's queue";
+    POOL_QUEUE_CLASS_DEPTH = "tidegate_pool_queue_class_depth", Gauge, Live,
+        "Requests waiting in a pool's queue, by priority class (critical, normal, sheddable)";
+    QUEUE_EVICTED_TOTAL = "tidegate_queue_evicted_total", Counter, Live,
+        "Waiters a critical request evicted from a full queue (answered 503), by pool and the evicted class";
     QUEUE_WAIT_SECONDS = "tidegate_queue_wait_seconds", Histogram, Live,
         "Time requests that queued spent in a pool's queue";
     PROXY_ERRORS_TOTAL = "tidegate_proxy_errors_total", Counter, Live,

@@ -219,3 +219,111 @@ async fn a_reload_that_keeps_the_rule_name_keeps_its_count() {
         .contains("tidegate_rate_limited_total{rule=\"api-v2\"} 0\n"));
     t.shutdown().await;
 }
+
+/// Routes: `/cart` (the checkout) critical, everything else sheddable browse.
+const LANES: &str = "[[route]]\npath_prefix = \"/cart\"\npool = \"shop\"\npriority = \"critical\"\n\n\
+                     [[route]]\npath_prefix = \"/\"\npool = \"shop\"\npriority = \"sheddable\"\n";
+
+#[tokio::test]
+async fn a_critical_request_takes_the_place_of_the_newest_sheddable_waiter_and_is_served_first() {
+    let mut g = gate().await;
+    let t = tidegate(&config_text(
+        &[g.addr],
+        LANES,
+        "max_concurrency = 1\nqueue = { max_depth = 2, timeout = \"10s\", sheddable_share = 1.0, sheddable_timeout = \"10s\" }",
+    ))
+    .await;
+    let holder = tokio::spawn(get(t.addr, "/products/0"));
+    g.arrived.recv().await.unwrap();
+    let old_browse = tokio::spawn(get(t.addr, "/products/1"));
+    eventually("one browse request waits", || async { t.queue_depth().await == 1 }).await;
+    let new_browse = tokio::spawn(get(t.addr, "/products/2"));
+    eventually("two browse requests wait", || async { t.queue_depth().await == 2 }).await;
+    let checkout = tokio::spawn(get(t.addr, "/cart"));
+    // The newest browse request is answered at once: 503, come back later.
+    let evicted = new_browse.await.unwrap();
+    assert_eq!(evicted.status, 503);
+    assert_eq!(evicted.headers["x-tidegate-error"], "queue_evicted");
+    assert_eq!(evicted.headers["retry-after"], "1");
+    let pool = t.pool().await;
+    assert_eq!(pool["queue_by_class"]["critical"], 1);
+    assert_eq!(pool["queue_by_class"]["sheddable"], 1);
+    assert_eq!(pool["queue_evicted"]["sheddable"], 1);
+    // The slot the holder frees goes to checkout, though browse came first.
+    g.release.notify_one();
+    assert_eq!(holder.await.unwrap().status, 200);
+    g.arrived.recv().await.unwrap();
+    g.release.notify_one();
+    assert_eq!(checkout.await.unwrap().status, 200);
+    assert!(!old_browse.is_finished(), "browse waits behind checkout");
+    g.arrived.recv().await.unwrap();
+    g.release.notify_one();
+    assert_eq!(old_browse.await.unwrap().status, 200);
+    let metrics = t.metrics().await;
+    for line in [
+        "tidegate_queue_evicted_total{pool=\"shop\",class=\"sheddable\"} 1\n",
+        "tidegate_pool_queue_class_depth{pool=\"shop\",class=\"critical\"} 0\n",
+        "tidegate_proxy_errors_total{pool=\"shop\",code=\"503\",reason=\"queue_evicted\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn under_a_browse_flood_checkout_is_served_and_browse_is_refused_quickly() {
+    // One slot, 20 ms a request: 50 req/s. Offered: 150 browse/s and 10
+    // checkouts/s for 2 s, each on its own connection.
+    let b = backend_with("b1", std::time::Duration::from_millis(20), 0).await;
+    let t = tidegate(&config_text(
+        &[b.addr],
+        LANES,
+        "max_concurrency = 1\nqueue = { max_depth = 1024, timeout = \"5s\" }",
+    ))
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_micros(6_250));
+    let mut tasks = Vec::new();
+    for i in 0..320 {
+        tick.tick().await;
+        let (addr, checkout) = (t.addr, i % 16 == 0);
+        tasks.push(tokio::spawn(async move {
+            let asked = tokio::time::Instant::now();
+            let path = if checkout { "/cart" } else { "/products/1" };
+            let a = get(addr, path).await;
+            (checkout, a.status.as_u16(), asked.elapsed())
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    let flood = started.elapsed();
+    let checkouts: Vec<_> = results.iter().filter(|r| r.0).collect();
+    assert_eq!(checkouts.len(), 20);
+    assert!(
+        checkouts.iter().all(|r| r.1 == 200),
+        "every checkout served: {checkouts:?}"
+    );
+    let refused: Vec<_> = results.iter().filter(|r| !r.0 && r.1 != 200).collect();
+    assert!(
+        refused.len() > 100,
+        "the browse flood is shed: {} refused",
+        refused.len()
+    );
+    assert!(refused.iter().all(|r| r.1 == 503));
+    // Refused within the short deadline (100 ms) plus this machine's
+    // scheduling: never anywhere near the 5 s queue timeout.
+    let slowest = refused.iter().map(|r| r.2).max().unwrap();
+    assert!(
+        slowest < std::time::Duration::from_secs(1),
+        "a refusal took {slowest:?}"
+    );
+    eventually("the queue empties", || async { t.queue_depth().await == 0 }).await;
+    println!(
+        "flood {flood:?}: checkout 20/20, slowest {:?}; browse {} refused, slowest refusal {slowest:?}",
+        checkouts.iter().map(|r| r.2).max().unwrap(),
+        refused.len()
+    );
+    t.shutdown().await;
+}

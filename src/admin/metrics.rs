@@ -8,6 +8,7 @@
 
 use super::{process, Shared};
 use crate::access_log;
+use crate::config::Priority;
 use crate::pool::backend::CLASSES;
 use crate::pool::{BackendState, Pool};
 use crate::proxy::{CODES, REASONS};
@@ -113,6 +114,30 @@ pub(super) fn render(shared: &Shared) -> String {
             &[("pool", &p.name)],
             p.shared.queue.depth() as f64,
         );
+    }
+    header(&mut out, t::POOL_QUEUE_CLASS_DEPTH);
+    for p in pools {
+        for (class, n) in Priority::ALL.iter().zip(p.shared.queue.class_depths()) {
+            write_sample(
+                &mut out,
+                t::POOL_QUEUE_CLASS_DEPTH,
+                &[("pool", &p.name), ("class", class.as_str())],
+                n as f64,
+            );
+        }
+    }
+    header(&mut out, t::QUEUE_EVICTED_TOTAL);
+    for p in pools {
+        for (class, n) in Priority::ALL.iter().zip(p.shared.queue.evicted()) {
+            if *class != Priority::Critical {
+                write_sample(
+                    &mut out,
+                    t::QUEUE_EVICTED_TOTAL,
+                    &[("pool", &p.name), ("class", class.as_str())],
+                    n as f64,
+                );
+            }
+        }
     }
     header(&mut out, t::QUEUE_WAIT_SECONDS);
     for p in pools {

@@ -12,6 +12,11 @@ pub const MAX_CONCURRENCY: u32 = 64;
 pub const QUEUE_MAX_DEPTH: usize = 1024;
 /// Longest a request waits in the queue for a free slot.
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Share of `queue.max_depth` that sheddable requests may hold.
+pub const QUEUE_SHEDDABLE_SHARE: f64 = 0.5;
+/// Longest a sheddable request waits in the queue: a wait that long means
+/// the queue is standing, not absorbing a burst (CoDel's interval).
+pub const QUEUE_SHEDDABLE_TIMEOUT: Duration = Duration::from_millis(100);
 /// TCP connect to a backend.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// From the request being sent to the backend's response head arriving.

@@ -137,6 +137,16 @@ pub(crate) struct RawRoute {
     pub(crate) path_prefix: Option<Spanned<String>>,
     pub(crate) pool: Spanned<String>,
     pub(crate) max_body: Option<Size>,
+    /// The route's class in its pool's queue.
+    pub(crate) priority: Option<RawPriority>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawPriority {
+    Critical,
+    Normal,
+    Sheddable,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +285,10 @@ pub(crate) enum RawUpstream {
 pub(crate) struct RawQueue {
     pub(crate) max_depth: Option<Spanned<u64>>,
     pub(crate) timeout: Option<Dur>,
+    /// Most of `max_depth` sheddable requests may hold, 0.0 to 1.0.
+    pub(crate) sheddable_share: Option<Spanned<f64>>,
+    /// Longest a sheddable request waits.
+    pub(crate) sheddable_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]

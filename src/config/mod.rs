@@ -204,6 +204,42 @@ pub struct Route {
     /// Protocols (lower case) a client may switch to with `Upgrade`; any
     /// other upgrade request is served as an ordinary request.
     pub upgrade: Vec<String>,
+    /// The route's class in its pool's queue.
+    pub priority: Priority,
+}
+
+/// A route's class in its pool's queue: served by class, then by arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Served first; may take a full queue's last place from the newest
+    /// sheddable (then normal) waiter (checkout, payment).
+    Critical,
+    /// The default.
+    #[default]
+    Normal,
+    /// Served last, holds at most `queue.sheddable_share` of the queue and
+    /// waits at most `queue.sheddable_timeout` (browse, recommendations).
+    Sheddable,
+}
+
+impl Priority {
+    /// Every class, in serving order.
+    pub const ALL: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::Sheddable];
+
+    /// Position in serving order (0 = first).
+    #[inline]
+    pub fn lane(self) -> usize {
+        self as usize
+    }
+
+    /// The spelling in the config file, `/stats` and `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Normal => "normal",
+            Priority::Sheddable => "sheddable",
+        }
+    }
 }
 
 /// A pool's balancing policy.
@@ -282,6 +318,10 @@ pub struct PoolConfig {
     pub queue_max_depth: usize,
     /// Longest a request waits in the queue.
     pub queue_timeout: Duration,
+    /// Most of `queue_max_depth` that sheddable requests may hold (0..=1).
+    pub queue_sheddable_share: f64,
+    /// Longest a sheddable request waits in the queue.
+    pub queue_sheddable_timeout: Duration,
     /// TCP connect to a backend.
     pub connect_timeout: Duration,
     /// From sending a request to its response head.

@@ -21,13 +21,14 @@ use toml::Spanned;
 
 use super::defaults as d;
 use super::file::{
-    Dur, RawAutoscale, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool, RawUpstream, Size,
+    Dur, RawAutoscale, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool, RawPriority,
+    RawUpstream, Size,
 };
 use super::net::IpNet;
 use super::{
     AccessLogConfig, AccessLogFormat, Admin, AutoscaleConfig, BackendConfig, Balance, CertificatePaths, CheckKind,
     Config, ConfigError, Guards, HashKey, HealthCheck, HookConfig, Limits, Listener, PassiveHealth, PoolConfig,
-    RateLimitConfig, Route, Runtime, Tls, UpstreamProtocol, UpstreamTls,
+    Priority, RateLimitConfig, Route, Runtime, Tls, UpstreamProtocol, UpstreamTls,
 };
 
 /// Hyper refuses read buffers smaller than this.
@@ -394,6 +395,11 @@ fn validate(cx: &Ctx<'_>, mut raw: RawConfig, base_dir: &Path) -> Option<Config>
             pool: rr.pool.into_inner(),
             max_body: cx.size(rr.max_body, &format!("{key}.max_body"), d::MAX_BODY_BYTES, 0, 1 << 40),
             upgrade,
+            priority: match rr.priority {
+                Some(RawPriority::Critical) => Priority::Critical,
+                Some(RawPriority::Normal) | None => Priority::Normal,
+                Some(RawPriority::Sheddable) => Priority::Sheddable,
+            },
         });
     }
     if routes.is_empty() {
@@ -405,6 +411,7 @@ fn validate(cx: &Ctx<'_>, mut raw: RawConfig, base_dir: &Path) -> Option<Config>
                 pool: only.clone(),
                 max_body: d::MAX_BODY_BYTES,
                 upgrade: default_upgrade(),
+                priority: Priority::Normal,
             }),
             _ if cx.errors.borrow().is_empty() => cx.report(
                 0..0,
@@ -795,9 +802,21 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>, base
         None => None,
     };
     let passive = validate_passive(cx, &key, rp.passive);
-    let (queue_depth, queue_timeout) = match rp.queue {
-        Some(q) => (q.max_depth, q.timeout),
-        None => (None, None),
+    let (queue_depth, queue_timeout, sheddable_share, sheddable_timeout) = match rp.queue {
+        Some(q) => (q.max_depth, q.timeout, q.sheddable_share, q.sheddable_timeout),
+        None => (None, None, None, None),
+    };
+    let sheddable_share = match sheddable_share {
+        Some(v) if !(0.0..=1.0).contains(v.get_ref()) => {
+            cx.report(
+                v.span(),
+                k("queue.sheddable_share"),
+                format!("must be between 0.0 and 1.0, found {}", v.get_ref()),
+            );
+            d::QUEUE_SHEDDABLE_SHARE
+        }
+        Some(v) => *v.get_ref(),
+        None => d::QUEUE_SHEDDABLE_SHARE,
     };
     let t = rp.timeouts;
     let (connect, response_header, idle, read) = match t {
@@ -818,6 +837,14 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>, base
             queue_timeout,
             &k("queue.timeout"),
             d::QUEUE_TIMEOUT,
+            Duration::ZERO,
+            HOUR,
+        ),
+        queue_sheddable_share: sheddable_share,
+        queue_sheddable_timeout: cx.duration(
+            sheddable_timeout,
+            &k("queue.sheddable_timeout"),
+            d::QUEUE_SHEDDABLE_TIMEOUT,
             Duration::ZERO,
             HOUR,
         ),
@@ -1500,5 +1527,33 @@ backends = [ { address = "127.0.0.1:9001" } ]
         assert!(message.contains("duplicate rate_limit name `api`"), "{message}");
         let (_, _, key, _) = invalid(&rule("rate = \"1/s\"").replace("name = \"api\"", "name = \"a b\""));
         assert_eq!(key, "rate_limit[0].name");
+    }
+
+    #[test]
+    fn priorities_and_the_sheddable_share_are_checked() {
+        let text = format!(
+            "{MINIMAL}\n[[route]]\npath_prefix = \"/cart\"\npool = \"shop\"\npriority = \"critical\"\n\
+             [[route]]\npool = \"shop\"\npriority = \"sheddable\"\n"
+        );
+        let c = parse_str(&text).unwrap();
+        assert_eq!(c.routes[0].priority, Priority::Critical);
+        assert_eq!(c.routes[1].priority, Priority::Sheddable);
+        assert_eq!(parse_str(MINIMAL).unwrap().routes[0].priority, Priority::Normal);
+        let shop = &parse_str(MINIMAL).unwrap().pools["shop"];
+        assert_eq!(shop.queue_sheddable_share, d::QUEUE_SHEDDABLE_SHARE);
+        assert_eq!(shop.queue_sheddable_timeout, d::QUEUE_SHEDDABLE_TIMEOUT);
+        let (line, _, key, message) = invalid(&format!("{MINIMAL}\n[[route]]\npool = \"shop\"\npriority = \"vip\"\n"));
+        assert_eq!((line, key.as_str()), (11, "route.priority"));
+        assert!(message.contains("unknown variant `vip`"), "{message}");
+        let bad = MINIMAL.replace(
+            "[pools.shop]\n",
+            "[pools.shop]\nqueue = { max_depth = 10, sheddable_share = 1.5, sheddable_timeout = \"50ms\" }\n",
+        );
+        let (line, col, key, message) = invalid(&bad);
+        assert_eq!((line, col, key.as_str()), (7, 45, "pools.shop.queue.sheddable_share"));
+        assert!(message.contains("between 0.0 and 1.0"), "{message}");
+        let ok = parse_str(&bad.replace("1.5", "0.25")).unwrap();
+        assert_eq!(ok.pools["shop"].queue_sheddable_share, 0.25);
+        assert_eq!(ok.pools["shop"].queue_sheddable_timeout, 50 * MS);
     }
 }

@@ -21,7 +21,7 @@ use crate::upstream::ConnectError;
 /// Every error label, indexed by [`ProxyError::index`]. Those whose
 /// [`CODES`] entry is 0 are failures after the response head was sent
 /// (nothing can be answered then): they are counted and logged, never sent.
-pub(crate) const REASONS: [&str; 17] = [
+pub(crate) const REASONS: [&str; 18] = [
     "bad_request",
     "payload_too_large",
     "no_route",
@@ -39,12 +39,13 @@ pub(crate) const REASONS: [&str; 17] = [
     "upstream_read_timeout",
     "tunnel_idle_timeout",
     "rate_limited",
+    "queue_evicted",
 ];
 
 /// The status tidegate answers for each reason of [`REASONS`] (0: a
 /// failure after the head, which has its own status already).
-pub(crate) const CODES: [u16; 17] = [
-    400, 413, 404, 503, 503, 503, 502, 504, 502, 405, 408, 499, 502, 0, 0, 0, 429,
+pub(crate) const CODES: [u16; 18] = [
+    400, 413, 404, 503, 503, 503, 502, 504, 502, 405, 408, 499, 502, 0, 0, 0, 429, 503,
 ];
 
 /// Indices into [`REASONS`] of the failures after the head.
@@ -66,6 +67,9 @@ pub(crate) enum ProxyError {
     QueueFull,
     #[error("timed out waiting in the queue")]
     QueueTimeout,
+    /// A critical request took this request's place in a full queue.
+    #[error("evicted from the queue by a critical request")]
+    QueueEvicted,
     #[error("could not connect to a backend: {0}")]
     Connect(#[from] ConnectError),
     #[error("backend did not send a response head in time")]
@@ -97,6 +101,7 @@ impl From<AdmitError> for ProxyError {
             AdmitError::NoBackend => ProxyError::NoBackend,
             AdmitError::Queue(QueueError::Full) => ProxyError::QueueFull,
             AdmitError::Queue(QueueError::Timeout(_)) => ProxyError::QueueTimeout,
+            AdmitError::Queue(QueueError::Evicted) => ProxyError::QueueEvicted,
         }
     }
 }
@@ -133,6 +138,7 @@ impl ProxyError {
             ProxyError::ClientAborted => 11,
             ProxyError::UpstreamInvalid(_) => 12,
             ProxyError::RateLimited { .. } => 16,
+            ProxyError::QueueEvicted => 17,
         }
     }
 
@@ -160,7 +166,7 @@ impl ProxyError {
         );
         if matches!(
             self,
-            ProxyError::QueueFull | ProxyError::QueueTimeout | ProxyError::NoBackend
+            ProxyError::QueueFull | ProxyError::QueueTimeout | ProxyError::QueueEvicted | ProxyError::NoBackend
         ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

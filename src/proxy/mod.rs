@@ -9,7 +9,8 @@
 //! 2. routes host + path to a pool, enforcing the route's body limit (413)
 //!    and the matching `[[rate_limit]]` rules (429, `request.rs`, before
 //!    the pool counts an arrival: a refused flood buys no capacity);
-//! 3. gets an in-flight slot from the pool's admission (pick, or queue);
+//! 3. gets an in-flight slot from the pool's admission (pick, or queue in
+//!    the route's priority lane);
 //! 4. rewrites headers and sends the request over a pooled keep-alive
 //!    connection (`send.rs`); a connect failure (nothing sent) tries another
 //!    backend;
@@ -212,6 +213,7 @@ async fn forward(
         Balancer::Hash(_) => affinity_key(&cfg.hash_key, req.headers(), who.ip),
         _ => None,
     };
+    let priority = route.priority;
     let replayable = cfg.retry_idempotent && is_idempotent(req.method()) && has_no_body(&req);
     let idle = snapshot.config.limits.client_body_timeout;
     let tallies = Tallies {
@@ -239,7 +241,7 @@ async fn forward(
             exclude: &tried,
         };
         let asked = tokio::time::Instant::now();
-        let admitted = pool.admit(&mut cx).await;
+        let admitted = pool.admit(&mut cx, priority).await;
         at.queued += asked.elapsed();
         let slot = match admitted {
             Ok(slot) => slot,

@@ -118,12 +118,10 @@ fn pool(
     provisioned: Vec<SocketAddr>,
 ) -> (Pool, Vec<Arc<Backend>>) {
     let shared = match old {
-        Some(p) => {
-            p.shared.queue.set_max_depth(pc.queue_max_depth);
-            Arc::clone(&p.shared)
-        }
+        Some(p) => Arc::clone(&p.shared),
         None => Arc::new(PoolShared::new(pc.queue_max_depth)),
     };
+    shared.queue.set_limits(pc.queue_max_depth, pc.queue_sheddable_share);
     if let Some(a) = &pc.autoscale {
         shared.queue.set_slo(a.slo);
     }
