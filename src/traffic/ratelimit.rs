@@ -606,4 +606,33 @@ mod tests {
         assert!(!r.matches(None, "/api"));
         assert!(rule("1/s", 1, 1).matches(None, "/"));
     }
+
+    #[test]
+    fn concurrent_requests_share_one_budget_and_one_key_bound() {
+        // Four threads at the same instant: one client's burst is taken
+        // exactly once between them, and racing newcomers never push the
+        // table past max_keys.
+        let r = Arc::new(rule("1/m", 100, 1_000));
+        let hot = ip("192.0.2.1");
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let r = Arc::clone(&r);
+                std::thread::spawn(move || {
+                    let mut admitted = 0;
+                    for i in 0..5_000u32 {
+                        if r.check(hot, SEC).is_ok() {
+                            admitted += 1;
+                        }
+                        let other = Key::client(IpAddr::from(((t << 16) | (i % 2_000)).to_be_bytes()), 64);
+                        let _ = r.check(other, SEC);
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let admitted: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(admitted, 100, "the burst, once");
+        assert_eq!(r.counts().keys, 1_000, "full, never over");
+        assert_eq!(r.limiter.tats.len(), 1_000);
+    }
 }
