@@ -70,6 +70,8 @@ pub(crate) struct Entry {
     pub(crate) error: Option<&'static str>,
     /// The `[[rate_limit]]` rule that refused the request (429), if one did.
     pub(crate) rate_limit: Option<Arc<str>>,
+    /// The route's priority class (`critical`, `normal`, `sheddable`), once routed.
+    pub(crate) priority: Option<&'static str>,
     /// The response ended before its last byte (client gone, backend cut).
     pub(crate) incomplete: bool,
 }
@@ -280,6 +282,8 @@ fn json(e: &Entry, out: &mut String) {
         e.queue.as_secs_f64() * 1000.0,
     );
     json_opt(out, e.pool.as_deref().map(str::as_bytes));
+    out.push_str(",\"priority\":");
+    json_opt(out, e.priority.map(str::as_bytes));
     match e.backend {
         Some(b) => {
             let _ = write!(out, ",\"backend\":\"{b}\"");
@@ -386,6 +390,7 @@ mod tests {
             backend: Some("127.0.0.1:9001".parse().unwrap()),
             error: None,
             rate_limit: None,
+            priority: Some("normal"),
             incomplete: false,
         }
     }
@@ -414,6 +419,7 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["bytes_out"], 512);
         assert_eq!(v["pool"], "shop");
+        assert_eq!(v["priority"], "normal");
         assert_eq!(v["backend"], "127.0.0.1:9001");
         assert_eq!(v["error"], serde_json::Value::Null);
         assert_eq!(v["rate_limit"], serde_json::Value::Null);

@@ -95,6 +95,10 @@ async fn a_burst_over_the_limit_gets_429_with_retry_after_and_never_reaches_the_
         .iter()
         .filter(|l| l["status"] == 200)
         .all(|l| l["rate_limit"].is_null()));
+    assert!(
+        lines().iter().all(|l| l["priority"] == "normal"),
+        "every line names the route's class"
+    );
     t.shutdown().await;
 }
 

@@ -52,6 +52,7 @@ pub(crate) use error::{ProxyError, CLIENT_SEND_TIMEOUT, CODES, REASONS};
 use crate::balance::{Balancer, PickContext};
 use crate::clock::clock_ns;
 use crate::config::defaults::EWMA_DECAY;
+use crate::config::Priority;
 use crate::pool::backend::status_class;
 use crate::pool::health::passive_outcome;
 use crate::pool::{AdmitError, InFlight};
@@ -121,6 +122,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
             let mut at = Place {
                 snapshot,
                 pool: None,
+                priority: None,
                 backend: None,
                 queued: Duration::ZERO,
                 bytes_in: logged.as_ref().and_then(|l| l.bytes_in.clone()),
@@ -169,6 +171,8 @@ pub(crate) struct Who {
 pub(crate) struct Place {
     snapshot: Arc<Snapshot>,
     pool: Option<usize>,
+    /// The route's class in the pool's queue, once routed.
+    priority: Option<Priority>,
     backend: Option<SocketAddr>,
     queued: Duration,
     /// The access log's count of request body bytes, when logging.
@@ -190,6 +194,7 @@ async fn forward(
         .ok_or(ProxyError::NoRoute)?;
     at.pool = Some(target.pool);
     let snapshot = Arc::clone(&at.snapshot);
+    at.priority = Some(snapshot.config.routes[target.route].priority);
     if !snapshot.rate_limits.is_empty() {
         rate_limit(
             &snapshot.rate_limits,
