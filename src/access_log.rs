@@ -68,6 +68,10 @@ pub(crate) struct Entry {
     pub(crate) backend: Option<SocketAddr>,
     /// The `x-tidegate-error` label of a response tidegate wrote itself.
     pub(crate) error: Option<&'static str>,
+    /// The `[[rate_limit]]` rule that refused the request (429), if one did.
+    pub(crate) rate_limit: Option<Arc<str>>,
+    /// The route's priority class (`critical`, `normal`, `sheddable`), once routed.
+    pub(crate) priority: Option<&'static str>,
     /// The response ended before its last byte (client gone, backend cut).
     pub(crate) incomplete: bool,
 }
@@ -278,6 +282,8 @@ fn json(e: &Entry, out: &mut String) {
         e.queue.as_secs_f64() * 1000.0,
     );
     json_opt(out, e.pool.as_deref().map(str::as_bytes));
+    out.push_str(",\"priority\":");
+    json_opt(out, e.priority.map(str::as_bytes));
     match e.backend {
         Some(b) => {
             let _ = write!(out, ",\"backend\":\"{b}\"");
@@ -286,6 +292,8 @@ fn json(e: &Entry, out: &mut String) {
     }
     out.push_str(",\"error\":");
     json_opt(out, e.error.map(str::as_bytes));
+    out.push_str(",\"rate_limit\":");
+    json_opt(out, e.rate_limit.as_deref().map(str::as_bytes));
     out.push_str(",\"user_agent\":");
     json_opt(out, e.user_agent.as_ref().map(HeaderValue::as_bytes));
     out.push_str(",\"referer\":");
@@ -381,6 +389,8 @@ mod tests {
             pool: Some(Arc::from("shop")),
             backend: Some("127.0.0.1:9001".parse().unwrap()),
             error: None,
+            rate_limit: None,
+            priority: Some("normal"),
             incomplete: false,
         }
     }
@@ -409,9 +419,22 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["bytes_out"], 512);
         assert_eq!(v["pool"], "shop");
+        assert_eq!(v["priority"], "normal");
         assert_eq!(v["backend"], "127.0.0.1:9001");
         assert_eq!(v["error"], serde_json::Value::Null);
+        assert_eq!(v["rate_limit"], serde_json::Value::Null);
         assert_eq!(v["duration_ms"], 1.234);
+        let mut limited = entry();
+        limited.status = 429;
+        limited.error = Some("rate_limited");
+        limited.rate_limit = Some(Arc::from("api"));
+        line.clear();
+        json(&limited, &mut line);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (v["error"].as_str(), v["rate_limit"].as_str()),
+            (Some("rate_limited"), Some("api"))
+        );
     }
 
     #[test]

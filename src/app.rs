@@ -10,6 +10,8 @@
 //!   sending to the owner through a [`Control`] handle; and SIGUSR1, which
 //!   reopens the access log;
 //! - the health checker (`health::run`);
+//! - the rate limits' sweep, which forgets idle clients once a second off
+//!   the workers ([`sweep_rate_limits`]);
 //! - the autoscaler supervisor (`autoscale::live::run`);
 //! - the admin listener (`admin::serve`), which reads the control path's
 //!   published [`View`] and the autoscalers' statuses.
@@ -30,9 +32,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::autoscale::live::Statuses;
+use crate::clock::clock_ns;
 use crate::control::{Control, Listeners, Trigger, View};
 use crate::server::Bound;
 use crate::state::State;
+use crate::traffic::ratelimit::SWEEP_INTERVAL;
 use crate::{access_log, admin, autoscale, config, control, health, telemetry};
 
 /// How `run` finds and watches its config.
@@ -67,6 +71,7 @@ pub async fn run(
 
     let mut services = JoinSet::new();
     services.spawn(health::run(Arc::clone(&state), stopping.clone()));
+    services.spawn(sweep_rate_limits(Arc::clone(&state), stopping.clone()));
     services.spawn(autoscale::live::run(
         Arc::clone(&state),
         Arc::clone(&statuses),
@@ -134,6 +139,31 @@ async fn watch_file(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Every [`SWEEP_INTERVAL`], each rate limit of the live snapshot forgets
+/// its idle clients, on the blocking pool: a million keys take a few
+/// milliseconds, which no worker should spend. A rule no longer in the
+/// snapshot is not swept; its table goes with the last snapshot holding it.
+async fn sweep_rate_limits(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let snapshot = state.load();
+        if snapshot.rate_limits.iter().any(|r| r.has_keys()) {
+            let now = clock_ns();
+            let _ = tokio::task::spawn_blocking(move || {
+                for rule in &snapshot.rate_limits {
+                    rule.sweep(now);
+                }
+            })
+            .await;
         }
     }
 }

@@ -12,7 +12,8 @@
 //!              autoscale/ pure: signal policy erlang forecast guard warmup schedule step
 //!                         live/ (per-pool loop, status, history file), hook/ (one file per kind)
 //! data         server/   accept (TCP/TLS), bind, strict HTTP/1 framing (h1_guard)
-//!              proxy/    per request: prepare, admit, send, upgrade, respond, errors
+//!              proxy/    per request: prepare, limit, admit, send, upgrade, respond, errors
+//!              traffic/  edge traffic control before admission (per-client rate limits)
 //!              state/    the snapshot behind ArcSwap, its builder, the router
 //!              pool/     admission, backends, the queue, per-backend health accounting
 //!              balance/  pick (pure)      upstream/  keep-alive connections, request body
@@ -23,9 +24,10 @@
 //! **Data path** (per request; no lock on the uncontended path, no await
 //! while holding a guard): `server` accepts and speaks HTTP/1.1 + HTTP/2,
 //! `proxy` loads the live snapshot once (`state`), routes host + path,
-//! asks `pool` admission for a slot (`balance` picks, or the request waits
-//! in the pool's bounded FIFO queue), forwards over an `upstream`
-//! keep-alive connection and streams the body back with the slot inside it.
+//! checks the matching rate limits (`traffic`), asks `pool` admission for
+//! a slot (`balance` picks, or the request waits in its priority lane of
+//! the pool's bounded queue), forwards over an `upstream` keep-alive
+//! connection and streams the body back with the slot inside it.
 //!
 //! **Control path** (one writer per kind of change; the hot path only sees
 //! whole snapshots): `control` runs reloads, `autoscale::live` publishes
@@ -51,4 +53,5 @@ pub(crate) mod shutdown;
 pub mod sim;
 pub mod state;
 pub(crate) mod telemetry;
+pub(crate) mod traffic;
 pub(crate) mod upstream;

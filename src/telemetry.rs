@@ -81,12 +81,24 @@ families! {
         "Backends of a pool by state (active, warming, draining, down)";
     POOL_QUEUE_DEPTH = "tidegate_pool_queue_depth", Gauge, Live,
         "Requests waiting in a pool's queue";
+    POOL_QUEUE_CLASS_DEPTH = "tidegate_pool_queue_class_depth", Gauge, Live,
+        "Requests waiting in a pool's queue, by priority class (critical, normal, sheddable)";
+    QUEUE_EVICTED_TOTAL = "tidegate_queue_evicted_total", Counter, Live,
+        "Waiters a critical request evicted from a full queue (answered 503), by pool and the evicted class";
     QUEUE_WAIT_SECONDS = "tidegate_queue_wait_seconds", Histogram, Live,
         "Time requests that queued spent in a pool's queue";
     PROXY_ERRORS_TOTAL = "tidegate_proxy_errors_total", Counter, Live,
         "Responses tidegate generated itself (and failures after the head, code empty), by pool (empty before routing), code and reason";
     POOL_BYTES_TOTAL = "tidegate_pool_bytes_total", Counter, Live,
         "Body bytes through a pool: in = request bodies from clients, out = response bodies to clients";
+    RATE_LIMITED_TOTAL = "tidegate_rate_limited_total", Counter, Live,
+        "Requests a [[rate_limit]] rule refused with 429, by rule (kept across reloads that keep the name)";
+    RATE_LIMIT_KEYS = "tidegate_rate_limit_keys", Gauge, Live,
+        "Clients a rate limit remembers now (at most its max_keys; idle ones are swept every second)";
+    RATE_LIMIT_LIMITED_CLIENTS = "tidegate_rate_limit_limited_clients", Gauge, Live,
+        "Clients over a rate limit's budget at its last sweep";
+    RATE_LIMIT_UNTRACKED_TOTAL = "tidegate_rate_limit_untracked_total", Counter, Live,
+        "New clients admitted without being remembered because the rule's table held max_keys";
     ACCESS_LOG_DROPPED_TOTAL = "tidegate_access_log_dropped_total", Counter, Live,
         "Access-log lines dropped because the writer was behind (the proxy never waits for it)";
     CONFIG_GENERATION = "tidegate_config_generation", Gauge, Live,

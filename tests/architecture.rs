@@ -17,6 +17,7 @@ const LAYERS: [(&str, &[&str]); 5] = [
             "balance",
             "upstream",
             "pool",
+            "traffic",
             "state",
             "proxy",
             "server",
@@ -171,13 +172,14 @@ fn imports_point_down_the_layers() {
 #[test]
 fn the_named_rules_hold() {
     const LEAVES: [&str; 4] = ["config", "clock", "shutdown", "telemetry"];
-    const BELOW_PROXY: [&str; 4] = ["histogram", "balance", "upstream", "pool"];
-    const DATA: [&str; 8] = [
+    const BELOW_PROXY: [&str; 5] = ["histogram", "balance", "upstream", "pool", "traffic"];
+    const DATA: [&str; 9] = [
         "histogram",
         "access_log",
         "balance",
         "upstream",
         "pool",
+        "traffic",
         "state",
         "proxy",
         "server",
@@ -190,7 +192,7 @@ fn the_named_rules_hold() {
         (
             &BELOW_PROXY,
             &below_proxy,
-            "pool, balance, upstream and histogram sit below the proxy",
+            "pool, balance, upstream, traffic and histogram sit below the proxy",
         ),
         (
             &["proxy", "server"],

@@ -2,7 +2,7 @@
 # Every process started here is recorded in PIDS and ended by its PID.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-BIN=target/release/tidegate
+BIN=${CARGO_TARGET_DIR:-target}/release/tidegate
 BACKEND_PORTS=${BACKEND_PORTS:-"19101 19102 19103 19104"}
 PIDS=()
 BACKEND_PIDS=()

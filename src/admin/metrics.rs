@@ -8,6 +8,7 @@
 
 use super::{process, Shared};
 use crate::access_log;
+use crate::config::Priority;
 use crate::pool::backend::CLASSES;
 use crate::pool::{BackendState, Pool};
 use crate::proxy::{CODES, REASONS};
@@ -114,6 +115,30 @@ pub(super) fn render(shared: &Shared) -> String {
             p.shared.queue.depth() as f64,
         );
     }
+    header(&mut out, t::POOL_QUEUE_CLASS_DEPTH);
+    for p in pools {
+        for (class, n) in Priority::ALL.iter().zip(p.shared.queue.class_depths()) {
+            write_sample(
+                &mut out,
+                t::POOL_QUEUE_CLASS_DEPTH,
+                &[("pool", &p.name), ("class", class.as_str())],
+                n as f64,
+            );
+        }
+    }
+    header(&mut out, t::QUEUE_EVICTED_TOTAL);
+    for p in pools {
+        for (class, n) in Priority::ALL.iter().zip(p.shared.queue.evicted()) {
+            if *class != Priority::Critical {
+                write_sample(
+                    &mut out,
+                    t::QUEUE_EVICTED_TOTAL,
+                    &[("pool", &p.name), ("class", class.as_str())],
+                    n as f64,
+                );
+            }
+        }
+    }
     header(&mut out, t::QUEUE_WAIT_SECONDS);
     for p in pools {
         let (cumulative, count, sum) = p.shared.queue.wait_histogram().read();
@@ -163,6 +188,25 @@ pub(super) fn render(shared: &Shared) -> String {
                 &[("pool", &p.name), ("direction", direction)],
                 n as f64,
             );
+        }
+    }
+    let limits: Vec<_> = snapshot.rate_limits.iter().map(|r| (&r.name, r.counts())).collect();
+    let per_rule = [
+        t::RATE_LIMITED_TOTAL,
+        t::RATE_LIMIT_KEYS,
+        t::RATE_LIMIT_LIMITED_CLIENTS,
+        t::RATE_LIMIT_UNTRACKED_TOTAL,
+    ];
+    for family in per_rule {
+        header(&mut out, family);
+        for (name, c) in &limits {
+            let value = match family {
+                t::RATE_LIMITED_TOTAL => c.limited_total as f64,
+                t::RATE_LIMIT_KEYS => c.keys as f64,
+                t::RATE_LIMIT_LIMITED_CLIENTS => c.limited_now.clients as f64,
+                _ => c.untracked_total as f64,
+            };
+            write_sample(&mut out, family, &[("rule", name)], value);
         }
     }
     header(&mut out, t::ACCESS_LOG_DROPPED_TOTAL);

@@ -5,11 +5,13 @@
 use serde::Serialize;
 
 use super::Shared;
+use crate::config::Priority;
 use crate::control::{ListenerInfo, ReloadLog};
 use crate::histogram::percentiles_ms;
 use crate::pool::backend::CLASSES;
 use crate::pool::health::HealthDetail;
 use crate::pool::Backend;
+use crate::traffic::ratelimit::{RateLimit, RateLimitCounts};
 
 #[derive(Serialize)]
 pub(crate) struct Stats {
@@ -19,6 +21,30 @@ pub(crate) struct Stats {
     pub(crate) listeners: Vec<ListenerInfo>,
     pub(crate) config: ConfigStats,
     pub(crate) pools: Vec<PoolStats>,
+    pub(crate) rate_limits: Vec<RateLimitStats>,
+}
+
+/// One `[[rate_limit]]` rule: its settings and counts.
+#[derive(Serialize)]
+pub(crate) struct RateLimitStats {
+    pub(crate) name: String,
+    pub(crate) rate: String,
+    pub(crate) burst: u32,
+    pub(crate) key: String,
+    pub(crate) max_keys: usize,
+    #[serde(flatten)]
+    pub(crate) counts: RateLimitCounts,
+}
+
+fn rate_limit_stats(r: &RateLimit) -> RateLimitStats {
+    RateLimitStats {
+        name: r.name.to_string(),
+        rate: r.config.rate.to_string(),
+        burst: r.config.burst,
+        key: r.config.key.to_string(),
+        max_keys: r.config.max_keys,
+        counts: r.counts(),
+    }
 }
 
 #[derive(Serialize)]
@@ -41,6 +67,10 @@ pub(crate) struct PoolStats {
     pub(crate) balance: &'static str,
     pub(crate) queue_depth: usize,
     pub(crate) queue_max_depth: usize,
+    /// Waiting now, per priority class.
+    pub(crate) queue_by_class: serde_json::Map<String, serde_json::Value>,
+    /// Waiters evicted by critical requests, per class evicted.
+    pub(crate) queue_evicted: serde_json::Map<String, serde_json::Value>,
     pub(crate) in_flight: u32,
     pub(crate) requests_total: u64,
     pub(crate) errors_total: u64,
@@ -83,6 +113,14 @@ fn by_class(counts: &[u64; 6]) -> serde_json::Map<String, serde_json::Value> {
         .collect()
 }
 
+fn per_class<T: Into<serde_json::Value> + Copy>(values: [T; 3]) -> serde_json::Map<String, serde_json::Value> {
+    Priority::ALL
+        .iter()
+        .zip(values)
+        .map(|(c, n)| (c.as_str().to_string(), n.into()))
+        .collect()
+}
+
 fn backend_stats(b: &Backend) -> BackendStats {
     let counts = b.response_counts();
     BackendStats {
@@ -113,6 +151,8 @@ pub(crate) fn collect(shared: &Shared) -> Stats {
                 balance: p.config.balance.as_str(),
                 queue_depth: p.shared.queue.depth(),
                 queue_max_depth: p.config.queue_max_depth,
+                queue_by_class: per_class(p.shared.queue.class_depths()),
+                queue_evicted: per_class(p.shared.queue.evicted()),
                 in_flight: all.iter().map(|b| b.in_flight()).sum(),
                 requests_total: totals.iter().sum(),
                 errors_total: totals[4] + totals[5],
@@ -141,5 +181,6 @@ pub(crate) fn collect(shared: &Shared) -> Stats {
             reloads: (*view.reloads.load_full()).clone(),
         },
         pools,
+        rate_limits: snapshot.rate_limits.iter().map(|r| rate_limit_stats(r)).collect(),
     }
 }

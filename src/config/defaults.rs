@@ -12,6 +12,11 @@ pub const MAX_CONCURRENCY: u32 = 64;
 pub const QUEUE_MAX_DEPTH: usize = 1024;
 /// Longest a request waits in the queue for a free slot.
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Share of `queue.max_depth` that sheddable requests may hold.
+pub const QUEUE_SHEDDABLE_SHARE: f64 = 0.5;
+/// Longest a sheddable request waits in the queue: a wait that long means
+/// the queue is standing, not absorbing a burst (CoDel's interval).
+pub const QUEUE_SHEDDABLE_TIMEOUT: Duration = Duration::from_millis(100);
 /// TCP connect to a backend.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// From the request being sent to the backend's response head arriving.
@@ -105,6 +110,14 @@ pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent HTTP/2 streams per client connection.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Rate limits: clients (keys) one `[[rate_limit]]` remembers at most; a
+/// new client beyond it is admitted untracked until the sweep frees room.
+pub const RATE_LIMIT_MAX_KEYS: usize = 1_000_000;
+/// Rate limits: IPv6 clients are keyed by this many leading bits (a /64 is
+/// what one subscriber usually gets, so a client cannot escape its limit
+/// by hopping addresses inside it).
+pub const RATE_LIMIT_IPV6_PREFIX: u8 = 64;
 
 /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);

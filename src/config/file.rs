@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{ByteSize, HumanDuration};
+use super::units::{ByteSize, HumanDuration, Rate};
 
 /// A duration with its place in the file.
 pub(crate) type Dur = Spanned<HumanDuration>;
@@ -37,6 +37,31 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) pools: BTreeMap<String, Spanned<RawPool>>,
     pub(crate) access_log: Option<RawAccessLog>,
+    #[serde(default, rename = "rate_limit")]
+    pub(crate) rate_limits: Vec<RawRateLimit>,
+}
+
+/// `[[rate_limit]]`: a per-client GCRA limit on the requests a rule matches.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub(crate) name: Spanned<String>,
+    #[serde(rename = "match")]
+    pub(crate) matches: Option<RawMatch>,
+    /// `client_ip`, `header:<name>` or `cookie:<name>`.
+    pub(crate) key: Option<Spanned<String>>,
+    pub(crate) rate: Spanned<Rate>,
+    pub(crate) burst: Option<Spanned<u64>>,
+    pub(crate) ipv6_prefix: Option<Spanned<u64>>,
+    pub(crate) max_keys: Option<Spanned<u64>>,
+}
+
+/// Which requests a rule applies to (absent keys match anything).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMatch {
+    pub(crate) host: Option<Spanned<String>>,
+    pub(crate) path_prefix: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +102,8 @@ pub(crate) struct RawLimits {
     pub(crate) max_response_header_bytes: Option<Size>,
     pub(crate) max_response_headers: Option<Spanned<u64>>,
     pub(crate) trusted_proxies: Option<Spanned<Vec<String>>>,
+    /// The default `max_keys` of every `[[rate_limit]]`.
+    pub(crate) rate_limit_max_keys: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +137,16 @@ pub(crate) struct RawRoute {
     pub(crate) path_prefix: Option<Spanned<String>>,
     pub(crate) pool: Spanned<String>,
     pub(crate) max_body: Option<Size>,
+    /// The route's class in its pool's queue.
+    pub(crate) priority: Option<RawPriority>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawPriority {
+    Critical,
+    Normal,
+    Sheddable,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,6 +288,10 @@ pub(crate) enum RawUpstream {
 pub(crate) struct RawQueue {
     pub(crate) max_depth: Option<Spanned<u64>>,
     pub(crate) timeout: Option<Dur>,
+    /// Most of `max_depth` sheddable requests may hold, 0.0 to 1.0.
+    pub(crate) sheddable_share: Option<Spanned<f64>>,
+    /// Longest a sheddable request waits.
+    pub(crate) sheddable_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]

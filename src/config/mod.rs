@@ -50,6 +50,32 @@ pub struct Config {
     pub pools: BTreeMap<String, Arc<PoolConfig>>,
     /// `[access_log]`: one line per request; `None` = off.
     pub access_log: Option<AccessLogConfig>,
+    /// `[[rate_limit]]`: per-client limits, in file order.
+    pub rate_limits: Vec<RateLimitConfig>,
+}
+
+/// `[[rate_limit]]`: at most `rate` requests per client (keyed by
+/// [`HashKey`]), with bursts of up to `burst`, on the requests it matches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    /// Unique name: a reload keeps the counts of a rule that keeps it; the
+    /// label of its metrics and the access log's `rate_limit` field.
+    pub name: String,
+    /// Lower-case host without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix; `None` matches any path.
+    pub path_prefix: Option<String>,
+    /// What identifies a client. A request without the header or cookie is
+    /// keyed by its client address.
+    pub key: HashKey,
+    /// The sustained rate.
+    pub rate: units::Rate,
+    /// Requests a client may send at once after being idle.
+    pub burst: u32,
+    /// IPv6 clients are keyed by this many leading bits.
+    pub ipv6_prefix: u8,
+    /// Clients remembered at most.
+    pub max_keys: usize,
 }
 
 /// `[access_log]`.
@@ -178,6 +204,42 @@ pub struct Route {
     /// Protocols (lower case) a client may switch to with `Upgrade`; any
     /// other upgrade request is served as an ordinary request.
     pub upgrade: Vec<String>,
+    /// The route's class in its pool's queue.
+    pub priority: Priority,
+}
+
+/// A route's class in its pool's queue: served by class, then by arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Served first; may take a full queue's last place from the newest
+    /// sheddable (then normal) waiter (checkout, payment).
+    Critical,
+    /// The default.
+    #[default]
+    Normal,
+    /// Served last, holds at most `queue.sheddable_share` of the queue and
+    /// waits at most `queue.sheddable_timeout` (browse, recommendations).
+    Sheddable,
+}
+
+impl Priority {
+    /// Every class, in serving order.
+    pub const ALL: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::Sheddable];
+
+    /// Position in serving order (0 = first).
+    #[inline]
+    pub fn lane(self) -> usize {
+        self as usize
+    }
+
+    /// The spelling in the config file, `/stats` and `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Normal => "normal",
+            Priority::Sheddable => "sheddable",
+        }
+    }
 }
 
 /// A pool's balancing policy.
@@ -256,6 +318,10 @@ pub struct PoolConfig {
     pub queue_max_depth: usize,
     /// Longest a request waits in the queue.
     pub queue_timeout: Duration,
+    /// Most of `queue_max_depth` that sheddable requests may hold (0..=1).
+    pub queue_sheddable_share: f64,
+    /// Longest a sheddable request waits in the queue.
+    pub queue_sheddable_timeout: Duration,
     /// TCP connect to a backend.
     pub connect_timeout: Duration,
     /// From sending a request to its response head.
@@ -554,6 +620,17 @@ fn resolve(text: &str) -> Result<SocketAddr, String> {
         .or(addrs.first())
         .copied()
         .ok_or_else(|| format!("`{host}` resolves to no address"))
+}
+
+impl fmt::Display for HashKey {
+    /// As the config file spells it: `client_ip`, `header:NAME`, `cookie:NAME`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::ClientIp => f.write_str("client_ip"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+        }
+    }
 }
 
 impl fmt::Display for Balance {

@@ -1,5 +1,5 @@
-//! Human units in the config file: durations ("250ms", "5s", "1m30s") and
-//! byte sizes ("64KiB", "10MB", "1048576").
+//! Human units in the config file: durations ("250ms", "5s", "1m30s"),
+//! byte sizes ("64KiB", "10MB", "1048576") and rates ("20/s", "600/m").
 //!
 //! Control path only. Parsing happens during deserialisation so that a bad
 //! value is reported with the file position serde/toml already track.
@@ -87,6 +87,71 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     number.checked_mul(scale).ok_or_else(|| format!("`{text}`: too large"))
 }
 
+/// A request rate written as `"<count>/<unit>"` with unit `s`, `m` or `h`
+/// (`"20/s"`, `"600/m"`): `count` requests per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests allowed per period (at least 1).
+    pub count: u64,
+    /// The period.
+    pub per: Duration,
+}
+
+impl Rate {
+    /// The time one request "costs": the period divided by the count, in
+    /// nanoseconds (at least 1).
+    pub fn interval_ns(&self) -> u64 {
+        (self.per.as_nanos() / u128::from(self.count.max(1))).clamp(1, u128::from(u64::MAX)) as u64
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            3600 => "h",
+            60 => "m",
+            _ => "s",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+/// Parses `"20/s"`-style rates (`s`, `m`, `h`; the count is an integer
+/// of at least 1).
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let expected = || format!("`{text}`: expected a rate such as \"20/s\" or \"600/m\"");
+    let (count, unit) = text.trim().split_once('/').ok_or_else(expected)?;
+    let count: u64 = count.trim().parse().map_err(|_| expected())?;
+    if count == 0 {
+        return Err(format!(
+            "`{text}`: a rate of zero would refuse everything; remove the rule instead"
+        ));
+    }
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        other => return Err(format!("`{text}`: unknown unit `{other}`, expected s, m or h")),
+    };
+    Ok(Rate { count, per })
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Rate;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rate string such as \"20/s\" or \"600/m\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Rate, E> {
+                parse_rate(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -149,6 +214,19 @@ mod tests {
             .unwrap_err()
             .contains("longer than a year"));
         assert!(parse_duration("1e308s").is_err(), "no panic on overflow");
+    }
+
+    #[test]
+    fn rates_name_a_count_per_second_minute_or_hour() {
+        let r = parse_rate("20/s").unwrap();
+        assert_eq!((r.count, r.per), (20, Duration::from_secs(1)));
+        assert_eq!(r.interval_ns(), 50_000_000);
+        assert_eq!(parse_rate(" 600 / m ").unwrap().interval_ns(), 100_000_000);
+        assert_eq!(parse_rate("1/h").unwrap().to_string(), "1/h");
+        assert!(parse_rate("0/s").unwrap_err().contains("zero"));
+        assert!(parse_rate("20/d").unwrap_err().contains("unknown unit `d`"));
+        assert!(parse_rate("20").is_err());
+        assert!(parse_rate("x/s").is_err());
     }
 
     #[test]

@@ -21,13 +21,14 @@ use toml::Spanned;
 
 use super::defaults as d;
 use super::file::{
-    Dur, RawAutoscale, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool, RawUpstream, Size,
+    Dur, RawAutoscale, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool, RawPriority,
+    RawUpstream, Size,
 };
 use super::net::IpNet;
 use super::{
     AccessLogConfig, AccessLogFormat, Admin, AutoscaleConfig, BackendConfig, Balance, CertificatePaths, CheckKind,
-    Config, ConfigError, Guards, HashKey, HealthCheck, HookConfig, Limits, Listener, PassiveHealth, PoolConfig, Route,
-    Runtime, Tls, UpstreamProtocol, UpstreamTls,
+    Config, ConfigError, Guards, HashKey, HealthCheck, HookConfig, Limits, Listener, PassiveHealth, PoolConfig,
+    Priority, RateLimitConfig, Route, Runtime, Tls, UpstreamProtocol, UpstreamTls,
 };
 
 /// Hyper refuses read buffers smaller than this.
@@ -261,7 +262,7 @@ pub(super) fn parse(text: &str, source: &str, base_dir: &Path, resolve: Resolve<
 
 /// Everything but the parse: `None` (with errors reported) when something
 /// the rest depends on is missing.
-fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
+fn validate(cx: &Ctx<'_>, mut raw: RawConfig, base_dir: &Path) -> Option<Config> {
     let runtime = Runtime {
         worker_threads: raw
             .runtime
@@ -277,6 +278,7 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
         state_dir: raw.runtime.state_dir.map(|dir| base_dir.join(dir)),
     };
     let admin = raw.admin.and_then(|a| validate_admin(cx, a));
+    let rate_limit_max_keys = raw.limits.rate_limit_max_keys.take();
     let limits = validate_limits(cx, raw.limits);
     let access_log = raw.access_log.map(|a| validate_access_log(cx, a, base_dir));
 
@@ -378,26 +380,11 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
                 format!("no pool named `{}` (defined: {})", rr.pool.get_ref(), known.join(", ")),
             );
         }
-        let path_prefix = match rr.path_prefix {
-            Some(p) if !p.get_ref().starts_with('/') => {
-                cx.report(p.span(), format!("{key}.path_prefix"), "must start with `/`");
-                "/".to_string()
-            }
-            Some(p) => p.into_inner(),
-            None => "/".to_string(),
-        };
-        let host = match rr.host {
-            Some(h) if h.get_ref().is_empty() || h.get_ref().contains(['/', ' ', '@', ':']) => {
-                cx.report(
-                    h.span(),
-                    format!("{key}.host"),
-                    "expected a host name such as `shop.example` (no port, path or userinfo)",
-                );
-                None
-            }
-            Some(h) => Some(h.into_inner().to_ascii_lowercase()),
-            None => None,
-        };
+        let path_prefix = rr
+            .path_prefix
+            .and_then(|p| path_prefix(cx, p, &format!("{key}.path_prefix")))
+            .unwrap_or_else(|| "/".to_string());
+        let host = rr.host.and_then(|h| host_name(cx, h, &format!("{key}.host")));
         let upgrade = match rr.upgrade {
             None => default_upgrade(),
             Some(list) => validate_upgrade(cx, &key, list),
@@ -408,6 +395,11 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
             pool: rr.pool.into_inner(),
             max_body: cx.size(rr.max_body, &format!("{key}.max_body"), d::MAX_BODY_BYTES, 0, 1 << 40),
             upgrade,
+            priority: match rr.priority {
+                Some(RawPriority::Critical) => Priority::Critical,
+                Some(RawPriority::Normal) | None => Priority::Normal,
+                Some(RawPriority::Sheddable) => Priority::Sheddable,
+            },
         });
     }
     if routes.is_empty() {
@@ -419,6 +411,7 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
                 pool: only.clone(),
                 max_body: d::MAX_BODY_BYTES,
                 upgrade: default_upgrade(),
+                priority: Priority::Normal,
             }),
             _ if cx.errors.borrow().is_empty() => cx.report(
                 0..0,
@@ -428,6 +421,7 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
             _ => {}
         }
     }
+    let rate_limits = validate_rate_limits(cx, raw.rate_limits, rate_limit_max_keys);
     if !cx.errors.borrow().is_empty() {
         return None;
     }
@@ -441,7 +435,96 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
         routes,
         pools,
         access_log,
+        rate_limits,
     })
+}
+
+/// A route's or rule's `host`: lower-cased, without port, path or userinfo.
+fn host_name(cx: &Ctx<'_>, h: Spanned<String>, key: &str) -> Option<String> {
+    if h.get_ref().is_empty() || h.get_ref().contains(['/', ' ', '@', ':']) {
+        cx.report(
+            h.span(),
+            key,
+            "expected a host name such as `shop.example` (no port, path or userinfo)",
+        );
+        return None;
+    }
+    Some(h.into_inner().to_ascii_lowercase())
+}
+
+/// A route's or rule's `path_prefix`: starts with `/`.
+fn path_prefix(cx: &Ctx<'_>, p: Spanned<String>, key: &str) -> Option<String> {
+    if !p.get_ref().starts_with('/') {
+        cx.report(p.span(), key, "must start with `/`");
+        return None;
+    }
+    Some(p.into_inner())
+}
+
+/// `[[rate_limit]]` rules: unique names, a key, a rate, and bounds.
+fn validate_rate_limits(
+    cx: &Ctx<'_>,
+    raw: Vec<super::file::RawRateLimit>,
+    default_max_keys: Option<Spanned<u64>>,
+) -> Vec<RateLimitConfig> {
+    let default_max_keys = cx.number(
+        default_max_keys,
+        "limits.rate_limit_max_keys",
+        d::RATE_LIMIT_MAX_KEYS,
+        1,
+        100_000_000,
+    );
+    let mut names = HashSet::new();
+    let mut rules = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = format!("rate_limit[{i}]");
+        let k = |sub: &str| format!("{key}.{sub}");
+        let name = r.name.get_ref();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            cx.report(
+                r.name.span(),
+                k("name"),
+                format!("`{name}`: expected letters, digits, `-`, `_` or `.` (it labels metrics)"),
+            );
+        } else if !names.insert(name.clone()) {
+            cx.report(r.name.span(), k("name"), format!("duplicate rate_limit name `{name}`"));
+        }
+        let (host, prefix) = match r.matches {
+            Some(m) => (
+                m.host.and_then(|h| host_name(cx, h, &k("match.host"))),
+                m.path_prefix.and_then(|p| path_prefix(cx, p, &k("match.path_prefix"))),
+            ),
+            None => (None, None),
+        };
+        let client_key = match r.key {
+            None => HashKey::ClientIp,
+            Some(v) => parse_hash_key(v.get_ref()).unwrap_or_else(|m| {
+                cx.report(v.span(), k("key"), m);
+                HashKey::ClientIp
+            }),
+        };
+        let rate = *r.rate.get_ref();
+        if rate.count > 1_000_000 {
+            cx.report(
+                r.rate.span(),
+                k("rate"),
+                format!("at most 1000000 requests per period, found {}", rate.count),
+            );
+        }
+        // Default burst: one period's worth, so "20/s" admits 20 at once.
+        let default_burst = u32::try_from(rate.count).unwrap_or(u32::MAX);
+        rules.push(RateLimitConfig {
+            name: r.name.into_inner(),
+            host,
+            path_prefix: prefix,
+            key: client_key,
+            rate,
+            burst: cx.number(r.burst, &k("burst"), default_burst, 1, 1_000_000),
+            ipv6_prefix: cx.number(r.ipv6_prefix, &k("ipv6_prefix"), d::RATE_LIMIT_IPV6_PREFIX, 1, 128),
+            max_keys: cx.number(r.max_keys, &k("max_keys"), default_max_keys, 1, 100_000_000),
+        });
+    }
+    rules
 }
 
 fn default_upgrade() -> Vec<String> {
@@ -719,9 +802,21 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>, base
         None => None,
     };
     let passive = validate_passive(cx, &key, rp.passive);
-    let (queue_depth, queue_timeout) = match rp.queue {
-        Some(q) => (q.max_depth, q.timeout),
-        None => (None, None),
+    let (queue_depth, queue_timeout, sheddable_share, sheddable_timeout) = match rp.queue {
+        Some(q) => (q.max_depth, q.timeout, q.sheddable_share, q.sheddable_timeout),
+        None => (None, None, None, None),
+    };
+    let sheddable_share = match sheddable_share {
+        Some(v) if !(0.0..=1.0).contains(v.get_ref()) => {
+            cx.report(
+                v.span(),
+                k("queue.sheddable_share"),
+                format!("must be between 0.0 and 1.0, found {}", v.get_ref()),
+            );
+            d::QUEUE_SHEDDABLE_SHARE
+        }
+        Some(v) => *v.get_ref(),
+        None => d::QUEUE_SHEDDABLE_SHARE,
     };
     let t = rp.timeouts;
     let (connect, response_header, idle, read) = match t {
@@ -742,6 +837,14 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>, base
             queue_timeout,
             &k("queue.timeout"),
             d::QUEUE_TIMEOUT,
+            Duration::ZERO,
+            HOUR,
+        ),
+        queue_sheddable_share: sheddable_share,
+        queue_sheddable_timeout: cx.duration(
+            sheddable_timeout,
+            &k("queue.sheddable_timeout"),
+            d::QUEUE_SHEDDABLE_TIMEOUT,
             Duration::ZERO,
             HOUR,
         ),
@@ -1376,5 +1479,93 @@ backends = [ { address = "127.0.0.1:9001" } ]
         let ok = format!("{MINIMAL}\n[[route]]\npool = \"shop\"\nupgrade = []\n");
         assert!(parse_str(&ok).unwrap().routes[0].upgrade.is_empty());
         assert_eq!(parse_str(MINIMAL).unwrap().routes[0].upgrade, ["websocket"]);
+    }
+
+    #[test]
+    fn rate_limits_get_defaults_and_keep_file_order() {
+        let text = format!(
+            "[limits]\nrate_limit_max_keys = 5000\n{MINIMAL}\n[[rate_limit]]\nname = \"api\"\n\
+             match = {{ host = \"Shop.Example\", path_prefix = \"/api\" }}\nkey = \"cookie:session\"\n\
+             rate = \"20/s\"\nburst = 40\n\n[[rate_limit]]\nname = \"login\"\nrate = \"6/m\"\n\
+             ipv6_prefix = 56\nmax_keys = 100\n"
+        );
+        let c = parse_str(&text).unwrap();
+        let [api, login] = &c.rate_limits[..] else {
+            panic!("two rules")
+        };
+        assert_eq!(api.host.as_deref(), Some("shop.example"));
+        assert_eq!(api.path_prefix.as_deref(), Some("/api"));
+        assert_eq!(api.key, HashKey::Cookie("session".into()));
+        assert_eq!((api.rate.count, api.rate.per, api.burst), (20, SEC, 40));
+        assert_eq!((api.ipv6_prefix, api.max_keys), (d::RATE_LIMIT_IPV6_PREFIX, 5000));
+        assert_eq!((login.host.as_deref(), login.path_prefix.as_deref()), (None, None));
+        assert_eq!(login.key, HashKey::ClientIp);
+        assert_eq!((login.rate.count, login.rate.per), (6, MIN));
+        assert_eq!(login.burst, 6, "default burst: one period's worth");
+        assert_eq!((login.ipv6_prefix, login.max_keys), (56, 100));
+        assert_eq!(parse_str(MINIMAL).unwrap().rate_limits.len(), 0);
+    }
+
+    #[test]
+    fn rate_limit_mistakes_point_at_their_value() {
+        let rule = |body: &str| format!("{MINIMAL}\n[[rate_limit]]\nname = \"api\"\n{body}\n");
+        // Line 9 is `[[rate_limit]]`, 10 its name, 11 the body's first line.
+        let (line, col, key, message) = invalid(&rule("rate = \"20/d\""));
+        assert_eq!((line, col), (11, 8));
+        assert_eq!(key, "rate_limit.rate");
+        assert!(message.contains("unknown unit `d`"), "{message}");
+        let (line, col, key, _) = invalid(&rule("rate = \"20/s\"\nburst = 0"));
+        assert_eq!((line, col, key.as_str()), (12, 9, "rate_limit[0].burst"));
+        let (line, _, key, message) = invalid(&rule("rate = \"20/s\"\nkey = \"ip\""));
+        assert_eq!((line, key.as_str()), (12, "rate_limit[0].key"));
+        assert!(message.contains("client_ip"), "{message}");
+        let (_, _, key, message) = invalid(&rule("rate = \"20/s\"\nmatch = { path_prefix = \"api\" }"));
+        assert_eq!(key, "rate_limit[0].match.path_prefix");
+        assert!(message.contains("must start with `/`"), "{message}");
+        let (_, _, key, _) = invalid(&rule("rate = \"20/s\"\nmatch = { host = \"shop:80\" }"));
+        assert_eq!(key, "rate_limit[0].match.host");
+        let (_, _, key, _) = invalid(&rule("rate = \"20/s\"\nipv6_prefix = 129"));
+        assert_eq!(key, "rate_limit[0].ipv6_prefix");
+        let (_, _, key, _) = invalid(&rule("rate = \"2000000/s\""));
+        assert_eq!(key, "rate_limit[0].rate");
+        let (_, _, key, message) = invalid(&rule("rate = \"1/s\"\nmatch = { path = \"/\" }"));
+        assert!(message.contains("unknown field `path`"), "{key}: {message}");
+        let twice = format!(
+            "{}[[rate_limit]]\nname = \"api\"\nrate = \"1/s\"\n",
+            rule("rate = \"1/s\"")
+        );
+        let (line, col, key, message) = invalid(&twice);
+        assert_eq!((line, col, key.as_str()), (13, 8, "rate_limit[1].name"));
+        assert!(message.contains("duplicate rate_limit name `api`"), "{message}");
+        let (_, _, key, _) = invalid(&rule("rate = \"1/s\"").replace("name = \"api\"", "name = \"a b\""));
+        assert_eq!(key, "rate_limit[0].name");
+    }
+
+    #[test]
+    fn priorities_and_the_sheddable_share_are_checked() {
+        let text = format!(
+            "{MINIMAL}\n[[route]]\npath_prefix = \"/cart\"\npool = \"shop\"\npriority = \"critical\"\n\
+             [[route]]\npool = \"shop\"\npriority = \"sheddable\"\n"
+        );
+        let c = parse_str(&text).unwrap();
+        assert_eq!(c.routes[0].priority, Priority::Critical);
+        assert_eq!(c.routes[1].priority, Priority::Sheddable);
+        assert_eq!(parse_str(MINIMAL).unwrap().routes[0].priority, Priority::Normal);
+        let shop = &parse_str(MINIMAL).unwrap().pools["shop"];
+        assert_eq!(shop.queue_sheddable_share, d::QUEUE_SHEDDABLE_SHARE);
+        assert_eq!(shop.queue_sheddable_timeout, d::QUEUE_SHEDDABLE_TIMEOUT);
+        let (line, _, key, message) = invalid(&format!("{MINIMAL}\n[[route]]\npool = \"shop\"\npriority = \"vip\"\n"));
+        assert_eq!((line, key.as_str()), (11, "route.priority"));
+        assert!(message.contains("unknown variant `vip`"), "{message}");
+        let bad = MINIMAL.replace(
+            "[pools.shop]\n",
+            "[pools.shop]\nqueue = { max_depth = 10, sheddable_share = 1.5, sheddable_timeout = \"50ms\" }\n",
+        );
+        let (line, col, key, message) = invalid(&bad);
+        assert_eq!((line, col, key.as_str()), (7, 45, "pools.shop.queue.sheddable_share"));
+        assert!(message.contains("between 0.0 and 1.0"), "{message}");
+        let ok = parse_str(&bad.replace("1.5", "0.25")).unwrap();
+        assert_eq!(ok.pools["shop"].queue_sheddable_share, 0.25);
+        assert_eq!(ok.pools["shop"].queue_sheddable_timeout, 50 * MS);
     }
 }

@@ -6,7 +6,9 @@
 //! pace their requests to share the phase's rate, with exponential gaps
 //! (so arrivals are Poisson, as shoppers are, instead of 128 workers firing
 //! in step); when the proxy queues, they wait (so the offered load never
-//! runs away).
+//! runs away). One request in [`CHECKOUT_EVERY`] is a checkout (`/cart`,
+//! the demo's critical route), the rest product pages (sheddable), and the
+//! two are tallied apart.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,11 +36,39 @@ pub(crate) fn flash_sale() -> Vec<Phase> {
     vec![phase(15, 150.0), phase(40, 1500.0), phase(45, 150.0)]
 }
 
-/// What a run did.
+/// One request in this many is a checkout.
+pub(crate) const CHECKOUT_EVERY: u64 = 20;
+
+/// What a run did: browse (product pages) and checkout counted apart.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
     pub(crate) ok: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) checkout_ok: AtomicU64,
+    pub(crate) checkout_failed: AtomicU64,
+    /// Slowest checkout answer since the last [`Tally::take_slowest_checkout`], µs.
+    slowest_checkout_us: AtomicU64,
+}
+
+impl Tally {
+    fn record(&self, checkout: bool, ok: bool, took: Duration) {
+        let counter = match (checkout, ok) {
+            (false, true) => &self.ok,
+            (false, false) => &self.failed,
+            (true, true) => &self.checkout_ok,
+            (true, false) => &self.checkout_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if checkout {
+            self.slowest_checkout_us
+                .fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The slowest checkout since the last call, and starts over.
+    pub(crate) fn take_slowest_checkout(&self) -> Duration {
+        Duration::from_micros(self.slowest_checkout_us.swap(0, Ordering::Relaxed))
+    }
 }
 
 /// The phase in force `elapsed` into the run, or `None` when it is over.
@@ -72,14 +102,19 @@ pub(crate) async fn play(target: SocketAddr, phases: Vec<Phase>, workers: usize,
                     if conn.is_none() {
                         conn = connect(target).await;
                     }
+                    let checkout = (n + w as u64) % CHECKOUT_EVERY == 0;
+                    let path = if checkout {
+                        "/cart".to_string()
+                    } else {
+                        format!("/products/{}", (n * 7 + w as u64) % 500)
+                    };
+                    let asked = Instant::now();
                     let ok = match conn.as_mut() {
-                        Some(sender) => request(sender, &format!("/products/{}", (n * 7 + w as u64) % 500)).await,
+                        Some(sender) => request(sender, &path).await,
                         None => false,
                     };
-                    if ok {
-                        tally.ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                    tally.record(checkout, ok, asked.elapsed());
+                    if !ok {
                         conn = None;
                     }
                     n += 1;

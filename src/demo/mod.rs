@@ -120,8 +120,12 @@ pub async fn play_flash_sale(web: SocketAddr, state: std::sync::Arc<crate::state
         tick.tick().await;
         let (ready, warming, queued) = pool_size(&state);
         println!(
-            "demo: t={:>3}s  backends ready {ready}, warming {warming}, queued {queued}, requests ok {}, failed {}",
+            "demo: t={:>3}s  backends ready {ready}, warming {warming}, queued {queued}, \
+             checkout ok {} failed {} (slowest {} ms), browse ok {} shed {}",
             started.elapsed().as_secs(),
+            tally.checkout_ok.load(Ordering::Relaxed),
+            tally.checkout_failed.load(Ordering::Relaxed),
+            tally.take_slowest_checkout().as_millis(),
             tally.ok.load(Ordering::Relaxed),
             tally.failed.load(Ordering::Relaxed)
         );

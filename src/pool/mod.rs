@@ -4,7 +4,8 @@
 //! Data path, below the proxy: imports only `balance`, `upstream`,
 //! `histogram`, `config` and `clock`. `backend.rs` is the per-backend object
 //! the data path reads (atomics) and the control path carries across
-//! reloads; `queue.rs` is admission's bounded FIFO and the in-flight guard;
+//! reloads; `queue.rs` is admission's bounded queue (a FIFO lane per
+//! priority class) and the in-flight guard;
 //! `health/` keeps each backend's health (probe streaks, passive ejection,
 //! slow start). [`Pool`] is one generation's view of a pool (immutable once
 //! published in a snapshot); its [`Queue`] and round-robin cursor live in
@@ -14,6 +15,8 @@ pub mod backend;
 pub(crate) mod health;
 #[cfg(test)]
 mod pick_tests;
+#[cfg(test)]
+mod priority_tests;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -23,7 +26,7 @@ use std::sync::Arc;
 pub use backend::{Backend, BackendState};
 
 use crate::balance::{Balancer, PickContext};
-use crate::config::PoolConfig;
+use crate::config::{PoolConfig, Priority};
 use crate::histogram::LatencyHistogram;
 use crate::upstream::tls::Connector;
 pub use queue::{InFlight, Queue, QueueError, Waiting};
@@ -181,11 +184,13 @@ impl Pool {
         None
     }
 
-    /// A slot now, or after waiting in the queue (FIFO, bounded, timed).
-    pub(crate) async fn admit(&self, cx: &mut PickContext<'_>) -> Result<InFlight, AdmitError> {
+    /// A slot now, or after waiting in the queue (in `class`'s lane,
+    /// bounded, timed: a sheddable request waits at most
+    /// `queue_sheddable_timeout`).
+    pub(crate) async fn admit(&self, cx: &mut PickContext<'_>, class: Priority) -> Result<InFlight, AdmitError> {
         let queue = &self.shared.queue;
-        // Nobody waiting: take the fast path. Someone waiting: queue behind
-        // them so a freed slot goes to the oldest request.
+        // Nobody waiting: take the fast path (no lock). Someone waiting:
+        // queue too, so a freed slot goes to the first class, oldest first.
         if queue.depth() == 0 {
             if let Some(slot) = self.try_claim(cx) {
                 return Ok(slot);
@@ -205,9 +210,15 @@ impl Pool {
             }
             return Err(AdmitError::NoBackend);
         }
-        let waiting = queue.enqueue()?;
+        let waiting = queue.enqueue(class)?;
         self.dispatch(cx.rng);
-        Ok(waiting.wait(self.config.queue_timeout).await?)
+        let timeout = match class {
+            // A sheddable request that waited this long is behind a standing
+            // queue, not a burst: it gives its place up.
+            Priority::Sheddable => self.config.queue_timeout.min(self.config.queue_sheddable_timeout),
+            _ => self.config.queue_timeout,
+        };
+        Ok(waiting.wait(timeout).await?)
     }
 
     /// Gives free slots to queued requests. Called after enqueueing and by

@@ -1,20 +1,27 @@
 //! Admission: a request holds one in-flight slot on one backend, or waits in
-//! its pool's bounded FIFO queue until a slot frees or its timeout fires.
+//! its pool's bounded queue until a slot frees or its timeout fires.
 //!
 //! Data path. The uncontended path takes no lock: when nobody is queued, the
 //! balancer picks a backend and [`InFlight::claim`] takes a slot with one CAS.
-//! Only a saturated pool touches the waiter list, under a short mutex that is
+//! Only a saturated pool touches the waiter lists, under a short mutex that is
 //! never held across an `.await` (and never while a slot is being released,
 //! see [`Queue::dispatch`]).
 //!
+//! Priority lanes (HAProxy's `set-priority-class`): each route's class
+//! ([`Priority`]) has its own FIFO lane; a freed slot goes to the oldest
+//! waiter of the first non-empty lane (critical, normal, sheddable).
+//! Sheddable waiters hold at most `sheddable_share` of `max_depth`; a
+//! critical request that finds the queue full takes the place of the newest
+//! sheddable (else normal) waiter, which leaves with [`QueueError::Evicted`].
+//!
 //! Invariants:
-//! - FIFO: while anyone waits, new requests queue behind them, and a freed
-//!   slot goes to the oldest waiter still there.
+//! - By class, then FIFO: while anyone waits, new requests queue too, and a
+//!   freed slot goes to the oldest waiter of the highest class still there.
 //! - No lost wake-up: a releaser decrements `in_flight` *then* reads the
 //!   waiter count; an enqueuer publishes the count *then* tries to claim.
 //!   With `SeqCst` on both, one of the two always sees the other.
-//! - A waiter that gives up (client gone, timeout) leaves the list at once,
-//!   so `depth()` counts only live waiters.
+//! - A waiter that gives up (client gone, timeout) or is evicted leaves its
+//!   lane at once, so `depth()` counts only live waiters.
 //! - An [`InFlight`] is the only way a slot is held; dropping it frees the
 //!   slot wherever it is (response body finished, error, client cancel).
 
@@ -27,7 +34,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Backend, PoolShared};
+use crate::config::Priority;
 use crate::histogram::SecondsHistogram;
+
+/// One FIFO lane per [`Priority`], in serving order.
+type Lanes = [VecDeque<Waiter>; 3];
 
 /// A claimed slot on one backend of a pool. Dropping it gives the slot back
 /// and, if anyone is queued, hands it straight to the oldest waiter.
@@ -92,6 +103,9 @@ pub enum QueueError {
     /// No slot came within the queue timeout.
     #[error("waited {0:?} in the queue")]
     Timeout(Duration),
+    /// A critical request took this waiter's place in a full queue.
+    #[error("evicted from a full queue by a critical request")]
+    Evicted,
 }
 
 struct Waiter {
@@ -103,9 +117,15 @@ struct Waiter {
 /// pool name), so requests already queued stay queued when the config
 /// changes.
 pub struct Queue {
-    waiters: Mutex<VecDeque<Waiter>>,
+    waiters: Mutex<Lanes>,
     depth: AtomicUsize,
+    /// Live waiters per class (for `/stats` and `/metrics`).
+    class_depth: [AtomicUsize; 3],
     max_depth: AtomicUsize,
+    /// Most waiters the sheddable lane may hold.
+    sheddable_max: AtomicUsize,
+    /// Waiters evicted by critical requests, per class.
+    evicted: [AtomicU64; 3],
     next_id: AtomicU64,
     /// Time spent queued, for `/metrics`.
     wait_seconds: SecondsHistogram,
@@ -120,12 +140,16 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// An empty queue holding at most `max_depth` waiters.
+    /// An empty queue holding at most `max_depth` waiters (sheddable ones:
+    /// the default share of it).
     pub fn new(max_depth: usize) -> Queue {
         Queue {
-            waiters: Mutex::new(VecDeque::new()),
+            waiters: Mutex::new(Default::default()),
             depth: AtomicUsize::new(0),
+            class_depth: Default::default(),
             max_depth: AtomicUsize::new(max_depth),
+            sheddable_max: AtomicUsize::new(sheddable_max(max_depth, crate::config::defaults::QUEUE_SHEDDABLE_SHARE)),
+            evicted: Default::default(),
             next_id: AtomicU64::new(0),
             wait_seconds: SecondsHistogram::default(),
             waited: AtomicU64::new(0),
@@ -166,44 +190,90 @@ impl Queue {
         self.slo_ns.store(slo.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn set_max_depth(&self, max_depth: usize) {
+    /// Control path: the queue's bounds (a reload may change them).
+    pub(crate) fn set_limits(&self, max_depth: usize, sheddable_share: f64) {
         self.max_depth.store(max_depth, Ordering::Relaxed);
+        self.sheddable_max
+            .store(sheddable_max(max_depth, sheddable_share), Ordering::Relaxed);
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Waiter>> {
-        // A panic while holding this lock cannot leave the deque invalid
+    /// Live waiters per class, in [`Priority::ALL`] order.
+    pub(crate) fn class_depths(&self) -> [usize; 3] {
+        std::array::from_fn(|i| self.class_depth[i].load(Ordering::Relaxed))
+    }
+
+    /// Waiters evicted by critical requests since the queue was created,
+    /// per class, in [`Priority::ALL`] order.
+    pub(crate) fn evicted(&self) -> [u64; 3] {
+        std::array::from_fn(|i| self.evicted[i].load(Ordering::Relaxed))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lanes> {
+        // A panic while holding this lock cannot leave a lane invalid
         // (every critical section is a push, a pop or a retain).
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish_depth(&self, q: &VecDeque<Waiter>) {
-        self.depth.store(q.len(), Ordering::SeqCst);
+    fn publish_depth(&self, q: &Lanes) {
+        for (lane, n) in q.iter().zip(&self.class_depth) {
+            n.store(lane.len(), Ordering::Relaxed);
+        }
+        self.depth.store(q.iter().map(VecDeque::len).sum(), Ordering::SeqCst);
     }
 
-    /// Joins the back of the queue. The caller must then call
+    /// Joins the back of `class`'s lane. The caller must then call
     /// [`Queue::dispatch`] once, to catch a slot freed while it was joining.
-    pub(crate) fn enqueue(self: &Arc<Self>) -> Result<Waiting, QueueError> {
+    ///
+    /// A full queue refuses ([`QueueError::Full`]), except to a critical
+    /// request when a sheddable or normal request waits: the newest of those
+    /// (sheddable first) is evicted and its place given to the critical one.
+    pub(crate) fn enqueue(self: &Arc<Self>, class: Priority) -> Result<Waiting, QueueError> {
         let (tx, rx) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let evicted;
         {
             let mut q = self.lock();
-            if q.len() >= self.max_depth.load(Ordering::Relaxed) {
+            let full = q.iter().map(VecDeque::len).sum::<usize>() >= self.max_depth.load(Ordering::Relaxed);
+            evicted = match class {
+                Priority::Critical if full => {
+                    let from = [Priority::Sheddable, Priority::Normal]
+                        .into_iter()
+                        .find(|c| !q[c.lane()].is_empty());
+                    from.and_then(|c| q[c.lane()].pop_back().map(|w| (c, w)))
+                }
+                _ => None,
+            };
+            let refused = match class {
+                Priority::Critical => full && evicted.is_none(),
+                Priority::Normal => full,
+                Priority::Sheddable => {
+                    full || q[Priority::Sheddable.lane()].len() >= self.sheddable_max.load(Ordering::Relaxed)
+                }
+            };
+            if refused {
                 self.late.fetch_add(1, Ordering::Relaxed);
                 return Err(QueueError::Full);
             }
-            q.push_back(Waiter { id, tx });
+            q[class.lane()].push_back(Waiter { id, tx });
             self.publish_depth(&q);
+        }
+        // Outside the lock: dropping its sender wakes the evicted waiter.
+        if let Some((c, waiter)) = evicted {
+            self.evicted[c.lane()].fetch_add(1, Ordering::Relaxed);
+            drop(waiter);
         }
         Ok(Waiting {
             id,
+            class,
             rx,
             queue: Arc::clone(self),
             since: Instant::now(),
         })
     }
 
-    /// Hands slots to waiters, oldest first, for as long as `claim` finds
-    /// one. A slot whose waiter has just gone is offered to the next.
+    /// Hands slots to waiters, by class then oldest first, for as long as
+    /// `claim` finds one. A slot whose waiter has just gone is offered to
+    /// the next.
     ///
     /// A leftover slot is dropped only after the lock is released: its drop
     /// re-enters `dispatch`, and the mutex is not re-entrant.
@@ -211,11 +281,11 @@ impl Queue {
         let mut spare: Option<InFlight> = None;
         {
             let mut q = self.lock();
-            while !q.is_empty() {
+            while let Some(lane) = q.iter_mut().find(|l| !l.is_empty()) {
                 let Some(slot) = spare.take().or_else(&mut claim) else {
                     break;
                 };
-                let waiter = q.pop_front().expect("checked non-empty");
+                let waiter = lane.pop_front().expect("checked non-empty");
                 if let Err(slot) = waiter.tx.send(slot) {
                     spare = Some(slot);
                 }
@@ -226,9 +296,15 @@ impl Queue {
     }
 }
 
+/// Waiters the sheddable lane may hold: `share` of `max_depth`, rounded down.
+fn sheddable_max(max_depth: usize, share: f64) -> usize {
+    (max_depth as f64 * share.clamp(0.0, 1.0)).floor() as usize
+}
+
 /// A place in the queue. Dropping it (client gone) leaves the queue at once.
 pub struct Waiting {
     id: u64,
+    class: Priority,
     rx: oneshot::Receiver<InFlight>,
     queue: Arc<Queue>,
     since: Instant,
@@ -239,10 +315,10 @@ impl Waiting {
     pub(crate) async fn wait(mut self, timeout: Duration) -> Result<InFlight, QueueError> {
         let result = match tokio::time::timeout(timeout, &mut self.rx).await {
             Ok(Ok(slot)) => Ok(slot),
-            // The sender is only dropped after a successful send or by
-            // `Waiting::drop`, so a closed channel cannot happen here; treat
-            // it as a timeout rather than panic.
-            Ok(Err(_)) => Err(QueueError::Timeout(timeout)),
+            // The sender is dropped unsent only when a critical request
+            // evicted this waiter (a sent slot is received; `Waiting::drop`
+            // runs after this).
+            Ok(Err(_)) => Err(QueueError::Evicted),
             // A slot may have arrived in the instant the timer fired.
             Err(_) => self.rx.try_recv().map_err(|_| QueueError::Timeout(timeout)),
         };
@@ -260,9 +336,10 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         let mut q = self.queue.lock();
-        let before = q.len();
-        q.retain(|w| w.id != self.id);
-        if q.len() != before {
+        let lane = &mut q[self.class.lane()];
+        let before = lane.len();
+        lane.retain(|w| w.id != self.id);
+        if lane.len() != before {
             self.queue.publish_depth(&q);
         }
     }
@@ -287,8 +364,8 @@ mod tests {
         let b = backend(1);
         let (p, q) = pool(10);
         let held = InFlight::claim(&b, &p).unwrap();
-        let first = q.enqueue().unwrap();
-        let second = q.enqueue().unwrap();
+        let first = q.enqueue(Priority::Normal).unwrap();
+        let second = q.enqueue(Priority::Normal).unwrap();
         assert_eq!(q.depth(), 2);
         let (first_id, second_id) = (first.id, second.id);
         let t1 = tokio::spawn(first.wait(Duration::from_secs(5)));
@@ -311,7 +388,7 @@ mod tests {
         let b = backend(1);
         let (p, q) = pool(10);
         let _held = InFlight::claim(&b, &p).unwrap();
-        let w = q.enqueue().unwrap();
+        let w = q.enqueue(Priority::Normal).unwrap();
         let start = Instant::now();
         let r = w.wait(Duration::from_millis(250)).await;
         assert_eq!(r.unwrap_err(), QueueError::Timeout(Duration::from_millis(250)));
@@ -324,8 +401,8 @@ mod tests {
         let b = backend(1);
         let (p, q) = pool(10);
         let held = InFlight::claim(&b, &p).unwrap();
-        let gone = q.enqueue().unwrap();
-        let stays = q.enqueue().unwrap();
+        let gone = q.enqueue(Priority::Normal).unwrap();
+        let stays = q.enqueue(Priority::Normal).unwrap();
         drop(gone);
         assert_eq!(q.depth(), 1);
         let t = tokio::spawn(stays.wait(Duration::from_secs(5)));
@@ -337,8 +414,8 @@ mod tests {
     #[test]
     fn a_full_queue_refuses() {
         let (_p, q) = pool(1);
-        let _w = q.enqueue().unwrap();
-        assert_eq!(q.enqueue().err(), Some(QueueError::Full));
+        let _w = q.enqueue(Priority::Normal).unwrap();
+        assert_eq!(q.enqueue(Priority::Normal).err(), Some(QueueError::Full));
     }
 
     #[test]
@@ -347,9 +424,9 @@ mod tests {
         let (p, q) = pool(10);
         // The race: the receiver is closed but the entry is still listed
         // (its Drop has not run yet).
-        let mut gone = q.enqueue().unwrap();
+        let mut gone = q.enqueue(Priority::Normal).unwrap();
         gone.rx.close();
-        let mut stays = q.enqueue().unwrap();
+        let mut stays = q.enqueue(Priority::Normal).unwrap();
         q.dispatch(|| InFlight::claim(&b, &p));
         assert_eq!(q.depth(), 0);
         let slot = stays.rx.try_recv().expect("the next waiter got the slot");
@@ -357,5 +434,100 @@ mod tests {
         drop(slot);
         drop((gone, stays));
         assert_eq!(b.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_go_by_class_then_arrival() {
+        let b = backend(1);
+        let (p, q) = pool(10);
+        let held = InFlight::claim(&b, &p).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (name, class) in [
+            ("shed-1", Priority::Sheddable),
+            ("normal-1", Priority::Normal),
+            ("crit-1", Priority::Critical),
+            ("shed-2", Priority::Sheddable),
+            ("crit-2", Priority::Critical),
+            ("normal-2", Priority::Normal),
+        ] {
+            let w = q.enqueue(class).unwrap();
+            let order = Arc::clone(&order);
+            tasks.push(tokio::spawn(async move {
+                let slot = w.wait(Duration::from_secs(5)).await.unwrap();
+                order.lock().unwrap().push(name);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                drop(slot);
+            }));
+        }
+        assert_eq!(q.class_depths(), [2, 2, 2]);
+        tokio::task::yield_now().await;
+        drop(held);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["crit-1", "crit-2", "normal-1", "normal-2", "shed-1", "shed-2"]
+        );
+        assert_eq!((q.depth(), q.class_depths()), (0, [0, 0, 0]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_critical_request_evicts_the_newest_sheddable_then_normal_waiter() {
+        let (_p, q) = pool(3);
+        q.set_limits(3, 1.0);
+        let normal = q.enqueue(Priority::Normal).unwrap();
+        let old_shed = q.enqueue(Priority::Sheddable).unwrap();
+        let new_shed = q.enqueue(Priority::Sheddable).unwrap();
+        assert_eq!(
+            q.enqueue(Priority::Normal).err(),
+            Some(QueueError::Full),
+            "normal never evicts"
+        );
+        assert_eq!(q.enqueue(Priority::Sheddable).err(), Some(QueueError::Full));
+        let crit_1 = q.enqueue(Priority::Critical).unwrap();
+        assert_eq!(q.class_depths(), [1, 1, 1]);
+        assert_eq!(
+            new_shed.wait(Duration::from_secs(5)).await.unwrap_err(),
+            QueueError::Evicted
+        );
+        let crit_2 = q.enqueue(Priority::Critical).unwrap();
+        let crit_3 = q.enqueue(Priority::Critical).unwrap();
+        assert_eq!(
+            old_shed.wait(Duration::from_secs(5)).await.unwrap_err(),
+            QueueError::Evicted
+        );
+        assert_eq!(
+            normal.wait(Duration::from_secs(5)).await.unwrap_err(),
+            QueueError::Evicted
+        );
+        assert_eq!(q.class_depths(), [3, 0, 0]);
+        assert_eq!(
+            q.enqueue(Priority::Critical).err(),
+            Some(QueueError::Full),
+            "nothing left to evict"
+        );
+        assert_eq!(q.evicted(), [0, 1, 2]);
+        drop((crit_1, crit_2, crit_3));
+        assert_eq!(q.depth(), 0);
+    }
+
+    #[test]
+    fn sheddable_waiters_hold_at_most_their_share() {
+        let (_p, q) = pool(10);
+        q.set_limits(10, 0.3);
+        let shed: Vec<_> = (0..3).map(|_| q.enqueue(Priority::Sheddable).unwrap()).collect();
+        assert_eq!(q.enqueue(Priority::Sheddable).err(), Some(QueueError::Full));
+        let others: Vec<_> = (0..7).map(|_| q.enqueue(Priority::Normal).unwrap()).collect();
+        assert_eq!(q.depth(), 10);
+        q.set_limits(10, 0.0);
+        drop(shed);
+        assert_eq!(
+            q.enqueue(Priority::Sheddable).err(),
+            Some(QueueError::Full),
+            "share 0: never queues"
+        );
+        drop(others);
     }
 }

@@ -4,9 +4,12 @@
 //! Data path. Every error the proxy can meet is a [`ProxyError`]; the
 //! handler turns it into a short plain-text answer that says which failure
 //! it was, with the status an operator expects from a proxy: 400/413 for
-//! bad input, 404 when no route matches, 502 when a backend could not be
-//! reached or broke the exchange, 503 (+ `Retry-After`) when there is no
-//! capacity, 504 when a backend was too slow to answer.
+//! bad input, 404 when no route matches, 429 (+ `Retry-After`) when a
+//! client is over a rate limit, 502 when a backend could not be reached or
+//! broke the exchange, 503 (+ `Retry-After`) when there is no capacity, 504
+//! when a backend was too slow to answer.
+
+use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
@@ -15,10 +18,10 @@ use super::body::ResponseBody;
 use crate::pool::{AdmitError, QueueError};
 use crate::upstream::ConnectError;
 
-/// Every error label, indexed by [`ProxyError::index`]. The last three are
-/// failures after the response head was sent (nothing can be answered
-/// then): they are counted and logged, never sent.
-pub(crate) const REASONS: [&str; 16] = [
+/// Every error label, indexed by [`ProxyError::index`]. Those whose
+/// [`CODES`] entry is 0 are failures after the response head was sent
+/// (nothing can be answered then): they are counted and logged, never sent.
+pub(crate) const REASONS: [&str; 18] = [
     "bad_request",
     "payload_too_large",
     "no_route",
@@ -35,11 +38,15 @@ pub(crate) const REASONS: [&str; 16] = [
     "client_send_timeout",
     "upstream_read_timeout",
     "tunnel_idle_timeout",
+    "rate_limited",
+    "queue_evicted",
 ];
 
 /// The status tidegate answers for each reason of [`REASONS`] (0: a
 /// failure after the head, which has its own status already).
-pub(crate) const CODES: [u16; 16] = [400, 413, 404, 503, 503, 503, 502, 504, 502, 405, 408, 499, 502, 0, 0, 0];
+pub(crate) const CODES: [u16; 18] = [
+    400, 413, 404, 503, 503, 503, 502, 504, 502, 405, 408, 499, 502, 0, 0, 0, 429, 503,
+];
 
 /// Indices into [`REASONS`] of the failures after the head.
 pub(crate) const CLIENT_SEND_TIMEOUT: usize = 13;
@@ -60,6 +67,9 @@ pub(crate) enum ProxyError {
     QueueFull,
     #[error("timed out waiting in the queue")]
     QueueTimeout,
+    /// A critical request took this request's place in a full queue.
+    #[error("evicted from the queue by a critical request")]
+    QueueEvicted,
     #[error("could not connect to a backend: {0}")]
     Connect(#[from] ConnectError),
     #[error("backend did not send a response head in time")]
@@ -79,6 +89,10 @@ pub(crate) enum ProxyError {
     /// request that did not ask for that protocol).
     #[error("backend sent an invalid response: {0}")]
     UpstreamInvalid(&'static str),
+    /// The client is over the `[[rate_limit]]` named `rule`; a request
+    /// would pass in `retry_after` seconds.
+    #[error("over the rate limit `{rule}`")]
+    RateLimited { rule: Arc<str>, retry_after: u64 },
 }
 
 impl From<AdmitError> for ProxyError {
@@ -87,6 +101,7 @@ impl From<AdmitError> for ProxyError {
             AdmitError::NoBackend => ProxyError::NoBackend,
             AdmitError::Queue(QueueError::Full) => ProxyError::QueueFull,
             AdmitError::Queue(QueueError::Timeout(_)) => ProxyError::QueueTimeout,
+            AdmitError::Queue(QueueError::Evicted) => ProxyError::QueueEvicted,
         }
     }
 }
@@ -122,6 +137,8 @@ impl ProxyError {
             ProxyError::ClientBodyTimeout => 10,
             ProxyError::ClientAborted => 11,
             ProxyError::UpstreamInvalid(_) => 12,
+            ProxyError::RateLimited { .. } => 16,
+            ProxyError::QueueEvicted => 17,
         }
     }
 
@@ -149,9 +166,12 @@ impl ProxyError {
         );
         if matches!(
             self,
-            ProxyError::QueueFull | ProxyError::QueueTimeout | ProxyError::NoBackend
+            ProxyError::QueueFull | ProxyError::QueueTimeout | ProxyError::QueueEvicted | ProxyError::NoBackend
         ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ProxyError::RateLimited { retry_after, .. } = &self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         if matches!(self, ProxyError::MethodNotAllowed) {
             h.insert(

@@ -15,6 +15,7 @@ use super::body::Logged;
 use super::{Place, Who};
 use crate::access_log::{AccessLog, Entry};
 use crate::clock::unix_ms;
+use crate::config::Priority;
 
 /// The entry as far as the request tells it.
 pub(super) fn start(log: &Arc<AccessLog>, req: &Request<Incoming>, who: &Who, request_id: &HeaderValue) -> Box<Logged> {
@@ -46,6 +47,8 @@ pub(super) fn start(log: &Arc<AccessLog>, req: &Request<Incoming>, who: &Who, re
             pool: None,
             backend: None,
             error: None,
+            rate_limit: None,
+            priority: None,
             incomplete: false,
         },
     })
@@ -57,4 +60,5 @@ pub(super) fn respond(l: &mut Logged, at: &Place, status: StatusCode) {
     l.entry.queue = at.queued;
     l.entry.backend = at.backend;
     l.entry.pool = at.pool.map(|i| Arc::clone(&at.snapshot.pools[i].name));
+    l.entry.priority = at.priority.map(Priority::as_str);
 }

@@ -6,8 +6,11 @@
 //! it:
 //! 1. loads the live snapshot once and rejects ambiguous framing (400,
 //!    `request.rs`);
-//! 2. routes host + path to a pool, enforcing the route's body limit (413);
-//! 3. gets an in-flight slot from the pool's admission (pick, or queue);
+//! 2. routes host + path to a pool, enforcing the route's body limit (413)
+//!    and the matching `[[rate_limit]]` rules (429, `request.rs`, before
+//!    the pool counts an arrival: a refused flood buys no capacity);
+//! 3. gets an in-flight slot from the pool's admission (pick, or queue in
+//!    the route's priority lane);
 //! 4. rewrites headers and sends the request over a pooled keep-alive
 //!    connection (`send.rs`); a connect failure (nothing sent) tries another
 //!    backend;
@@ -49,6 +52,7 @@ pub(crate) use error::{ProxyError, CLIENT_SEND_TIMEOUT, CODES, REASONS};
 use crate::balance::{Balancer, PickContext};
 use crate::clock::clock_ns;
 use crate::config::defaults::EWMA_DECAY;
+use crate::config::Priority;
 use crate::pool::backend::status_class;
 use crate::pool::health::passive_outcome;
 use crate::pool::{AdmitError, InFlight};
@@ -56,8 +60,8 @@ use crate::state::{Snapshot, State};
 use crate::upstream::body::{RequestBody, Tallies};
 use crate::upstream::HeadLimits;
 use request::{
-    affinity_key, check_framing, content_length, has_no_body, head_of, is_idempotent, rebuild, request_host,
-    upstream_request,
+    affinity_key, check_framing, content_length, has_no_body, head_of, is_idempotent, rate_limit, rebuild,
+    request_host, upstream_request,
 };
 use send::{body_error, client_fault, send, SendError};
 use upgrade::{allowed_upgrade, switches_to, tunnel};
@@ -118,6 +122,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
             let mut at = Place {
                 snapshot,
                 pool: None,
+                priority: None,
                 backend: None,
                 queued: Duration::ZERO,
                 bytes_in: logged.as_ref().and_then(|l| l.bytes_in.clone()),
@@ -131,6 +136,9 @@ impl tower::Service<Request<Incoming>> for Proxy {
                     }
                     if let Some(l) = &mut logged {
                         l.entry.error = Some(e.label());
+                        if let ProxyError::RateLimited { rule, .. } = &e {
+                            l.entry.rate_limit = Some(Arc::clone(rule));
+                        }
                     }
                     let mut resp = e.into_response();
                     resp.headers_mut().insert(client::X_REQUEST_ID, request_id);
@@ -163,6 +171,8 @@ pub(crate) struct Who {
 pub(crate) struct Place {
     snapshot: Arc<Snapshot>,
     pool: Option<usize>,
+    /// The route's class in the pool's queue, once routed.
+    priority: Option<Priority>,
     backend: Option<SocketAddr>,
     queued: Duration,
     /// The access log's count of request body bytes, when logging.
@@ -176,13 +186,25 @@ async fn forward(
     at: &mut Place,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_framing(&req)?;
+    let host = request_host(&req);
     let target = at
         .snapshot
         .router
-        .route(request_host(&req), req.uri().path())
+        .route(host, req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     at.pool = Some(target.pool);
     let snapshot = Arc::clone(&at.snapshot);
+    at.priority = Some(snapshot.config.routes[target.route].priority);
+    if !snapshot.rate_limits.is_empty() {
+        rate_limit(
+            &snapshot.rate_limits,
+            host,
+            req.uri().path(),
+            req.headers(),
+            who.ip,
+            clock_ns(),
+        )?;
+    }
     let route = &snapshot.config.routes[target.route];
     let pool = &snapshot.pools[target.pool];
     pool.shared.count_arrival();
@@ -196,6 +218,7 @@ async fn forward(
         Balancer::Hash(_) => affinity_key(&cfg.hash_key, req.headers(), who.ip),
         _ => None,
     };
+    let priority = route.priority;
     let replayable = cfg.retry_idempotent && is_idempotent(req.method()) && has_no_body(&req);
     let idle = snapshot.config.limits.client_body_timeout;
     let tallies = Tallies {
@@ -223,7 +246,7 @@ async fn forward(
             exclude: &tried,
         };
         let asked = tokio::time::Instant::now();
-        let admitted = pool.admit(&mut cx).await;
+        let admitted = pool.admit(&mut cx, priority).await;
         at.queued += asked.elapsed();
         let slot = match admitted {
             Ok(slot) => slot,

@@ -1,11 +1,15 @@
 //! Preparing a client's request for a backend: framing checks, the host it
-//! is for, the affinity key, and the rewritten request itself.
+//! is for, the rate limits it must pass, the affinity key, and the
+//! rewritten request itself.
 //!
-//! Data path, pure functions over the request (no I/O): the handler in
-//! `mod.rs` calls them in order before any backend is involved, so a
-//! malformed request is refused (400) before a backend sees a byte.
+//! Data path, functions over the request (no I/O, no await; only
+//! [`rate_limit`] writes anything: the matching rules' client budgets): the
+//! handler in `mod.rs` calls them in order before any backend is involved,
+//! so a malformed or over-the-limit request is refused (400, 429) before a
+//! backend sees a byte.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Uri, Version};
@@ -16,6 +20,7 @@ use super::headers;
 use super::{ConnContext, Who};
 use crate::balance::hash_bytes;
 use crate::config::{HashKey, PoolConfig, UpstreamProtocol};
+use crate::traffic::ratelimit::{retry_after_secs, Key, RateLimit};
 use crate::upstream::body::RequestBody;
 
 /// Ambiguous or malformed framing, and an authority that is not exactly one
@@ -156,15 +161,54 @@ pub(super) fn affinity_key(key: &HashKey, headers: &HeaderMap, client: IpAddr) -
             IpAddr::V6(v6) => hash_bytes(&v6.octets()),
         }),
         HashKey::Header(name) => headers.get(name).map(|v| hash_bytes(v.as_bytes())),
-        HashKey::Cookie(name) => headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| hash_bytes(v.as_bytes())),
+        HashKey::Cookie(name) => cookie(headers, name).map(|v| hash_bytes(v.as_bytes())),
     }
+}
+
+/// The value of the cookie `name` (the first one, across every `Cookie`
+/// field).
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Every rule matching `host` and `path` takes one request of the client's
+/// budget, in file order; the first that refuses answers 429 (budgets
+/// already taken by earlier rules stay taken, as nginx's `limit_req`
+/// does). The client is `client`, the address `client.rs` established
+/// (socket, PROXY header, or trusted `X-Forwarded-For`), never a header an
+/// untrusted peer could forge. A rule keyed on a header or cookie the
+/// request lacks keys it by that address instead, so leaving the header
+/// out is no way around the limit.
+pub(super) fn rate_limit(
+    rules: &[Arc<RateLimit>],
+    host: Option<&str>,
+    path: &str,
+    headers: &HeaderMap,
+    client: IpAddr,
+    now_ns: u64,
+) -> Result<(), ProxyError> {
+    for rule in rules.iter().filter(|r| r.matches(host, path)) {
+        let key = match rule.key_kind() {
+            HashKey::ClientIp => None,
+            HashKey::Header(name) => headers.get(name).map(|v| Key::value(v.as_bytes())),
+            HashKey::Cookie(name) => cookie(headers, name).map(|v| Key::value(v.as_bytes())),
+        }
+        .unwrap_or_else(|| rule.client_key(client));
+        if let Err(wait_ns) = rule.check(key, now_ns) {
+            return Err(ProxyError::RateLimited {
+                rule: Arc::clone(&rule.name),
+                retry_after: retry_after_secs(wait_ns),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The request as the backend will see it: origin-form target, HTTP/1.1

@@ -2,8 +2,9 @@
 //! control path, off the hot path, run only by [`super::State`]'s writer.
 //!
 //! Per-pool state ([`PoolShared`]: queue, round-robin cursor, totals) is
-//! carried by pool name and each [`Backend`] by (pool, address), so
-//! counters, in-flight counts and queued requests survive. A backend that
+//! carried by pool name, each [`Backend`] by (pool, address), and each rate
+//! limit's client table and counts by rule name, so counters, in-flight
+//! counts, queued requests and clients' budgets survive. A backend that
 //! disappears is returned to the caller, which marks it draining once the
 //! new snapshot is published; it stays in its pool's `draining` list until
 //! its last request finishes.
@@ -18,6 +19,7 @@ use crate::access_log::AccessLog;
 use crate::balance::Balancer;
 use crate::config::{AccessLogConfig, Config, PoolConfig};
 use crate::pool::{Backend, BackendState, Pool, PoolShared};
+use crate::traffic::ratelimit::RateLimit;
 use crate::upstream::tls::{Connector, Target};
 
 /// Builds a whole snapshot. Autoscaled pools keep the members their
@@ -42,12 +44,21 @@ pub(super) fn snapshot(config: Config, previous: Option<&Snapshot>, generation: 
     let index: HashMap<&str, usize> = pools.iter().enumerate().map(|(i, p)| (&*p.name, i)).collect();
     let router = Router::new(&config.routes, &index);
     let access_log = access_log(config.access_log.as_ref(), previous.and_then(|s| s.access_log.as_ref()));
+    let rate_limits = config
+        .rate_limits
+        .iter()
+        .map(|rule| {
+            let kept = previous.and_then(|s| s.rate_limits.iter().find(|r| *r.name == *rule.name));
+            Arc::new(RateLimit::new(rule, kept.map(|r| &**r)))
+        })
+        .collect();
     let snapshot = Snapshot {
         generation,
         config: Arc::new(config),
         router,
         pools,
         access_log,
+        rate_limits,
     };
     (snapshot, removed)
 }
@@ -92,6 +103,7 @@ pub(super) fn with_members(
             router,
             pools,
             access_log: previous.access_log.clone(),
+            rate_limits: previous.rate_limits.clone(),
         },
         removed,
     ))
@@ -106,12 +118,10 @@ fn pool(
     provisioned: Vec<SocketAddr>,
 ) -> (Pool, Vec<Arc<Backend>>) {
     let shared = match old {
-        Some(p) => {
-            p.shared.queue.set_max_depth(pc.queue_max_depth);
-            Arc::clone(&p.shared)
-        }
+        Some(p) => Arc::clone(&p.shared),
         None => Arc::new(PoolShared::new(pc.queue_max_depth)),
     };
+    shared.queue.set_limits(pc.queue_max_depth, pc.queue_sheddable_share);
     if let Some(a) = &pc.autoscale {
         shared.queue.set_slo(a.slo);
     }

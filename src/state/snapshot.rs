@@ -11,6 +11,7 @@ use super::router::Router;
 use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::pool::Pool;
+use crate::traffic::ratelimit::RateLimit;
 
 /// Everything a request needs, for one generation.
 pub(crate) struct Snapshot {
@@ -22,6 +23,9 @@ pub(crate) struct Snapshot {
     pub(crate) pools: Vec<Arc<Pool>>,
     /// The `[access_log]` writer, kept across reloads that keep its table.
     pub(crate) access_log: Option<Arc<AccessLog>>,
+    /// `[[rate_limit]]` rules in file order; each one's client table is
+    /// carried by name from the previous snapshot.
+    pub(crate) rate_limits: Vec<Arc<RateLimit>>,
 }
 
 impl Snapshot {
