@@ -308,3 +308,85 @@ async fn the_open_file_limit_is_raised_and_a_config_that_cannot_fit_is_warned_ab
     );
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn running_out_of_descriptors_does_not_eject_a_healthy_backend() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = backend("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidegate.toml");
+    std::fs::write(
+        &path,
+        config_text(
+            &[b.addr],
+            "[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "passive = { consecutive_failures = 1, ejection = \"60s\", max_ejected_percent = 100 }",
+        ),
+    )
+    .unwrap();
+    // 64 descriptors in all: idle clients can take every one left, and the
+    // connects to the backend then fail with EMFILE.
+    let mut child = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -S -n 64 && ulimit -H -n 64 && exec \"$0\" run --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_tidegate"))
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (mut web, mut admin) = (None, None);
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        while web.is_none() || admin.is_none() {
+            let line = tokio::time::timeout(BOUND, lines.next_line())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let Some(rest) = line.split("serving on http://").nth(1) {
+                web = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+            }
+            if let Some(rest) = line.split("/metrics) on http://").nth(1) {
+                admin = rest.trim().trim_end_matches('/').parse::<std::net::SocketAddr>().ok();
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    }
+    let (web, admin) = (web.unwrap(), admin.unwrap());
+    // Fill the table with idle client connections (accepts past the limit
+    // wait in the kernel's backlog), keeping one that already sent nothing.
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(tokio::net::TcpStream::connect(web).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // A request on an accepted connection now finds no descriptor for the
+    // backend (one failure would eject it, were it blamed). Once that
+    // client is answered, its descriptor serves the next connect.
+    let mut failed = 0;
+    for s in idle.iter_mut().take(6) {
+        let _ = s
+            .write_all(b"GET /products/1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_end(&mut answer)).await;
+        if answer.starts_with(b"HTTP/1.1 502") {
+            failed += 1;
+        }
+    }
+    assert!(failed >= 1, "a connect failed for want of descriptors");
+    drop(idle);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Descriptors are back: the backend was never ejected and serves.
+    let stats = get(admin, "/stats").await;
+    let v: serde_json::Value = serde_json::from_str(&stats.text()).unwrap();
+    let backend = &v["pools"][0]["backends"][0];
+    assert_eq!(backend["state"], "active", "{backend}");
+    assert_eq!(get(web, "/products/1").await.status, 200);
+    child.kill().await.unwrap();
+}

@@ -295,7 +295,9 @@ async fn forward(
             Err(SendError::Failed(e)) => client_fault(e),
             _ => None,
         };
-        if client.is_none() {
+        // Nor does tidegate running out of descriptors or ports.
+        let local = matches!(&outcome, Err(SendError::Connect(e, _)) if e.is_local());
+        if client.is_none() && !local {
             let failed = match &outcome {
                 Ok((r, _)) => r.status().is_server_error(),
                 Err(_) => true,

@@ -55,6 +55,17 @@ pub(crate) enum ConnectError {
     Tls(std::io::Error),
 }
 
+impl ConnectError {
+    /// Whether the connect failed for want of something of tidegate's own
+    /// (file descriptors, buffers, local ports), not because of the
+    /// backend: such a failure must never count toward its ejection.
+    pub(crate) fn is_local(&self) -> bool {
+        // ENOMEM, ENFILE, EMFILE, EADDRNOTAVAIL, ENOBUFS (Linux numbers).
+        const LOCAL: [i32; 5] = [12, 23, 24, 99, 105];
+        matches!(self, ConnectError::Io(e) if e.raw_os_error().is_some_and(|n| LOCAL.contains(&n)))
+    }
+}
+
 struct Idle {
     sender: http1::SendRequest<RequestBody>,
     since: Instant,

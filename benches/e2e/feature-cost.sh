@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# What does one feature cost per request? tidegate alone (one worker pinned
+# to core 0), rounds alternating between the benchmark config without the
+# feature and the same config with it. Backends and h2load share core 1.
+#
+# Features (first argument):
+#   ratelimit   one [[rate_limit]] rule matching every request (keyed by
+#               client address, a rate no request reaches, so every request
+#               pays the full check: one shard read lock and one CAS, and
+#               none is refused);
+#   access_log  the JSON access log written to a file (one line per request,
+#               through the bounded channel to the writer thread).
+#
+# Reports, per mode, the median proxy CPU per request (utime+stime over the
+# run divided by the requests served) at a fixed HTTP/1.1 rate, and the
+# added cost in per cent. The default run takes about 30 s; CPU ticks are
+# 10 ms, so use more rounds or a longer DURATION for a tighter figure.
+#
+# Usage: benches/e2e/feature-cost.sh ratelimit|access_log   (ROUNDS=2 DURATION=6 RATE=8000)
+source "$(dirname "$0")/lib.sh"
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-6}
+RATE=${RATE:-8000}
+need h2load taskset curl python3
+build
+start_backends
+FEATURE=${1:-ratelimit}
+case "$FEATURE" in
+  ratelimit) snippet='[[rate_limit]]
+name = "bench"
+rate = "1000000/s"
+burst = 1000000' ;;
+  access_log) snippet="[access_log]
+format = \"json\"
+path = \"$WORK/access.log\"" ;;
+  *) echo "unknown feature $FEATURE (ratelimit, access_log)"; exit 2 ;;
+esac
+write_tidegate_config "$WORK/none.toml"
+write_tidegate_config "$WORK/with.toml" "$snippet"
+url="http://127.0.0.1:18080/products/1"
+
+echo -e "round\tmode\tcpu_us_per_req\trequests\tstatus" > "$WORK/feature.tsv"
+for round in $(seq "$ROUNDS"); do
+  modes="none with"; (( round % 2 == 0 )) && modes="with none"
+  for mode in $modes; do
+    TIDEGATE_LOG=warn taskset -c 0 "$BIN" run --no-watch --config "$WORK/$mode.toml" >/dev/null 2>&1 &
+    TG=$!; PIDS+=($TG)
+    wait_http "http://127.0.0.1:18080/healthz"
+    taskset -c 1 h2load --h1 -c 64 -D 1 "$url" >/dev/null 2>&1   # warm-up
+    read -r pt _ n _ < <(measure "$TG" --h1 -c 64 --rps $((RATE / 64)) -D "$DURATION" "$url")
+    # A request refused would not be a fair comparison: check one.
+    limited=$(curl -s -o /dev/null -w '%{http_code}' "$url")
+    kill "$TG"; wait "$TG" 2>/dev/null || true
+    echo -e "$round\t$mode\t$(python3 -c "print(round($pt * 10000 / max(1, $n), 2))")\t$n\t$limited" >> "$WORK/feature.tsv"
+    echo "round $round $mode done" >&2
+  done
+done
+python3 - "$WORK/feature.tsv" "$FEATURE" <<'PY'
+import sys, statistics as st
+rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1])][1:]
+med = {}
+print(f"| {sys.argv[2]} | proxy CPU per request (µs, median) | rounds (µs) | requests per round |")
+print("| --- | --- | --- | --- |")
+for mode in ("none", "with"):
+    rs = [r for r in rows if r[1] == mode]
+    med[mode] = st.median(float(r[2]) for r in rs)
+    print(f"| {mode} | {med[mode]:.2f} | {', '.join(r[2] for r in rs)} | {', '.join(r[3] for r in rs)} |")
+bad = [r for r in rows if r[4] != "200"]
+print(f"\nadded by {sys.argv[2]}: {(med['with'] / med['none'] - 1) * 100:+.1f} %"
+      + (" (a request was refused: not comparable)" if bad else ""))
+PY
+echo "raw rows: $WORK/feature.tsv" >&2
