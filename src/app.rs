@@ -112,6 +112,10 @@ pub async fn run(
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+    // The last lines of the access log are written before the process ends.
+    if let Some(log) = view.state.load().access_log.clone() {
+        let _ = tokio::task::spawn_blocking(move || log.flush(std::time::Duration::from_secs(1))).await;
+    }
 }
 
 /// The simple form: `bound` listeners and the live `state` until
