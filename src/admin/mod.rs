@@ -7,7 +7,10 @@
 //! never writes them; a reload is a request to the owner task in
 //! `control/`. With
 //! `admin.token` set, every route needs `Authorization: Bearer <token>`
-//! (or `?token=` in the URL, for opening the dashboard in a browser).
+//! (or `?token=` in the URL, for opening the dashboard in a browser),
+//! except `GET /healthz` and `GET /readyz`: probes (Kubernetes, Docker's
+//! `HEALTHCHECK`, a cloud load balancer) rarely carry a secret, and the two
+//! answers reveal nothing but "alive" and "ready".
 
 mod metrics;
 mod process;
@@ -122,8 +125,14 @@ fn history(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
     respond(StatusCode::OK, "application/json", body)
 }
 
+/// The routes anyone may ask: liveness and readiness, read-only and
+/// revealing nothing.
+fn open_route(req: &Request<Incoming>) -> bool {
+    req.method() == Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz")
+}
+
 async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if !authorized(shared, &req) {
+    if !open_route(&req) && !authorized(shared, &req) {
         let mut r = respond(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized\n");
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
