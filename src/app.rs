@@ -16,9 +16,12 @@
 //!
 //! Each service owns its child tasks (connections, probes, per-pool
 //! loops) and ends them when it ends. Shutdown is a designed path: stop
-//! being ready, stop accepting and let connections finish within
-//! `runtime.shutdown_timeout` (the control task waits for the listeners),
-//! then stop the background services and the admin listener.
+//! being ready (`/readyz` answers 503) and keep serving for
+//! `runtime.shutdown_delay`, so load balancers and Kubernetes endpoints
+//! stop sending before anything is refused; then stop accepting and let
+//! connections finish within `runtime.shutdown_timeout` (the control task
+//! waits for the listeners), then stop the background services and the
+//! admin listener.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -98,6 +101,15 @@ pub async fn run(
     let shutdown = async move {
         shutdown.await;
         stopped_view.ready.store(false, Ordering::SeqCst);
+        // Read now, not at start: a reload may have changed it.
+        let delay = stopped_view.state.load().config.runtime.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "stopping: /readyz answers 503; still serving until the delay has passed"
+            );
+            tokio::time::sleep(delay).await;
+        }
     };
     control::run(Arc::clone(&view), listeners, commands, shutdown).await;
 

@@ -63,6 +63,46 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert!(status.success(), "{status:?}");
 }
 
+#[tokio::test]
+async fn sigterm_with_a_shutdown_delay_fails_readiness_first_and_keeps_serving() {
+    let b = backend("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    let delay = std::time::Duration::from_secs(2);
+    let top = "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_delay = \"2s\"\n";
+    std::fs::write(&path, config_text(&[b.addr], top, "")).unwrap();
+    let (mut child, addr, admin) =
+        spawn_tidegate(&[std::ffi::OsStr::new("run"), "--config".as_ref(), path.as_os_str()]).await;
+    let admin = admin.expect("the admin address is logged");
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+    let pid = child.id().unwrap().to_string();
+    let sent = tokio::time::Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap()
+        .success());
+    eventually("/readyz fails", || async { get(admin, "/readyz").await.status == 503 }).await;
+    // Not ready, yet still accepting and serving new connections.
+    for i in 0..5 {
+        let a = get(addr, format!("/products/{i}")).await;
+        assert_eq!((a.status.as_u16(), a.backend().as_str()), (200, "b1"));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "still running during the delay");
+    let status = tokio::time::timeout(BOUND, child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        sent.elapsed() >= delay,
+        "exited only after the delay ({:?})",
+        sent.elapsed()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
 async fn until_refused(addr: std::net::SocketAddr) {
     let deadline = tokio::time::Instant::now() + BOUND;
     while tokio::net::TcpStream::connect(addr).await.is_ok() {

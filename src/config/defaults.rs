@@ -108,5 +108,8 @@ pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// On SIGTERM/SIGINT, `/readyz` fails and the listeners keep serving this
+/// long before the drain starts (0 = drain at once).
+pub const SHUTDOWN_DELAY: Duration = Duration::ZERO;
 /// The admin listener when `[admin]` is present without `listen`.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";

@@ -51,6 +51,8 @@ pub(crate) struct RawAccessLog {
 pub(crate) struct RawRuntime {
     pub(crate) worker_threads: Option<Spanned<u64>>,
     pub(crate) shutdown_timeout: Option<Dur>,
+    /// Not ready, still serving, for this long before the drain.
+    pub(crate) shutdown_delay: Option<Dur>,
     /// Where the autoscaler keeps its per-minute history.
     pub(crate) state_dir: Option<String>,
 }

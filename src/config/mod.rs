@@ -78,6 +78,10 @@ pub struct Runtime {
     pub worker_threads: Option<usize>,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     pub shutdown_timeout: Duration,
+    /// On SIGTERM/SIGINT, `/readyz` fails first while the listeners keep
+    /// accepting and serving this long (so load balancers and Kubernetes
+    /// endpoints stop sending), then the drain starts.
+    pub shutdown_delay: Duration,
     /// Autoscaler history (per pool, per minute); `None` = kept in memory
     /// only, so the forecast starts empty after a restart.
     pub state_dir: Option<PathBuf>,

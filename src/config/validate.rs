@@ -274,6 +274,13 @@ fn validate(cx: &Ctx<'_>, raw: RawConfig, base_dir: &Path) -> Option<Config> {
             Duration::ZERO,
             HOUR,
         ),
+        shutdown_delay: cx.duration(
+            raw.runtime.shutdown_delay,
+            "runtime.shutdown_delay",
+            d::SHUTDOWN_DELAY,
+            Duration::ZERO,
+            HOUR,
+        ),
         state_dir: raw.runtime.state_dir.map(|dir| base_dir.join(dir)),
     };
     let admin = raw.admin.and_then(|a| validate_admin(cx, a));
