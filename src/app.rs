@@ -14,6 +14,10 @@
 //! - the admin listener (`admin::serve`), which reads the control path's
 //!   published [`View`] and the autoscalers' statuses.
 //!
+//! Under systemd (`Type=notify`) it tells the service manager `READY=1`
+//! once everything above runs and `STOPPING=1` when the stop signal
+//! arrives (`sd_notify.rs`); the reload owner reports reloads.
+//!
 //! Each service owns its child tasks (connections, probes, per-pool
 //! loops) and ends them when it ends. Shutdown is a designed path: stop
 //! being ready (`/readyz` answers 503) and keep serving for
@@ -36,7 +40,7 @@ use crate::autoscale::live::Statuses;
 use crate::control::{Control, Listeners, Trigger, View};
 use crate::server::Bound;
 use crate::state::State;
-use crate::{access_log, admin, autoscale, config, control, health, telemetry};
+use crate::{access_log, admin, autoscale, config, control, health, sd_notify, telemetry};
 
 /// How `run` finds and watches its config.
 #[derive(Debug, Clone, Default)]
@@ -96,11 +100,17 @@ pub async fn run(
     });
     drop(control);
     view.ready.store(true, Ordering::SeqCst);
+    // The listeners were bound before `run` and are accepting now.
+    sd_notify::send(sd_notify::Event::Ready(format!(
+        "serving, config generation {}",
+        state.load().generation
+    )));
 
     let stopped_view = Arc::clone(&view);
     let shutdown = async move {
         shutdown.await;
         stopped_view.ready.store(false, Ordering::SeqCst);
+        sd_notify::send(sd_notify::Event::Stopping);
         // Read now, not at start: a reload may have changed it.
         let delay = stopped_view.state.load().config.runtime.shutdown_delay;
         if !delay.is_zero() {

@@ -18,6 +18,7 @@
 //!              balance/  pick (pure)      upstream/  keep-alive connections, request body
 //!              histogram.rs   access_log.rs (the writer thread; requests only try_send)
 //! leaves       config/  clock.rs  shutdown.rs  telemetry.rs (every metric name + HELP)
+//!              sd_notify.rs (systemd's readiness protocol)
 //! ```
 //!
 //! **Data path** (per request; no lock on the uncontended path, no await
@@ -46,6 +47,7 @@ pub(crate) mod health;
 pub(crate) mod histogram;
 pub mod pool;
 pub mod proxy;
+pub(crate) mod sd_notify;
 pub mod server;
 pub(crate) mod shutdown;
 pub mod sim;
