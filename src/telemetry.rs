@@ -81,6 +81,8 @@ families! {
         "Backends of a pool by state (active, warming, draining, down)";
     POOL_QUEUE_DEPTH = "tidegate_pool_queue_depth", Gauge, Live,
         "Requests waiting in a pool's queue";
+    POOL_DEMAND = "tidegate_pool_demand", Gauge, Live,
+        "A pool's demand: requests in flight plus queued (what the autoscaler sizes for; sum it over tidegate instances)";
     QUEUE_WAIT_SECONDS = "tidegate_queue_wait_seconds", Histogram, Live,
         "Time requests that queued spent in a pool's queue";
     PROXY_ERRORS_TOTAL = "tidegate_proxy_errors_total", Counter, Live,

@@ -1,5 +1,6 @@
 //! The admin listener: `/stats`, `/metrics`, the live dashboard, health and
-//! readiness, and `POST /reload`.
+//! readiness, `/demand` (for scaling from outside: KEDA), and
+//! `POST /reload`.
 //!
 //! Control path, on its own listener (loopback unless configured, and then
 //! only with a token). It reads the snapshot, atomics, the control path's
@@ -12,6 +13,7 @@
 //! `HEALTHCHECK`, a cloud load balancer) rarely carry a secret, and the two
 //! answers reveal nothing but "alive" and "ready".
 
+mod demand;
 mod metrics;
 mod process;
 mod stats;
@@ -142,6 +144,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
         (&Method::GET, "/stats") => json(StatusCode::OK, &stats::collect(shared)),
         (&Method::GET, "/history") => history(shared, req.uri().query()),
+        (&Method::GET, "/demand") => json(StatusCode::OK, &demand::collect(shared)),
         (&Method::GET, "/metrics") => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -165,7 +168,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
                 &serde_json::json!({ "ok": false, "error": error }),
             ),
         },
-        (_, "/" | "/stats" | "/history" | "/metrics" | "/healthz" | "/readyz" | "/reload") => {
+        (_, "/" | "/stats" | "/history" | "/demand" | "/metrics" | "/healthz" | "/readyz" | "/reload") => {
             respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),

@@ -113,7 +113,7 @@ pub(crate) fn collect(shared: &Shared) -> Stats {
                 balance: p.config.balance.as_str(),
                 queue_depth: p.shared.queue.depth(),
                 queue_max_depth: p.config.queue_max_depth,
-                in_flight: all.iter().map(|b| b.in_flight()).sum(),
+                in_flight: p.in_flight(),
                 requests_total: totals.iter().sum(),
                 errors_total: totals[4] + totals[5],
                 responses: by_class(&totals),

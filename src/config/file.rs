@@ -130,7 +130,7 @@ pub(crate) struct RawPool {
     pub(crate) passive: Option<RawPassive>,
     pub(crate) slow_start: Option<Dur>,
     pub(crate) fail_open: Option<bool>,
-    pub(crate) autoscale: Option<RawAutoscale>,
+    pub(crate) autoscale: Option<Spanned<RawAutoscale>>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
 }
@@ -148,7 +148,11 @@ pub(crate) struct RawAutoscale {
     pub(crate) min: Option<Spanned<u64>>,
     pub(crate) max: Option<Spanned<u64>>,
     pub(crate) dry_run: Option<bool>,
-    pub(crate) hook: Spanned<RawHook>,
+    /// `hook` (default: call the provisioner) or `export` (decide and
+    /// export only).
+    pub(crate) mode: Option<Spanned<RawAutoscaleMode>>,
+    /// Required unless `mode = "export"`.
+    pub(crate) hook: Option<Spanned<RawHook>>,
     /// Initial estimate of the time a new backend takes to become ready.
     pub(crate) provisioning_delay: Option<Dur>,
     /// Scale down only below the highest need of this window.
@@ -177,6 +181,13 @@ pub(crate) struct RawScheduleEntry {
     pub(crate) start: Spanned<String>,
     pub(crate) end: Spanned<String>,
     pub(crate) min: Spanned<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawAutoscaleMode {
+    Hook,
+    Export,
 }
 
 #[derive(Debug, Deserialize)]

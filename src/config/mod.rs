@@ -303,8 +303,9 @@ pub struct AutoscaleConfig {
     pub max: u32,
     /// Decide and show, never call the hook.
     pub dry_run: bool,
-    /// The provisioner.
-    pub hook: HookConfig,
+    /// Who acts on the decisions: the provisioning hook, or something
+    /// outside that reads the exported demand.
+    pub mode: AutoscaleMode,
     /// The provisioning delay assumed until one is observed.
     pub provisioning_delay: Duration,
     /// Scale down only below the highest need of this window.
@@ -321,6 +322,40 @@ pub struct AutoscaleConfig {
     pub guards: Guards,
     /// Scheduled capacity (a floor while an entry is in force).
     pub schedule: Vec<schedule::Entry>,
+}
+
+/// `autoscale.mode`: who acts on the pool's decisions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AutoscaleMode {
+    /// tidegate calls the provisioner and applies the members it answers.
+    Hook(HookConfig),
+    /// tidegate decides and exports (`GET /demand`, `tidegate_pool_demand`,
+    /// `tidegate_pool_desired_backends`) but never calls a hook: KEDA or an
+    /// HPA scales the backends, and membership comes from the config.
+    Export,
+}
+
+impl AutoscaleConfig {
+    /// The provisioner, in `hook` mode.
+    pub fn hook(&self) -> Option<&HookConfig> {
+        match &self.mode {
+            AutoscaleMode::Hook(h) => Some(h),
+            AutoscaleMode::Export => None,
+        }
+    }
+
+    /// Whether decisions are carried out (a hook, and not a dry run).
+    pub fn acts(&self) -> bool {
+        !self.dry_run && self.hook().is_some()
+    }
+
+    /// The mode as the config file and `/stats` spell it.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            AutoscaleMode::Hook(_) => "hook",
+            AutoscaleMode::Export => "export",
+        }
+    }
 }
 
 /// The operator's limits on how the wanted size may move; `None` = unlimited.
