@@ -43,7 +43,7 @@ pub(crate) mod clock;
 pub mod config;
 pub(crate) mod control;
 pub mod demo;
-pub(crate) mod health;
+pub mod health;
 pub(crate) mod histogram;
 pub mod pool;
 pub mod proxy;

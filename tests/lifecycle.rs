@@ -138,6 +138,54 @@ async fn check_accepts_the_shipped_configs_and_names_file_line_col_key_for_a_bad
 }
 
 #[tokio::test]
+async fn probe_passes_on_2xx_and_fails_otherwise() {
+    let b = backend("b1").await;
+    let dead = dead_addr().await;
+    for (url, ok) in [
+        (format!("http://{}/healthz", b.addr), true),
+        (format!("http://{}/status/503", b.addr), false),
+        (format!("http://{dead}/healthz"), false),
+        ("ftp://example/".to_string(), false),
+    ] {
+        let (passed, _, err) = tidegate_cli(&["probe".as_ref(), url.as_ref()], &[]).await;
+        assert_eq!(passed, ok, "{url}: {err}");
+        if !ok {
+            assert!(err.starts_with("tidegate: "), "one clear line: {err}");
+        }
+    }
+}
+
+/// The configs shipped under `docker/` are valid (`check` resolves names, so
+/// the compose and Kubernetes backends are replaced by a loopback address).
+#[tokio::test]
+async fn the_container_configs_pass_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let compose = std::fs::read_to_string("docker/compose/tidegate.toml")
+        .unwrap()
+        .replace("backend-1:8080", "127.0.0.1:8081")
+        .replace("backend-2:8080", "127.0.0.1:8082")
+        .replace("backend-3:8080", "127.0.0.1:8083");
+    let manifest = std::fs::read_to_string("docker/kubernetes/configmap.yaml").unwrap();
+    let embedded: String = manifest
+        .split_once("tidegate.toml: |\n")
+        .unwrap()
+        .1
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace("shop.default.svc.cluster.local:8080", "127.0.0.1:8080");
+    let image = std::fs::read_to_string("docker/tidegate.toml").unwrap();
+    for (name, text) in [("image", image), ("compose", compose), ("kubernetes", embedded)] {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let args = ["check".as_ref(), "--config".as_ref(), path.as_os_str()];
+        let (ok, out, err) = tidegate_cli(&args, &[("TIDEGATE_ADMIN_TOKEN", "t")]).await;
+        assert!(ok && out.contains(": ok: "), "{name}: {err}");
+    }
+}
+
+#[tokio::test]
 async fn demo_backends_run_as_child_processes_and_are_gone_after_stop() {
     let (a1, a2) = (dead_addr().await, dead_addr().await);
     let config = Config::parse(&config_text(&[a1, a2], "", ""), "t.toml", std::path::Path::new(".")).unwrap();
