@@ -74,7 +74,8 @@ async fn sigterm_with_a_shutdown_delay_fails_readiness_first_and_keeps_serving()
     let (mut child, addr, admin) =
         spawn_tidegate(&[std::ffi::OsStr::new("run"), "--config".as_ref(), path.as_os_str()]).await;
     let admin = admin.expect("the admin address is logged");
-    assert_eq!(get(admin, "/readyz").await.status, 200);
+    // The address is logged before serving starts: wait for readiness.
+    eventually("/readyz passes", || async { get(admin, "/readyz").await.status == 200 }).await;
     let pid = child.id().unwrap().to_string();
     let sent = tokio::time::Instant::now();
     assert!(Command::new("kill")
