@@ -211,6 +211,17 @@ pub(crate) enum RawHook {
         concurrency: Option<u64>,
         timeout: Option<HumanDuration>,
     },
+    /// Containers through the Docker Engine API.
+    Docker {
+        image: String,
+        network: String,
+        port: Option<u64>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        socket: Option<String>,
+        command: Option<Vec<String>>,
+        timeout: Option<HumanDuration>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

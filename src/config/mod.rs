@@ -402,6 +402,25 @@ pub enum HookConfig {
         /// A call that takes longer failed.
         timeout: Duration,
     },
+    /// Built in: containers started and removed through the Docker Engine
+    /// API on its Unix socket.
+    Docker {
+        /// The image each backend container runs.
+        image: String,
+        /// The network the containers join; members are their addresses on it.
+        network: String,
+        /// The port the backends listen on inside their containers.
+        port: u16,
+        /// Labels put on every container (and used, with the pool's, to
+        /// find them again after a restart).
+        labels: BTreeMap<String, String>,
+        /// The Docker Engine's Unix socket.
+        socket: PathBuf,
+        /// The container's command; empty = the image's.
+        command: Vec<String>,
+        /// A call that takes longer failed.
+        timeout: Duration,
+    },
 }
 
 /// What an active check does.

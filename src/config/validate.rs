@@ -1002,6 +1002,48 @@ fn validate_hook(cx: &Ctx<'_>, key: &str, hook: Spanned<RawHook>, base_dir: &Pat
         }
     };
     let hook = match hook.into_inner() {
+        RawHook::Docker {
+            image,
+            network,
+            port,
+            labels,
+            socket,
+            command,
+            timeout,
+        } => {
+            for (field, value) in [("image", &image), ("network", &network)] {
+                if value.trim().is_empty() {
+                    cx.report(span.clone(), k(&format!("hook.{field}")), "must not be empty");
+                }
+            }
+            let port = match port {
+                Some(p) if !(1..=65_535).contains(&p) => {
+                    cx.report(span.clone(), k("hook.port"), "must be between 1 and 65535");
+                    d::DOCKER_PORT
+                }
+                Some(p) => p as u16,
+                None => d::DOCKER_PORT,
+            };
+            if let Some(reserved) = labels.keys().find(|l| l.starts_with("tidegate.")) {
+                cx.report(
+                    span.clone(),
+                    k("hook.labels"),
+                    format!("`{reserved}`: labels starting with `tidegate.` are tidegate's own"),
+                );
+            }
+            HookConfig::Docker {
+                image,
+                network,
+                port,
+                labels,
+                socket: socket.map_or_else(|| PathBuf::from(d::DOCKER_SOCKET), |s| base_dir.join(s)),
+                command: command.unwrap_or_default(),
+                timeout: match timeout {
+                    Some(_) => hook_timeout(timeout),
+                    None => d::DOCKER_HOOK_TIMEOUT,
+                },
+            }
+        }
         RawHook::Exec {
             mut command,
             timeout,
@@ -1281,6 +1323,38 @@ backends = [ { address = "127.0.0.1:9001" } ]
         assert_eq!((line, key.as_str()), (2, "admin.listen"));
         let text = format!("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"s3cret\"\n{MINIMAL}");
         assert!(parse_str(&text).is_ok());
+    }
+
+    #[test]
+    fn a_docker_hook_has_defaults_and_its_labels_are_checked() {
+        let text = MINIMAL.replace(
+            "backends = [ { address = \"127.0.0.1:9001\" } ]",
+            "backends = []\nautoscale = { min = 1, max = 5, hook = { kind = \"docker\", image = \"shop:local\", network = \"shop\", labels = { app = \"shop\" } } }",
+        );
+        let c = parse_str(&text).unwrap();
+        match c.pools["shop"].autoscale.as_ref().unwrap().hook() {
+            Some(HookConfig::Docker {
+                port,
+                socket,
+                timeout,
+                labels,
+                command,
+                ..
+            }) => {
+                assert_eq!(*port, d::DOCKER_PORT);
+                assert_eq!(socket, &PathBuf::from(d::DOCKER_SOCKET));
+                assert_eq!(*timeout, d::DOCKER_HOOK_TIMEOUT);
+                assert_eq!(labels["app"], "shop");
+                assert!(command.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        let reserved = text.replace("app = \"shop\"", "\"tidegate.pool\" = \"x\"");
+        assert_eq!(invalid(&reserved).2, "pools.shop.autoscale.hook.labels");
+        let no_image = text.replace("image = \"shop:local\"", "image = \"\"");
+        assert_eq!(invalid(&no_image).2, "pools.shop.autoscale.hook.image");
+        let port = text.replace("network = \"shop\"", "network = \"shop\", port = 70000");
+        assert_eq!(invalid(&port).2, "pools.shop.autoscale.hook.port");
     }
 
     #[test]
