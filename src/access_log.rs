@@ -143,8 +143,11 @@ impl AccessLog {
         // The batch running now may have drained before our last entries:
         // wait for the one after it.
         let target = self.queue.batches.load(Ordering::Acquire) + 2;
-        let deadline = std::time::Instant::now() + timeout;
-        while self.queue.batches.load(Ordering::Acquire) < target && std::time::Instant::now() < deadline {
+        let tries = timeout.as_millis().max(1);
+        for _ in 0..tries {
+            if self.queue.batches.load(Ordering::Acquire) >= target {
+                return;
+            }
             self.writer.unpark();
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -16,11 +16,18 @@
 //! - the admin listener (`admin::serve`), which reads the control path's
 //!   published [`View`] and the autoscalers' statuses.
 //!
+//! Under systemd (`Type=notify`) it tells the service manager `READY=1`
+//! once everything above runs and `STOPPING=1` when the stop signal
+//! arrives (`sd_notify.rs`); the reload owner reports reloads.
+//!
 //! Each service owns its child tasks (connections, probes, per-pool
 //! loops) and ends them when it ends. Shutdown is a designed path: stop
-//! being ready, stop accepting and let connections finish within
-//! `runtime.shutdown_timeout` (the control task waits for the listeners),
-//! then stop the background services and the admin listener.
+//! being ready (`/readyz` answers 503) and keep serving for
+//! `runtime.shutdown_delay`, so load balancers and Kubernetes endpoints
+//! stop sending before anything is refused; then stop accepting and let
+//! connections finish within `runtime.shutdown_timeout` (the control task
+//! waits for the listeners), then stop the background services and the
+//! admin listener.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -37,7 +44,7 @@ use crate::control::{Control, Listeners, Trigger, View};
 use crate::server::Bound;
 use crate::state::State;
 use crate::traffic::ratelimit::SWEEP_INTERVAL;
-use crate::{access_log, admin, autoscale, config, control, health, telemetry};
+use crate::{access_log, admin, autoscale, config, control, health, sd_notify, telemetry};
 
 /// How `run` finds and watches its config.
 #[derive(Debug, Clone, Default)]
@@ -98,11 +105,26 @@ pub async fn run(
     });
     drop(control);
     view.ready.store(true, Ordering::SeqCst);
+    // The listeners were bound before `run` and are accepting now.
+    sd_notify::send(sd_notify::Event::Ready(format!(
+        "serving, config generation {}",
+        state.load().generation
+    )));
 
     let stopped_view = Arc::clone(&view);
     let shutdown = async move {
         shutdown.await;
         stopped_view.ready.store(false, Ordering::SeqCst);
+        sd_notify::send(sd_notify::Event::Stopping);
+        // Read now, not at start: a reload may have changed it.
+        let delay = stopped_view.state.load().config.runtime.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "stopping: /readyz answers 503; still serving until the delay has passed"
+            );
+            tokio::time::sleep(delay).await;
+        }
     };
     control::run(Arc::clone(&view), listeners, commands, shutdown).await;
 

@@ -19,6 +19,7 @@
 //!              balance/  pick (pure)      upstream/  keep-alive connections, request body
 //!              histogram.rs   access_log.rs (the writer thread; requests only try_send)
 //! leaves       config/  clock.rs  shutdown.rs  telemetry.rs (every metric name + HELP)
+//!              sd_notify.rs (systemd's readiness protocol)
 //! ```
 //!
 //! **Data path** (per request; no lock on the uncontended path, no await
@@ -44,10 +45,11 @@ pub(crate) mod clock;
 pub mod config;
 pub(crate) mod control;
 pub mod demo;
-pub(crate) mod health;
+pub mod health;
 pub(crate) mod histogram;
 pub mod pool;
 pub mod proxy;
+pub(crate) mod sd_notify;
 pub mod server;
 pub(crate) mod shutdown;
 pub mod sim;

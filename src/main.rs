@@ -64,6 +64,28 @@ enum Command {
     /// Replay a traffic trace through the autoscaling policies and compare
     /// them with the Erlang-C oracle.
     Simulate(Box<SimulateArgs>),
+    /// GET a URL once and exit 0 on a 2xx answer: the container images'
+    /// HEALTHCHECK (`tidegate probe http://127.0.0.1:9090/healthz`).
+    Probe {
+        /// An http:// URL.
+        url: String,
+        /// Give up after this long, e.g. "2s".
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Play the demo's flash sale against a running proxy (quiet, 10x for
+    /// 40 s, quiet: about 100 s), e.g. `tidegate load --target tidegate:8080`.
+    Load {
+        /// host:port of the proxy.
+        #[arg(long)]
+        target: String,
+        /// The quiet rate, requests per second (the sale is 10x).
+        #[arg(long, default_value_t = 150.0)]
+        rate: f64,
+        /// Keep-alive connections sharing the rate.
+        #[arg(long, default_value_t = 128)]
+        workers: usize,
+    },
     /// Run a simulated shop backend (for the demo, tests and benchmarks).
     Backend {
         /// Address to listen on, e.g. 127.0.0.1:9001.
@@ -183,6 +205,13 @@ fn main() -> ExitCode {
         Some(Command::Run { config, no_watch }) => run(Some(config), !no_watch),
         Some(Command::Check { config, dump }) => check(&config, dump),
         Some(Command::Simulate(args)) => simulate(*args),
+        Some(Command::Probe { url, timeout }) => runtime(Some(1)).and_then(|rt| {
+            rt.block_on(tidegate::health::check_url(&url, timeout))
+                .map_err(anyhow::Error::from)
+        }),
+        Some(Command::Load { target, rate, workers }) => {
+            runtime(Some(1)).and_then(|rt| rt.block_on(load(&target, rate, workers)))
+        }
         Some(Command::Backend {
             listen,
             service_time,
@@ -418,6 +447,21 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `tidegate load`: the flash sale against `target`; fails when not one
+/// request succeeded.
+async fn load(target: &str, rate: f64, workers: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number");
+    let addr = tokio::net::lookup_host(target)
+        .await
+        .with_context(|| format!("resolving --target {target}"))?
+        .next()
+        .with_context(|| format!("--target {target} resolves to no address"))?;
+    let (ok, failed) = tidegate::demo::play_against(addr, rate, workers).await;
+    println!("load: done: requests ok {ok}, failed {failed}");
+    anyhow::ensure!(ok > 0, "not one request to {target} succeeded");
     Ok(())
 }
 

@@ -99,13 +99,31 @@ async fn metrics_are_prometheus_text_with_the_documented_names() {
 }
 
 #[tokio::test]
-async fn a_token_protects_every_admin_route() {
+async fn a_token_protects_every_admin_route_but_health_and_readiness() {
     let b = backend("b1").await;
     let m = tidegate(&config_text(&[b.addr], &format!("{ADMIN}token = \"s3cret\"\n"), "")).await;
-    for path in ["/", "/stats", "/metrics", "/healthz", "/readyz"] {
+    for path in ["/", "/stats", "/history", "/metrics", "/nope"] {
         let a = get(m.admin, path).await;
         assert_eq!(a.status, 401, "{path}");
         assert_eq!(a.headers["www-authenticate"], "Bearer");
+    }
+    // Probes carry no secret: liveness and readiness answer anyone.
+    let healthz = get(m.admin, "/healthz").await;
+    assert_eq!((healthz.status.as_u16(), healthz.text().as_str()), (200, "ok\n"));
+    assert_eq!(get(m.admin, "/readyz").await.status, 200);
+    // Only GET is open: a POST to the same paths still needs the token,
+    // and so does a reload.
+    let mut s = h1(m.admin).await;
+    for path in ["/healthz", "/reload"] {
+        let req = http::Request::post(path)
+            .header("host", "a")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        assert_eq!(
+            collect(s.send_request(req).await.unwrap()).await.status,
+            401,
+            "POST {path}"
+        );
     }
     let mut s = h1(m.admin).await;
     let req = http::Request::get("/stats")
@@ -120,7 +138,7 @@ async fn a_token_protects_every_admin_route() {
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     assert_eq!(collect(s.send_request(req).await.unwrap()).await.status, 401);
-    assert_eq!(get(m.admin, "/readyz?token=s3cret").await.status, 200);
+    assert_eq!(get(m.admin, "/stats?token=s3cret").await.status, 200);
     m.shutdown().await;
 }
 

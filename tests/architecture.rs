@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Layers, lowest first. An import may point to its own layer or below.
 const LAYERS: [(&str, &[&str]); 5] = [
-    ("leaves", &["config", "clock", "shutdown", "telemetry"]),
+    ("leaves", &["config", "clock", "shutdown", "telemetry", "sd_notify"]),
     (
         "data",
         &[
@@ -171,7 +171,7 @@ fn imports_point_down_the_layers() {
 
 #[test]
 fn the_named_rules_hold() {
-    const LEAVES: [&str; 4] = ["config", "clock", "shutdown", "telemetry"];
+    const LEAVES: [&str; 5] = ["config", "clock", "shutdown", "telemetry", "sd_notify"];
     const BELOW_PROXY: [&str; 5] = ["histogram", "balance", "upstream", "pool", "traffic"];
     const DATA: [&str; 9] = [
         "histogram",

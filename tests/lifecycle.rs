@@ -63,6 +63,47 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert!(status.success(), "{status:?}");
 }
 
+#[tokio::test]
+async fn sigterm_with_a_shutdown_delay_fails_readiness_first_and_keeps_serving() {
+    let b = backend("b1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    let delay = std::time::Duration::from_secs(2);
+    let top = "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_delay = \"2s\"\n";
+    std::fs::write(&path, config_text(&[b.addr], top, "")).unwrap();
+    let (mut child, addr, admin) =
+        spawn_tidegate(&[std::ffi::OsStr::new("run"), "--config".as_ref(), path.as_os_str()]).await;
+    let admin = admin.expect("the admin address is logged");
+    // The address is logged before serving starts: wait for readiness.
+    eventually("/readyz passes", || async { get(admin, "/readyz").await.status == 200 }).await;
+    let pid = child.id().unwrap().to_string();
+    let sent = tokio::time::Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap()
+        .success());
+    eventually("/readyz fails", || async { get(admin, "/readyz").await.status == 503 }).await;
+    // Not ready, yet still accepting and serving new connections.
+    for i in 0..5 {
+        let a = get(addr, format!("/products/{i}")).await;
+        assert_eq!((a.status.as_u16(), a.backend().as_str()), (200, "b1"));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "still running during the delay");
+    let status = tokio::time::timeout(BOUND, child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        sent.elapsed() >= delay,
+        "exited only after the delay ({:?})",
+        sent.elapsed()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
 async fn until_refused(addr: std::net::SocketAddr) {
     let deadline = tokio::time::Instant::now() + BOUND;
     while tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -95,6 +136,54 @@ async fn check_accepts_the_shipped_configs_and_names_file_line_col_key_for_a_bad
     let err = String::from_utf8_lossy(&out.stderr);
     let expected = format!("{}:6:11: pools.shop.balance: unknown variant `fastest`", path.display());
     assert!(err.contains(&expected), "{err}");
+}
+
+#[tokio::test]
+async fn probe_passes_on_2xx_and_fails_otherwise() {
+    let b = backend("b1").await;
+    let dead = dead_addr().await;
+    for (url, ok) in [
+        (format!("http://{}/healthz", b.addr), true),
+        (format!("http://{}/status/503", b.addr), false),
+        (format!("http://{dead}/healthz"), false),
+        ("ftp://example/".to_string(), false),
+    ] {
+        let (passed, _, err) = tidegate_cli(&["probe".as_ref(), url.as_ref()], &[]).await;
+        assert_eq!(passed, ok, "{url}: {err}");
+        if !ok {
+            assert!(err.starts_with("tidegate: "), "one clear line: {err}");
+        }
+    }
+}
+
+/// The configs shipped under `docker/` are valid (`check` resolves names, so
+/// the compose and Kubernetes backends are replaced by a loopback address).
+#[tokio::test]
+async fn the_container_configs_pass_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let compose = std::fs::read_to_string("docker/compose/tidegate.toml")
+        .unwrap()
+        .replace("backend-1:8080", "127.0.0.1:8081")
+        .replace("backend-2:8080", "127.0.0.1:8082")
+        .replace("backend-3:8080", "127.0.0.1:8083");
+    let manifest = std::fs::read_to_string("docker/kubernetes/configmap.yaml").unwrap();
+    let embedded: String = manifest
+        .split_once("tidegate.toml: |\n")
+        .unwrap()
+        .1
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace("shop.default.svc.cluster.local:8080", "127.0.0.1:8080");
+    let image = std::fs::read_to_string("docker/tidegate.toml").unwrap();
+    for (name, text) in [("image", image), ("compose", compose), ("kubernetes", embedded)] {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let args = ["check".as_ref(), "--config".as_ref(), path.as_os_str()];
+        let (ok, out, err) = tidegate_cli(&args, &[("TIDEGATE_ADMIN_TOKEN", "t")]).await;
+        assert!(ok && out.contains(": ok: "), "{name}: {err}");
+    }
 }
 
 #[tokio::test]

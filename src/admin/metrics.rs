@@ -139,6 +139,10 @@ pub(super) fn render(shared: &Shared) -> String {
             }
         }
     }
+    header(&mut out, t::POOL_DEMAND);
+    for p in pools {
+        write_sample(&mut out, t::POOL_DEMAND, &[("pool", &p.name)], p.demand() as f64);
+    }
     header(&mut out, t::QUEUE_WAIT_SECONDS);
     for p in pools {
         let (cumulative, count, sum) = p.shared.queue.wait_histogram().read();

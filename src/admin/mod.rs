@@ -1,5 +1,6 @@
 //! The admin listener: `/stats`, `/metrics`, the live dashboard, health and
-//! readiness, and `POST /reload`.
+//! readiness, `/demand` (for scaling from outside: KEDA), and
+//! `POST /reload`.
 //!
 //! Control path, on its own listener (loopback unless configured, and then
 //! only with a token). It reads the snapshot, atomics, the control path's
@@ -7,8 +8,12 @@
 //! never writes them; a reload is a request to the owner task in
 //! `control/`. With
 //! `admin.token` set, every route needs `Authorization: Bearer <token>`
-//! (or `?token=` in the URL, for opening the dashboard in a browser).
+//! (or `?token=` in the URL, for opening the dashboard in a browser),
+//! except `GET /healthz` and `GET /readyz`: probes (Kubernetes, Docker's
+//! `HEALTHCHECK`, a cloud load balancer) rarely carry a secret, and the two
+//! answers reveal nothing but "alive" and "ready".
 
+mod demand;
 mod metrics;
 mod process;
 mod stats;
@@ -122,8 +127,14 @@ fn history(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
     respond(StatusCode::OK, "application/json", body)
 }
 
+/// The routes anyone may ask: liveness and readiness, read-only and
+/// revealing nothing.
+fn open_route(req: &Request<Incoming>) -> bool {
+    req.method() == Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz")
+}
+
 async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if !authorized(shared, &req) {
+    if !open_route(&req) && !authorized(shared, &req) {
         let mut r = respond(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized\n");
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -133,6 +144,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
         (&Method::GET, "/stats") => json(StatusCode::OK, &stats::collect(shared)),
         (&Method::GET, "/history") => history(shared, req.uri().query()),
+        (&Method::GET, "/demand") => json(StatusCode::OK, &demand::collect(shared)),
         (&Method::GET, "/metrics") => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -156,7 +168,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
                 &serde_json::json!({ "ok": false, "error": error }),
             ),
         },
-        (_, "/" | "/stats" | "/history" | "/metrics" | "/healthz" | "/readyz" | "/reload") => {
+        (_, "/" | "/stats" | "/history" | "/demand" | "/metrics" | "/healthz" | "/readyz" | "/reload") => {
             respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),

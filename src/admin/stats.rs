@@ -153,7 +153,7 @@ pub(crate) fn collect(shared: &Shared) -> Stats {
                 queue_max_depth: p.config.queue_max_depth,
                 queue_by_class: per_class(p.shared.queue.class_depths()),
                 queue_evicted: per_class(p.shared.queue.evicted()),
-                in_flight: all.iter().map(|b| b.in_flight()).sum(),
+                in_flight: p.in_flight(),
                 requests_total: totals.iter().sum(),
                 errors_total: totals[4] + totals[5],
                 responses: by_class(&totals),

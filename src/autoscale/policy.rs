@@ -109,7 +109,15 @@ pub(crate) fn decide(
 }
 
 fn per_backend_target(pool: &PoolView) -> f64 {
-    TARGET_UTILISATION * f64::from(pool.slots.max(1))
+    target_per_backend(pool.slots)
+}
+
+/// The demand (in flight + queued) one backend with `slots` of
+/// concurrency should carry: 70 % of its limit, Knative's and the HPA's
+/// target. `GET /demand` publishes it as the `targetValue` for an outside
+/// scaler (KEDA) that divides the summed demand by it.
+pub(crate) fn target_per_backend(slots: u32) -> f64 {
+    TARGET_UTILISATION * f64::from(slots.max(1))
 }
 
 /// Knative's KPA, as `pkg/autoscaler/scaling/autoscaler.go` (`Scale`)

@@ -121,5 +121,16 @@ pub const RATE_LIMIT_IPV6_PREFIX: u8 = 64;
 
 /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// On SIGTERM/SIGINT, `/readyz` fails and the listeners keep serving this
+/// long before the drain starts (0 = drain at once).
+pub const SHUTDOWN_DELAY: Duration = Duration::ZERO;
+/// The `docker` provisioner: the Docker Engine's socket.
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// The `docker` provisioner: the port backends listen on in their containers.
+pub const DOCKER_PORT: u16 = 8080;
+/// The `docker` provisioner: a call may pull nothing but starts containers,
+/// which takes longer than an exec hook.
+pub const DOCKER_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The admin listener when `[admin]` is present without `listen`.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";

@@ -76,6 +76,8 @@ pub(crate) struct RawAccessLog {
 pub(crate) struct RawRuntime {
     pub(crate) worker_threads: Option<Spanned<u64>>,
     pub(crate) shutdown_timeout: Option<Dur>,
+    /// Not ready, still serving, for this long before the drain.
+    pub(crate) shutdown_delay: Option<Dur>,
     /// Where the autoscaler keeps its per-minute history.
     pub(crate) state_dir: Option<String>,
 }
@@ -165,7 +167,7 @@ pub(crate) struct RawPool {
     pub(crate) passive: Option<RawPassive>,
     pub(crate) slow_start: Option<Dur>,
     pub(crate) fail_open: Option<bool>,
-    pub(crate) autoscale: Option<RawAutoscale>,
+    pub(crate) autoscale: Option<Spanned<RawAutoscale>>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
 }
@@ -183,7 +185,11 @@ pub(crate) struct RawAutoscale {
     pub(crate) min: Option<Spanned<u64>>,
     pub(crate) max: Option<Spanned<u64>>,
     pub(crate) dry_run: Option<bool>,
-    pub(crate) hook: Spanned<RawHook>,
+    /// `hook` (default: call the provisioner) or `export` (decide and
+    /// export only).
+    pub(crate) mode: Option<Spanned<RawAutoscaleMode>>,
+    /// Required unless `mode = "export"`.
+    pub(crate) hook: Option<Spanned<RawHook>>,
     /// Initial estimate of the time a new backend takes to become ready.
     pub(crate) provisioning_delay: Option<Dur>,
     /// Scale down only below the highest need of this window.
@@ -214,6 +220,13 @@ pub(crate) struct RawScheduleEntry {
     pub(crate) min: Spanned<u64>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawAutoscaleMode {
+    Hook,
+    Export,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum RawHook {
@@ -233,6 +246,17 @@ pub(crate) enum RawHook {
     Local {
         service_time: Option<HumanDuration>,
         concurrency: Option<u64>,
+        timeout: Option<HumanDuration>,
+    },
+    /// Containers through the Docker Engine API.
+    Docker {
+        image: String,
+        network: String,
+        port: Option<u64>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        socket: Option<String>,
+        command: Option<Vec<String>>,
         timeout: Option<HumanDuration>,
     },
 }

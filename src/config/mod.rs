@@ -104,6 +104,10 @@ pub struct Runtime {
     pub worker_threads: Option<usize>,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     pub shutdown_timeout: Duration,
+    /// On SIGTERM/SIGINT, `/readyz` fails first while the listeners keep
+    /// accepting and serving this long (so load balancers and Kubernetes
+    /// endpoints stop sending), then the drain starts.
+    pub shutdown_delay: Duration,
     /// Autoscaler history (per pool, per minute); `None` = kept in memory
     /// only, so the forecast starts empty after a restart.
     pub state_dir: Option<PathBuf>,
@@ -365,8 +369,9 @@ pub struct AutoscaleConfig {
     pub max: u32,
     /// Decide and show, never call the hook.
     pub dry_run: bool,
-    /// The provisioner.
-    pub hook: HookConfig,
+    /// Who acts on the decisions: the provisioning hook, or something
+    /// outside that reads the exported demand.
+    pub mode: AutoscaleMode,
     /// The provisioning delay assumed until one is observed.
     pub provisioning_delay: Duration,
     /// Scale down only below the highest need of this window.
@@ -383,6 +388,40 @@ pub struct AutoscaleConfig {
     pub guards: Guards,
     /// Scheduled capacity (a floor while an entry is in force).
     pub schedule: Vec<schedule::Entry>,
+}
+
+/// `autoscale.mode`: who acts on the pool's decisions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AutoscaleMode {
+    /// tidegate calls the provisioner and applies the members it answers.
+    Hook(HookConfig),
+    /// tidegate decides and exports (`GET /demand`, `tidegate_pool_demand`,
+    /// `tidegate_pool_desired_backends`) but never calls a hook: KEDA or an
+    /// HPA scales the backends, and membership comes from the config.
+    Export,
+}
+
+impl AutoscaleConfig {
+    /// The provisioner, in `hook` mode.
+    pub fn hook(&self) -> Option<&HookConfig> {
+        match &self.mode {
+            AutoscaleMode::Hook(h) => Some(h),
+            AutoscaleMode::Export => None,
+        }
+    }
+
+    /// Whether decisions are carried out (a hook, and not a dry run).
+    pub fn acts(&self) -> bool {
+        !self.dry_run && self.hook().is_some()
+    }
+
+    /// The mode as the config file and `/stats` spell it.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            AutoscaleMode::Hook(_) => "hook",
+            AutoscaleMode::Export => "export",
+        }
+    }
 }
 
 /// The operator's limits on how the wanted size may move; `None` = unlimited.
@@ -426,6 +465,25 @@ pub enum HookConfig {
         service_time: Duration,
         /// Requests each child serves at once.
         concurrency: usize,
+        /// A call that takes longer failed.
+        timeout: Duration,
+    },
+    /// Built in: containers started and removed through the Docker Engine
+    /// API on its Unix socket.
+    Docker {
+        /// The image each backend container runs.
+        image: String,
+        /// The network the containers join; members are their addresses on it.
+        network: String,
+        /// The port the backends listen on inside their containers.
+        port: u16,
+        /// Labels put on every container (and used, with the pool's, to
+        /// find them again after a restart).
+        labels: BTreeMap<String, String>,
+        /// The Docker Engine's Unix socket.
+        socket: PathBuf,
+        /// The container's command; empty = the image's.
+        command: Vec<String>,
         /// A call that takes longer failed.
         timeout: Duration,
     },

@@ -21,14 +21,15 @@ use toml::Spanned;
 
 use super::defaults as d;
 use super::file::{
-    Dur, RawAutoscale, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool, RawPriority,
+    Dur, RawAutoscale, RawAutoscaleMode, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool,
+    RawPriority,
     RawUpstream, Size,
 };
 use super::net::IpNet;
 use super::{
-    AccessLogConfig, AccessLogFormat, Admin, AutoscaleConfig, BackendConfig, Balance, CertificatePaths, CheckKind,
-    Config, ConfigError, Guards, HashKey, HealthCheck, HookConfig, Limits, Listener, PassiveHealth, PoolConfig,
-    Priority, RateLimitConfig, Route, Runtime, Tls, UpstreamProtocol, UpstreamTls,
+    AccessLogConfig, AccessLogFormat, Admin, AutoscaleConfig, AutoscaleMode, BackendConfig, Balance, CertificatePaths,
+    CheckKind, Config, ConfigError, Guards, HashKey, HealthCheck, HookConfig, Limits, Listener, PassiveHealth,
+    PoolConfig, Priority, RateLimitConfig, Route, Runtime, Tls, UpstreamProtocol, UpstreamTls,
 };
 
 /// Hyper refuses read buffers smaller than this.
@@ -272,6 +273,13 @@ fn validate(cx: &Ctx<'_>, mut raw: RawConfig, base_dir: &Path) -> Option<Config>
             raw.runtime.shutdown_timeout,
             "runtime.shutdown_timeout",
             d::SHUTDOWN_TIMEOUT,
+            Duration::ZERO,
+            HOUR,
+        ),
+        shutdown_delay: cx.duration(
+            raw.runtime.shutdown_delay,
+            "runtime.shutdown_delay",
+            d::SHUTDOWN_DELAY,
             Duration::ZERO,
             HOUR,
         ),
@@ -786,11 +794,14 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>, base
             "a pool needs at least one backend (or an `autoscale` table)",
         );
     }
-    let autoscale = rp.autoscale.and_then(|a| validate_autoscale(cx, &key, a, base_dir));
+    let autoscale = rp.autoscale.and_then(|a| {
+        let table = a.span();
+        validate_autoscale(cx, &key, table, a.into_inner(), base_dir)
+    });
     let health = match rp.health {
         Some(h) => Some(validate_health(cx, &key, h)),
         // Provisioned backends join warming and need a check to pass.
-        None if autoscale.is_some() => Some(HealthCheck {
+        None if autoscale.as_ref().is_some_and(|a| a.hook().is_some()) => Some(HealthCheck {
             kind: CheckKind::Http,
             path: d::HEALTH_PATH.to_string(),
             interval: d::AUTOSCALE_HEALTH_INTERVAL,
@@ -961,9 +972,19 @@ fn validate_upstream_tls(cx: &Ctx<'_>, pool_key: &str, t: super::file::RawUpstre
     UpstreamTls { server_name, ca }
 }
 
-fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale, base_dir: &Path) -> Option<AutoscaleConfig> {
+fn validate_autoscale(
+    cx: &Ctx<'_>,
+    pool_key: &str,
+    table: Range<usize>,
+    a: RawAutoscale,
+    base_dir: &Path,
+) -> Option<AutoscaleConfig> {
     let key = format!("{pool_key}.autoscale");
     let k = |sub: &str| format!("{key}.{sub}");
+    let export = a
+        .mode
+        .as_ref()
+        .is_some_and(|m| *m.get_ref() == RawAutoscaleMode::Export);
     let min: u32 = cx.number(a.min, &k("min"), 1, 0, 10_000);
     let max: u32 = match a.max {
         Some(m) if *m.get_ref() < u64::from(min.max(1)) || *m.get_ref() > 10_000 => {
@@ -976,11 +997,103 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale, base_dir: &
         }
         Some(m) => *m.get_ref() as u32,
         None => {
-            cx.report(a.hook.span(), k("max"), "is required (the most backends to ask for)");
+            cx.report(table.clone(), k("max"), "is required (the most backends to ask for)");
             min.max(1)
         }
     };
-    let span = a.hook.span();
+    let mode = match (a.hook, export) {
+        (Some(h), false) => AutoscaleMode::Hook(validate_hook(cx, &key, h, base_dir)?),
+        (None, true) => AutoscaleMode::Export,
+        (Some(h), true) => {
+            cx.report(
+                h.span(),
+                k("hook"),
+                "mode = \"export\" never calls a hook: remove `hook`, or set mode = \"hook\"",
+            );
+            return None;
+        }
+        (None, false) => {
+            cx.report(
+                table,
+                k("hook"),
+                "is required (the provisioner to call), unless mode = \"export\"",
+            );
+            return None;
+        }
+    };
+    let mut schedule = Vec::with_capacity(a.schedule.len());
+    for (i, e) in a.schedule.into_iter().enumerate() {
+        use super::schedule::{parse_when, Entry, When};
+        let sk = format!("{key}.schedule[{i}]");
+        let start = parse_when(e.start.get_ref()).map_err(|m| cx.report(e.start.span(), format!("{sk}.start"), m));
+        let end = parse_when(e.end.get_ref()).map_err(|m| cx.report(e.end.span(), format!("{sk}.end"), m));
+        let min = cx.number(Some(e.min), &format!("{sk}.min"), 0, 0, 10_000);
+        let (Ok(start), Ok(end)) = (start, end) else { continue };
+        match (start, end) {
+            (When::At(s), When::At(t)) if t <= s => {
+                cx.report(e.end.span(), format!("{sk}.end"), "must be after `start`");
+            }
+            (When::At(_), When::At(_)) | (When::Daily(_), When::Daily(_)) => {
+                schedule.push(Entry { start, end, min });
+            }
+            _ => cx.report(
+                e.end.span(),
+                format!("{sk}.end"),
+                "`start` and `end` must both be dates or both daily times",
+            ),
+        }
+    }
+    let guards = Guards {
+        max_step_up: a
+            .max_step_up
+            .map(|v| cx.number(Some(v), &k("max_step_up"), 1, 1, 10_000)),
+        max_step_down: a
+            .max_step_down
+            .map(|v| cx.number(Some(v), &k("max_step_down"), 1, 1, 10_000)),
+        cooldown_up: cx
+            .duration(a.cooldown_up, &k("cooldown_up"), Duration::ZERO, Duration::ZERO, DAY)
+            .as_secs(),
+        cooldown_down: cx
+            .duration(
+                a.cooldown_down,
+                &k("cooldown_down"),
+                Duration::ZERO,
+                Duration::ZERO,
+                DAY,
+            )
+            .as_secs(),
+    };
+    Some(AutoscaleConfig {
+        guards,
+        schedule,
+        min,
+        max,
+        dry_run: a.dry_run.unwrap_or(false),
+        mode,
+        provisioning_delay: cx.duration(
+            a.provisioning_delay,
+            &k("provisioning_delay"),
+            d::PROVISIONING_DELAY,
+            Duration::ZERO,
+            HOUR,
+        ),
+        scale_down_window: cx.duration(
+            a.scale_down_window,
+            &k("scale_down_window"),
+            d::SCALE_DOWN_WINDOW,
+            SEC,
+            DAY,
+        ),
+        slo: cx.duration(a.slo, &k("slo"), d::AUTOSCALE_SLO, MS, MIN),
+        ready_deadline: cx.duration(a.ready_deadline, &k("ready_deadline"), d::READY_DEADLINE, SEC, DAY),
+        drain_timeout: cx.duration(a.drain_timeout, &k("drain_timeout"), d::DRAIN_TIMEOUT, SEC, DAY),
+    })
+}
+
+/// A pool's `autoscale.hook` table (`key` is the autoscale table's).
+fn validate_hook(cx: &Ctx<'_>, key: &str, hook: Spanned<RawHook>, base_dir: &Path) -> Option<HookConfig> {
+    let k = |sub: &str| format!("{key}.{sub}");
+    let span = hook.span();
     let hook_timeout = |t: Option<super::units::HumanDuration>| -> Duration {
         match t {
             Some(t) if t.0 < 100 * MS || t.0 > 10 * MIN => {
@@ -991,7 +1104,49 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale, base_dir: &
             None => d::HOOK_TIMEOUT,
         }
     };
-    let hook = match a.hook.into_inner() {
+    let hook = match hook.into_inner() {
+        RawHook::Docker {
+            image,
+            network,
+            port,
+            labels,
+            socket,
+            command,
+            timeout,
+        } => {
+            for (field, value) in [("image", &image), ("network", &network)] {
+                if value.trim().is_empty() {
+                    cx.report(span.clone(), k(&format!("hook.{field}")), "must not be empty");
+                }
+            }
+            let port = match port {
+                Some(p) if !(1..=65_535).contains(&p) => {
+                    cx.report(span.clone(), k("hook.port"), "must be between 1 and 65535");
+                    d::DOCKER_PORT
+                }
+                Some(p) => p as u16,
+                None => d::DOCKER_PORT,
+            };
+            if let Some(reserved) = labels.keys().find(|l| l.starts_with("tidegate.")) {
+                cx.report(
+                    span.clone(),
+                    k("hook.labels"),
+                    format!("`{reserved}`: labels starting with `tidegate.` are tidegate's own"),
+                );
+            }
+            HookConfig::Docker {
+                image,
+                network,
+                port,
+                labels,
+                socket: socket.map_or_else(|| PathBuf::from(d::DOCKER_SOCKET), |s| base_dir.join(s)),
+                command: command.unwrap_or_default(),
+                timeout: match timeout {
+                    Some(_) => hook_timeout(timeout),
+                    None => d::DOCKER_HOOK_TIMEOUT,
+                },
+            }
+        }
         RawHook::Exec {
             mut command,
             timeout,
@@ -1074,73 +1229,7 @@ fn validate_autoscale(cx: &Ctx<'_>, pool_key: &str, a: RawAutoscale, base_dir: &
             timeout: hook_timeout(timeout),
         },
     };
-    let mut schedule = Vec::with_capacity(a.schedule.len());
-    for (i, e) in a.schedule.into_iter().enumerate() {
-        use super::schedule::{parse_when, Entry, When};
-        let sk = format!("{key}.schedule[{i}]");
-        let start = parse_when(e.start.get_ref()).map_err(|m| cx.report(e.start.span(), format!("{sk}.start"), m));
-        let end = parse_when(e.end.get_ref()).map_err(|m| cx.report(e.end.span(), format!("{sk}.end"), m));
-        let min = cx.number(Some(e.min), &format!("{sk}.min"), 0, 0, 10_000);
-        let (Ok(start), Ok(end)) = (start, end) else { continue };
-        match (start, end) {
-            (When::At(s), When::At(t)) if t <= s => {
-                cx.report(e.end.span(), format!("{sk}.end"), "must be after `start`");
-            }
-            (When::At(_), When::At(_)) | (When::Daily(_), When::Daily(_)) => {
-                schedule.push(Entry { start, end, min });
-            }
-            _ => cx.report(
-                e.end.span(),
-                format!("{sk}.end"),
-                "`start` and `end` must both be dates or both daily times",
-            ),
-        }
-    }
-    let guards = Guards {
-        max_step_up: a
-            .max_step_up
-            .map(|v| cx.number(Some(v), &k("max_step_up"), 1, 1, 10_000)),
-        max_step_down: a
-            .max_step_down
-            .map(|v| cx.number(Some(v), &k("max_step_down"), 1, 1, 10_000)),
-        cooldown_up: cx
-            .duration(a.cooldown_up, &k("cooldown_up"), Duration::ZERO, Duration::ZERO, DAY)
-            .as_secs(),
-        cooldown_down: cx
-            .duration(
-                a.cooldown_down,
-                &k("cooldown_down"),
-                Duration::ZERO,
-                Duration::ZERO,
-                DAY,
-            )
-            .as_secs(),
-    };
-    Some(AutoscaleConfig {
-        guards,
-        schedule,
-        min,
-        max,
-        dry_run: a.dry_run.unwrap_or(false),
-        hook,
-        provisioning_delay: cx.duration(
-            a.provisioning_delay,
-            &k("provisioning_delay"),
-            d::PROVISIONING_DELAY,
-            Duration::ZERO,
-            HOUR,
-        ),
-        scale_down_window: cx.duration(
-            a.scale_down_window,
-            &k("scale_down_window"),
-            d::SCALE_DOWN_WINDOW,
-            SEC,
-            DAY,
-        ),
-        slo: cx.duration(a.slo, &k("slo"), d::AUTOSCALE_SLO, MS, MIN),
-        ready_deadline: cx.duration(a.ready_deadline, &k("ready_deadline"), d::READY_DEADLINE, SEC, DAY),
-        drain_timeout: cx.duration(a.drain_timeout, &k("drain_timeout"), d::DRAIN_TIMEOUT, SEC, DAY),
-    })
+    Some(hook)
 }
 
 fn validate_health(cx: &Ctx<'_>, pool_key: &str, h: RawHealth) -> HealthCheck {
@@ -1337,6 +1426,69 @@ backends = [ { address = "127.0.0.1:9001" } ]
         assert_eq!((line, key.as_str()), (2, "admin.listen"));
         let text = format!("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"s3cret\"\n{MINIMAL}");
         assert!(parse_str(&text).is_ok());
+    }
+
+    #[test]
+    fn a_docker_hook_has_defaults_and_its_labels_are_checked() {
+        let text = MINIMAL.replace(
+            "backends = [ { address = \"127.0.0.1:9001\" } ]",
+            "backends = []\nautoscale = { min = 1, max = 5, hook = { kind = \"docker\", image = \"shop:local\", network = \"shop\", labels = { app = \"shop\" } } }",
+        );
+        let c = parse_str(&text).unwrap();
+        match c.pools["shop"].autoscale.as_ref().unwrap().hook() {
+            Some(HookConfig::Docker {
+                port,
+                socket,
+                timeout,
+                labels,
+                command,
+                ..
+            }) => {
+                assert_eq!(*port, d::DOCKER_PORT);
+                assert_eq!(socket, &PathBuf::from(d::DOCKER_SOCKET));
+                assert_eq!(*timeout, d::DOCKER_HOOK_TIMEOUT);
+                assert_eq!(labels["app"], "shop");
+                assert!(command.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        let reserved = text.replace("app = \"shop\"", "\"tidegate.pool\" = \"x\"");
+        assert_eq!(invalid(&reserved).2, "pools.shop.autoscale.hook.labels");
+        let no_image = text.replace("image = \"shop:local\"", "image = \"\"");
+        assert_eq!(invalid(&no_image).2, "pools.shop.autoscale.hook.image");
+        let port = text.replace("network = \"shop\"", "network = \"shop\", port = 70000");
+        assert_eq!(invalid(&port).2, "pools.shop.autoscale.hook.port");
+    }
+
+    #[test]
+    fn export_mode_decides_without_a_hook_and_hook_mode_needs_one() {
+        let export = MINIMAL.replace(
+            "backends = [ { address = \"127.0.0.1:9001\" } ]",
+            "backends = [ { address = \"127.0.0.1:9001\" } ]\nautoscale = { mode = \"export\", min = 1, max = 5 }",
+        );
+        let c = parse_str(&export).unwrap();
+        let a = c.pools["shop"].autoscale.clone().unwrap();
+        assert_eq!(
+            (a.mode.clone(), a.mode_name(), a.acts()),
+            (AutoscaleMode::Export, "export", false)
+        );
+        assert!(
+            c.pools["shop"].health.is_none(),
+            "nothing is provisioned, so no check is added"
+        );
+        let with_hook = export.replace("max = 5", "max = 5, hook = { kind = \"local\" }");
+        let (line, _, key, message) = invalid(&with_hook);
+        assert_eq!((line, key.as_str()), (8, "pools.shop.autoscale.hook"));
+        assert!(message.contains("never calls a hook"), "{message}");
+        let hookless = export.replace("mode = \"export\", ", "");
+        let (_, _, key, message) = invalid(&hookless);
+        assert_eq!(key, "pools.shop.autoscale.hook");
+        assert!(message.contains("unless mode = \"export\""), "{message}");
+        let typo = export.replace("\"export\"", "\"exported\"");
+        assert!(invalid(&typo).3.contains("unknown variant `exported`"));
+        let hook = with_hook.replace("mode = \"export\", ", "");
+        let a = parse_str(&hook).unwrap().pools["shop"].autoscale.clone().unwrap();
+        assert_eq!((a.mode_name(), a.acts()), ("hook", true));
     }
 
     #[test]

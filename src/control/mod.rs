@@ -7,7 +7,9 @@
 //! load certificates -> bind new listeners -> build and swap the snapshot ->
 //! start/stop listeners. Any failure before the swap changes nothing (newly
 //! bound sockets are dropped); the old config keeps serving, and the error
-//! is logged, counted and kept for `/stats` (`view.rs`).
+//! is logged, counted and kept for `/stats` (`view.rs`). Under systemd each
+//! reload is bracketed by `RELOADING=1` and `READY=1` (`sd_notify.rs`), so
+//! `systemctl reload` waits for it to finish.
 //!
 //! Other writers of the state exist and are not this task's: the
 //! autoscaler publishes membership through `State::set_members`, and health
@@ -26,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::clock::unix_ms;
 use crate::config::Config;
+use crate::sd_notify;
 use crate::telemetry::CONFIG_RELOADS_TOTAL;
 pub(crate) use listeners::Listeners;
 pub(crate) use view::{Command, Control, ListenerInfo, ReloadAttempt, ReloadLog, Trigger, View};
@@ -43,12 +46,18 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             Some(cmd) = commands.recv() => {
+                sd_notify::send(sd_notify::Event::Reloading);
                 // Shutdown does not wait for a reload (nothing is applied
-                // until the new config is read and checked).
+                // until the new config is read and checked); the stop has
+                // told the service manager STOPPING=1 by then.
                 let result = tokio::select! {
                     result = reload(&view, &mut listeners) => result,
                     _ = &mut shutdown => break,
                 };
+                sd_notify::send(sd_notify::Event::Ready(match &result {
+                    Ok(generation) => format!("serving, config generation {generation}"),
+                    Err(e) => format!("serving the previous config; the reload was refused: {e}"),
+                }));
                 record(&view, cmd.trigger, &result);
                 if let Some(reply) = cmd.reply {
                     let _ = reply.send(result);

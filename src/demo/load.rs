@@ -29,11 +29,16 @@ pub(crate) struct Phase {
 
 /// Quiet, the sale (10x), quiet again: about 100 seconds in all.
 pub(crate) fn flash_sale() -> Vec<Phase> {
+    flash_sale_at(150.0)
+}
+
+/// The flash sale around a quiet rate of `base` requests per second.
+pub(crate) fn flash_sale_at(base: f64) -> Vec<Phase> {
     let phase = |secs, rate| Phase {
         length: Duration::from_secs(secs),
         rate,
     };
-    vec![phase(15, 150.0), phase(40, 1500.0), phase(45, 150.0)]
+    vec![phase(15, base), phase(40, 10.0 * base), phase(45, base)]
 }
 
 /// One request in this many is a checkout.
@@ -179,5 +184,12 @@ mod tests {
         assert_eq!(phase_at(&p, Duration::from_secs(20)).unwrap().rate, 1500.0);
         assert_eq!(phase_at(&p, Duration::from_secs(99)).unwrap().rate, 150.0);
         assert!(phase_at(&p, Duration::from_secs(100)).is_none());
+    }
+
+    #[test]
+    fn a_sale_at_any_rate_is_ten_times_its_quiet_rate() {
+        let rates: Vec<f64> = flash_sale_at(20.0).iter().map(|p| p.rate).collect();
+        assert_eq!(rates, [20.0, 200.0, 20.0]);
+        assert_eq!(flash_sale(), flash_sale_at(150.0));
     }
 }

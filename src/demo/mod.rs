@@ -84,6 +84,39 @@ async fn wait_until_accepting(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
+/// `tidegate load`: the demo's flash sale around `base` requests per
+/// second against `target` (any proxy, e.g. tidegate in a container),
+/// with a progress line every 5 seconds; returns (ok, failed).
+pub async fn play_against(target: SocketAddr, base: f64, workers: usize) -> (u64, u64) {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    println!(
+        "load: flash sale against http://{target}/: {base} req/s, then {} req/s for 40 s, then {base} req/s",
+        10.0 * base
+    );
+    let tally = Arc::new(load::Tally::default());
+    let sale = tokio::spawn(load::play(
+        target,
+        load::flash_sale_at(base),
+        workers.max(1),
+        Arc::clone(&tally),
+    ));
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    let counts = || (tally.ok.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
+    while !sale.is_finished() {
+        tick.tick().await;
+        let (ok, failed) = counts();
+        println!(
+            "load: t={:>3}s  requests ok {ok}, failed {failed}",
+            started.elapsed().as_secs()
+        );
+    }
+    counts()
+}
+
 /// The demo's story: once the first backend is up, play the flash sale
 /// against `web` and print the pool's size every 5 seconds until the pool
 /// is back to its minimum. Bounded: about two minutes.

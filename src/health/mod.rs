@@ -14,6 +14,9 @@
 //!
 //! Results are applied by `pool::health::apply_probe`, which holds the
 //! rules (pure, in `pool/health/transition.rs`); this module only schedules.
+//!
+//! [`check_url`] runs the same HTTP probe once against a URL: `tidegate
+//! probe`, the container images' `HEALTHCHECK` (they have no curl).
 
 pub(crate) mod probe;
 
@@ -29,6 +32,67 @@ use crate::pool::health::{apply_probe, tick};
 use crate::pool::Backend;
 use crate::shutdown::stopped;
 use crate::state::State;
+
+/// Why `tidegate probe` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckUrlError {
+    /// Not an `http://host:port/path` URL.
+    #[error("`{0}` is not an http:// URL with a host")]
+    Url(String),
+    /// The host did not resolve.
+    #[error("cannot resolve `{host}`: {reason}")]
+    Resolve {
+        /// The URL's host and port.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The probe failed (connect, timeout, or a status outside 200-299).
+    #[error("{url}: {reason}")]
+    Failed {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One HTTP GET of `url` (plain `http://` only), bounded by `timeout`,
+/// passing on a 2xx answer: the active probe, run once.
+pub async fn check_url(url: &str, timeout: Duration) -> Result<(), CheckUrlError> {
+    let uri: http::Uri = url.parse().map_err(|_| CheckUrlError::Url(url.to_string()))?;
+    let authority = match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(a)) => a.clone(),
+        _ => return Err(CheckUrlError::Url(url.to_string())),
+    };
+    let host = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+    let addr = tokio::net::lookup_host(&host)
+        .await
+        .map_err(|e| CheckUrlError::Resolve {
+            host: host.clone(),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| CheckUrlError::Resolve {
+            host: host.clone(),
+            reason: "no address".into(),
+        })?;
+    let check = crate::config::HealthCheck {
+        kind: crate::config::CheckKind::Http,
+        path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+        interval: timeout,
+        timeout,
+        healthy: 1,
+        unhealthy: 1,
+        expect: (200, 299),
+    };
+    probe::probe(addr, &check, None)
+        .await
+        .map_err(|reason| CheckUrlError::Failed {
+            url: url.to_string(),
+            reason,
+        })
+}
 
 /// How often ejections expire and slow starts advance.
 pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_millis(250);

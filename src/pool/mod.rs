@@ -233,6 +233,19 @@ impl Pool {
         self.shared.queue.dispatch(|| self.try_claim(&mut cx));
     }
 
+    /// Control path: requests in flight on the pool's backends, draining
+    /// ones included.
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.backends.iter().chain(&self.draining).map(|b| b.in_flight()).sum()
+    }
+
+    /// Control path: the pool's demand, in flight + queued (concurrency,
+    /// as Knative measures it): what the autoscaler sizes for and what
+    /// `tidegate_pool_demand` and `GET /demand` export.
+    pub(crate) fn demand(&self) -> u64 {
+        u64::from(self.in_flight()) + self.shared.queue.depth() as u64
+    }
+
     /// Control path: how many of `backends` are in each state, indexed by
     /// `BackendState as usize`.
     pub(crate) fn state_counts(&self) -> [usize; 4] {

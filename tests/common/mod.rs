@@ -468,9 +468,18 @@ pub(crate) async fn read_head(s: &mut TcpStream) -> bool {
 pub(crate) async fn spawn_tidegate(
     args: &[&std::ffi::OsStr],
 ) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
+    spawn_tidegate_with_env(args, &[]).await
+}
+
+/// [`spawn_tidegate`] with extra environment variables.
+pub(crate) async fn spawn_tidegate_with_env(
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

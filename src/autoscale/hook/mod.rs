@@ -9,11 +9,14 @@
 //! - `exec.rs`: a command; the request on stdin, the answer on stdout;
 //! - `webhook.rs`: HTTP POST of the same JSON; a 2xx answer carries it;
 //! - `local.rs`: built in; `tidegate backend` children on free loopback
-//!   ports (the demo's provisioner).
+//!   ports (the demo's provisioner);
+//! - `docker.rs`: built in; containers through the Docker Engine API on
+//!   its Unix socket, labelled so a restarted tidegate adopts them.
 //!
 //! A failure changes nothing in the pool; the caller logs it, counts it and
 //! retries after [`backoff`]. Nothing here touches the data path.
 
+mod docker;
 mod exec;
 mod local;
 mod webhook;
@@ -27,6 +30,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::HookConfig;
+pub use docker::POOL_LABEL as DOCKER_POOL_LABEL;
 pub use exec::call_exec;
 use exec::Exec;
 pub use local::{backend_command, LocalProvisioner};
@@ -114,6 +118,9 @@ pub enum HookError {
     /// The built-in provisioner failed.
     #[error("local provisioner: {0}")]
     Local(String),
+    /// The Docker Engine could not be reached or refused a request.
+    #[error("docker: {0}")]
+    Docker(String),
 }
 
 impl HookError {
@@ -121,7 +128,7 @@ impl HookError {
     pub fn label(&self) -> &'static str {
         match self {
             HookError::Timeout(_) => "timeout",
-            HookError::Spawn { .. } | HookError::Exit { .. } | HookError::Local(_) => "failed",
+            HookError::Spawn { .. } | HookError::Exit { .. } | HookError::Local(_) | HookError::Docker(_) => "failed",
             HookError::InvalidAnswer(_) => "invalid",
             HookError::Http(_) | HookError::Status { .. } => "failed",
         }
@@ -211,6 +218,23 @@ pub(crate) fn provisioner(hook: &HookConfig, exe: Option<PathBuf>) -> Box<dyn Pr
             url: url.clone(),
             timeout: *timeout,
             ca: ca.clone(),
+        }),
+        HookConfig::Docker {
+            image,
+            network,
+            port,
+            labels,
+            socket,
+            command,
+            timeout,
+        } => Box::new(docker::Docker {
+            image: image.clone(),
+            network: network.clone(),
+            port: *port,
+            labels: labels.clone(),
+            command: command.clone(),
+            timeout: *timeout,
+            engine: docker::Engine { socket: socket.clone() },
         }),
         HookConfig::Local {
             service_time,

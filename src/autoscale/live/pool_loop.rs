@@ -16,6 +16,11 @@
 //!    failure (the pool is unchanged and the queue keeps serving);
 //! 7. **write** the membership once (`State::set_members`).
 //!
+//! Steps 5 to 7 act only in `hook` mode and not in a dry run: in `export`
+//! mode the decision is published (status, `tidegate_pool_desired_backends`,
+//! `GET /demand`) for KEDA or an HPA to carry out, and membership is left
+//! as the config gives it.
+//!
 //! Membership lives in one place, the snapshot (`Pool::provisioned`); the
 //! loop keeps only what is its own: members draining, given up on, or
 //! whose removal the provisioner ignored.
@@ -189,7 +194,7 @@ impl PoolLoop {
         let (sample, violations) = self.sample(pool, now as u64);
         let mut members = pool.provisioned.clone();
         self.learn(pool, &members, now);
-        if !cfg.dry_run {
+        if cfg.acts() {
             self.give_up_on_overdue(&mut members, &cfg, now);
         }
         let counts = pool.state_counts();
@@ -219,7 +224,7 @@ impl PoolLoop {
             desired: self.board.status.lock().unwrap_or_else(|p| p.into_inner()).desired,
             violations,
         });
-        if let (Some(decision), false) = (&outcome.decision, cfg.dry_run) {
+        if let (Some(decision), true) = (&outcome.decision, cfg.acts()) {
             let statics = pool.config.backends.len() as u32;
             let want = decision.desired.saturating_sub(statics);
             let drained = self.drained(pool, now, cfg.drain_timeout.as_secs_f64());
@@ -247,18 +252,24 @@ impl PoolLoop {
             Some(_) => {}
             None => self.stepper = Some(Stepper::new(params)),
         }
-        if self.hook.as_ref().is_none_or(|h| h.config != cfg.hook) {
-            // A new kind or target: a fresh provisioner (the old one, and a
-            // `local` one's children, are dropped).
-            let (seq, asked) = self.hook.as_ref().map_or((0, None), |h| (h.seq, h.asked));
-            self.hook = Some(Hook {
-                config: cfg.hook.clone(),
-                provisioner: provisioner(&cfg.hook, self.exe.clone()),
-                seq,
-                failures: 0,
-                retry_at: None,
-                asked,
-            });
+        match cfg.hook() {
+            Some(wanted) if self.hook.as_ref().is_none_or(|h| h.config != *wanted) => {
+                // A new kind or target: a fresh provisioner (the old one, and
+                // a `local` one's children, are dropped).
+                let (seq, asked) = self.hook.as_ref().map_or((0, None), |h| (h.seq, h.asked));
+                self.hook = Some(Hook {
+                    config: wanted.clone(),
+                    provisioner: provisioner(wanted, self.exe.clone()),
+                    seq,
+                    failures: 0,
+                    retry_at: None,
+                    asked,
+                });
+            }
+            Some(_) => {}
+            // Export mode: nothing to call (a provisioner left from before a
+            // reload is dropped).
+            None => self.hook = None,
         }
         let stepper = self.stepper.as_mut().expect("just set");
         if let Some(minutes) = self.recorder.open(&self.name, state_dir, stepper.minutes()).await {
@@ -269,7 +280,7 @@ impl PoolLoop {
     /// This second's sample and the requests that broke the SLO in it.
     fn sample(&mut self, pool: &Pool, t: u64) -> (Sample, u64) {
         let totals = Totals::read(pool);
-        let in_flight: u32 = pool.backends.iter().chain(&pool.draining).map(|b| b.in_flight()).sum();
+        let in_flight = pool.in_flight();
         let before = self.last.replace(totals);
         let late = totals.late.saturating_sub(before.map_or(totals.late, |b| b.late));
         let sample = totals.sample(before, t, in_flight, pool.shared.queue.depth() as f64);
@@ -331,6 +342,7 @@ impl PoolLoop {
             metrics::gauge!(POOL_DESIRED_BACKENDS, "pool" => self.name.clone()).set(f64::from(d.desired));
         }
         s.dry_run = cfg.dry_run;
+        s.mode = cfg.mode_name();
         s.ready = tick.ready;
         s.current = tick.ready + tick.provisioning;
         s.draining = self.draining.len();

@@ -63,6 +63,8 @@ pub(crate) struct HookRecord {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub(crate) struct Status {
     pub(crate) dry_run: bool,
+    /// `hook` (tidegate provisions) or `export` (something else scales).
+    pub(crate) mode: &'static str,
     pub(crate) desired: u32,
     pub(crate) current: u32,
     pub(crate) ready: u32,
