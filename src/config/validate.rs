@@ -22,8 +22,7 @@ use toml::Spanned;
 use super::defaults as d;
 use super::file::{
     Dur, RawAutoscale, RawAutoscaleMode, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool,
-    RawPriority,
-    RawUpstream, Size,
+    RawPriority, RawUpstream, Size,
 };
 use super::net::IpNet;
 use super::{
