@@ -138,7 +138,109 @@ async fn a_token_protects_every_admin_route_but_health_and_readiness() {
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     assert_eq!(collect(s.send_request(req).await.unwrap()).await.status, 401);
-    assert_eq!(get(m.admin, "/stats?token=s3cret").await.status, 200);
+    // `?token=` opens the dashboard page only; the page sends the header.
+    assert_eq!(get(m.admin, "/?token=s3cret").await.status, 200);
+    assert_eq!(get(m.admin, "/stats?token=s3cret").await.status, 401);
+    // The scheme is case-insensitive; a longer or shorter guess is wrong.
+    for (given, status) in [
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("Bearer s3cret2", 401),
+        ("Bearer s3cre", 401),
+    ] {
+        let a = ask(m.admin, "GET", "/stats", &[("authorization", given)]).await;
+        assert_eq!(a.status, status, "{given}");
+    }
+    m.shutdown().await;
+}
+
+/// One admin request with `headers` (Host defaults to the listener's
+/// address).
+async fn ask(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = http::Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| *k == "host") {
+        req = req.header("host", addr.to_string());
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    collect(h1(addr).await.send_request(req).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn head_works_and_a_wrong_method_is_told_what_is_allowed() {
+    let b = backend("b1").await;
+    let m = tidegate(&config_text(&[b.addr], ADMIN, "")).await;
+    let head = ask(m.admin, "HEAD", "/stats", &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty(), "no body for HEAD");
+    assert!(head.headers.contains_key("content-length"));
+    let wrong = ask(m.admin, "DELETE", "/stats", &[]).await;
+    assert_eq!(
+        (wrong.status.as_u16(), &wrong.headers["allow"]),
+        (405, &"GET, HEAD".parse::<http::HeaderValue>().unwrap())
+    );
+    let wrong = ask(m.admin, "GET", "/reload", &[]).await;
+    assert_eq!(
+        (wrong.status.as_u16(), &wrong.headers["allow"]),
+        (405, &"POST".parse::<http::HeaderValue>().unwrap())
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_web_page_cannot_read_through_dns_rebinding_or_reload_cross_site() {
+    let b = backend("b1").await;
+    let m = tidegate(&config_text(
+        &[b.addr],
+        &format!("{ADMIN}allowed_hosts = [\"admin.shop.internal\"]\n"),
+        "",
+    ))
+    .await;
+    let browser = ("sec-fetch-mode", "cors");
+    // A page on evil.example whose name now resolves to 127.0.0.1.
+    let rebound = ask(m.admin, "GET", "/stats", &[("host", "evil.example:9090"), browser]).await;
+    assert_eq!(rebound.status, 403, "{}", rebound.text());
+    // The same Host from a program (Prometheus, curl) is not a browser's.
+    assert_eq!(
+        ask(m.admin, "GET", "/stats", &[("host", "evil.example:9090")])
+            .await
+            .status,
+        200
+    );
+    // Names the operator listed, IP literals and localhost are fine.
+    for host in [
+        "admin.shop.internal:9090",
+        "localhost:9090",
+        "127.0.0.1:9090",
+        "[::1]:9090",
+    ] {
+        assert_eq!(
+            ask(m.admin, "GET", "/stats", &[("host", host), browser]).await.status,
+            200,
+            "{host}"
+        );
+    }
+    // A page elsewhere posting to /reload.
+    let cross = ask(
+        m.admin,
+        "POST",
+        "/reload",
+        &[("origin", "http://evil.example"), browser],
+    )
+    .await;
+    assert_eq!(cross.status, 403);
+    // The dashboard itself (same origin) may.
+    let origin = format!("http://{}", m.admin);
+    let same = ask(
+        m.admin,
+        "POST",
+        "/reload",
+        &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+    )
+    .await;
+    assert_eq!(same.status, 200, "{}", same.text());
     m.shutdown().await;
 }
 

@@ -88,14 +88,20 @@ fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
     let Some(token) = snapshot.config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
         return true;
     };
+    // `Bearer` in any case (RFC 9110 §11.1: the scheme is case-insensitive).
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let query = req
-        .uri()
-        .query()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    // `?token=` only opens the dashboard page (a link a browser can
+    // follow); the page itself sends the header, and a URL that could
+    // reload or read data must not carry the secret into logs and history.
+    let query = (is_get(req) && req.uri().path() == "/")
+        .then(|| req.uri().query())
+        .flatten()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
     [bearer, query]
         .into_iter()
@@ -103,10 +109,81 @@ fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
         .any(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
-/// Compares without an early exit, so the time taken does not reveal how
-/// much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares in a time that depends on the secret's length only: not on how
+/// much of a guess was right, nor on the guess's length.
+fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != secret.len());
+    for (i, s) in secret.iter().enumerate() {
+        diff |= s ^ given.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+/// GET, or HEAD (GET without the body: hyper leaves it out).
+fn is_get(req: &Request<Incoming>) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD)
+}
+
+/// A request a browser made (it sends `Origin` on cross-site and unsafe
+/// requests and `Sec-Fetch-*` on all): a page may be behind it.
+fn from_browser(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    h.contains_key(header::ORIGIN) || h.contains_key("sec-fetch-mode") || h.contains_key("sec-fetch-site")
+}
+
+/// Why a browser's request is refused, if it is: DNS rebinding (a page on
+/// `evil.example` resolving to 127.0.0.1 sends `Host: evil.example`) and
+/// cross-site writes (a page elsewhere posting to `/reload`). Programs
+/// (Prometheus, probes, curl) send neither header and are not checked.
+fn browser_refusal(allowed_hosts: &[String], req: &Request<Incoming>) -> Option<&'static str> {
+    if !from_browser(req) {
+        return None;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    if !host_allowed(host, allowed_hosts) {
+        return Some("this Host is not the admin listener's (add it to admin.allowed_hosts)");
+    }
+    if !is_get(req) {
+        let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let same = origin.is_some_and(|o| {
+            o.split_once("://")
+                .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
+        });
+        let site = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        if !same && site != Some("same-origin") {
+            return Some("a cross-site request may not change anything here");
+        }
+    }
+    None
+}
+
+/// An IP literal, `localhost`, or a listed name (any port).
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split_once(']')
+                .is_some_and(|(a, _)| a.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// The methods each admin path answers (`None`: no such path).
+fn methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/" | "/stats" | "/history" | "/demand" | "/metrics" | "/healthz" | "/readyz" => Some("GET, HEAD"),
+        "/reload" => Some("POST"),
+        _ => None,
+    }
 }
 
 /// `GET /history[?pool=NAME]`: each autoscaled pool's last half hour, one
@@ -130,35 +207,42 @@ fn history(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
 /// The routes anyone may ask: liveness and readiness, read-only and
 /// revealing nothing.
 fn open_route(req: &Request<Incoming>) -> bool {
-    req.method() == Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz")
+    is_get(req) && matches!(req.uri().path(), "/healthz" | "/readyz")
 }
 
 async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let snapshot = shared.view.state.load();
+    let allowed_hosts = snapshot.config.admin.as_ref().map_or(&[][..], |a| &a.allowed_hosts[..]);
+    if let Some(why) = browser_refusal(allowed_hosts, &req) {
+        return respond(StatusCode::FORBIDDEN, "text/plain", format!("forbidden: {why}\n"));
+    }
+    drop(snapshot);
     if !open_route(&req) && !authorized(shared, &req) {
         let mut r = respond(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized\n");
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
-        (&Method::GET, "/stats") => json(StatusCode::OK, &stats::collect(shared)),
-        (&Method::GET, "/history") => history(shared, req.uri().query()),
-        (&Method::GET, "/demand") => json(StatusCode::OK, &demand::collect(shared)),
-        (&Method::GET, "/metrics") => respond(
+    let path = req.uri().path();
+    match (is_get(&req), req.method() == Method::POST, path) {
+        (true, _, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
+        (true, _, "/stats") => json(StatusCode::OK, &stats::collect(shared)),
+        (true, _, "/history") => history(shared, req.uri().query()),
+        (true, _, "/demand") => json(StatusCode::OK, &demand::collect(shared)),
+        (true, _, "/metrics") => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             metrics::render(shared),
         ),
-        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::GET, "/readyz") => {
+        (true, _, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
+        (true, _, "/readyz") => {
             if shared.view.ready.load(Ordering::SeqCst) {
                 respond(StatusCode::OK, "text/plain", "ready\n")
             } else {
                 respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
             }
         }
-        (&Method::POST, "/reload") => match shared.view.control.reload(Trigger::Admin).await {
+        (_, true, "/reload") => match shared.view.control.reload(Trigger::Admin).await {
             Ok(generation) => json(
                 StatusCode::OK,
                 &serde_json::json!({ "ok": true, "generation": generation }),
@@ -168,9 +252,13 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
                 &serde_json::json!({ "ok": false, "error": error }),
             ),
         },
-        (_, "/" | "/stats" | "/history" | "/demand" | "/metrics" | "/healthz" | "/readyz" | "/reload") => {
-            respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
-        }
-        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        _ => match methods(path) {
+            Some(allow) => {
+                let mut r = respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n");
+                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+                r
+            }
+            None => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        },
     }
 }

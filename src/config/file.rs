@@ -87,6 +87,8 @@ pub(crate) struct RawRuntime {
 pub(crate) struct RawAdmin {
     pub(crate) listen: Option<Spanned<String>>,
     pub(crate) token: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -120,6 +120,9 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// Bearer token every admin route requires, when set.
     pub token: Option<String>,
+    /// Host names a browser may reach the admin listener by, besides IP
+    /// literals and `localhost` (DNS rebinding protection).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[limits]`: per-connection limits that protect the proxy from slow or

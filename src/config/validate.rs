@@ -597,7 +597,12 @@ fn validate_admin(cx: &Ctx<'_>, a: super::file::RawAdmin) -> Option<Admin> {
             "a non-loopback admin listener needs `admin.token` (a bearer token)",
         );
     }
-    Some(Admin { listen, token })
+    let allowed_hosts = a.allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
+    Some(Admin {
+        listen,
+        token,
+        allowed_hosts,
+    })
 }
 
 fn validate_access_log(cx: &Ctx<'_>, a: super::file::RawAccessLog, base_dir: &Path) -> AccessLogConfig {
