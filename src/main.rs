@@ -133,14 +133,14 @@ struct SimulateArgs {
     /// Several provisioning delays (`--corpus`), e.g. "5s,30s,120s".
     #[arg(long, value_delimiter = ',', value_parser = parse_duration)]
     delays: Vec<Duration>,
-    /// Queue-wait SLO.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    /// Queue-wait SLO (more than 0).
+    #[arg(long, default_value = "100ms", value_parser = positive_duration)]
     slo: Duration,
-    /// Concurrency limit per backend.
-    #[arg(long, default_value_t = 8)]
+    /// Concurrency limit per backend (at least 1).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     slots: u32,
-    /// Mean service time.
-    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    /// Mean service time (more than 0).
+    #[arg(long, default_value = "20ms", value_parser = positive_duration)]
     service_time: Duration,
     /// Mean arrival rate (req/s): a generated scenario's base, or what a
     /// `--trace` is scaled to (default: as recorded).
@@ -195,6 +195,15 @@ struct SimulateArgs {
     /// (default: the only autoscaled pool).
     #[arg(long, requires = "stdio")]
     pool: Option<String>,
+}
+
+/// A duration that must not be zero (a zero service time or SLO has no
+/// meaning to the simulator, and one made it loop forever).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
 }
 
 fn main() -> ExitCode {

@@ -479,3 +479,22 @@ async fn running_out_of_descriptors_does_not_eject_a_healthy_backend() {
     assert_eq!(get(web, "/products/1").await.status, 200);
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn simulate_refuses_settings_it_cannot_run_instead_of_spinning() {
+    for bad in [["--slots", "0"], ["--service-time", "0s"], ["--slo", "0ms"]] {
+        let out = tokio::time::timeout(
+            BOUND,
+            Command::new(env!("CARGO_BIN_EXE_tidegate"))
+                .args(["simulate", "--scenario", "step"])
+                .args(bad)
+                .output(),
+        )
+        .await
+        .expect("an answer, not a loop")
+        .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(bad[0]), "{bad:?}: {err}");
+    }
+}
