@@ -264,19 +264,30 @@ fn version(v: Version) -> &'static str {
 /// bytes that are not UTF-8 (header values may carry them) as U+FFFD.
 fn json_str(out: &mut String, s: &[u8]) {
     out.push('"');
-    for c in String::from_utf8_lossy(s).chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Runs of bytes that need no escape are copied whole (most fields are
+    // all of one run); in valid UTF-8, bytes from 0x80 up need none.
+    let text = String::from_utf8_lossy(s);
+    let bytes = text.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f | 0x7f => "",
+            _ => continue,
+        };
+        out.push_str(&text[run..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{:04x}", b);
+        } else {
+            out.push_str(escape);
         }
+        run = i + 1;
     }
+    out.push_str(&text[run..]);
     out.push('"');
 }
 
@@ -450,6 +461,18 @@ mod tests {
             priority: Some("normal"),
             incomplete: false,
         }
+    }
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_control_bytes_and_keep_utf8() {
+        let mut out = String::new();
+        json_str(&mut out, "a\"b\\c\nd\u{1}e\u{7f}f é/ü".as_bytes());
+        assert_eq!(out, "\"a\\\"b\\\\c\\nd\\u0001e\\u007ff é/ü\"");
+        let parsed: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(parsed, "a\"b\\c\nd\u{1}e\u{7f}f é/ü");
+        out.clear();
+        json_str(&mut out, b"bad \xff byte");
+        assert_eq!(out, "\"bad \u{fffd} byte\"");
     }
 
     #[test]
