@@ -9,14 +9,17 @@
 //! 2. routes host + path to a pool, enforcing the route's body limit (413)
 //!    and the matching `[[rate_limit]]` rules (429, `request.rs`, before
 //!    the pool counts an arrival: a refused flood buys no capacity);
-//! 3. gets an in-flight slot from the pool's admission (pick, or queue in
+//! 3. on a route with `cache = { ... }`, serves from the micro-cache or
+//!    fetches once for everyone asking (`cached.rs`); a hit stops here,
+//!    before the pool counts an arrival;
+//! 4. gets an in-flight slot from the pool's admission (pick, or queue in
 //!    the route's priority lane);
-//! 4. rewrites headers and sends the request over a pooled keep-alive
+//! 5. rewrites headers and sends the request over a pooled keep-alive
 //!    connection (`send.rs`); a connect failure (nothing sent) tries another
 //!    backend;
-//! 5. returns the backend's response with the slot moved into its body, so
+//! 6. returns the backend's response with the slot moved into its body, so
 //!    in-flight falls when the body has finished streaming;
-//! 6. tunnels the connection both ways after a `101 Switching Protocols`
+//! 7. tunnels the connection both ways after a `101 Switching Protocols`
 //!    (`upgrade.rs`).
 //!
 //! Every failure is a [`ProxyError`], turned into a response and counted
