@@ -298,3 +298,26 @@ async fn a_body_over_max_object_streams_through_whole_and_uncached() {
         assert_eq!(o.hits(path), 2, "{path}");
     }
 }
+
+#[tokio::test]
+async fn an_answer_that_may_not_be_stored_releases_the_waiters_and_marks_the_key_hit_for_miss() {
+    let o = origin(Duration::from_millis(300)).await;
+    let t = tidegate(&cached_config(o.addr, "ttl = \"30s\", lock_timeout = \"20s\"")).await;
+    let path = "/private?h=cache-control:private";
+    let started = tokio::time::Instant::now();
+    let addr = t.addr;
+    let clients: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(async move { get_with(addr, "GET", path, &[]).await }))
+        .collect();
+    for c in clients {
+        let a = c.await.unwrap();
+        assert_eq!((a.status.as_u16(), x_cache(&a)), (200, "MISS"));
+    }
+    // The leader's answer (300 ms) released the waiters, who then went
+    // upstream at once (300 ms more), long before their lock_timeout.
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(o.hits(path), 10);
+    // Hit-for-miss: the next miss goes upstream without waiting for anyone.
+    assert_eq!(x_cache(&get_with(t.addr, "GET", path, &[]).await), "MISS");
+    assert_eq!(o.hits(path), 11);
+}
