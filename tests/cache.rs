@@ -321,3 +321,33 @@ async fn an_answer_that_may_not_be_stored_releases_the_waiters_and_marks_the_key
     assert_eq!(x_cache(&get_with(t.addr, "GET", path, &[]).await), "MISS");
     assert_eq!(o.hits(path), 11);
 }
+
+#[tokio::test]
+async fn the_access_log_names_what_the_cache_did() {
+    let o = origin(Duration::ZERO).await;
+    let text = format!(
+        "[access_log]\npath = \"access.log\"\n{}",
+        cached_config(o.addr, "ttl = \"30s\", bypass_cookies = [\"cart\"]")
+    );
+    let t = tidegate(&text).await;
+    get_with(t.addr, "GET", "/logged", &[]).await;
+    get_with(t.addr, "GET", "/logged", &[]).await;
+    get_with(t.addr, "GET", "/logged", &[("cookie", "cart=1")]).await;
+    let log = t.path.with_file_name("access.log");
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    eventually("every request is logged", || async { lines().len() == 3 }).await;
+    let seen: Vec<_> = lines()
+        .iter()
+        .map(|l| l["cache"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, ["miss", "hit", "bypass"]);
+    // Only the miss and the bypass reached a backend.
+    let backends: Vec<bool> = lines().iter().map(|l| l["backend"].is_string()).collect();
+    assert_eq!(backends, [true, false, true]);
+}
