@@ -351,3 +351,42 @@ async fn the_access_log_names_what_the_cache_did() {
     let backends: Vec<bool> = lines().iter().map(|l| l["backend"].is_string()).collect();
     assert_eq!(backends, [true, false, true]);
 }
+
+#[tokio::test]
+async fn max_bytes_bounds_the_store_by_evicting() {
+    let o = origin(Duration::ZERO).await;
+    let text = format!(
+        "[cache]\nmax_bytes = \"2KiB\"\n{}",
+        cached_config(o.addr, "ttl = \"30s\"")
+    );
+    let t = tidegate(&text).await;
+    for i in 0..30 {
+        assert_eq!(get_with(t.addr, "GET", &format!("/e/{i}"), &[]).await.status, 200);
+    }
+    eventually("evictions are counted", || async {
+        let cache = &t.stats().await["cache"];
+        cache["evictions_total"].as_u64().unwrap() > 0 && cache["bytes"].as_u64().unwrap() <= 2048
+    })
+    .await;
+    let metrics = t.metrics().await;
+    assert!(metrics.contains("tidegate_cache_evictions_total "), "{metrics}");
+}
+
+#[tokio::test]
+async fn head_and_http2_clients_get_the_same_answers() {
+    let o = origin(Duration::ZERO).await;
+    let t = tidegate(&cached_config(o.addr, "ttl = \"30s\"")).await;
+    // An unstorable answer to a HEAD leader: its head only.
+    let head = get_with(t.addr, "HEAD", "/h?h=cache-control:no-store", &[]).await;
+    assert_eq!((head.status.as_u16(), x_cache(&head)), (200, "MISS"));
+    assert!(head.body.is_empty());
+    let mut h2 = h2(t.addr).await;
+    for expected in ["MISS", "HIT"] {
+        let req = http::Request::get("http://shop.test/two")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let a = collect(h2.send_request(req).await.unwrap()).await;
+        assert_eq!((a.status.as_u16(), x_cache(&a)), (200, expected));
+        assert_eq!(a.text(), "body of /two");
+    }
+}
