@@ -84,7 +84,7 @@ async fn wait_until_accepting(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-/// `, product pages from the cache N of M` once the cache has served any.
+/// `, sale page from the cache N of M` once the cache has served any.
 fn cache_line(state: &crate::state::State) -> String {
     let Some(cache) = state.load().cache.clone() else {
         return String::new();
@@ -99,7 +99,7 @@ fn cache_line(state: &crate::state::State) -> String {
     if all == 0 {
         return String::new();
     }
-    format!(", product pages from the cache {served} of {all}")
+    format!(", sale page from the cache {served} of {all}")
 }
 
 /// The demo's story: once the first backend is up, play the flash sale
