@@ -86,13 +86,14 @@ pub(crate) fn wants_refresh(headers: &HeaderMap) -> bool {
     directives(headers, header::PRAGMA).any(|(d, _)| d == "no-cache")
 }
 
-/// The key every variant of a request starts from: host, path and the
-/// query without the ignored parameters (in their original order).
+/// The key every variant of a request starts from: scheme (the listener's:
+/// a host served with and without TLS may answer differently), host, path
+/// and the query without the ignored parameters (in their original order).
 /// GET and HEAD share it, so the method is not part of it.
-pub(crate) fn base_key(host: Option<&str>, path: &str, query: Option<&str>, ignore: &[String]) -> String {
-    let mut key = String::with_capacity(host.map_or(0, str::len) + path.len() + query.map_or(0, str::len) + 2);
+pub(crate) fn base_key(tls: bool, host: Option<&str>, path: &str, query: Option<&str>, ignore: &[String]) -> String {
+    let mut key = String::with_capacity(host.map_or(0, str::len) + path.len() + query.map_or(0, str::len) + 10);
+    key.push_str(if tls { "https://" } else { "http://" });
     key.push_str(&host.unwrap_or("").to_ascii_lowercase());
-    key.push(' ');
     key.push_str(path);
     if let Some(q) = query {
         let mut first = true;
@@ -251,16 +252,17 @@ mod tests {
         let p = policy();
         assert_eq!(
             base_key(
+                false,
                 Some("Shop.test"),
                 "/p/1",
                 Some("utm_source=x&b=2&fbclid=9&a=1"),
                 &p.ignore_query
             ),
-            "shop.test /p/1?b=2&a=1"
+            "http://shop.test/p/1?b=2&a=1"
         );
         assert_eq!(
-            base_key(Some("shop.test"), "/p/1", Some("utm_a=1"), &p.ignore_query),
-            "shop.test /p/1"
+            base_key(true, Some("shop.test"), "/p/1", Some("utm_a=1"), &p.ignore_query),
+            "https://shop.test/p/1"
         );
     }
 

@@ -76,6 +76,7 @@ pub(super) async fn serve(
     }
     let head_only = req.method() == Method::HEAD;
     let base = rules::base_key(
+        conn.tls,
         request_host(&req),
         req.uri().path(),
         req.uri().query(),
