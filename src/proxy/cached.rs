@@ -37,9 +37,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::body::{ResponseBody, ResponseBodyError};
-use super::request::{affinity_key, content_length, head_of, request_host, upstream_request};
-use super::{attempts, upstream, ConnContext, Place, Plan, ProxyError, Who};
-use crate::balance::Balancer;
+use super::request::{content_length, head_of, request_host, upstream_request};
+use super::{affinity, attempts, upstream, ConnContext, Place, Plan, ProxyError, Who};
 use crate::cache::rules::{self, NotStored};
 use crate::cache::{variant_of, Cache, Landing, Leader, Object, Outcome, Role, Usable};
 use crate::config::CacheConfig;
@@ -235,10 +234,7 @@ impl Fetch {
         let first = upstream_request(request, None, &self.conn, &self.who, cfg);
         pool.shared.count_arrival();
         let plan = Plan {
-            hash: match pool.balancer {
-                Balancer::Hash(_) => affinity_key(&cfg.hash_key, &asked, self.who.ip),
-                _ => None,
-            },
+            hash: affinity(pool, &asked, &self.who),
             priority: route.priority,
             replay: cfg.retry_idempotent.then(|| head_of(&first)),
             upgrade: None,

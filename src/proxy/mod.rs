@@ -265,10 +265,7 @@ async fn upstream(
     let cfg = &*pool.config;
     let upgrade = allowed_upgrade(&req, &route.upgrade);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let hash = match pool.balancer {
-        Balancer::Hash(_) => affinity_key(&cfg.hash_key, req.headers(), who.ip),
-        _ => None,
-    };
+    let hash = affinity(pool, req.headers(), who);
     let replayable = cfg.retry_idempotent && is_idempotent(req.method()) && has_no_body(&req);
     let idle = snapshot.config.limits.client_body_timeout;
     let tallies = Tallies {
@@ -286,6 +283,14 @@ async fn upstream(
         client_upgrade,
     };
     attempts(conn, first, plan, at).await
+}
+
+/// The affinity key of a request to a `hash` pool (`None` for any other).
+fn affinity(pool: &crate::pool::Pool, headers: &http::HeaderMap, who: &Who) -> Option<u64> {
+    match pool.balancer {
+        Balancer::Hash(_) => affinity_key(&pool.config.hash_key, headers, who.ip),
+        _ => None,
+    }
 }
 
 /// What the attempts at one request need besides the request itself.
