@@ -277,7 +277,7 @@ impl Fetch {
             if total > self.policy.max_object {
                 let seen = concat(chunks);
                 let resp = Response::from_parts(parts, ResponseBody::resumed(seen, body));
-                return Ok(self.not_stored(None, resp));
+                return Ok(self.not_stored(stale, resp));
             }
         }
         let bytes = concat(chunks);
