@@ -81,6 +81,8 @@ pub(crate) struct Entry {
     pub(crate) rate_limit: Option<Arc<str>>,
     /// The route's priority class (`critical`, `normal`, `sheddable`), once routed.
     pub(crate) priority: Option<&'static str>,
+    /// What the micro-cache did (`hit`, `miss`, `stale`, `bypass`), on a cached route.
+    pub(crate) cache: Option<&'static str>,
     /// The response ended before its last byte (client gone, backend cut).
     pub(crate) incomplete: bool,
 }
@@ -352,6 +354,8 @@ fn json(e: &Entry, out: &mut String) {
     json_opt(out, e.pool.as_deref().map(str::as_bytes));
     out.push_str(",\"priority\":");
     json_opt(out, e.priority.map(str::as_bytes));
+    out.push_str(",\"cache\":");
+    json_opt(out, e.cache.map(str::as_bytes));
     match e.backend {
         Some(b) => {
             let _ = write!(out, ",\"backend\":\"{b}\"");
@@ -459,6 +463,7 @@ mod tests {
             error: None,
             rate_limit: None,
             priority: Some("normal"),
+            cache: None,
             incomplete: false,
         }
     }

@@ -14,6 +14,7 @@
 //! data         server/   accept (TCP/TLS), bind, strict HTTP/1 framing (h1_guard)
 //!              proxy/    per request: prepare, limit, admit, send, upgrade, respond, errors
 //!              traffic/  edge traffic control before admission (per-client rate limits)
+//!              cache/    the micro-cache: moka store, coalescing flights, RFC 9111 rules
 //!              state/    the snapshot behind ArcSwap, its builder, the router
 //!              pool/     admission, backends, the queue, per-backend health accounting
 //!              balance/  pick (pure)      upstream/  keep-alive connections, request body
@@ -25,7 +26,8 @@
 //! **Data path** (per request; no lock on the uncontended path, no await
 //! while holding a guard): `server` accepts and speaks HTTP/1.1 + HTTP/2,
 //! `proxy` loads the live snapshot once (`state`), routes host + path,
-//! checks the matching rate limits (`traffic`), asks `pool` admission for
+//! checks the matching rate limits (`traffic`), serves a cached route's
+//! hits from `cache` (a hit never asks for a slot), asks `pool` admission for
 //! a slot (`balance` picks, or the request waits in its priority lane of
 //! the pool's bounded queue), forwards over an `upstream` keep-alive
 //! connection and streams the body back with the slot inside it.
@@ -41,6 +43,7 @@ pub(crate) mod admin;
 pub mod app;
 pub mod autoscale;
 pub mod balance;
+pub(crate) mod cache;
 pub(crate) mod clock;
 pub mod config;
 pub(crate) mod control;

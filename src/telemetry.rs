@@ -101,6 +101,22 @@ families! {
         "Clients over a rate limit's budget at its last sweep";
     RATE_LIMIT_UNTRACKED_TOTAL = "tidegate_rate_limit_untracked_total", Counter, Live,
         "New clients admitted without being remembered because the rule's table held max_keys";
+    CACHE_REQUESTS_TOTAL = "tidegate_cache_requests_total", Counter, Live,
+        "Requests of cached routes, by pool and result (hit, miss, stale, bypass); a hit takes no backend slot";
+    CACHE_COALESCED_TOTAL = "tidegate_cache_coalesced_total", Counter, Live,
+        "Cache misses that waited for another request's fetch of the same key instead of going upstream, by pool";
+    CACHE_REFRESHES_TOTAL = "tidegate_cache_refreshes_total", Counter, Live,
+        "Background refreshes of stale objects (stale-while-revalidate)";
+    CACHE_STORED_TOTAL = "tidegate_cache_stored_total", Counter, Live,
+        "Responses stored in the micro-cache";
+    CACHE_NOT_STORED_TOTAL = "tidegate_cache_not_stored_total", Counter, Live,
+        "Fetched responses that could not be stored (RFC 9111 rules, max_object); their key is hit-for-miss for its ttl";
+    CACHE_EVICTIONS_TOTAL = "tidegate_cache_evictions_total", Counter, Live,
+        "Objects evicted from the micro-cache to stay within [cache] max_bytes";
+    CACHE_BYTES = "tidegate_cache_bytes", Gauge, Live,
+        "Bytes the micro-cache holds (bodies, heads and keys)";
+    CACHE_ENTRIES = "tidegate_cache_entries", Gauge, Live,
+        "Objects the micro-cache holds";
     ACCESS_LOG_DROPPED_TOTAL = "tidegate_access_log_dropped_total", Counter, Live,
         "Access-log lines dropped because the writer was behind (the proxy never waits for it)";
     CONFIG_GENERATION = "tidegate_config_generation", Gauge, Live,

@@ -433,3 +433,23 @@ async fn the_dashboard_shows_limited_clients_in_a_real_browser() {
     assert!(row.contains("127.0.0.1"), "the limited client is named: {row}");
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_shows_the_cache_hit_ratio_in_a_real_browser() {
+    let b = backend("b1").await;
+    let route = "[[route]]\npath_prefix = \"/\"\npool = \"shop\"\ncache = { ttl = \"30s\" }\n";
+    let m = tidegate(&config_text(&[b.addr], &format!("{ADMIN}{route}"), "")).await;
+    // One miss, three hits: 75 %.
+    for _ in 0..4 {
+        assert_eq!(get(m.addr, "/products/1").await.status, 200);
+    }
+    let out = chromium(&["--dump-dom".into(), format!("http://{}/", m.admin)]).await;
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("hit ratio 75.0 %"), "the cache summary:\n{dom}");
+    let row_start = dom
+        .find("data-cache-pool=\"shop\"")
+        .unwrap_or_else(|| panic!("no cache row for the pool:\n{dom}"));
+    let row = &dom[row_start..row_start + dom[row_start..].find("</tr>").unwrap()];
+    assert!(row.contains(">75.0 %<"), "{row}");
+    m.shutdown().await;
+}

@@ -18,6 +18,7 @@ const LAYERS: [(&str, &[&str]); 5] = [
             "upstream",
             "pool",
             "traffic",
+            "cache",
             "state",
             "proxy",
             "server",
@@ -172,14 +173,15 @@ fn imports_point_down_the_layers() {
 #[test]
 fn the_named_rules_hold() {
     const LEAVES: [&str; 5] = ["config", "clock", "shutdown", "telemetry", "sd_notify"];
-    const BELOW_PROXY: [&str; 5] = ["histogram", "balance", "upstream", "pool", "traffic"];
-    const DATA: [&str; 9] = [
+    const BELOW_PROXY: [&str; 6] = ["histogram", "balance", "upstream", "pool", "traffic", "cache"];
+    const DATA: [&str; 10] = [
         "histogram",
         "access_log",
         "balance",
         "upstream",
         "pool",
         "traffic",
+        "cache",
         "state",
         "proxy",
         "server",
@@ -192,7 +194,7 @@ fn the_named_rules_hold() {
         (
             &BELOW_PROXY,
             &below_proxy,
-            "pool, balance, upstream, traffic and histogram sit below the proxy",
+            "pool, balance, upstream, traffic, cache and histogram sit below the proxy",
         ),
         (
             &["proxy", "server"],

@@ -213,6 +213,9 @@ pub(super) fn render(shared: &Shared) -> String {
             write_sample(&mut out, family, &[("rule", name)], value);
         }
     }
+    if let Some(cache) = &snapshot.cache {
+        cache_metrics(&mut out, &cache.counts());
+    }
     header(&mut out, t::ACCESS_LOG_DROPPED_TOTAL);
     write_sample(&mut out, t::ACCESS_LOG_DROPPED_TOTAL, &[], access_log::dropped() as f64);
 
@@ -220,6 +223,41 @@ pub(super) fn render(shared: &Shared) -> String {
     recorder.run_upkeep();
     out.push_str(&recorder.render());
     out
+}
+
+/// The micro-cache's families.
+fn cache_metrics(out: &mut String, c: &crate::cache::Counts) {
+    let header = |out: &mut String, name: &str| {
+        if let Some(f) = t::family(name) {
+            write_header(out, f);
+        }
+    };
+    header(out, t::CACHE_REQUESTS_TOTAL);
+    for (pool, results, _) in &c.pools {
+        for (outcome, n) in crate::cache::Outcome::ALL.iter().zip(results) {
+            write_sample(
+                out,
+                t::CACHE_REQUESTS_TOTAL,
+                &[("pool", pool), ("result", outcome.as_str())],
+                *n as f64,
+            );
+        }
+    }
+    header(out, t::CACHE_COALESCED_TOTAL);
+    for (pool, _, coalesced) in &c.pools {
+        write_sample(out, t::CACHE_COALESCED_TOTAL, &[("pool", pool)], *coalesced as f64);
+    }
+    for (family, value) in [
+        (t::CACHE_REFRESHES_TOTAL, c.refreshes),
+        (t::CACHE_STORED_TOTAL, c.stored),
+        (t::CACHE_NOT_STORED_TOTAL, c.not_stored),
+        (t::CACHE_EVICTIONS_TOTAL, c.evictions),
+        (t::CACHE_BYTES, c.bytes),
+        (t::CACHE_ENTRIES, c.entries),
+    ] {
+        header(out, family);
+        write_sample(out, family, &[], value as f64);
+    }
 }
 
 /// Calls `f` for every backend of every pool, serving or draining, with

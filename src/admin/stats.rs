@@ -22,6 +22,67 @@ pub(crate) struct Stats {
     pub(crate) config: ConfigStats,
     pub(crate) pools: Vec<PoolStats>,
     pub(crate) rate_limits: Vec<RateLimitStats>,
+    /// The micro-cache; `null` when no route is cached.
+    pub(crate) cache: Option<CacheStats>,
+}
+
+/// The micro-cache: its size, and per pool what its requests got.
+#[derive(Serialize)]
+pub(crate) struct CacheStats {
+    pub(crate) entries: u64,
+    pub(crate) bytes: u64,
+    pub(crate) max_bytes: u64,
+    pub(crate) stored_total: u64,
+    pub(crate) not_stored_total: u64,
+    pub(crate) evictions_total: u64,
+    pub(crate) refreshes_total: u64,
+    /// Hits and stale serves over all requests that could use the cache
+    /// (bypasses left out); 0 before the first.
+    pub(crate) hit_ratio: f64,
+    pub(crate) pools: Vec<CachePoolStats>,
+}
+
+/// One pool's cached requests by result.
+#[derive(Serialize)]
+pub(crate) struct CachePoolStats {
+    pub(crate) pool: String,
+    pub(crate) hit: u64,
+    pub(crate) miss: u64,
+    pub(crate) stale: u64,
+    pub(crate) bypass: u64,
+    pub(crate) coalesced: u64,
+}
+
+fn cache_stats(c: crate::cache::Counts) -> CacheStats {
+    let pools: Vec<CachePoolStats> = c
+        .pools
+        .iter()
+        .map(|(pool, [hit, miss, stale, bypass], coalesced)| CachePoolStats {
+            pool: pool.to_string(),
+            hit: *hit,
+            miss: *miss,
+            stale: *stale,
+            bypass: *bypass,
+            coalesced: *coalesced,
+        })
+        .collect();
+    let served: u64 = pools.iter().map(|p| p.hit + p.stale).sum();
+    let usable: u64 = pools.iter().map(|p| p.hit + p.stale + p.miss).sum();
+    CacheStats {
+        entries: c.entries,
+        bytes: c.bytes,
+        max_bytes: c.max_bytes,
+        stored_total: c.stored,
+        not_stored_total: c.not_stored,
+        evictions_total: c.evictions,
+        refreshes_total: c.refreshes,
+        hit_ratio: if usable == 0 {
+            0.0
+        } else {
+            served as f64 / usable as f64
+        },
+        pools,
+    }
 }
 
 /// One `[[rate_limit]]` rule: its settings and counts.
@@ -74,6 +135,9 @@ pub(crate) struct PoolStats {
     pub(crate) in_flight: u32,
     pub(crate) requests_total: u64,
     pub(crate) errors_total: u64,
+    /// Requests that asked the pool for a backend: the autoscaler's arrival
+    /// count (cache hits and stale serves are not in it).
+    pub(crate) arrivals_total: u64,
     pub(crate) responses: serde_json::Map<String, serde_json::Value>,
     pub(crate) latency_ms: Option<Latency>,
     pub(crate) backends: Vec<BackendStats>,
@@ -156,6 +220,7 @@ pub(crate) fn collect(shared: &Shared) -> Stats {
                 in_flight: p.in_flight(),
                 requests_total: totals.iter().sum(),
                 errors_total: totals[4] + totals[5],
+                arrivals_total: p.shared.arrivals(),
                 responses: by_class(&totals),
                 latency_ms: percentiles_ms([p.shared.latency()], &QS).map(|q| Latency {
                     p50: q[0],
@@ -182,5 +247,6 @@ pub(crate) fn collect(shared: &Shared) -> Stats {
         },
         pools,
         rate_limits: snapshot.rate_limits.iter().map(|r| rate_limit_stats(r)).collect(),
+        cache: snapshot.cache.as_ref().map(|c| cache_stats(c.counts())),
     }
 }

@@ -111,6 +111,19 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent HTTP/2 streams per client connection.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 
+/// Micro-cache: bytes all cached responses may take (`[cache] max_bytes`).
+pub const CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Micro-cache: how long a response without `max-age`/`s-maxage` is fresh.
+pub const CACHE_TTL: Duration = Duration::from_secs(1);
+/// Micro-cache: how long past freshness a stale copy may still be served
+/// while it is refreshed, or when the backend fails.
+pub const CACHE_GRACE: Duration = Duration::from_secs(10);
+/// Micro-cache: the largest body stored; larger ones stream through.
+pub const CACHE_MAX_OBJECT: u64 = 1024 * 1024;
+/// Micro-cache: how long a miss waits for the one request already fetching
+/// its key before going upstream itself.
+pub const CACHE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Rate limits: clients (keys) one `[[rate_limit]]` remembers at most; a
 /// new client beyond it is admitted untracked until the sweep frees room.
 pub const RATE_LIMIT_MAX_KEYS: usize = 1_000_000;

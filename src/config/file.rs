@@ -39,6 +39,29 @@ pub(crate) struct RawConfig {
     pub(crate) access_log: Option<RawAccessLog>,
     #[serde(default, rename = "rate_limit")]
     pub(crate) rate_limits: Vec<RawRateLimit>,
+    /// `[cache]`: the micro-cache's global budget.
+    pub(crate) cache: Option<RawCacheGlobal>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCacheGlobal {
+    pub(crate) max_bytes: Option<Size>,
+}
+
+/// A route's `cache = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouteCache {
+    pub(crate) ttl: Option<Dur>,
+    pub(crate) grace: Option<Dur>,
+    pub(crate) max_object: Option<Size>,
+    pub(crate) lock_timeout: Option<Dur>,
+    /// Query parameters left out of the key (`*` at the end: a prefix).
+    pub(crate) ignore_query: Option<Spanned<Vec<String>>>,
+    /// Requests carrying any of these cookies skip the cache.
+    pub(crate) bypass_cookies: Option<Spanned<Vec<String>>>,
 }
 
 /// `[[rate_limit]]`: a per-client GCRA limit on the requests a rule matches.
@@ -143,6 +166,8 @@ pub(crate) struct RawRoute {
     pub(crate) max_body: Option<Size>,
     /// The route's class in its pool's queue.
     pub(crate) priority: Option<RawPriority>,
+    /// The micro-cache for this route's GET and HEAD requests.
+    pub(crate) cache: Option<RawRouteCache>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -52,6 +52,29 @@ pub struct Config {
     pub access_log: Option<AccessLogConfig>,
     /// `[[rate_limit]]`: per-client limits, in file order.
     pub rate_limits: Vec<RateLimitConfig>,
+    /// `[cache] max_bytes`: what all routes' cached responses may take.
+    pub cache_max_bytes: u64,
+}
+
+/// A route's `cache = { ... }`: its GET and HEAD responses are kept and
+/// served from memory, one upstream request per key at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Freshness of a response that names none (`s-maxage`, `max-age`).
+    pub ttl: Duration,
+    /// Past freshness, a stale copy is served while one request refreshes
+    /// it, or when the backend fails.
+    pub grace: Duration,
+    /// The largest body stored; larger ones stream through uncached.
+    pub max_object: u64,
+    /// A miss waits at most this long for the request already fetching its
+    /// key, then goes upstream itself.
+    pub lock_timeout: Duration,
+    /// Query parameter names left out of the key; a name ending in `*` is
+    /// a prefix (`utm_*`).
+    pub ignore_query: Vec<String>,
+    /// Requests carrying a cookie of one of these names skip the cache.
+    pub bypass_cookies: Vec<String>,
 }
 
 /// `[[rate_limit]]`: at most `rate` requests per client (keyed by
@@ -213,6 +236,8 @@ pub struct Route {
     pub upgrade: Vec<String>,
     /// The route's class in its pool's queue.
     pub priority: Priority,
+    /// The route's micro-cache; `None` = every request goes upstream.
+    pub cache: Option<Arc<CacheConfig>>,
 }
 
 /// A route's class in its pool's queue: served by class, then by arrival.

@@ -26,9 +26,9 @@ use super::file::{
 };
 use super::net::IpNet;
 use super::{
-    AccessLogConfig, AccessLogFormat, Admin, AutoscaleConfig, AutoscaleMode, BackendConfig, Balance, CertificatePaths,
-    CheckKind, Config, ConfigError, Guards, HashKey, HealthCheck, HookConfig, Limits, Listener, PassiveHealth,
-    PoolConfig, Priority, RateLimitConfig, Route, Runtime, Tls, UpstreamProtocol, UpstreamTls,
+    AccessLogConfig, AccessLogFormat, Admin, AutoscaleConfig, AutoscaleMode, BackendConfig, Balance, CacheConfig,
+    CertificatePaths, CheckKind, Config, ConfigError, Guards, HashKey, HealthCheck, HookConfig, Limits, Listener,
+    PassiveHealth, PoolConfig, Priority, RateLimitConfig, Route, Runtime, Tls, UpstreamProtocol, UpstreamTls,
 };
 
 /// Hyper refuses read buffers smaller than this.
@@ -407,6 +407,7 @@ fn validate(cx: &Ctx<'_>, mut raw: RawConfig, base_dir: &Path) -> Option<Config>
                 Some(RawPriority::Normal) | None => Priority::Normal,
                 Some(RawPriority::Sheddable) => Priority::Sheddable,
             },
+            cache: rr.cache.map(|c| Arc::new(validate_route_cache(cx, &key, c))),
         });
     }
     if routes.is_empty() {
@@ -419,6 +420,7 @@ fn validate(cx: &Ctx<'_>, mut raw: RawConfig, base_dir: &Path) -> Option<Config>
                 max_body: d::MAX_BODY_BYTES,
                 upgrade: default_upgrade(),
                 priority: Priority::Normal,
+                cache: None,
             }),
             _ if cx.errors.borrow().is_empty() => cx.report(
                 0..0,
@@ -429,6 +431,13 @@ fn validate(cx: &Ctx<'_>, mut raw: RawConfig, base_dir: &Path) -> Option<Config>
         }
     }
     let rate_limits = validate_rate_limits(cx, raw.rate_limits, rate_limit_max_keys);
+    let cache_max_bytes = cx.size(
+        raw.cache.and_then(|c| c.max_bytes),
+        "cache.max_bytes",
+        d::CACHE_MAX_BYTES,
+        1024,
+        1 << 40,
+    );
     if !cx.errors.borrow().is_empty() {
         return None;
     }
@@ -443,7 +452,46 @@ fn validate(cx: &Ctx<'_>, mut raw: RawConfig, base_dir: &Path) -> Option<Config>
         pools,
         access_log,
         rate_limits,
+        cache_max_bytes,
     })
+}
+
+/// A route's `cache = { ... }`: durations and sizes in range, names that
+/// can appear in a query or a cookie.
+fn validate_route_cache(cx: &Ctx<'_>, route: &str, c: super::file::RawRouteCache) -> CacheConfig {
+    let k = |sub: &str| format!("{route}.cache.{sub}");
+    let names = |list: Option<Spanned<Vec<String>>>, key: &str| -> Vec<String> {
+        let Some(list) = list else { return Vec::new() };
+        let span = list.span();
+        let mut out = Vec::new();
+        for n in list.into_inner() {
+            let stem = n.strip_suffix('*').unwrap_or(&n);
+            if stem.is_empty() || stem.bytes().any(|b| b.is_ascii_whitespace() || b"=&;,*".contains(&b)) {
+                cx.report(
+                    span.clone(),
+                    key,
+                    format!("`{n}` is not a name (a `*` may only end it)"),
+                );
+            } else {
+                out.push(n);
+            }
+        }
+        out
+    };
+    CacheConfig {
+        ttl: cx.duration(c.ttl, &k("ttl"), d::CACHE_TTL, Duration::from_millis(1), DAY),
+        grace: cx.duration(c.grace, &k("grace"), d::CACHE_GRACE, Duration::ZERO, DAY),
+        max_object: cx.size(c.max_object, &k("max_object"), d::CACHE_MAX_OBJECT, 0, 1 << 30),
+        lock_timeout: cx.duration(
+            c.lock_timeout,
+            &k("lock_timeout"),
+            d::CACHE_LOCK_TIMEOUT,
+            Duration::ZERO,
+            Duration::from_secs(300),
+        ),
+        ignore_query: names(c.ignore_query, &k("ignore_query")),
+        bypass_cookies: names(c.bypass_cookies, &k("bypass_cookies")),
+    }
 }
 
 /// A route's or rule's `host`: lower-cased, without port, path or userinfo.
@@ -1624,6 +1672,37 @@ backends = [ { address = "127.0.0.1:9001" } ]
         assert!(message.contains("cannot resolve `no-such-host.invalid`"), "{message}");
         let bad = MINIMAL.replace("127.0.0.1:9001", "shop-1");
         assert!(invalid(&bad).3.contains("is not an address"));
+    }
+
+    #[test]
+    fn route_caches_get_defaults_and_their_mistakes_point_at_their_value() {
+        let route = |cache: &str| format!("{MINIMAL}\n[[route]]\npool = \"shop\"\ncache = {{ {cache} }}\n");
+        let c = parse_str(&route("ignore_query = [\"utm_*\"], bypass_cookies = [\"session\"]")).unwrap();
+        let cache = c.routes[0].cache.as_deref().unwrap();
+        assert_eq!((cache.ttl, cache.grace), (d::CACHE_TTL, d::CACHE_GRACE));
+        assert_eq!(
+            (cache.max_object, cache.lock_timeout),
+            (d::CACHE_MAX_OBJECT, d::CACHE_LOCK_TIMEOUT)
+        );
+        assert_eq!(
+            (cache.ignore_query.as_slice(), cache.bypass_cookies.as_slice()),
+            (&["utm_*".to_string()][..], &["session".to_string()][..])
+        );
+        assert_eq!(c.cache_max_bytes, d::CACHE_MAX_BYTES);
+        assert!(parse_str(MINIMAL).unwrap().routes[0].cache.is_none());
+        // Line 9 is `[[route]]`, 11 the cache table.
+        let (line, col, key, message) = invalid(&route("ttl = \"0s\""));
+        assert_eq!((line, col, key.as_str()), (11, 17, "route[0].cache.ttl"));
+        assert!(message.contains("must be between"), "{message}");
+        let (_, _, key, _) = invalid(&route("max_object = \"2GiB\""));
+        assert_eq!(key, "route[0].cache.max_object");
+        let (_, _, key, message) = invalid(&route("ignore_query = [\"a*b\"]"));
+        assert_eq!(key, "route[0].cache.ignore_query");
+        assert!(message.contains("`a*b` is not a name"), "{message}");
+        let (_, _, key, _) = invalid(&format!("[cache]\nmax_bytes = \"1KiB\"\nmax_objects = 3\n{MINIMAL}"));
+        assert_eq!(key, "cache.max_objects", "an unknown key is named");
+        let (line, _, key, _) = invalid(&format!("[cache]\nmax_bytes = 10\n{MINIMAL}"));
+        assert_eq!((line, key.as_str()), (2, "cache.max_bytes"));
     }
 
     #[test]

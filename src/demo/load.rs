@@ -8,7 +8,9 @@
 //! in step); when the proxy queues, they wait (so the offered load never
 //! runs away). One request in [`CHECKOUT_EVERY`] is a checkout (`/cart`,
 //! the demo's critical route), the rest product pages (sheddable), and the
-//! two are tallied apart.
+//! two are tallied apart. One product page in [`SALE_PAGE_EVERY`] is the
+//! sale's item (`/products/sale`, the demo's cached route): the same bytes
+//! for everyone, which the micro-cache answers.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +45,8 @@ pub(crate) fn flash_sale_at(base: f64) -> Vec<Phase> {
 
 /// One request in this many is a checkout.
 pub(crate) const CHECKOUT_EVERY: u64 = 20;
+/// One product page in this many is the sale's item.
+pub(crate) const SALE_PAGE_EVERY: u64 = 3;
 
 /// What a run did: browse (product pages) and checkout counted apart.
 #[derive(Debug, Default)]
@@ -110,6 +114,8 @@ pub(crate) async fn play(target: SocketAddr, phases: Vec<Phase>, workers: usize,
                     let checkout = (n + w as u64) % CHECKOUT_EVERY == 0;
                     let path = if checkout {
                         "/cart".to_string()
+                    } else if n % SALE_PAGE_EVERY == 0 {
+                        "/products/sale".to_string()
                     } else {
                         format!("/products/{}", (n * 7 + w as u64) % 500)
                     };

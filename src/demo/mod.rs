@@ -117,6 +117,24 @@ pub async fn play_against(target: SocketAddr, base: f64, workers: usize) -> (u64
     counts()
 }
 
+/// `, sale page from the cache N of M` once the cache has served any.
+fn cache_line(state: &crate::state::State) -> String {
+    let Some(cache) = state.load().cache.clone() else {
+        return String::new();
+    };
+    let (served, all) = cache
+        .counts()
+        .pools
+        .iter()
+        .fold((0, 0), |(s, a), (_, [hit, miss, stale, _], _)| {
+            (s + hit + stale, a + hit + miss + stale)
+        });
+    if all == 0 {
+        return String::new();
+    }
+    format!(", sale page from the cache {served} of {all}")
+}
+
 /// The demo's story: once the first backend is up, play the flash sale
 /// against `web` and print the pool's size every 5 seconds until the pool
 /// is back to its minimum. Bounded: about two minutes.
@@ -154,13 +172,14 @@ pub async fn play_flash_sale(web: SocketAddr, state: std::sync::Arc<crate::state
         let (ready, warming, queued) = pool_size(&state);
         println!(
             "demo: t={:>3}s  backends ready {ready}, warming {warming}, queued {queued}, \
-             checkout ok {} failed {} (slowest {} ms), browse ok {} shed {}",
+             checkout ok {} failed {} (slowest {} ms), browse ok {} shed {}{}",
             started.elapsed().as_secs(),
             tally.checkout_ok.load(Ordering::Relaxed),
             tally.checkout_failed.load(Ordering::Relaxed),
             tally.take_slowest_checkout().as_millis(),
             tally.ok.load(Ordering::Relaxed),
-            tally.failed.load(Ordering::Relaxed)
+            tally.failed.load(Ordering::Relaxed),
+            cache_line(&state)
         );
         if sale.is_finished() && ready <= 1 && warming == 0 {
             println!("demo: the sale is over and the pool is back to its minimum (Ctrl-C stops the demo)");

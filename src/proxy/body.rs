@@ -69,6 +69,9 @@ pub(crate) struct Logged {
 enum Kind {
     Upstream(Streaming),
     Full(Option<Bytes>),
+    /// What was already read of a body (the cache buffered it, then found
+    /// it too large to store), then the rest of it.
+    Resumed(Option<Bytes>, Box<ResponseBody>),
 }
 
 /// A backend's body on its way through.
@@ -116,6 +119,11 @@ impl ResponseBody {
 
     pub(crate) fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         ResponseBody::from(Kind::Full(Some(bytes.into())))
+    }
+
+    /// `seen`, then the rest of `rest`.
+    pub(crate) fn resumed(seen: Bytes, rest: ResponseBody) -> ResponseBody {
+        ResponseBody::from(Kind::Resumed(Some(seen), Box::new(rest)))
     }
 
     pub(crate) fn empty() -> ResponseBody {
@@ -201,6 +209,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
             Kind::Upstream(s) => s.inner.is_end_stream(),
+            Kind::Resumed(seen, rest) => seen.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -208,6 +217,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(s) => s.inner.size_hint(),
+            Kind::Resumed(..) => SizeHint::default(),
         }
     }
 }
@@ -216,6 +226,12 @@ impl Kind {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let s = match self {
             Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Resumed(seen, rest) => {
+                if let Some(b) = seen.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                return rest.kind.poll_frame(cx);
+            }
             Kind::Upstream(s) => s,
         };
         if s.untaken {

@@ -49,6 +49,7 @@ pub(super) fn start(log: &Arc<AccessLog>, req: &Request<Incoming>, who: &Who, re
             error: None,
             rate_limit: None,
             priority: None,
+            cache: None,
             incomplete: false,
         },
     })
@@ -61,4 +62,5 @@ pub(super) fn respond(l: &mut Logged, at: &Place, status: StatusCode) {
     l.entry.backend = at.backend;
     l.entry.pool = at.pool.map(|i| Arc::clone(&at.snapshot.pools[i].name));
     l.entry.priority = at.priority.map(Priority::as_str);
+    l.entry.cache = at.cache.map(crate::cache::Outcome::as_str);
 }

@@ -9,20 +9,24 @@
 //! 2. routes host + path to a pool, enforcing the route's body limit (413)
 //!    and the matching `[[rate_limit]]` rules (429, `request.rs`, before
 //!    the pool counts an arrival: a refused flood buys no capacity);
-//! 3. gets an in-flight slot from the pool's admission (pick, or queue in
+//! 3. on a route with `cache = { ... }`, serves from the micro-cache or
+//!    fetches once for everyone asking (`cached.rs`); a hit stops here,
+//!    before the pool counts an arrival;
+//! 4. gets an in-flight slot from the pool's admission (pick, or queue in
 //!    the route's priority lane);
-//! 4. rewrites headers and sends the request over a pooled keep-alive
+//! 5. rewrites headers and sends the request over a pooled keep-alive
 //!    connection (`send.rs`); a connect failure (nothing sent) tries another
 //!    backend;
-//! 5. returns the backend's response with the slot moved into its body, so
+//! 6. returns the backend's response with the slot moved into its body, so
 //!    in-flight falls when the body has finished streaming;
-//! 6. tunnels the connection both ways after a `101 Switching Protocols`
+//! 7. tunnels the connection both ways after a `101 Switching Protocols`
 //!    (`upgrade.rs`).
 //!
 //! Every failure is a [`ProxyError`], turned into a response and counted
 //! (per pool, or before routing) in one place: [`Proxy::call`].
 
 pub(crate) mod body;
+mod cached;
 mod client;
 pub(crate) mod conn;
 mod error;
@@ -122,7 +126,9 @@ impl tower::Service<Request<Incoming>> for Proxy {
             let mut at = Place {
                 snapshot,
                 pool: None,
+                route: 0,
                 priority: None,
+                cache: None,
                 backend: None,
                 queued: Duration::ZERO,
                 bytes_in: logged.as_ref().and_then(|l| l.bytes_in.clone()),
@@ -145,6 +151,11 @@ impl tower::Service<Request<Incoming>> for Proxy {
                     resp
                 }
             };
+            let mut resp = resp;
+            if let Some(outcome) = at.cache {
+                resp.headers_mut()
+                    .insert(cached::X_CACHE, http::HeaderValue::from_static(outcome.header()));
+            }
             Ok(match logged {
                 Some(mut l) => {
                     log::respond(&mut l, &at, resp.status());
@@ -157,6 +168,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
 }
 
 /// The client as one request sees it.
+#[derive(Clone)]
 pub(crate) struct Who {
     /// The connection's peer (the socket's, or the PROXY header's).
     peer: IpAddr,
@@ -171,6 +183,10 @@ pub(crate) struct Who {
 pub(crate) struct Place {
     snapshot: Arc<Snapshot>,
     pool: Option<usize>,
+    /// The route's index in the snapshot's config, once routed.
+    route: usize,
+    /// What the micro-cache did, on a cached route.
+    cache: Option<crate::cache::Outcome>,
     /// The route's class in the pool's queue, once routed.
     priority: Option<Priority>,
     backend: Option<SocketAddr>,
@@ -179,9 +195,26 @@ pub(crate) struct Place {
     bytes_in: Option<Arc<AtomicU64>>,
 }
 
+impl Place {
+    /// A copy for a fetch that runs on its own task (it reports back the
+    /// backend and queue time it had).
+    fn fork(&self) -> Place {
+        Place {
+            snapshot: Arc::clone(&self.snapshot),
+            pool: self.pool,
+            route: self.route,
+            cache: None,
+            priority: self.priority,
+            backend: None,
+            queued: Duration::ZERO,
+            bytes_in: None,
+        }
+    }
+}
+
 async fn forward(
-    conn: &ConnContext,
-    mut req: Request<Incoming>,
+    conn: &Arc<ConnContext>,
+    req: Request<Incoming>,
     who: &Who,
     at: &mut Place,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -193,8 +226,10 @@ async fn forward(
         .route(host, req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     at.pool = Some(target.pool);
+    at.route = target.route;
     let snapshot = Arc::clone(&at.snapshot);
-    at.priority = Some(snapshot.config.routes[target.route].priority);
+    let route = &snapshot.config.routes[target.route];
+    at.priority = Some(route.priority);
     if !snapshot.rate_limits.is_empty() {
         rate_limit(
             &snapshot.rate_limits,
@@ -205,20 +240,32 @@ async fn forward(
             clock_ns(),
         )?;
     }
-    let route = &snapshot.config.routes[target.route];
-    let pool = &snapshot.pools[target.pool];
-    pool.shared.count_arrival();
-    let cfg = &*pool.config;
     if content_length(req.headers()).is_some_and(|n| n > route.max_body) {
         return Err(ProxyError::PayloadTooLarge);
     }
+    if let (Some(policy), Some(cache)) = (&route.cache, &snapshot.cache) {
+        return cached::serve(conn, req, who, at, policy, cache).await;
+    }
+    upstream(conn, req, who, at).await
+}
+
+/// Sends the client's own request (body and upgrade included) to the
+/// routed pool. Only here, and on a cache miss's fetch, does the pool count
+/// an arrival: a cache hit is no demand the autoscaler should buy for.
+async fn upstream(
+    conn: &ConnContext,
+    mut req: Request<Incoming>,
+    who: &Who,
+    at: &mut Place,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let snapshot = Arc::clone(&at.snapshot);
+    let route = &snapshot.config.routes[at.route];
+    let pool = &snapshot.pools[at.pool.expect("routed")];
+    pool.shared.count_arrival();
+    let cfg = &*pool.config;
     let upgrade = allowed_upgrade(&req, &route.upgrade);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let hash = match pool.balancer {
-        Balancer::Hash(_) => affinity_key(&cfg.hash_key, req.headers(), who.ip),
-        _ => None,
-    };
-    let priority = route.priority;
+    let hash = affinity(pool, req.headers(), who);
     let replayable = cfg.retry_idempotent && is_idempotent(req.method()) && has_no_body(&req);
     let idle = snapshot.config.limits.client_body_timeout;
     let tallies = Tallies {
@@ -228,13 +275,56 @@ async fn forward(
     let req = req.map(|body| RequestBody::new(body, route.max_body, idle, tallies));
     let mut first = upstream_request(req, upgrade.clone(), conn, who, cfg);
     first.body_mut().prime().await.map_err(|e| body_error(&e))?;
-    let mut request = Some(first);
-    let replay = replayable.then(|| head_of(request.as_ref().expect("just built")));
+    let plan = Plan {
+        hash,
+        priority: route.priority,
+        replay: replayable.then(|| head_of(&first)),
+        upgrade,
+        client_upgrade,
+    };
+    attempts(conn, first, plan, at).await
+}
 
+/// The affinity key of a request to a `hash` pool (`None` for any other).
+fn affinity(pool: &crate::pool::Pool, headers: &http::HeaderMap, who: &Who) -> Option<u64> {
+    match pool.balancer {
+        Balancer::Hash(_) => affinity_key(&pool.config.hash_key, headers, who.ip),
+        _ => None,
+    }
+}
+
+/// What the attempts at one request need besides the request itself.
+struct Plan {
+    /// The affinity key, for a `hash` pool.
+    hash: Option<u64>,
+    priority: Priority,
+    /// The head to resend after a mid-exchange failure, when allowed.
+    replay: Option<request::Head>,
+    /// The protocol the request may switch to, and the client's side of it.
+    upgrade: Option<http::HeaderValue>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// Admission, send, and the retries the pool allows, for a request
+/// already rewritten for the backend.
+async fn attempts(
+    conn: &ConnContext,
+    first: Request<RequestBody>,
+    plan: Plan,
+    at: &mut Place,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Plan {
+        hash,
+        priority,
+        replay,
+        upgrade,
+        client_upgrade,
+    } = plan;
+    let mut request = Some(first);
     let mut rng = fastrand::Rng::new();
     let mut tried: Vec<usize> = Vec::new();
     let mut connect_failures = 0;
-    let mut replays_left = u32::from(replayable);
+    let mut replays_left = u32::from(replay.is_some());
     let started = tokio::time::Instant::now();
     loop {
         let snapshot = Arc::clone(&at.snapshot);
@@ -264,6 +354,7 @@ async fn forward(
                     .ok_or(ProxyError::NoRoute)?;
                 at.snapshot = fresh;
                 at.pool = Some(target.pool);
+                at.route = target.route;
                 tried.clear();
                 continue;
             }

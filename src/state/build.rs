@@ -2,8 +2,9 @@
 //! control path, off the hot path, run only by [`super::State`]'s writer.
 //!
 //! Per-pool state ([`PoolShared`]: queue, round-robin cursor, totals) is
-//! carried by pool name, each [`Backend`] by (pool, address), and each rate
-//! limit's client table and counts by rule name, so counters, in-flight
+//! carried by pool name, each [`Backend`] by (pool, address), each rate
+//! limit's client table and counts by rule name, and the micro-cache's
+//! store while `[cache] max_bytes` stays the same, so counters, in-flight
 //! counts, queued requests and clients' budgets survive. A backend that
 //! disappears is returned to the caller, which marks it draining once the
 //! new snapshot is published; it stays in its pool's `draining` list until
@@ -17,6 +18,7 @@ use super::router::Router;
 use super::snapshot::Snapshot;
 use crate::access_log::AccessLog;
 use crate::balance::Balancer;
+use crate::cache::Cache;
 use crate::config::{AccessLogConfig, Config, PoolConfig};
 use crate::pool::{Backend, BackendState, Pool, PoolShared};
 use crate::traffic::ratelimit::RateLimit;
@@ -52,6 +54,7 @@ pub(super) fn snapshot(config: Config, previous: Option<&Snapshot>, generation: 
             Arc::new(RateLimit::new(rule, kept.map(|r| &**r)))
         })
         .collect();
+    let cache = cache(&config, previous.and_then(|s| s.cache.as_ref()));
     let snapshot = Snapshot {
         generation,
         config: Arc::new(config),
@@ -59,8 +62,22 @@ pub(super) fn snapshot(config: Config, previous: Option<&Snapshot>, generation: 
         pools,
         access_log,
         rate_limits,
+        cache,
     };
     (snapshot, removed)
+}
+
+/// The micro-cache when a route uses it: the running one while its size
+/// stays (what it holds stays valid: each object carries the lifetime it
+/// was stored with), else a new, empty one.
+fn cache(config: &Config, running: Option<&Arc<Cache>>) -> Option<Arc<Cache>> {
+    if !config.routes.iter().any(|r| r.cache.is_some()) {
+        return None;
+    }
+    match running.filter(|c| c.max_bytes() == config.cache_max_bytes) {
+        Some(c) => Some(Arc::clone(c)),
+        None => Some(Cache::new(config.cache_max_bytes)),
+    }
 }
 
 /// The writer for `wanted`: the running one when its settings are the
@@ -104,6 +121,7 @@ pub(super) fn with_members(
             pools,
             access_log: previous.access_log.clone(),
             rate_limits: previous.rate_limits.clone(),
+            cache: previous.cache.clone(),
         },
         removed,
     ))

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::router::Router;
 use crate::access_log::AccessLog;
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::pool::Pool;
 use crate::traffic::ratelimit::RateLimit;
@@ -26,6 +27,10 @@ pub(crate) struct Snapshot {
     /// `[[rate_limit]]` rules in file order; each one's client table is
     /// carried by name from the previous snapshot.
     pub(crate) rate_limits: Vec<Arc<RateLimit>>,
+    /// The micro-cache, when a route has `cache = { ... }`: the same object
+    /// from snapshot to snapshot while `[cache] max_bytes` stays, so a
+    /// reload keeps what is stored.
+    pub(crate) cache: Option<Arc<Cache>>,
 }
 
 impl Snapshot {

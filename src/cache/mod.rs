@@ -1,0 +1,489 @@
+//! The micro-cache: responses of `cache = { ... }` routes kept in memory
+//! for a second or so, with one upstream request per key at a time.
+//!
+//! Data path, below `proxy` (which serves from it and fetches for it) and
+//! `state` (which carries the one [`Cache`] from snapshot to snapshot, so
+//! a reload keeps what is stored); it imports only the `config` leaf.
+//! Nothing here awaits or does I/O: `proxy/cached.rs` runs the fetches.
+//!
+//! - Storage is `moka` (a concurrent, size-bounded cache): each object
+//!   weighs its bytes, all objects together at most `[cache] max_bytes`,
+//!   and each expires at the end of its grace. Evictions for size are
+//!   counted by moka's eviction listener.
+//! - Each base key (host, path, query) remembers the `Vary` fields its
+//!   last response named, so a lookup can build the variant key.
+//! - A [`Flight`] per key being fetched lets concurrent misses wait for
+//!   that one request (coalescing) instead of each going upstream; the
+//!   flight table is a `DashMap` whose shard lock is held only to insert
+//!   or remove, never across an await.
+//! - A key whose answer could not be stored is marked hit-for-miss until
+//!   the route's `ttl` has passed: later misses go upstream at once
+//!   rather than queueing behind each other.
+//! - The rules of what may be stored are pure functions in [`rules`].
+//!
+//! Invariants: an object is never served past `lifetime + grace`; a
+//! flight is always landed (a dropped [`Leader`] lands `Uncacheable`), so
+//! no waiter waits past its `lock_timeout`.
+
+pub(crate) mod rules;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::header::{HeaderMap, HeaderName};
+use http::StatusCode;
+use moka::notification::RemovalCause;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub(crate) use rules::Freshness;
+
+/// Base keys whose `Vary` list is remembered, at most.
+const VARY_KEYS: u64 = 100_000;
+/// Hit-for-miss marks remembered, at most.
+const PASS_KEYS: u64 = 100_000;
+/// What an object weighs beyond its body and key (its head, bookkeeping).
+const OVERHEAD: usize = 256;
+
+/// One stored response.
+#[derive(Debug)]
+pub(crate) struct Object {
+    pub(crate) status: StatusCode,
+    /// The backend's fields minus hop-by-hop ones and `Age`.
+    pub(crate) headers: HeaderMap,
+    /// The fields of its `Vary`, so a waiter can tell whether it is its variant.
+    pub(crate) vary: Arc<[HeaderName]>,
+    pub(crate) body: Bytes,
+    stored: Instant,
+    freshness: Freshness,
+    /// Set while one background request refreshes this stale object.
+    refreshing: AtomicBool,
+}
+
+/// Whether an object may be served now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Usable {
+    Fresh,
+    /// Past its lifetime, within its grace.
+    Stale,
+    /// Past its grace: as good as absent.
+    Dead,
+}
+
+impl Object {
+    pub(crate) fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        freshness: Freshness,
+        now: Instant,
+    ) -> Object {
+        Object {
+            status,
+            vary: rules::vary_fields(&headers).unwrap_or_default().into(),
+            headers,
+            body,
+            stored: now,
+            freshness,
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    /// Its age now (RFC 9111 4.2.3: what it had on arrival plus its time here).
+    pub(crate) fn age(&self, now: Instant) -> Duration {
+        self.freshness.initial_age + now.saturating_duration_since(self.stored)
+    }
+
+    pub(crate) fn usable(&self, now: Instant) -> Usable {
+        let age = self.age(now);
+        if age < self.freshness.lifetime {
+            Usable::Fresh
+        } else if age < self.freshness.lifetime + self.freshness.grace {
+            Usable::Stale
+        } else {
+            Usable::Dead
+        }
+    }
+
+    /// `true` for the one caller that should refresh this stale object.
+    pub(crate) fn claim_refresh(&self) -> bool {
+        !self.refreshing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Its refresh failed: the next stale request may try again.
+    pub(crate) fn refresh_failed(&self) {
+        self.refreshing.store(false, Ordering::Release);
+    }
+
+    /// How long after it was stored moka may drop it.
+    fn keep_for(&self) -> Duration {
+        (self.freshness.lifetime + self.freshness.grace).saturating_sub(self.freshness.initial_age)
+    }
+
+    fn weight(&self, key: &str) -> u32 {
+        let head: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        u32::try_from(key.len() + head + self.body.len() + OVERHEAD).unwrap_or(u32::MAX)
+    }
+}
+
+/// How a fetch ended, as the requests waiting for it see it.
+#[derive(Debug, Clone)]
+pub(crate) enum Landing {
+    /// Stored under this key. A waiter whose request differs in a field
+    /// the response varies on (the leader could not know the `Vary` list
+    /// before the answer came) may not use it.
+    Stored(Arc<str>, Arc<Object>),
+    /// Not stored (not storable, too large, or the backend failed): each
+    /// waiter goes upstream itself.
+    Uncacheable,
+}
+
+/// One key being fetched.
+struct Flight {
+    landed: watch::Sender<Option<Landing>>,
+}
+
+/// The request that fetches a key; the others wait on its [`Follower`].
+/// Dropping it without [`Leader::land`] releases them as `Uncacheable`.
+pub(crate) struct Leader {
+    cache: Arc<Cache>,
+    key: Arc<str>,
+    flight: Arc<Flight>,
+}
+
+/// A request waiting for a leader's answer.
+pub(crate) struct Follower(watch::Receiver<Option<Landing>>);
+
+/// A miss either fetches the key or waits for the request that does.
+pub(crate) enum Role {
+    Leader(Leader),
+    Follower(Follower),
+}
+
+/// Results a request of a cached route can have (the `x-cache` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Hit,
+    Miss,
+    Stale,
+    Bypass,
+}
+
+impl Outcome {
+    pub(crate) const ALL: [Outcome; 4] = [Outcome::Hit, Outcome::Miss, Outcome::Stale, Outcome::Bypass];
+
+    /// The `x-cache` value.
+    pub(crate) fn header(self) -> &'static str {
+        match self {
+            Outcome::Hit => "HIT",
+            Outcome::Miss => "MISS",
+            Outcome::Stale => "STALE",
+            Outcome::Bypass => "BYPASS",
+        }
+    }
+
+    /// The metric label and access-log value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Bypass => "bypass",
+        }
+    }
+}
+
+/// A pool's cache counts.
+#[derive(Debug, Default)]
+pub(crate) struct PoolCounts {
+    results: [AtomicU64; 4],
+    /// Misses that waited for another request's fetch.
+    coalesced: AtomicU64,
+}
+
+/// A point-in-time copy of the counts, for `/stats` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counts {
+    pub(crate) pools: Vec<(Arc<str>, [u64; 4], u64)>,
+    pub(crate) entries: u64,
+    pub(crate) bytes: u64,
+    pub(crate) max_bytes: u64,
+    pub(crate) evictions: u64,
+    pub(crate) stored: u64,
+    pub(crate) not_stored: u64,
+    pub(crate) refreshes: u64,
+}
+
+/// The store, its flights and its counts; one per process, kept across
+/// reloads while `[cache] max_bytes` stays the same.
+pub(crate) struct Cache {
+    objects: moka::sync::Cache<Arc<str>, Arc<Object>>,
+    vary: moka::sync::Cache<Arc<str>, Arc<[HeaderName]>>,
+    /// Hit-for-miss marks: the key's answer was not storable until then.
+    passes: moka::sync::Cache<Arc<str>, Instant>,
+    flights: DashMap<Arc<str>, Arc<Flight>>,
+    counts: DashMap<Arc<str>, Arc<PoolCounts>>,
+    max_bytes: u64,
+    evictions: Arc<AtomicU64>,
+    stored: AtomicU64,
+    not_stored: AtomicU64,
+    refreshes: AtomicU64,
+}
+
+struct ExpireAtGrace;
+
+impl moka::Expiry<Arc<str>, Arc<Object>> for ExpireAtGrace {
+    fn expire_after_create(&self, _: &Arc<str>, value: &Arc<Object>, _: std::time::Instant) -> Option<Duration> {
+        Some(value.keep_for())
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        value: &Arc<Object>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.keep_for())
+    }
+}
+
+impl Cache {
+    pub(crate) fn new(max_bytes: u64) -> Arc<Cache> {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&evictions);
+        let objects = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &Arc<str>, v: &Arc<Object>| v.weight(k))
+            .expire_after(ExpireAtGrace)
+            .eviction_listener(move |_, _, cause| {
+                if cause == RemovalCause::Size {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        Arc::new(Cache {
+            objects,
+            vary: moka::sync::Cache::builder()
+                .max_capacity(VARY_KEYS)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            passes: moka::sync::Cache::builder()
+                .max_capacity(PASS_KEYS)
+                .time_to_live(Duration::from_secs(86_400))
+                .build(),
+            flights: DashMap::new(),
+            counts: DashMap::new(),
+            max_bytes,
+            evictions,
+            stored: AtomicU64::new(0),
+            not_stored: AtomicU64::new(0),
+            refreshes: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The variant key of a request (its base key plus the values of the
+    /// fields its base key's responses vary on) and what is stored there.
+    pub(crate) fn lookup(&self, base: &str, request: &HeaderMap) -> (Arc<str>, Option<Arc<Object>>) {
+        let key: Arc<str> = match self.vary.get(base) {
+            Some(fields) if !fields.is_empty() => rules::variant_key(base, &fields, request).into(),
+            _ => base.into(),
+        };
+        let found = self.objects.get(&key);
+        (key, found)
+    }
+
+    /// The key for `object`, fetched for a request with `request` fields
+    /// (its `Vary` list is remembered for the base key, so later lookups
+    /// build the same key).
+    pub(crate) fn key_for(&self, base: &str, object: &Object, request: &HeaderMap) -> Arc<str> {
+        let remembered = self.vary.get(base);
+        if remembered.as_deref() != Some(&object.vary[..]) {
+            self.vary.insert(base.into(), Arc::clone(&object.vary));
+        }
+        variant_of(base, object, request)
+    }
+
+    pub(crate) fn store(&self, key: Arc<str>, object: Arc<Object>) {
+        self.stored.fetch_add(1, Ordering::Relaxed);
+        self.passes.invalidate(&key);
+        self.objects.insert(key, object);
+    }
+
+    /// Removes a key's object (its refresh was not storable).
+    pub(crate) fn remove(&self, key: &str) {
+        self.objects.invalidate(key);
+    }
+
+    /// Marks `key` hit-for-miss for `ttl`: its answer was not storable.
+    pub(crate) fn pass(&self, key: Arc<str>, ttl: Duration, now: Instant) {
+        self.not_stored.fetch_add(1, Ordering::Relaxed);
+        self.passes.insert(key, now + ttl);
+    }
+
+    /// Whether misses of `key` go upstream without waiting for each other.
+    pub(crate) fn passing(&self, key: &str, now: Instant) -> bool {
+        self.passes.get(key).is_some_and(|until| now < until)
+    }
+
+    /// Leads the fetch of `key`, or follows the request already leading it.
+    pub(crate) fn join(self: &Arc<Cache>, key: &Arc<str>) -> Role {
+        match self.flights.entry(Arc::clone(key)) {
+            dashmap::Entry::Occupied(e) => Role::Follower(Follower(e.get().landed.subscribe())),
+            dashmap::Entry::Vacant(e) => {
+                let flight = Arc::new(Flight {
+                    landed: watch::Sender::new(None),
+                });
+                e.insert(Arc::clone(&flight));
+                Role::Leader(Leader {
+                    cache: Arc::clone(self),
+                    key: Arc::clone(key),
+                    flight,
+                })
+            }
+        }
+    }
+
+    /// Counts one request of a cached route in `pool`.
+    pub(crate) fn count(&self, pool: &Arc<str>, outcome: Outcome, coalesced: bool) {
+        let counts = match self.counts.get(pool) {
+            Some(c) => Arc::clone(&c),
+            None => Arc::clone(&self.counts.entry(Arc::clone(pool)).or_default()),
+        };
+        counts.results[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        if coalesced {
+            counts.coalesced.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A stale object is being refreshed in the background.
+    pub(crate) fn count_refresh(&self) {
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        let mut pools: Vec<_> = self
+            .counts
+            .iter()
+            .map(|e| {
+                let c = e.value();
+                (
+                    Arc::clone(e.key()),
+                    std::array::from_fn(|i| c.results[i].load(Ordering::Relaxed)),
+                    c.coalesced.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        pools.sort_by(|a, b| a.0.cmp(&b.0));
+        self.objects.run_pending_tasks();
+        Counts {
+            pools,
+            entries: self.objects.entry_count(),
+            bytes: self.objects.weighted_size(),
+            max_bytes: self.max_bytes,
+            evictions: self.evictions.load(Ordering::Relaxed),
+            stored: self.stored.load(Ordering::Relaxed),
+            not_stored: self.not_stored.load(Ordering::Relaxed),
+            refreshes: self.refreshes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The key `object` would have for a request with `request` fields.
+pub(crate) fn variant_of(base: &str, object: &Object, request: &HeaderMap) -> Arc<str> {
+    if object.vary.is_empty() {
+        base.into()
+    } else {
+        rules::variant_key(base, &object.vary, request).into()
+    }
+}
+
+// === impl Leader ===
+
+impl Leader {
+    /// Releases the waiters with `landing` and ends the flight.
+    pub(crate) fn land(self, landing: Landing) {
+        self.flight.landed.send_replace(Some(landing));
+        // Drop removes the flight.
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.cache
+            .flights
+            .remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
+        if self.flight.landed.borrow().is_none() {
+            self.flight.landed.send_replace(Some(Landing::Uncacheable));
+        }
+    }
+}
+
+// === impl Follower ===
+
+impl Follower {
+    /// The leader's landing, or `None` after `timeout`.
+    pub(crate) async fn wait(mut self, timeout: Duration) -> Option<Landing> {
+        let landed = tokio::time::timeout(timeout, self.0.wait_for(Option::is_some)).await;
+        match landed {
+            Ok(Ok(l)) => l.clone(),
+            // The sender is gone only after landing; be safe anyway.
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh(secs: u64, grace: u64) -> Freshness {
+        Freshness {
+            lifetime: Duration::from_secs(secs),
+            initial_age: Duration::ZERO,
+            grace: Duration::from_secs(grace),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_object_is_fresh_then_stale_then_dead() {
+        let now = Instant::now();
+        let o = Object::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"x"),
+            fresh(1, 2),
+            now,
+        );
+        assert_eq!(o.usable(now), Usable::Fresh);
+        assert_eq!(o.usable(now + Duration::from_millis(1500)), Usable::Stale);
+        assert_eq!(o.usable(now + Duration::from_secs(3)), Usable::Dead);
+        assert!(o.claim_refresh());
+        assert!(!o.claim_refresh(), "one refresh per stale object");
+    }
+
+    #[tokio::test]
+    async fn followers_wait_for_the_leader_and_a_dropped_leader_releases_them() {
+        let cache = Cache::new(1 << 20);
+        let key: Arc<str> = "k".into();
+        let Role::Leader(leader) = cache.join(&key) else {
+            panic!("first is leader")
+        };
+        let Role::Follower(f) = cache.join(&key) else {
+            panic!("second follows")
+        };
+        drop(leader);
+        assert!(matches!(
+            f.wait(Duration::from_secs(5)).await,
+            Some(Landing::Uncacheable)
+        ));
+        assert!(matches!(cache.join(&key), Role::Leader(_)), "the flight ended");
+    }
+}
