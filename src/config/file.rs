@@ -39,6 +39,24 @@ pub(crate) struct RawConfig {
     pub(crate) access_log: Option<RawAccessLog>,
     #[serde(default, rename = "rate_limit")]
     pub(crate) rate_limits: Vec<RawRateLimit>,
+    pub(crate) cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: several instances coordinated through etcd.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub(crate) instance: Option<Spanned<String>>,
+    pub(crate) etcd: RawEtcd,
+}
+
+/// `[cluster] etcd = { endpoints = [...], prefix = "...", lease = "5s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEtcd {
+    pub(crate) endpoints: Spanned<Vec<String>>,
+    pub(crate) prefix: Option<Spanned<String>>,
+    pub(crate) lease: Option<Dur>,
 }
 
 /// `[[rate_limit]]`: a per-client GCRA limit on the requests a rule matches.

@@ -52,6 +52,22 @@ pub struct Config {
     pub access_log: Option<AccessLogConfig>,
     /// `[[rate_limit]]`: per-client limits, in file order.
     pub rate_limits: Vec<RateLimitConfig>,
+    /// `[cluster]`: coordination through etcd; `None` = this process
+    /// decides alone (read at start; a reload does not change it).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: several instances, one decision (see `src/cluster/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This instance's name, unique in the cluster (default: host name).
+    pub instance: String,
+    /// etcd client URLs (`http://host:port`), tried in order.
+    pub endpoints: Vec<http::Uri>,
+    /// Key prefix, without a trailing `/`.
+    pub prefix: String,
+    /// The instance's lease TTL.
+    pub lease: Duration,
 }
 
 /// `[[rate_limit]]`: at most `rate` requests per client (keyed by
