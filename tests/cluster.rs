@@ -475,6 +475,11 @@ async fn kill_9_of_the_leader_hands_over_within_the_lease_without_duplicate_call
         calls.iter().all(|call| call.0 == old_epoch || call.0 == new_epoch),
         "{calls:?}"
     );
+    let first_new = calls.iter().position(|call| call.0 == new_epoch).unwrap();
+    assert!(
+        calls[first_new..].iter().all(|call| call.0 == new_epoch),
+        "the old epoch never acts after the new one began: {calls:?}"
+    );
     eprintln!("failover: {failover:?}; epochs {old_epoch} -> {new_epoch}; {} hook calls, 0 duplicate; survivors answered {answered}, failed 0", calls.len());
 }
 

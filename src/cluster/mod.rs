@@ -229,9 +229,12 @@ impl Cluster {
     async fn lease(&self) -> Result<i64, EtcdError> {
         let held = self.inner().lease;
         if let Some(id) = held {
+            // The TTL restarts when etcd receives the request, after it is
+            // sent: counting from the send errs on the safe side.
+            let asked = Instant::now();
             match self.etcd.keep_alive(id).await {
                 Ok(_) => {
-                    self.inner().renewed = Some(Instant::now());
+                    self.inner().renewed = Some(asked);
                     return Ok(id);
                 }
                 Err(EtcdError::LeaseExpired(_)) => {
