@@ -13,6 +13,8 @@
 //! - the rate limits' sweep, which forgets idle clients once a second off
 //!   the workers ([`sweep_rate_limits`]);
 //! - the autoscaler supervisor (`autoscale::live::run`);
+//! - with `[cluster]`, the etcd coordinator (`cluster::run`), whose view
+//!   the autoscaler loops and the admin listener share;
 //! - the admin listener (`admin::serve`), which reads the control path's
 //!   published [`View`] and the autoscalers' statuses.
 //!
@@ -40,11 +42,12 @@ use tokio::task::JoinSet;
 
 use crate::autoscale::live::Statuses;
 use crate::clock::clock_ns;
+use crate::cluster::Cluster;
 use crate::control::{Control, Listeners, Trigger, View};
 use crate::server::Bound;
 use crate::state::State;
 use crate::traffic::ratelimit::SWEEP_INTERVAL;
-use crate::{access_log, admin, autoscale, config, control, health, sd_notify, telemetry};
+use crate::{access_log, admin, autoscale, cluster, config, control, health, sd_notify, telemetry};
 
 /// How `run` finds and watches its config.
 #[derive(Debug, Clone, Default)]
@@ -75,6 +78,8 @@ pub async fn run(
     let listeners = Listeners::start(bound, &state);
     let (stop, stopping) = watch::channel(false);
     let statuses = Arc::new(Statuses::default());
+    // Read once: a reload does not move an instance between clusters.
+    let cluster = state.load().config.cluster.clone().map(Cluster::new);
 
     let mut services = JoinSet::new();
     services.spawn(health::run(Arc::clone(&state), stopping.clone()));
@@ -83,8 +88,12 @@ pub async fn run(
         Arc::clone(&state),
         Arc::clone(&statuses),
         opts.tidegate_exe.clone(),
+        cluster.clone(),
         stopping.clone(),
     ));
+    if let Some(cluster) = &cluster {
+        services.spawn(cluster::run(Arc::clone(cluster), stopping.clone()));
+    }
     let mut triggers = JoinSet::new();
     if let (true, Some(path)) = (opts.watch_file, opts.config_path.clone()) {
         let loaded = state.load().config.loaded_from.clone();
@@ -100,6 +109,7 @@ pub async fn run(
         let shared = admin::Shared {
             view: Arc::clone(&view),
             autoscale: Arc::clone(&statuses),
+            cluster: cluster.clone(),
         };
         tokio::spawn(admin::serve(l, shared, stopping.clone()))
     });

@@ -11,6 +11,7 @@
 //!              health/   the probe supervisor (active checks, upkeep)
 //!              autoscale/ pure: signal policy erlang forecast guard warmup schedule step
 //!                         live/ (per-pool loop, status, history file), hook/ (one file per kind)
+//!              cluster/  several instances through etcd: lease, election, summed demand, membership
 //! data         server/   accept (TCP/TLS), bind, strict HTTP/1 framing (h1_guard)
 //!              proxy/    per request: prepare, limit, admit, send, upgrade, respond, errors
 //!              traffic/  edge traffic control before admission (per-client rate limits)
@@ -45,6 +46,7 @@ pub mod autoscale;
 pub mod balance;
 pub(crate) mod cache;
 pub(crate) mod clock;
+pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod control;
 pub mod demo;

@@ -133,6 +133,10 @@ families! {
         "The open file descriptor limit (RLIMIT_NOFILE)";
     PROCESS_START = "process_start_time_seconds", Gauge, Live,
         "When the process started, Unix seconds";
+    CLUSTER_LEADER = "tidegate_cluster_leader", Gauge, Live,
+        "1 while this instance leads the etcd cluster (decides, calls hooks), else 0; absent without [cluster]";
+    CLUSTER_ETCD_UP = "tidegate_cluster_etcd_up", Gauge, Live,
+        "1 if etcd answered this instance's last round, else 0 (scaling pauses); absent without [cluster]";
     CONFIG_RELOADS_TOTAL = "tidegate_config_reloads_total", Counter, Recorder,
         "Config reload attempts by result";
     POOL_DESIRED_BACKENDS = "tidegate_pool_desired_backends", Gauge, Recorder,

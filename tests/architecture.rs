@@ -24,7 +24,7 @@ const LAYERS: [(&str, &[&str]); 5] = [
             "server",
         ],
     ),
-    ("control", &["control", "admin", "health", "autoscale"]),
+    ("control", &["control", "admin", "health", "autoscale", "cluster"]),
     ("composition", &["app"]),
     ("tooling", &["sim", "demo", "main"]),
 ];

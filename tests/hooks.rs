@@ -15,6 +15,7 @@ fn request(desired: u32, remove: &[&str]) -> HookRequest {
         version: 1,
         pool: "shop".into(),
         seq: 7,
+        epoch: None,
         desired,
         current: 1,
         ready: 1,

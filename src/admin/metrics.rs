@@ -44,6 +44,22 @@ pub(super) fn render(shared: &Shared) -> String {
         &[],
         shared.view.reloads.load().last_success_unix_ms as f64 / 1000.0,
     );
+    if let Some(cluster) = shared.cluster.as_ref().map(|c| c.status()) {
+        header(&mut out, t::CLUSTER_LEADER);
+        write_sample(
+            &mut out,
+            t::CLUSTER_LEADER,
+            &[],
+            f64::from(u8::from(cluster.role == "leader")),
+        );
+        header(&mut out, t::CLUSTER_ETCD_UP);
+        write_sample(
+            &mut out,
+            t::CLUSTER_ETCD_UP,
+            &[],
+            f64::from(u8::from(cluster.etcd_reachable)),
+        );
+    }
     if let Some(p) = process::read() {
         let gauges = [
             (t::PROCESS_CPU, Some(p.cpu_seconds)),

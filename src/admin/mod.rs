@@ -40,6 +40,8 @@ use crate::shutdown::accept;
 pub(crate) struct Shared {
     pub(crate) view: Arc<View>,
     pub(crate) autoscale: Arc<Statuses>,
+    /// In etcd cluster mode: this instance's view of the cluster.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 const DASHBOARD: &str = include_str!("dashboard.html");

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::Shared;
+use crate::cluster::ClusterStatus;
 use crate::config::Priority;
 use crate::control::{ListenerInfo, ReloadLog};
 use crate::histogram::percentiles_ms;
@@ -22,6 +23,9 @@ pub(crate) struct Stats {
     pub(crate) config: ConfigStats,
     pub(crate) pools: Vec<PoolStats>,
     pub(crate) rate_limits: Vec<RateLimitStats>,
+    /// In etcd cluster mode: instance, role, epoch, whether etcd answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster: Option<ClusterStatus>,
     /// The micro-cache; `null` when no route is cached.
     pub(crate) cache: Option<CacheStats>,
 }
@@ -248,5 +252,6 @@ pub(crate) fn collect(shared: &Shared) -> Stats {
         pools,
         rate_limits: snapshot.rate_limits.iter().map(|r| rate_limit_stats(r)).collect(),
         cache: snapshot.cache.as_ref().map(|c| cache_stats(c.counts())),
+        cluster: shared.cluster.as_ref().map(|c| c.status()),
     }
 }

@@ -147,3 +147,10 @@ pub const DOCKER_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The admin listener when `[admin]` is present without `listen`.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// `[cluster] etcd.prefix`: where the instances' keys live in etcd.
+pub const CLUSTER_PREFIX: &str = "/tidegate";
+/// `[cluster] etcd.lease`: an instance's lease TTL; a dead leader is
+/// replaced within it (plus a second of polling).
+pub const CLUSTER_LEASE: Duration = Duration::from_secs(5);
+/// `[cluster] instance` when `/proc/sys/kernel/hostname` cannot be read.
+pub const CLUSTER_INSTANCE: &str = "tidegate";

@@ -39,6 +39,7 @@ pub(crate) struct RawConfig {
     pub(crate) access_log: Option<RawAccessLog>,
     #[serde(default, rename = "rate_limit")]
     pub(crate) rate_limits: Vec<RawRateLimit>,
+    pub(crate) cluster: Option<RawCluster>,
     /// `[cache]`: the micro-cache's global budget.
     pub(crate) cache: Option<RawCacheGlobal>,
 }
@@ -62,6 +63,23 @@ pub(crate) struct RawRouteCache {
     pub(crate) ignore_query: Option<Spanned<Vec<String>>>,
     /// Requests carrying any of these cookies skip the cache.
     pub(crate) bypass_cookies: Option<Spanned<Vec<String>>>,
+}
+
+/// `[cluster]`: several instances coordinated through etcd.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub(crate) instance: Option<Spanned<String>>,
+    pub(crate) etcd: RawEtcd,
+}
+
+/// `[cluster] etcd = { endpoints = [...], prefix = "...", lease = "5s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEtcd {
+    pub(crate) endpoints: Spanned<Vec<String>>,
+    pub(crate) prefix: Option<Spanned<String>>,
+    pub(crate) lease: Option<Dur>,
 }
 
 /// `[[rate_limit]]`: a per-client GCRA limit on the requests a rule matches.

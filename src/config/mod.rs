@@ -52,6 +52,9 @@ pub struct Config {
     pub access_log: Option<AccessLogConfig>,
     /// `[[rate_limit]]`: per-client limits, in file order.
     pub rate_limits: Vec<RateLimitConfig>,
+    /// `[cluster]`: coordination through etcd; `None` = this process
+    /// decides alone (read at start; a reload does not change it).
+    pub cluster: Option<ClusterConfig>,
     /// `[cache] max_bytes`: what all routes' cached responses may take.
     pub cache_max_bytes: u64,
 }
@@ -75,6 +78,19 @@ pub struct CacheConfig {
     pub ignore_query: Vec<String>,
     /// Requests carrying a cookie of one of these names skip the cache.
     pub bypass_cookies: Vec<String>,
+}
+
+/// `[cluster]`: several instances, one decision (see `src/cluster/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This instance's name, unique in the cluster (default: host name).
+    pub instance: String,
+    /// etcd client URLs (`http://host:port`), tried in order.
+    pub endpoints: Vec<http::Uri>,
+    /// Key prefix, without a trailing `/`.
+    pub prefix: String,
+    /// The instance's lease TTL.
+    pub lease: Duration,
 }
 
 /// `[[rate_limit]]`: at most `rate` requests per client (keyed by

@@ -27,8 +27,8 @@ use super::file::{
 use super::net::IpNet;
 use super::{
     AccessLogConfig, AccessLogFormat, Admin, AutoscaleConfig, AutoscaleMode, BackendConfig, Balance, CacheConfig,
-    CertificatePaths, CheckKind, Config, ConfigError, Guards, HashKey, HealthCheck, HookConfig, Limits, Listener,
-    PassiveHealth, PoolConfig, Priority, RateLimitConfig, Route, Runtime, Tls, UpstreamProtocol, UpstreamTls,
+    CertificatePaths, CheckKind, ClusterConfig, Config, ConfigError, Guards, HashKey, HealthCheck, HookConfig, Limits,
+    Listener, PassiveHealth, PoolConfig, Priority, RateLimitConfig, Route, Runtime, Tls, UpstreamProtocol, UpstreamTls,
 };
 
 /// Hyper refuses read buffers smaller than this.
@@ -438,6 +438,7 @@ fn validate(cx: &Ctx<'_>, mut raw: RawConfig, base_dir: &Path) -> Option<Config>
         1024,
         1 << 40,
     );
+    let cluster = raw.cluster.map(|c| validate_cluster(cx, c));
     if !cx.errors.borrow().is_empty() {
         return None;
     }
@@ -453,6 +454,7 @@ fn validate(cx: &Ctx<'_>, mut raw: RawConfig, base_dir: &Path) -> Option<Config>
         access_log,
         rate_limits,
         cache_max_bytes,
+        cluster,
     })
 }
 
@@ -651,6 +653,74 @@ fn validate_admin(cx: &Ctx<'_>, a: super::file::RawAdmin) -> Option<Admin> {
         token,
         allowed_hosts,
     })
+}
+
+fn validate_cluster(cx: &Ctx<'_>, c: super::file::RawCluster) -> ClusterConfig {
+    let instance = match c.instance {
+        Some(i) => {
+            let name = i.get_ref().trim().to_string();
+            if name.is_empty() || name.contains('/') || name.len() > 128 {
+                cx.report(
+                    i.span(),
+                    "cluster.instance",
+                    "expected a non-empty name without `/` (at most 128 bytes)",
+                );
+            }
+            name
+        }
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty() && !h.contains('/'))
+            .unwrap_or_else(|| d::CLUSTER_INSTANCE.to_string()),
+    };
+    let span = c.etcd.endpoints.span();
+    let mut endpoints = Vec::new();
+    for e in c.etcd.endpoints.get_ref() {
+        match e.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => endpoints.push(u),
+            Ok(u) if u.scheme_str() == Some("https") => cx.report(
+                span.clone(),
+                "cluster.etcd.endpoints",
+                format!("`{e}`: https is not supported yet; reach etcd over http on a trusted network"),
+            ),
+            _ => cx.report(
+                span.clone(),
+                "cluster.etcd.endpoints",
+                format!("`{e}`: expected http://host:port"),
+            ),
+        }
+    }
+    if c.etcd.endpoints.get_ref().is_empty() {
+        cx.report(span, "cluster.etcd.endpoints", "at least one endpoint is required");
+    }
+    let prefix = match c.etcd.prefix {
+        None => d::CLUSTER_PREFIX.to_string(),
+        Some(p) => {
+            let v = p.get_ref().trim_end_matches('/').to_string();
+            if !v.starts_with('/') {
+                cx.report(
+                    p.span(),
+                    "cluster.etcd.prefix",
+                    "expected a key prefix starting with `/`",
+                );
+            }
+            v
+        }
+    };
+    let lease = cx.duration(
+        c.etcd.lease,
+        "cluster.etcd.lease",
+        d::CLUSTER_LEASE,
+        Duration::from_secs(2),
+        Duration::from_secs(600),
+    );
+    ClusterConfig {
+        instance,
+        endpoints,
+        prefix,
+        lease,
+    }
 }
 
 fn validate_access_log(cx: &Ctx<'_>, a: super::file::RawAccessLog, base_dir: &Path) -> AccessLogConfig {
@@ -1414,6 +1484,50 @@ backends = [ { address = "127.0.0.1:9001" } ]
             } => (line, col, key, message),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn without_a_cluster_table_the_instance_decides_alone() {
+        assert_eq!(parse_str(MINIMAL).unwrap().cluster, None);
+    }
+
+    #[test]
+    fn the_cluster_table_gets_its_defaults_and_a_host_name() {
+        let c = parse_str(&format!(
+            "{MINIMAL}\n[cluster]\netcd = {{ endpoints = [\"http://127.0.0.1:2379\"] }}\n"
+        ))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert!(!c.instance.is_empty());
+        assert_eq!(c.prefix, d::CLUSTER_PREFIX);
+        assert_eq!(c.lease, d::CLUSTER_LEASE);
+        let c = parse_str(&format!(
+            "{MINIMAL}\n[cluster]\ninstance = \"edge-1\"\netcd = {{ endpoints = [\"http://a:2379\", \"http://b:2379\"], prefix = \"/tidegate/shop/\", lease = \"10s\" }}\n"
+        ))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!((c.instance.as_str(), c.prefix.as_str()), ("edge-1", "/tidegate/shop"));
+        assert_eq!((c.endpoints.len(), c.lease), (2, Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn cluster_mistakes_point_at_the_key() {
+        let cluster = |body: &str| format!("{MINIMAL}\n[cluster]\n{body}\n");
+        let (line, _, key, message) = invalid(&cluster("etcd = { endpoints = [\"https://e:2379\"] }"));
+        assert_eq!((line, key.as_str()), (10, "cluster.etcd.endpoints"), "{message}");
+        assert!(message.contains("https is not supported"), "{message}");
+        let (_, _, key, _) = invalid(&cluster("etcd = { endpoints = [] }"));
+        assert_eq!(key, "cluster.etcd.endpoints");
+        let (_, _, key, _) = invalid(&cluster("etcd = { endpoints = [\"http://e:2379\"], prefix = \"t\" }"));
+        assert_eq!(key, "cluster.etcd.prefix");
+        let (_, _, key, _) = invalid(&cluster("etcd = { endpoints = [\"http://e:2379\"], lease = \"1s\" }"));
+        assert_eq!(key, "cluster.etcd.lease");
+        let (_, _, key, _) = invalid(&cluster(
+            "instance = \"a/b\"\netcd = { endpoints = [\"http://e:2379\"] }",
+        ));
+        assert_eq!(key, "cluster.instance");
     }
 
     #[test]

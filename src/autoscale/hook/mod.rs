@@ -52,6 +52,12 @@ pub struct HookRequest {
     pub pool: String,
     /// Call number, increasing (a provisioner may ignore reordered ones).
     pub seq: u64,
+    /// In etcd cluster mode: the calling leader's epoch (its election
+    /// revision). `(epoch, seq)` identifies a call; a provisioner may
+    /// refuse calls from an epoch older than one it has seen. Absent
+    /// outside cluster mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     /// Members the provisioner should provide after this call.
     pub desired: u32,
     /// Members known now (serving, warming and draining).
@@ -307,6 +313,7 @@ mod tests {
             version: 1,
             pool: "shop".into(),
             seq: 17,
+            epoch: None,
             desired: 5,
             current: 3,
             ready: 3,
@@ -320,5 +327,10 @@ mod tests {
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }
+        // `epoch` only in cluster mode, so single-instance answers and
+        // scripts see exactly the version 1 fields.
+        assert!(v.get("epoch").is_none());
+        let v = serde_json::to_value(HookRequest { epoch: Some(42), ..req }).unwrap();
+        assert_eq!(v["epoch"], 42);
     }
 }

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 
+use crate::cluster::Cluster;
 use crate::shutdown::stopped;
 use crate::state::State;
 pub(crate) use pool_loop::PoolLoop;
@@ -97,11 +98,13 @@ impl Statuses {
 }
 
 /// Runs every pool's loop until `stop` turns true. `exe` is the tidegate
-/// binary, for the `local` provisioner's children.
+/// binary, for the `local` provisioner's children; `cluster`, in etcd
+/// cluster mode, is this instance's view of the cluster.
 pub(crate) async fn run(
     state: Arc<State>,
     statuses: Arc<Statuses>,
     exe: Option<PathBuf>,
+    cluster: Option<Arc<Cluster>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut changes = state.subscribe();
@@ -115,7 +118,13 @@ pub(crate) async fn run(
                 continue;
             }
             let board = statuses.insert(&pool.name);
-            let pool_loop = PoolLoop::new(Arc::downgrade(&state), pool.name.to_string(), board, exe.clone());
+            let pool_loop = PoolLoop::new(
+                Arc::downgrade(&state),
+                pool.name.to_string(),
+                board,
+                exe.clone(),
+                cluster.clone(),
+            );
             by_pool.insert(pool.name.to_string(), loops.spawn(pool_loop.run()));
         }
         tokio::select! {

@@ -16,6 +16,12 @@
 //!    failure (the pool is unchanged and the queue keeps serving);
 //! 7. **write** the membership once (`State::set_members`).
 //!
+//! In etcd cluster mode (`src/cluster/`) the sample stepped on is the
+//! cluster's summed demand; only the leader does steps 5 to 7 (its hook
+//! calls carry its epoch, and it writes the membership to etcd as well);
+//! a follower applies the membership the leader wrote; paused (etcd
+//! unreachable) the pool keeps what it has.
+//!
 //! Steps 5 to 7 act only in `hook` mode and not in a dry run: in `export`
 //! mode the decision is published (status, `tidegate_pool_desired_backends`,
 //! `GET /demand`) for KEDA or an HPA to carry out, and membership is left
@@ -41,6 +47,7 @@ use crate::autoscale::signal::Sample;
 use crate::autoscale::step::{Outcome, StepParams, Stepper, Tick};
 use crate::autoscale::warmup::Warmup;
 use crate::clock::unix_ms;
+use crate::cluster::{Cluster, Demand, Role};
 use crate::config::{AutoscaleConfig, HookConfig};
 use crate::pool::{BackendState, Pool};
 use crate::state::State;
@@ -141,10 +148,19 @@ pub(crate) struct PoolLoop {
     started: Instant,
     last: Option<Totals>,
     rng: fastrand::Rng,
+    cluster: Option<Arc<Cluster>>,
+    /// The epoch this loop acts under while its instance leads.
+    epoch: Option<u64>,
 }
 
 impl PoolLoop {
-    pub(crate) fn new(state: Weak<State>, name: String, board: Arc<Board>, exe: Option<PathBuf>) -> PoolLoop {
+    pub(crate) fn new(
+        state: Weak<State>,
+        name: String,
+        board: Arc<Board>,
+        exe: Option<PathBuf>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> PoolLoop {
         PoolLoop {
             state,
             name,
@@ -161,6 +177,8 @@ impl PoolLoop {
             started: Instant::now(),
             last: None,
             rng: fastrand::Rng::new(),
+            cluster,
+            epoch: None,
         }
     }
 
@@ -192,9 +210,11 @@ impl PoolLoop {
             .await;
         let now = self.started.elapsed().as_secs_f64();
         let (sample, violations) = self.sample(pool, now as u64);
+        let (sample, role, cluster_members) = self.cluster_turn(sample);
+        let acts = cfg.acts() && role.is_none_or(|r| matches!(r, Role::Leader { .. }));
         let mut members = pool.provisioned.clone();
         self.learn(pool, &members, now);
-        if cfg.acts() {
+        if acts {
             self.give_up_on_overdue(&mut members, &cfg, now);
         }
         let counts = pool.state_counts();
@@ -224,7 +244,7 @@ impl PoolLoop {
             desired: self.board.status.lock().unwrap_or_else(|p| p.into_inner()).desired,
             violations,
         });
-        if let (Some(decision), true) = (&outcome.decision, cfg.acts()) {
+        if let (Some(decision), true) = (&outcome.decision, acts) {
             let statics = pool.config.backends.len() as u32;
             let want = decision.desired.saturating_sub(statics);
             let drained = self.drained(pool, now, cfg.drain_timeout.as_secs_f64());
@@ -237,8 +257,56 @@ impl PoolLoop {
                 members = self.accept(answer, &drained);
             }
         }
-        state.set_members(&self.name, members);
+        match role {
+            None => {
+                state.set_members(&self.name, members);
+            }
+            Some(Role::Leader { epoch }) => {
+                state.set_members(&self.name, members.clone());
+                if acts {
+                    self.write_members(epoch, &members).await;
+                }
+            }
+            Some(Role::Follower) => {
+                if let Some(written) = cluster_members {
+                    state.set_members(&self.name, written);
+                }
+            }
+            // etcd unreachable: serve the last membership applied.
+            Some(Role::Paused) => {}
+        }
         true
+    }
+
+    /// In cluster mode: reports this second's demand and returns the
+    /// cluster's summed demand as the sample to step on, this instance's
+    /// role, and the membership the leader wrote. Alone: the sample as is.
+    fn cluster_turn(&mut self, sample: Sample) -> (Sample, Option<Role>, Option<Vec<SocketAddr>>) {
+        let Some(cluster) = &self.cluster else {
+            return (sample, None, None);
+        };
+        let turn = cluster.turn(&self.name, demand_of(&sample));
+        let epoch = match turn.role {
+            Role::Leader { epoch } => Some(epoch),
+            _ => None,
+        };
+        if epoch != self.epoch {
+            // A new leadership asks the provisioner again under its own
+            // epoch (the call is declarative: asking twice is harmless).
+            if let Some(hook) = self.hook.as_mut() {
+                hook.asked = None;
+            }
+            self.epoch = epoch;
+        }
+        (sample_of(&turn.demand, sample.t), Some(turn.role), turn.members)
+    }
+
+    /// The leader's membership into etcd, conditional on still leading.
+    async fn write_members(&mut self, epoch: u64, members: &[SocketAddr]) {
+        let Some(cluster) = &self.cluster else { return };
+        if let Err(e) = cluster.write_members(&self.name, epoch, members).await {
+            tracing::warn!(pool = %self.name, epoch, error = %e, "cluster: membership not written; followers keep the previous one");
+        }
     }
 
     /// Creates or updates the step, the provisioner and the history file
@@ -428,6 +496,7 @@ impl PoolLoop {
             version: 1,
             pool: self.name.clone(),
             seq: hook.seq,
+            epoch: self.epoch,
             desired,
             current: (members.len() + self.draining.len()) as u32,
             ready: tick.ready,
@@ -524,5 +593,31 @@ impl PoolLoop {
             .collect();
         self.warmup.retain(&members);
         members
+    }
+}
+
+/// A second of the pool as the cluster exchanges it.
+fn demand_of(s: &Sample) -> Demand {
+    Demand {
+        at_unix_ms: unix_ms(),
+        arrivals: s.arrivals,
+        completions: s.completed,
+        in_flight: (s.concurrency - s.queued).max(0.0),
+        queued: s.queued,
+        queue_wait_s: s.queue_wait,
+        service_cv2: s.service_cv2,
+    }
+}
+
+/// The cluster's demand as the sample the step reads.
+fn sample_of(d: &Demand, t: u64) -> Sample {
+    Sample {
+        t,
+        arrivals: d.arrivals,
+        completed: d.completions,
+        concurrency: d.in_flight + d.queued,
+        queued: d.queued,
+        queue_wait: d.queue_wait_s,
+        service_cv2: d.service_cv2,
     }
 }
