@@ -271,30 +271,14 @@ async fn sighup_reloads_the_config_file() {
     let admin = admin.expect("the admin address is logged");
     assert_eq!(get(web, "/").await.backend(), "b1");
     std::fs::write(&path, config_text(&[b2.addr], ADMIN, "")).unwrap();
-    let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .await
-        .unwrap()
-        .success());
+    signal(&child, "-HUP").await;
     eventually("the HUP reload is applied", || async {
         get(web, "/").await.backend() == "b2"
     })
     .await;
     let stats: serde_json::Value = serde_json::from_slice(&get(admin, "/stats").await.body).unwrap();
     assert_eq!(stats["config"]["reloads"]["recent"][0]["trigger"], "signal");
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap()
-        .success());
-    assert!(tokio::time::timeout(BOUND, child.wait())
-        .await
-        .unwrap()
-        .unwrap()
-        .success());
+    stop_gracefully(&mut child).await;
 }
 
 /// Runs headless Chromium (Debian's `chromium`, installed by `.ci/run`).

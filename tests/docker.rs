@@ -86,6 +86,10 @@ impl Fixture {
             .collect()
     }
 
+    /// The backend listens on every address *inside its container* (its
+    /// own network namespace): that is how tidegate reaches it at the
+    /// container's address on the test network. Nothing on the host binds
+    /// beyond 127.0.0.1.
     fn config(&self) -> String {
         format!(
             "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\

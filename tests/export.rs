@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use tokio::process::Command;
 
 const TOKEN: &str = "export-test-token";
 
@@ -95,16 +94,5 @@ async fn export_mode_publishes_demand_and_the_decision_and_calls_no_hook() {
     }
     eventually("demand is back to 0", || async { demand(admin).await["demand"] == 0 }).await;
 
-    let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap()
-        .success());
-    assert!(tokio::time::timeout(BOUND, child.wait())
-        .await
-        .unwrap()
-        .unwrap()
-        .success());
+    stop_gracefully(&mut child).await;
 }

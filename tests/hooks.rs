@@ -321,36 +321,12 @@ async fn an_https_webhook_is_verified_and_an_ipv6_url_is_reached() {
     let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
     let ca_path = dir.path().join("ca.pem");
     std::fs::write(&ca_path, ca.pem()).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
-        )
-        .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-                    let body = r#"{"members":["127.0.0.1:9101"]}"#;
-                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from_static(body.as_bytes()),
-                    )))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = https_server(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
+        |_| r#"{"members":["127.0.0.1:9101"]}"#.to_string(),
+    )
+    .await;
     let url: http::Uri = format!("https://{addr}/provision").parse().unwrap();
     let a = call_webhook(&url, &request(1, &[]), Duration::from_secs(5), Some(&ca_path))
         .await

@@ -76,14 +76,8 @@ async fn sigterm_with_a_shutdown_delay_fails_readiness_first_and_keeps_serving()
     let admin = admin.expect("the admin address is logged");
     // The address is logged before serving starts: wait for readiness.
     eventually("/readyz passes", || async { get(admin, "/readyz").await.status == 200 }).await;
-    let pid = child.id().unwrap().to_string();
     let sent = tokio::time::Instant::now();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap()
-        .success());
+    signal(&child, "-TERM").await;
     eventually("/readyz fails", || async { get(admin, "/readyz").await.status == 503 }).await;
     // Not ready, yet still accepting and serving new connections.
     for i in 0..5 {

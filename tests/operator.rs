@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use tokio::process::Command;
 
 /// Lines of the access log at `path`, parsed.
 fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
@@ -267,13 +266,7 @@ async fn sigusr1_reopens_the_access_log_after_rotation() {
     assert_eq!(get(web, "/").await.status, 200);
     eventually("the first line is written", || async { log_lines(&log).len() == 1 }).await;
     std::fs::rename(&log, &rotated).unwrap();
-    let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-USR1", &pid])
-        .status()
-        .await
-        .unwrap()
-        .success());
+    signal(&child, "-USR1").await;
     // The writer reopens before its next line: keep asking until a line
     // lands in the new file (the signal may arrive after a request).
     eventually("a line lands in the reopened file", || async {
@@ -282,17 +275,7 @@ async fn sigusr1_reopens_the_access_log_after_rotation() {
     })
     .await;
     assert!(!log_lines(&rotated).is_empty());
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap()
-        .success());
-    assert!(tokio::time::timeout(BOUND, child.wait())
-        .await
-        .unwrap()
-        .unwrap()
-        .success());
+    stop_gracefully(&mut child).await;
 }
 
 #[tokio::test]

@@ -258,6 +258,17 @@ fn renew(pki: &Pki, name: &str) -> CertificateDer<'static> {
     cert.der().clone()
 }
 
+/// One backend behind a listener serving `shop.example` over TLS.
+fn shop_over_tls(pki: &Pki, backend: std::net::SocketAddr) -> String {
+    let d = pki.dir.path().display();
+    with_listener(
+        &config_text(&[backend], "", ""),
+        &format!(
+            "tls = {{ certificates = [ {{ cert = \"{d}/shop.example.pem\", key = \"{d}/shop.example.key\" }} ] }}"
+        ),
+    )
+}
+
 /// `config_text` with `extra` added to the listener table.
 fn with_listener(text: &str, extra: &str) -> String {
     text.replace(
@@ -300,13 +311,7 @@ async fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
 async fn plain_http_sent_to_a_tls_port_gets_a_400_that_says_so() {
     let pki = pki();
     let b = backend("b1").await;
-    let d = pki.dir.path().display();
-    let text = with_listener(
-        &config_text(&[b.addr], "", ""),
-        &format!(
-            "tls = {{ certificates = [ {{ cert = \"{d}/shop.example.pem\", key = \"{d}/shop.example.key\" }} ] }}"
-        ),
-    );
+    let text = shop_over_tls(&pki, b.addr);
     let p = tidegate(&text).await;
     let answer = String::from_utf8(raw(p.addr, b"GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n").await).unwrap();
     assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
@@ -326,13 +331,7 @@ async fn plain_http_sent_to_a_tls_port_gets_a_400_that_says_so() {
 async fn a_renewed_certificate_file_is_loaded_without_being_asked() {
     let pki = pki();
     let b = backend("b1").await;
-    let d = pki.dir.path().display();
-    let text = with_listener(
-        &config_text(&[b.addr], "", ""),
-        &format!(
-            "tls = {{ certificates = [ {{ cert = \"{d}/shop.example.pem\", key = \"{d}/shop.example.key\" }} ] }}"
-        ),
-    );
+    let text = shop_over_tls(&pki, b.addr);
     let m = tidegate_watching(&text).await;
     let peer_cert =
         |tls: tokio_rustls::client::TlsStream<TcpStream>| tls.get_ref().1.peer_certificates().unwrap()[0].clone();
@@ -356,34 +355,7 @@ async fn tls_backend(pki: &Pki, name: &str) -> std::net::SocketAddr {
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let body = format!("secure {}", req.uri().path());
-                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from(body),
-                    )))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    https_server(certs, key, |path| format!("secure {path}")).await
 }
 
 #[tokio::test]

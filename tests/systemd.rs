@@ -8,7 +8,6 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use common::*;
-use tokio::process::Command;
 
 /// The next datagram tidegate sent, as text.
 async fn next(socket: &tokio::net::UnixDatagram) -> String {
@@ -22,15 +21,6 @@ async fn next(socket: &tokio::net::UnixDatagram) -> String {
 
 fn field<'a>(message: &'a str, name: &str) -> Option<&'a str> {
     message.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
-}
-
-async fn kill(signal: &str, pid: &str) {
-    assert!(Command::new("kill")
-        .args([signal, pid])
-        .status()
-        .await
-        .unwrap()
-        .success());
 }
 
 /// Start, reload (SIGHUP), stop (SIGTERM) with `$NOTIFY_SOCKET` set to
@@ -49,7 +39,6 @@ async fn the_lifecycle_is_announced(socket: UnixDatagram, name: &std::ffi::OsStr
         path.as_os_str(),
     ];
     let (mut child, web, _) = spawn_tidegate_with_env(&args, &[("NOTIFY_SOCKET", name)]).await;
-    let pid = child.id().unwrap().to_string();
 
     let ready = next(&socket).await;
     assert_eq!(field(&ready, "READY"), Some("1"), "{ready:?}");
@@ -57,7 +46,7 @@ async fn the_lifecycle_is_announced(socket: UnixDatagram, name: &std::ffi::OsStr
     // READY=1 came after the listener was bound: it serves.
     assert_eq!(get(web, "/").await.status, 200);
 
-    kill("-HUP", &pid).await;
+    signal(&child, "-HUP").await;
     let reloading = next(&socket).await;
     assert_eq!(field(&reloading, "RELOADING"), Some("1"), "{reloading:?}");
     let usec: u64 = field(&reloading, "MONOTONIC_USEC").unwrap().parse().unwrap();
@@ -76,13 +65,13 @@ async fn the_lifecycle_is_announced(socket: UnixDatagram, name: &std::ffi::OsStr
 
     // A refused reload still ends the reload: READY=1, saying so.
     std::fs::write(&path, "not toml [").unwrap();
-    kill("-HUP", &pid).await;
+    signal(&child, "-HUP").await;
     assert_eq!(field(&next(&socket).await, "RELOADING"), Some("1"));
     let refused = next(&socket).await;
     assert_eq!(field(&refused, "READY"), Some("1"), "{refused:?}");
     assert!(field(&refused, "STATUS").unwrap().contains("refused"), "{refused:?}");
 
-    kill("-TERM", &pid).await;
+    signal(&child, "-TERM").await;
     let stopping = next(&socket).await;
     assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping:?}");
     let status = tokio::time::timeout(BOUND, child.wait()).await.unwrap().unwrap();

@@ -574,3 +574,59 @@ pub(crate) async fn h2_exchange(addr: std::net::SocketAddr, frames: &[Vec<u8>]) 
         }
     }
 }
+
+/// Sends `signal` (`"-HUP"`, `"-TERM"`, ...) to the process `child` with kill(1).
+#[allow(dead_code)]
+pub(crate) async fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("still running").to_string();
+    let sent = tokio::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// SIGTERM, then the exit within `BOUND`, which must be a clean one.
+#[allow(dead_code)]
+pub(crate) async fn stop_gracefully(child: &mut tokio::process::Child) {
+    signal(child, "-TERM").await;
+    let status = tokio::time::timeout(BOUND, child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// An HTTP/1.1-over-TLS server on 127.0.0.1 with `certs` and `key`, answering
+/// every request with `answer(path)`. Returns its address.
+#[allow(dead_code)]
+pub(crate) async fn https_server(
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    answer: fn(&str) -> String,
+) -> SocketAddr {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    let body = answer(req.uri().path());
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
