@@ -78,6 +78,9 @@ enum Kind {
 struct Streaming {
     inner: Incoming,
     lease: Option<Lease>,
+    /// Bytes passed on, added to the pool's count once, when the lease
+    /// ends (not one shared atomic add per frame).
+    sent: u64,
     client: Arc<ClientConn>,
     /// Counted in the connection's untaken bodies (HTTP/2 only).
     untaken: bool,
@@ -105,6 +108,7 @@ impl ResponseBody {
         let mut body = ResponseBody::from(Kind::Upstream(Streaming {
             inner,
             lease: Some(Lease { slot, conn }),
+            sent: 0,
             client,
             untaken,
             read_timeout,
@@ -160,8 +164,15 @@ impl Drop for ResponseBody {
 }
 
 impl Streaming {
+    /// Ends the lease (if it has not ended), counting the bytes sent.
+    fn release(&mut self) -> Option<Lease> {
+        let lease = self.lease.take()?;
+        lease.slot.pool().count_bytes_out(std::mem::take(&mut self.sent));
+        Some(lease)
+    }
+
     fn finish(&mut self) {
-        if let Some(Lease { slot, conn }) = self.lease.take() {
+        if let Some(Lease { slot, conn }) = self.release() {
             if let Some(conn) = conn {
                 slot.backend().upstream.check_in(conn);
             }
@@ -186,6 +197,7 @@ impl Streaming {
 
 impl Drop for Streaming {
     fn drop(&mut self) {
+        self.release();
         if self.untaken {
             self.client.taken();
         }
@@ -241,8 +253,8 @@ impl Kind {
         match Pin::new(&mut s.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 s.armed = false;
-                if let (Some(lease), Some(data)) = (&s.lease, frame.data_ref()) {
-                    lease.slot.pool().count_bytes_out(data.len() as u64);
+                if let (true, Some(data)) = (s.lease.is_some(), frame.data_ref()) {
+                    s.sent += data.len() as u64;
                 }
                 if s.inner.is_end_stream() {
                     s.finish();
@@ -254,7 +266,7 @@ impl Kind {
             }
             Poll::Ready(Some(Err(e))) => {
                 // Broken upstream body: free the slot, drop the connection.
-                s.lease.take();
+                s.release();
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
@@ -262,7 +274,7 @@ impl Kind {
                 Poll::Ready(None)
             }
             Poll::Pending if s.lease.is_some() && s.read_timed_out(cx) => {
-                if let Some(lease) = s.lease.take() {
+                if let Some(lease) = s.release() {
                     let backend = lease.slot.backend();
                     tracing::info!(backend = %backend.address, timeout = ?s.read_timeout, "the backend stalled mid-body; ending the response");
                     note_failure(backend);

@@ -36,8 +36,7 @@ pub(super) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) ->
     let mut client = peer;
     // Values in order, entries right to left: the last value's last entry
     // is the hop nearest to us.
-    let values: Vec<&HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().collect();
-    for v in values.iter().rev() {
+    for v in headers.get_all(X_FORWARDED_FOR).iter().rev() {
         let Ok(s) = v.to_str() else { return client };
         for entry in s.rsplit(',') {
             match parse_entry(entry.trim()) {

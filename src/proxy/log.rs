@@ -61,6 +61,6 @@ pub(super) fn respond(l: &mut Logged, at: &Place, status: StatusCode) {
     l.entry.queue = at.queued;
     l.entry.backend = at.backend;
     l.entry.pool = at.pool.map(|i| Arc::clone(&at.snapshot.pools[i].name));
-    l.entry.priority = at.priority.map(Priority::as_str);
+    l.entry.priority = at.priority().map(Priority::as_str);
     l.entry.cache = at.cache.map(crate::cache::Outcome::as_str);
 }

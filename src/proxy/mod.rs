@@ -127,7 +127,6 @@ impl tower::Service<Request<Incoming>> for Proxy {
                 snapshot,
                 pool: None,
                 route: 0,
-                priority: None,
                 cache: None,
                 backend: None,
                 queued: Duration::ZERO,
@@ -187,8 +186,6 @@ pub(crate) struct Place {
     route: usize,
     /// What the micro-cache did, on a cached route.
     cache: Option<crate::cache::Outcome>,
-    /// The route's class in the pool's queue, once routed.
-    priority: Option<Priority>,
     backend: Option<SocketAddr>,
     queued: Duration,
     /// The access log's count of request body bytes, when logging.
@@ -196,6 +193,12 @@ pub(crate) struct Place {
 }
 
 impl Place {
+    /// The route's class in the pool's queue, once routed (read from the
+    /// snapshot's route, so a re-route on a newer snapshot is seen).
+    fn priority(&self) -> Option<Priority> {
+        self.pool.map(|_| self.snapshot.config.routes[self.route].priority)
+    }
+
     /// A copy for a fetch that runs on its own task (it reports back the
     /// backend and queue time it had).
     fn fork(&self) -> Place {
@@ -204,7 +207,6 @@ impl Place {
             pool: self.pool,
             route: self.route,
             cache: None,
-            priority: self.priority,
             backend: None,
             queued: Duration::ZERO,
             bytes_in: None,
@@ -229,7 +231,6 @@ async fn forward(
     at.route = target.route;
     let snapshot = Arc::clone(&at.snapshot);
     let route = &snapshot.config.routes[target.route];
-    at.priority = Some(route.priority);
     if !snapshot.rate_limits.is_empty() {
         rate_limit(
             &snapshot.rate_limits,

@@ -75,7 +75,9 @@ pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::
     let graceful = GracefulShutdown::new();
     // Every connection task is owned here, so the deadline can end them.
     let mut connections = JoinSet::new();
-    let mut limits = state.load().config.limits.clone();
+    // Shared by every connection of this listener (it holds a list: the
+    // trusted proxies), replaced when a reload changes it.
+    let mut limits = Arc::new(state.load().config.limits.clone());
     let mut builder = Arc::new(builder(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
@@ -89,8 +91,8 @@ pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::
         let _ = stream.set_nodelay(true);
         let snapshot = state.load();
         let current = &snapshot.config.limits;
-        if *current != limits {
-            limits = current.clone();
+        if *current != *limits {
+            limits = Arc::new(current.clone());
             builder = Arc::new(self::builder(&limits));
         }
         let proxy_protocol = snapshot
@@ -103,7 +105,7 @@ pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::
             builder: Arc::clone(&builder),
             state: Arc::clone(&state),
             watcher: graceful.watcher(),
-            limits: limits.clone(),
+            limits: Arc::clone(&limits),
             proxy_protocol,
         };
         let tls = tls.load_full();
@@ -131,7 +133,7 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     state: Arc<State>,
     watcher: Watcher,
-    limits: Limits,
+    limits: Arc<Limits>,
     /// A PROXY protocol header comes first and names the client.
     proxy_protocol: bool,
 }

@@ -71,6 +71,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Closed by the backend, or idle longer than `idle_timeout`.
+    fn expired(&self, idle_timeout: Duration) -> bool {
+        self.sender.is_closed() || self.since.elapsed() > idle_timeout
+    }
+}
+
 pub(crate) struct Upstream {
     idle: ArrayQueue<Idle>,
     max_idle: AtomicUsize,
@@ -93,10 +100,11 @@ impl Upstream {
     /// A pooled HTTP/1.1 connection that is still open and younger than
     /// `idle_timeout`, if there is one.
     pub(crate) async fn pooled_h1(&self, idle_timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
-        while let Some(Idle { mut sender, since }) = self.idle.pop() {
-            if sender.is_closed() || since.elapsed() > idle_timeout {
+        while let Some(idle) = self.idle.pop() {
+            if idle.expired(idle_timeout) {
                 continue;
             }
+            let mut sender = idle.sender;
             if sender.is_ready() {
                 return Some(sender);
             }
@@ -121,7 +129,7 @@ impl Upstream {
         let mut closed = 0;
         for _ in 0..self.idle.len() {
             let Some(idle) = self.idle.pop() else { break };
-            if idle.sender.is_closed() || idle.since.elapsed() > idle_timeout {
+            if idle.expired(idle_timeout) {
                 closed += 1;
             } else {
                 kept.push(idle);
