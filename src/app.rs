@@ -189,7 +189,7 @@ async fn sweep_rate_limits(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
         }
         let snapshot = state.load();
         if snapshot.rate_limits.iter().any(|r| r.has_keys()) {

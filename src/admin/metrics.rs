@@ -27,11 +27,6 @@ pub(super) fn render(shared: &Shared) -> String {
     let snapshot = state.load();
     let pools = &snapshot.pools;
     let mut out = String::with_capacity(4096 + pools.len() * 2048);
-    let header = |out: &mut String, name: &str| {
-        if let Some(f) = t::family(name) {
-            write_header(out, f);
-        }
-    };
 
     header(&mut out, t::BUILD_INFO);
     write_sample(&mut out, t::BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
@@ -241,13 +236,15 @@ pub(super) fn render(shared: &Shared) -> String {
     out
 }
 
+/// The HELP and TYPE lines of the family `name`.
+fn header(out: &mut String, name: &str) {
+    if let Some(f) = t::family(name) {
+        write_header(out, f);
+    }
+}
+
 /// The micro-cache's families.
 fn cache_metrics(out: &mut String, c: &crate::cache::Counts) {
-    let header = |out: &mut String, name: &str| {
-        if let Some(f) = t::family(name) {
-            write_header(out, f);
-        }
-    };
     header(out, t::CACHE_REQUESTS_TOTAL);
     for (pool, results, _) in &c.pools {
         for (outcome, n) in crate::cache::Outcome::ALL.iter().zip(results) {

@@ -70,8 +70,7 @@ fn cache_stats(c: crate::cache::Counts) -> CacheStats {
             coalesced: *coalesced,
         })
         .collect();
-    let served: u64 = pools.iter().map(|p| p.hit + p.stale).sum();
-    let usable: u64 = pools.iter().map(|p| p.hit + p.stale + p.miss).sum();
+    let (served, usable) = c.served_and_usable();
     CacheStats {
         entries: c.entries,
         bytes: c.bytes,

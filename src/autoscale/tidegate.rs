@@ -102,7 +102,7 @@ impl Default for TidegateParams {
             slo: 0.1,
             epsilon: 0.0003,
             drain_within: 1.0,
-            scale_down_window: 90,
+            scale_down_window: crate::config::defaults::SCALE_DOWN_WINDOW.as_secs(),
             hold_per_delay: 0.5,
             dead_band: 0.1,
             down_margin: 0.15,

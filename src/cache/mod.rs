@@ -217,6 +217,16 @@ pub(crate) struct Counts {
     pub(crate) refreshes: u64,
 }
 
+impl Counts {
+    /// Requests answered from the cache (hits and stale serves), and all
+    /// that could have been (those and the misses; bypasses left out).
+    pub(crate) fn served_and_usable(&self) -> (u64, u64) {
+        self.pools.iter().fold((0, 0), |(s, a), (_, [hit, miss, stale, _], _)| {
+            (s + hit + stale, a + hit + miss + stale)
+        })
+    }
+}
+
 /// The store, its flights and its counts; one per process, kept across
 /// reloads while `[cache] max_bytes` stays the same.
 pub(crate) struct Cache {

@@ -30,6 +30,16 @@ pub(crate) enum Role {
 }
 
 impl Role {
+    /// The leadership's epoch, when this instance leads.
+    pub(crate) fn epoch(self) -> Option<u64> {
+        match self {
+            Role::Leader { epoch } => Some(epoch),
+            Role::Follower | Role::Paused => None,
+        }
+    }
+}
+
+impl Role {
     /// `leader`, `follower` or `paused` (for `/stats` and the log).
     pub(crate) fn name(self) -> &'static str {
         match self {

@@ -185,10 +185,7 @@ impl Cluster {
     pub(crate) fn status(&self) -> ClusterStatus {
         let inner = self.inner();
         let role = self.role_now(&inner);
-        let epoch = match role {
-            Role::Leader { epoch } => Some(epoch),
-            _ => inner.leader.as_ref().map(|l| l.1),
-        };
+        let epoch = role.epoch().or_else(|| inner.leader.as_ref().map(|l| l.1));
         ClusterStatus {
             instance: self.config.instance.clone(),
             role: role.name(),

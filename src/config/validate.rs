@@ -1017,8 +1017,16 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>, base
 /// A listener's certificate chain (`cert`) or private key file: readable
 /// and holding what it should, else an error at its place in the file.
 fn check_pem<T>(cx: &Ctx<'_>, at: &Spanned<T>, path: &Path, key: &str, cert: bool) {
+    if let Some(why) = pem_problem(path, cert) {
+        cx.report(at.span(), key, format!("{}: {why}", path.display()));
+    }
+}
+
+/// What is wrong with the PEM file at `path` (certificates, or one private
+/// key), if anything.
+fn pem_problem(path: &Path, cert: bool) -> Option<String> {
     use rustls_pki_types::pem::PemObject;
-    let problem = if cert {
+    if cert {
         match rustls_pki_types::CertificateDer::pem_file_iter(path).and_then(|i| i.collect::<Result<Vec<_>, _>>()) {
             Ok(c) if c.is_empty() => Some("holds no PEM certificate".to_string()),
             Ok(_) => None,
@@ -1028,9 +1036,6 @@ fn check_pem<T>(cx: &Ctx<'_>, at: &Spanned<T>, path: &Path, key: &str, cert: boo
         rustls_pki_types::PrivateKeyDer::from_pem_file(path)
             .err()
             .map(|e| e.to_string())
-    };
-    if let Some(why) = problem {
-        cx.report(at.span(), key, format!("{}: {why}", path.display()));
     }
 }
 
@@ -1061,7 +1066,6 @@ fn resolve_program(program: &str, base_dir: &Path) -> Result<PathBuf, String> {
 }
 
 fn validate_upstream_tls(cx: &Ctx<'_>, pool_key: &str, t: super::file::RawUpstreamTls, base_dir: &Path) -> UpstreamTls {
-    use rustls_pki_types::pem::PemObject;
     let server_name = t.server_name.and_then(|n| {
         if rustls_pki_types::ServerName::try_from(n.get_ref().as_str()).is_err() {
             cx.report(
@@ -1075,19 +1079,12 @@ fn validate_upstream_tls(cx: &Ctx<'_>, pool_key: &str, t: super::file::RawUpstre
     });
     let ca = t.ca.map(|c| {
         let path = base_dir.join(c.get_ref());
-        let certs: Result<Vec<_>, _> = rustls_pki_types::CertificateDer::pem_file_iter(&path).and_then(|i| i.collect());
-        match certs {
-            Ok(certs) if !certs.is_empty() => {}
-            Ok(_) => cx.report(
+        if let Some(why) = pem_problem(&path, true) {
+            cx.report(
                 c.span(),
                 format!("{pool_key}.upstream_tls.ca"),
-                format!("{} holds no PEM certificate", path.display()),
-            ),
-            Err(e) => cx.report(
-                c.span(),
-                format!("{pool_key}.upstream_tls.ca"),
-                format!("cannot read {}: {e}", path.display()),
-            ),
+                format!("cannot read {}: {why}", path.display()),
+            );
         }
         path
     });
@@ -1310,10 +1307,7 @@ fn validate_hook(cx: &Ctx<'_>, key: &str, hook: Spanned<RawHook>, base_dir: &Pat
             };
             let ca = ca.map(|c| base_dir.join(c));
             if let Some(ca) = &ca {
-                use rustls_pki_types::pem::PemObject;
-                let read: Result<Vec<_>, _> =
-                    rustls_pki_types::CertificateDer::pem_file_iter(ca).and_then(|i| i.collect());
-                if !read.is_ok_and(|c| !c.is_empty()) {
+                if pem_problem(ca, true).is_some() {
                     cx.report(
                         span.clone(),
                         k("hook.ca"),

@@ -122,13 +122,7 @@ fn cache_line(state: &crate::state::State) -> String {
     let Some(cache) = state.load().cache.clone() else {
         return String::new();
     };
-    let (served, all) = cache
-        .counts()
-        .pools
-        .iter()
-        .fold((0, 0), |(s, a), (_, [hit, miss, stale, _], _)| {
-            (s + hit + stale, a + hit + miss + stale)
-        });
+    let (served, all) = cache.counts().served_and_usable();
     if all == 0 {
         return String::new();
     }

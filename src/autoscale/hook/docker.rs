@@ -28,7 +28,7 @@ use super::{Call, HookAnswer, HookError, HookRequest, Provisioner, MAX_ANSWER_BY
 /// The Engine API version spoken (Docker 20.10 and later understand it).
 const API: &str = "/v1.41";
 /// The label naming the pool a container serves.
-pub const POOL_LABEL: &str = "tidegate.pool";
+const POOL_LABEL: &str = "tidegate.pool";
 
 /// `hook = { kind = "docker", ... }`.
 pub(super) struct Docker {

@@ -30,7 +30,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::HookConfig;
-pub use docker::POOL_LABEL as DOCKER_POOL_LABEL;
 pub use exec::call_exec;
 use exec::Exec;
 pub use local::{backend_command, LocalProvisioner};

@@ -211,7 +211,7 @@ impl PoolLoop {
         let now = self.started.elapsed().as_secs_f64();
         let (sample, violations) = self.sample(pool, now as u64);
         let (sample, role, cluster_members) = self.cluster_turn(sample);
-        let acts = cfg.acts() && role.is_none_or(|r| matches!(r, Role::Leader { .. }));
+        let acts = cfg.acts() && role.is_none_or(|r| r.epoch().is_some());
         let mut members = pool.provisioned.clone();
         self.learn(pool, &members, now);
         if acts {
@@ -286,10 +286,7 @@ impl PoolLoop {
             return (sample, None, None);
         };
         let turn = cluster.turn(&self.name, demand_of(&sample));
-        let epoch = match turn.role {
-            Role::Leader { epoch } => Some(epoch),
-            _ => None,
-        };
+        let epoch = turn.role.epoch();
         if epoch != self.epoch {
             // A new leadership asks the provisioner again under its own
             // epoch (the call is declarative: asking twice is harmless).
