@@ -13,6 +13,7 @@
 //! - the rate limits' sweep, which forgets idle clients once a second off
 //!   the workers ([`sweep_rate_limits`]);
 //! - the autoscaler supervisor (`autoscale::live::run`);
+//! - the DNS members supervisor (`discovery::run`);
 //! - with `[cluster]`, the etcd coordinator (`cluster::run`), whose view
 //!   the autoscaler loops and the admin listener share;
 //! - the admin listener (`admin::serve`), which reads the control path's
@@ -47,7 +48,7 @@ use crate::control::{Control, Listeners, Trigger, View};
 use crate::server::Bound;
 use crate::state::State;
 use crate::traffic::ratelimit::SWEEP_INTERVAL;
-use crate::{access_log, admin, autoscale, cluster, config, control, health, sd_notify, telemetry};
+use crate::{access_log, admin, autoscale, cluster, config, control, discovery, health, sd_notify, telemetry};
 
 /// How `run` finds and watches its config.
 #[derive(Debug, Clone, Default)]
@@ -91,6 +92,7 @@ pub async fn run(
         cluster.clone(),
         stopping.clone(),
     ));
+    services.spawn(discovery::run(Arc::clone(&state), stopping.clone()));
     if let Some(cluster) = &cluster {
         services.spawn(cluster::run(Arc::clone(cluster), stopping.clone()));
     }

@@ -12,6 +12,7 @@
 //!              autoscale/ pure: signal policy erlang forecast guard warmup schedule step
 //!                         live/ (per-pool loop, status, history file), hook/ (one file per kind)
 //!              cluster/  several instances through etcd: lease, election, summed demand, membership
+//!              discovery/ members from DNS (A/AAAA, SRV), re-resolved per pool
 //! data         server/   accept (TCP/TLS), bind, strict HTTP/1 framing (h1_guard)
 //!              proxy/    per request: prepare, limit, admit, send, upgrade, respond, errors
 //!              traffic/  edge traffic control before admission (per-client rate limits)
@@ -35,7 +36,7 @@
 //!
 //! **Control path** (one writer per kind of change; the hot path only sees
 //! whole snapshots): `control` runs reloads, `autoscale::live` publishes
-//! membership, `health` probes backends; `admin` only reads.
+//! membership, `discovery` applies DNS answers, `health` probes backends; `admin` only reads.
 //!
 //! The dependency rules are checked by `tests/architecture.rs`.
 
@@ -50,6 +51,7 @@ pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod control;
 pub mod demo;
+pub(crate) mod discovery;
 pub mod health;
 pub(crate) mod histogram;
 pub mod pool;

@@ -147,6 +147,8 @@ families! {
         "Provisioning hook calls by result";
     REPLACED_TOTAL = "tidegate_autoscale_replaced_total", Counter, Recorder,
         "Provisioned members replaced for not becoming healthy within ready_deadline";
+    DISCOVERY_RESOLUTIONS_TOTAL = "tidegate_discovery_resolutions_total", Counter, Recorder,
+        "DNS resolutions of a pool's backends_from by result (ok, empty, error; the last two keep the members)";
 }
 
 /// Upper bounds of every `_seconds` histogram's buckets: 1 ms to 30 s.

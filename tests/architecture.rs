@@ -24,7 +24,10 @@ const LAYERS: [(&str, &[&str]); 5] = [
             "server",
         ],
     ),
-    ("control", &["control", "admin", "health", "autoscale", "cluster"]),
+    (
+        "control",
+        &["control", "admin", "health", "autoscale", "cluster", "discovery"],
+    ),
     ("composition", &["app"]),
     ("tooling", &["sim", "demo", "main"]),
 ];

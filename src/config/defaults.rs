@@ -58,8 +58,11 @@ pub const PASSIVE_MAX_EJECTED_PERCENT: u32 = 50;
 /// Slow start: a backend that comes up ramps over this window (0 = off).
 pub const SLOW_START: Duration = Duration::ZERO;
 
-/// Autoscaling: probe interval for provisioned members when the pool sets
-/// no `health` table (short, so a new member takes traffic soon).
+/// Time between DNS resolutions of `backends_from.dns`.
+pub const DNS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Autoscaling (and DNS members): probe interval for new members when the
+/// pool sets no `health` table (short, so a new member takes traffic soon).
 pub const AUTOSCALE_HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// Autoscaling: the time a new backend is assumed to take before its first
 /// readiness is observed.

@@ -213,8 +213,18 @@ pub(crate) struct RawPool {
     pub(crate) slow_start: Option<Dur>,
     pub(crate) fail_open: Option<bool>,
     pub(crate) autoscale: Option<Spanned<RawAutoscale>>,
+    pub(crate) backends_from: Option<Spanned<RawBackendsFrom>>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
+}
+
+/// `backends_from = { dns = "name:port" | "_srv._tcp.name", interval, nameserver }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackendsFrom {
+    pub(crate) dns: Spanned<String>,
+    pub(crate) interval: Option<Dur>,
+    pub(crate) nameserver: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -400,8 +400,43 @@ pub struct PoolConfig {
     pub fail_open: bool,
     /// The elastic pool; `None` = a fixed pool.
     pub autoscale: Option<AutoscaleConfig>,
+    /// Members read from DNS besides the static ones; `None` = none.
+    pub backends_from: Option<DnsMembers>,
     /// Static members.
     pub backends: Vec<BackendConfig>,
+}
+
+impl PoolConfig {
+    /// Whether members come and go at run time (a provisioner or DNS),
+    /// besides the static `backends`.
+    pub fn has_dynamic_members(&self) -> bool {
+        self.autoscale.is_some() || self.backends_from.is_some()
+    }
+}
+
+/// A pool's `backends_from = { dns = ... }`: members re-resolved from DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsMembers {
+    /// The name to resolve, without a port.
+    pub name: String,
+    /// What to ask for.
+    pub lookup: DnsLookup,
+    /// Time between resolutions.
+    pub interval: Duration,
+    /// The name server to ask; `None` = the system's (`/etc/resolv.conf`).
+    pub nameserver: Option<SocketAddr>,
+}
+
+/// The records a [`DnsMembers`] name is resolved to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsLookup {
+    /// A and AAAA records, each address with this port.
+    Address {
+        /// The port every address serves on.
+        port: u16,
+    },
+    /// SRV records (`_service._proto.name`): each target with its own port.
+    Srv,
 }
 
 /// A pool's `autoscale` table: the elastic pool.

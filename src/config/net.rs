@@ -1,10 +1,13 @@
-//! Address ranges in configuration (`trusted_proxies`): CIDR blocks.
+//! Network names in configuration: address ranges (`trusted_proxies`,
+//! CIDR blocks) and the DNS names pools take members from.
 //!
 //! Control path parses them; the data path asks [`IpNet::contains`] (a
 //! mask and a compare, no allocation).
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use super::DnsLookup;
 
 /// An address block such as `10.0.0.0/8` or `2001:db8::/32`; a bare
 /// address is a block of one.
@@ -67,9 +70,83 @@ impl fmt::Display for IpNet {
     }
 }
 
+/// `backends_from.dns`: `name:port` asks for A and AAAA records, a name
+/// whose first label starts with `_` (`_http._tcp.shop.svc`) for SRV
+/// records, which carry their own ports.
+pub(crate) fn dns_target(s: &str) -> Result<(String, DnsLookup), String> {
+    let srv = s.starts_with('_');
+    let (name, lookup) = match (s.rsplit_once(':'), srv) {
+        (Some((_, _)), true) => return Err(format!("`{s}`: an SRV name carries its ports; write it without one")),
+        (None, true) => (s, DnsLookup::Srv),
+        (None, false) => {
+            return Err(format!(
+                "`{s}` needs a port (`name:8080`), or an SRV name (`_http._tcp.name`)"
+            ))
+        }
+        (Some((name, port)), false) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => (name, DnsLookup::Address { port }),
+            _ => return Err(format!("`{s}`: the port must be 1 to 65535")),
+        },
+    };
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(label_ok) {
+        return Err(format!("`{name}` is not a DNS name"));
+    }
+    if bare.parse::<IpAddr>().is_ok() {
+        return Err(format!("`{name}` is an address; list it in `backends` instead"));
+    }
+    Ok((name.to_string(), lookup))
+}
+
+/// `backends_from.nameserver`: `address` or `address:port` (default 53).
+pub(crate) fn nameserver(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let ip = s.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("`{s}` is not an address or address:port"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_targets_are_a_name_and_a_port_or_an_srv_name() {
+        assert_eq!(
+            dns_target("shop.default.svc.cluster.local:8080"),
+            Ok((
+                "shop.default.svc.cluster.local".to_string(),
+                DnsLookup::Address { port: 8080 }
+            ))
+        );
+        assert_eq!(
+            dns_target("_http._tcp.shop.default.svc"),
+            Ok(("_http._tcp.shop.default.svc".to_string(), DnsLookup::Srv))
+        );
+        assert!(dns_target("shop.local").unwrap_err().contains("needs a port"));
+        assert!(dns_target("_http._tcp.shop:80").unwrap_err().contains("SRV"));
+        assert!(dns_target("shop.local:0").is_err());
+        assert!(dns_target("shop.local:99999").is_err());
+        assert!(dns_target("sh op.local:80").unwrap_err().contains("not a DNS name"));
+        assert!(dns_target("-shop.local:80").is_err());
+        assert!(dns_target("shop..local:80").is_err());
+        assert!(dns_target("10.0.0.1:80").unwrap_err().contains("backends"));
+        assert_eq!(nameserver("127.0.0.1"), Ok("127.0.0.1:53".parse().unwrap()));
+        assert_eq!(nameserver("127.0.0.1:5353"), Ok("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(nameserver("[::1]:5353"), Ok("[::1]:5353".parse().unwrap()));
+        assert_eq!(nameserver("::1"), Ok("[::1]:53".parse().unwrap()));
+        assert!(nameserver("dns.local").is_err());
+    }
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()

@@ -21,14 +21,15 @@ use toml::Spanned;
 
 use super::defaults as d;
 use super::file::{
-    Dur, RawAutoscale, RawAutoscaleMode, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook, RawPassive, RawPool,
-    RawPriority, RawUpstream, Size,
+    Dur, RawAutoscale, RawAutoscaleMode, RawBackendsFrom, RawBalance, RawCheckKind, RawConfig, RawHealth, RawHook,
+    RawPassive, RawPool, RawPriority, RawUpstream, Size,
 };
 use super::net::IpNet;
 use super::{
     AccessLogConfig, AccessLogFormat, Admin, AutoscaleConfig, AutoscaleMode, BackendConfig, Balance, CacheConfig,
-    CertificatePaths, CheckKind, ClusterConfig, Config, ConfigError, Guards, HashKey, HealthCheck, HookConfig, Limits,
-    Listener, PassiveHealth, PoolConfig, Priority, RateLimitConfig, Route, Runtime, Tls, UpstreamProtocol, UpstreamTls,
+    CertificatePaths, CheckKind, ClusterConfig, Config, ConfigError, DnsMembers, Guards, HashKey, HealthCheck,
+    HookConfig, Limits, Listener, PassiveHealth, PoolConfig, Priority, RateLimitConfig, Route, Runtime, Tls,
+    UpstreamProtocol, UpstreamTls,
 };
 
 /// Hyper refuses read buffers smaller than this.
@@ -909,29 +910,35 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>, base
             .map(str::to_string);
         backends.push(BackendConfig { address, host, weight });
     }
-    if backends.is_empty() && rp.autoscale.is_none() && cx.errors.borrow().is_empty() {
+    if backends.is_empty() && rp.autoscale.is_none() && rp.backends_from.is_none() && cx.errors.borrow().is_empty() {
         cx.report(
             span.clone(),
             key.clone(),
-            "a pool needs at least one backend (or an `autoscale` table)",
+            "a pool needs at least one backend (or an `autoscale` table, or `backends_from`)",
         );
     }
     let autoscale = rp.autoscale.and_then(|a| {
         let table = a.span();
         validate_autoscale(cx, &key, table, a.into_inner(), base_dir)
     });
+    let backends_from = rp.backends_from.and_then(|b| {
+        let at = b.span();
+        let from = validate_backends_from(cx, &key, b.into_inner())?;
+        if autoscale.as_ref().is_some_and(|a| a.hook().is_some()) {
+            cx.report(
+                at,
+                k("backends_from"),
+                "members come from DNS or from an autoscale hook, not both (use autoscale.mode = \"export\")",
+            );
+        }
+        Some(from)
+    });
     let health = match rp.health {
         Some(h) => Some(validate_health(cx, &key, h)),
+        // Members from DNS join warming: a connect must succeed first.
+        None if backends_from.is_some() => Some(new_member_check(CheckKind::Tcp)),
         // Provisioned backends join warming and need a check to pass.
-        None if autoscale.as_ref().is_some_and(|a| a.hook().is_some()) => Some(HealthCheck {
-            kind: CheckKind::Http,
-            path: d::HEALTH_PATH.to_string(),
-            interval: d::AUTOSCALE_HEALTH_INTERVAL,
-            timeout: d::HEALTH_TIMEOUT,
-            healthy: 1,
-            unhealthy: d::HEALTH_UNHEALTHY,
-            expect: d::HEALTH_EXPECT,
-        }),
+        None if autoscale.as_ref().is_some_and(|a| a.hook().is_some()) => Some(new_member_check(CheckKind::Http)),
         None => None,
     };
     let passive = validate_passive(cx, &key, rp.passive);
@@ -1010,8 +1017,48 @@ fn validate_pool(cx: &Ctx<'_>, name: &str, rp: RawPool, span: Range<usize>, base
         slow_start: cx.duration(rp.slow_start, &k("slow_start"), d::SLOW_START, Duration::ZERO, HOUR),
         fail_open: rp.fail_open.unwrap_or(false),
         autoscale,
+        backends_from,
         backends,
     })
+}
+
+/// The check a pool without a `health` table gets when members join at
+/// run time (they start `warming` and need one pass): frequent, so a new
+/// member takes traffic soon.
+fn new_member_check(kind: CheckKind) -> HealthCheck {
+    HealthCheck {
+        kind,
+        path: d::HEALTH_PATH.to_string(),
+        interval: d::AUTOSCALE_HEALTH_INTERVAL,
+        timeout: d::HEALTH_TIMEOUT,
+        healthy: 1,
+        unhealthy: d::HEALTH_UNHEALTHY,
+        expect: d::HEALTH_EXPECT,
+    }
+}
+
+fn validate_backends_from(cx: &Ctx<'_>, pool: &str, raw: RawBackendsFrom) -> Option<DnsMembers> {
+    let key = format!("{pool}.backends_from");
+    let interval = cx.duration(raw.interval, &format!("{key}.interval"), d::DNS_INTERVAL, SEC, HOUR);
+    let nameserver = raw.nameserver.and_then(|n| match super::net::nameserver(n.get_ref()) {
+        Ok(a) => Some(a),
+        Err(m) => {
+            cx.report(n.span(), format!("{key}.nameserver"), m);
+            None
+        }
+    });
+    match super::net::dns_target(raw.dns.get_ref()) {
+        Ok((name, lookup)) => Some(DnsMembers {
+            name,
+            lookup,
+            interval,
+            nameserver,
+        }),
+        Err(m) => {
+            cx.report(raw.dns.span(), format!("{key}.dns"), m);
+            None
+        }
+    }
 }
 
 /// A listener's certificate chain (`cert`) or private key file: readable
@@ -1618,6 +1665,50 @@ backends = [ { address = "127.0.0.1:9001" } ]
         assert_eq!(invalid(&no_image).2, "pools.shop.autoscale.hook.image");
         let port = text.replace("network = \"shop\"", "network = \"shop\", port = 70000");
         assert_eq!(invalid(&port).2, "pools.shop.autoscale.hook.port");
+    }
+
+    #[test]
+    fn dns_members_are_checked_and_exclude_a_hook() {
+        let dns = MINIMAL.replace(
+            "backends = [ { address = \"127.0.0.1:9001\" } ]",
+            "backends_from = { dns = \"shop.svc:8080\", nameserver = \"127.0.0.1:5353\" }",
+        );
+        let c = parse_str(&dns).unwrap();
+        let pool = &c.pools["shop"];
+        assert_eq!(
+            pool.backends_from,
+            Some(DnsMembers {
+                name: "shop.svc".into(),
+                lookup: super::super::DnsLookup::Address { port: 8080 },
+                interval: d::DNS_INTERVAL,
+                nameserver: Some("127.0.0.1:5353".parse().unwrap()),
+            })
+        );
+        assert!(pool.backends.is_empty() && pool.has_dynamic_members());
+        assert_eq!(
+            pool.health.as_ref().map(|h| h.kind),
+            Some(CheckKind::Tcp),
+            "a new member must accept a connection before it takes traffic"
+        );
+        let (line, col, key, message) = invalid(&dns.replace("shop.svc:8080", "shop.svc"));
+        assert_eq!((line, col, key.as_str()), (7, 25, "pools.shop.backends_from.dns"));
+        assert!(message.contains("needs a port"), "{message}");
+        let (_, _, key, _) = invalid(&dns.replace("127.0.0.1:5353", "dns.local"));
+        assert_eq!(key, "pools.shop.backends_from.nameserver");
+        let (_, _, key, _) = invalid(&dns.replace("nameserver", "interval = \"10ms\", nameserver"));
+        assert_eq!(key, "pools.shop.backends_from.interval");
+        let hook = dns.replace(
+            " }",
+            " }\nautoscale = { min = 1, max = 5, hook = { kind = \"local\" } }",
+        );
+        let (_, _, key, message) = invalid(&hook);
+        assert_eq!(key, "pools.shop.backends_from");
+        assert!(message.contains("not both"), "{message}");
+        let export = hook.replace("hook = { kind = \"local\" }", "mode = \"export\"");
+        assert!(
+            parse_str(&export).is_ok(),
+            "export mode decides; DNS brings the members"
+        );
     }
 
     #[test]

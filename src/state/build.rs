@@ -34,7 +34,7 @@ pub(super) fn snapshot(config: Config, previous: Option<&Snapshot>, generation: 
         .iter()
         .map(|(name, pc)| {
             let old = previous.and_then(|s| s.pool(name)).map(|p| &**p);
-            let provisioned = match (old, pc.autoscale.is_some()) {
+            let provisioned = match (old, pc.has_dynamic_members()) {
                 (Some(p), true) => p.provisioned.clone(),
                 _ => Vec::new(),
             };
@@ -127,8 +127,8 @@ pub(super) fn with_members(
     ))
 }
 
-/// One pool: static members from the file, then `provisioned` (autoscaled
-/// pools only), each address once. Returns the old pool's backends left out.
+/// One pool: static members from the file, then `provisioned` (from a
+/// provisioner or DNS), each address once. Returns the old pool's backends left out.
 fn pool(
     name: &str,
     pc: &Arc<PoolConfig>,
@@ -154,7 +154,7 @@ fn pool(
         })
     };
     let mut members: Vec<(SocketAddr, u32, bool)> = pc.backends.iter().map(|b| (b.address, b.weight, false)).collect();
-    let provisioned: Vec<SocketAddr> = if pc.autoscale.is_some() {
+    let provisioned: Vec<SocketAddr> = if pc.has_dynamic_members() {
         provisioned
     } else {
         Vec::new()

@@ -49,6 +49,21 @@ pub(crate) async fn backend_with(name: &str, service_time: Duration, concurrency
     TestBackend { addr, _stop: tx }
 }
 
+/// A backend on a given address (say `127.0.0.2:PORT`, for members that
+/// share a port, as DNS answers give them).
+pub(crate) async fn backend_on(name: &str, addr: SocketAddr) -> std::io::Result<TestBackend> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = watch::channel(false);
+    let opts = BackendOptions {
+        name: name.to_string(),
+        service_time: Duration::ZERO,
+        concurrency: 0,
+    };
+    tokio::spawn(shop::serve(listener, opts, rx));
+    Ok(TestBackend { addr, _stop: tx })
+}
+
 /// An address nothing listens on (bound, then closed).
 pub(crate) async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

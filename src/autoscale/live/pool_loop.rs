@@ -258,6 +258,10 @@ impl PoolLoop {
             }
         }
         match role {
+            // Not acting (export, dry run): the members are someone else's
+            // (static, DNS); writing the ones read at the start of this
+            // second could undo a change made since.
+            None if !acts => {}
             None => {
                 state.set_members(&self.name, members);
             }
