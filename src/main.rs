@@ -117,7 +117,9 @@ struct SimulateArgs {
     scenario: Option<String>,
     /// A CSV trace: header `second,arrivals` (per second) or
     /// `minute,requests` (per minute, spread as a Poisson process
-    /// within each minute).
+    /// within each minute); `second,critical,normal,sheddable` or
+    /// `minute,critical,normal,sheddable` give a count per priority class
+    /// and add violations per class to the report.
     #[arg(long, conflicts_with = "corpus")]
     trace: Option<PathBuf>,
     /// The training and validation corpus: `train`, `validation` or

@@ -239,6 +239,48 @@ async fn simulate_compares_the_policies_and_writes_a_chart() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scenario `nope`"));
 }
 
+#[tokio::test]
+async fn simulate_reports_violations_per_class_for_a_trace_with_a_class_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("classes.csv");
+    // An hour of a shop: checkout, browse and bots per minute; a surprise
+    // fourfold surge from minute 20 to 30.
+    let mut csv = String::from("minute,critical,normal,sheddable\n");
+    for m in 0..60 {
+        let k = if (20..30).contains(&m) { 4 } else { 1 };
+        csv.push_str(&format!("{m},{},{},{}\n", 600 * k, 3000 * k, 6000 * k));
+    }
+    std::fs::write(&trace, csv).unwrap();
+    let run = |json: bool| {
+        let mut cmd = Command::new(EXE);
+        cmd.args(["simulate", "--delay", "30s", "--trace"]).arg(&trace);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output()
+    };
+    let out = run(true).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kpa = rows.iter().find(|r| r["policy"] == "kpa").unwrap();
+    let by_class: Vec<f64> = kpa["class_violation_share"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    // The surge outruns a 30 s delay: the backlog is sheddable's, checkout
+    // goes first.
+    assert!(by_class[2] > 0.0, "{kpa}");
+    assert!(by_class[0] < by_class[2] / 10.0, "{kpa}");
+    let table = run(false).await.unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("critical / normal / sheddable"), "{table}");
+}
+
 /// `tidegate ARGS` with `env`; (success, stdout, stderr).
 async fn tidegate_cli(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = Command::new(EXE);

@@ -15,7 +15,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use super::model::{Memo, Queueing, Second};
+use super::model::{Memo, Queueing, Second, ALL_NORMAL};
 
 /// How service times are distributed around their mean.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,8 +79,9 @@ pub(crate) struct Des {
     rng: fastrand::Rng,
     dist: ServiceDist,
     slo_ns: Ns,
-    /// Arrival times of the waiting requests, oldest first.
-    queue: VecDeque<Ns>,
+    /// Arrival times of the waiting requests per priority lane (critical,
+    /// normal, sheddable), oldest first.
+    lanes: [VecDeque<Ns>; 3],
     /// Completion times of the requests in service.
     busy: BinaryHeap<Reverse<Ns>>,
 }
@@ -91,7 +92,7 @@ impl Des {
             rng: fastrand::Rng::with_seed(seed),
             dist,
             slo_ns: ns(slo),
-            queue: VecDeque::new(),
+            lanes: Default::default(),
             busy: BinaryHeap::new(),
         }
     }
@@ -99,10 +100,14 @@ impl Des {
     /// Starts waiters while there are free servers, at `now`.
     fn start_waiters(&mut self, now: Ns, servers: u64, service: f64, out: &mut Second, waits: &mut Waits) {
         while (self.busy.len() as u64) < servers {
-            let Some(arrived) = self.queue.pop_front() else { break };
+            // The highest lane first, then by arrival, as the pool's queue.
+            let Some((class, arrived)) = (0..3).find_map(|k| self.lanes[k].pop_front().map(|a| (k, a))) else {
+                break;
+            };
             let wait = now - arrived;
             if wait > self.slo_ns {
                 out.violations += 1.0;
+                out.class_violations[class] += 1.0;
             }
             waits.sum += wait as f64 / 1e9;
             waits.count += 1.0;
@@ -115,23 +120,53 @@ impl Des {
 }
 
 impl Queueing for Des {
-    fn second(&mut self, t: usize, servers: u64, arrivals: f64, service: f64, _memo: &mut Memo) -> Second {
+    fn second(
+        &mut self,
+        t: usize,
+        servers: u64,
+        arrivals: f64,
+        service: f64,
+        mix: [f64; 3],
+        _memo: &mut Memo,
+    ) -> Second {
         let start = t as Ns * 1_000_000_000;
         let end = start + 1_000_000_000;
         let count = arrivals.floor() as u64 + u64::from(self.rng.f64() < arrivals.fract());
         let mut times: Vec<Ns> = (0..count).map(|_| start + self.rng.u64(..1_000_000_000)).collect();
         times.sort_unstable();
+        // A class per arrival, drawn only for a mixed trace (a plain one
+        // keeps its random sequence).
+        let mixed = mix != ALL_NORMAL;
+        let classes: Vec<usize> = times
+            .iter()
+            .map(|_| {
+                if !mixed {
+                    return 1;
+                }
+                let u = self.rng.f64();
+                if u < mix[0] {
+                    0
+                } else if u < mix[0] + mix[1] {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
         let mut out = Second {
             requests: count as f64,
             ..Second::default()
         };
+        for &k in &classes {
+            out.class_requests[k] += 1.0;
+        }
         let mut waits = Waits::default();
         // The pool may have grown at the second's start.
         self.start_waiters(start, servers, service, &mut out, &mut waits);
-        let mut next_arrival = times.into_iter().peekable();
+        let mut next_arrival = times.into_iter().zip(classes).peekable();
         loop {
             let completion = self.busy.peek().map(|r| r.0).filter(|&c| c < end);
-            let arrival = next_arrival.peek().copied();
+            let arrival = next_arrival.peek().map(|&(a, _)| a);
             match (completion, arrival) {
                 (Some(c), Some(a)) if c <= a => {
                     self.busy.pop();
@@ -139,8 +174,9 @@ impl Queueing for Des {
                     self.start_waiters(c, servers, service, &mut out, &mut waits);
                 }
                 (_, Some(a)) => {
-                    next_arrival.next();
-                    self.queue.push_back(a);
+                    if let Some((_, class)) = next_arrival.next() {
+                        self.lanes[class].push_back(a);
+                    }
                     self.start_waiters(a, servers, service, &mut out, &mut waits);
                 }
                 (Some(c), None) => {
@@ -154,7 +190,7 @@ impl Queueing for Des {
         // A waiter is counted when it starts (one still waiting when the
         // trace ends is not counted at all).
         out.in_flight = self.busy.len() as f64;
-        out.queued = self.queue.len() as f64;
+        out.queued = self.lanes.iter().map(VecDeque::len).sum::<usize>() as f64;
         out.queue_wait = if waits.count > 0.0 {
             waits.sum / waits.count
         } else {
@@ -181,7 +217,7 @@ mod tests {
         let mut memo = Memo::default();
         let (mut requests, mut violations) = (0.0, 0.0);
         for t in 0..3000 {
-            let s = des.second(t, servers, rate, service, &mut memo);
+            let s = des.second(t, servers, rate, service, ALL_NORMAL, &mut memo);
             requests += s.requests;
             violations += s.violations;
         }
@@ -198,11 +234,11 @@ mod tests {
         let mut des = Des::new(0.1, ServiceDist::Fixed, 1);
         let mut memo = Memo::default();
         // 10 servers x 10 ms = 1000 req/s offered 2000: a backlog of ~1000.
-        let s = des.second(0, 10, 2000.0, 0.01, &mut memo);
+        let s = des.second(0, 10, 2000.0, 0.01, ALL_NORMAL, &mut memo);
         assert!((s.completed - 1000.0).abs() < 20.0, "{s:?}");
         assert!((s.queued - 1000.0).abs() < 20.0, "{s:?}");
         // Then nothing arrives: it drains in about a second.
-        let s = des.second(1, 10, 0.0, 0.01, &mut memo);
+        let s = des.second(1, 10, 0.0, 0.01, ALL_NORMAL, &mut memo);
         assert!(s.queued < 20.0, "{s:?}");
         assert!(s.violations > 800.0, "those waited past 100 ms: {s:?}");
     }

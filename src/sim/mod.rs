@@ -24,7 +24,7 @@ mod svg;
 
 use crate::autoscale::policy::{Policy, TidegateParams};
 use des::{Des, ServiceDist};
-use model::{oracle, simulate, Fluid, Memo, Outcome, Queueing, SimParams};
+use model::{oracle, simulate, Fluid, Memo, Outcome, Queueing, SimParams, Tally};
 use scenario::Trace;
 
 pub use svg::chart;
@@ -119,6 +119,10 @@ pub struct Summary {
     /// Of which in the trace's surprises (unannounced steps and spikes,
     /// the first sale): the part no forecast could prevent.
     pub(crate) surprise_violation_share: f64,
+    /// Per priority class (critical, normal, sheddable), the share of its
+    /// requests that waited longer than the SLO; only for traces that carry
+    /// a class mix.
+    pub(crate) class_violation_share: Option<[f64; 3]>,
     /// Backend-seconds, and the oracle's on the same traces.
     pub(crate) backend_seconds: f64,
     pub(crate) oracle_backend_seconds: f64,
@@ -176,22 +180,20 @@ pub(crate) fn simulate_oracle(
     memo: &mut Memo,
     q: &mut dyn Queueing,
 ) -> Outcome {
-    let (mut requests, mut violations, mut surprise) = (0.0, 0.0, 0.0);
+    let mut tally = Tally::default();
     for (t, &a) in trace.arrivals.iter().enumerate() {
         let servers = u64::from(need[t]) * u64::from(p.slots);
-        let s = q.second(t, servers, a, p.service * trace.service_at(t), memo);
-        requests += s.requests;
-        violations += s.violations;
-        if trace.surprises.iter().any(|r| r.contains(&t)) {
-            surprise += s.violations;
-        }
+        let s = q.second(t, servers, a, p.service * trace.service_at(t), trace.mix_at(t), memo);
+        tally.add(trace, t, &s);
     }
     let changes = need.windows(2).filter(|w| w[0] != w[1]).count() as u64;
     Outcome {
         policy: "oracle".into(),
-        requests,
-        violations,
-        surprise_violations: surprise,
+        requests: tally.requests,
+        violations: tally.violations,
+        surprise_violations: tally.surprise_violations,
+        class_requests: tally.class_requests,
+        class_violations: tally.class_violations,
         backend_seconds: need.iter().map(|&n| f64::from(n)).sum(),
         hook_calls: changes,
         reversals: 0,
@@ -237,6 +239,15 @@ pub(crate) fn summarise(scenario: &str, delay: u64, runs: &[(&Outcome, f64, f64)
     let worst = |f: &dyn Fn(&Outcome) -> &Vec<u64>| runs.iter().flat_map(|(o, _, _)| f(o).iter().copied()).max();
     let sales: usize = runs.iter().map(|(o, _, _)| o.sales).sum();
     let share = |x: f64| if requests > 0.0 { x / requests } else { 0.0 };
+    let mut class_requests = [0.0; 3];
+    let mut class_violations = [0.0; 3];
+    for (o, _, _) in runs {
+        for k in 0..3 {
+            class_requests[k] += o.class_requests[k];
+            class_violations[k] += o.class_violations[k];
+        }
+    }
+    let mixed = class_requests[0] + class_requests[2] > 0.0;
     Summary {
         scenario: scenario.to_string(),
         policy: runs.first().map_or(String::new(), |(o, _, _)| o.policy.clone()),
@@ -246,6 +257,15 @@ pub(crate) fn summarise(scenario: &str, delay: u64, runs: &[(&Outcome, f64, f64)
         violations,
         violation_share: share(violations),
         surprise_violation_share: share(surprise),
+        class_violation_share: mixed.then(|| {
+            std::array::from_fn(|k| {
+                if class_requests[k] > 0.0 {
+                    class_violations[k] / class_requests[k]
+                } else {
+                    0.0
+                }
+            })
+        }),
         backend_seconds: cost,
         oracle_backend_seconds: oracle_cost,
         cost_vs_oracle: cost / oracle_cost.max(1.0),
@@ -294,16 +314,25 @@ pub fn compare(
     (summaries, outcomes, need)
 }
 
-/// A Markdown table of summaries.
+/// A Markdown table of summaries (with a column of violations per priority
+/// class when the traces carry a class mix).
 pub fn table(rows: &[Summary]) -> String {
+    let classes = rows.iter().any(|r| r.class_violation_share.is_some());
     let mut out = String::from(
-        "| scenario | delay | policy | SLO-violating requests | of which in surprises | cost vs oracle | time to capacity | back to oracle | sales ready | hook calls/h | reversals/h |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| scenario | delay | policy | SLO-violating requests | of which in surprises | cost vs oracle | time to capacity | back to oracle | sales ready | hook calls/h | reversals/h |",
     );
+    if classes {
+        out.push_str(" violating: critical / normal / sheddable |");
+    }
+    out.push_str("\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    if classes {
+        out.push_str(" --- |");
+    }
+    out.push('\n');
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |s| format!("{s} s"));
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} s | {} | {:.3} % | {:.3} % | {:.2}x | {} | {} | {} | {:.1} | {:.1} |\n",
+            "| {} | {} s | {} | {:.3} % | {:.3} % | {:.2}x | {} | {} | {} | {:.1} | {:.1} |",
             r.scenario,
             r.delay_s,
             r.policy,
@@ -317,6 +346,12 @@ pub fn table(rows: &[Summary]) -> String {
             r.hook_calls_per_hour,
             r.reversals_per_hour
         ));
+        if classes {
+            out.push_str(&r.class_violation_share.map_or(" - |".to_string(), |[c, n, s]| {
+                format!(" {:.3} % / {:.3} % / {:.3} % |", c * 100.0, n * 100.0, s * 100.0)
+            }));
+        }
+        out.push('\n');
     }
     out
 }

@@ -119,6 +119,10 @@ pub(crate) struct Second {
     pub(crate) requests: f64,
     /// Requests (of any second) whose queue wait broke the SLO.
     pub(crate) violations: f64,
+    /// Of `requests` and `violations`, per class (critical, normal,
+    /// sheddable).
+    pub(crate) class_requests: [f64; 3],
+    pub(crate) class_violations: [f64; 3],
     /// Requests that finished.
     pub(crate) completed: f64,
     /// In service at the end of the second.
@@ -134,12 +138,20 @@ pub(crate) struct Second {
 /// What happens to a second's arrivals on a pool of `servers` servers with
 /// mean service time `service` (seconds).
 pub(crate) trait Queueing {
-    fn second(&mut self, t: usize, servers: u64, arrivals: f64, service: f64, memo: &mut Memo) -> Second;
+    /// `mix` is the arrivals' share per priority class (critical, normal,
+    /// sheddable); the queue serves the classes in that order, then by
+    /// arrival, as tidegate's lanes do.
+    fn second(&mut self, t: usize, servers: u64, arrivals: f64, service: f64, mix: [f64; 3], memo: &mut Memo)
+        -> Second;
 }
+
+/// The class mix of a trace that has none: every request is `normal`.
+pub(crate) const ALL_NORMAL: [f64; 3] = [0.0, 1.0, 0.0];
 
 /// The fluid model of the module docs.
 pub(crate) struct Fluid {
-    backlog: f64,
+    /// Per class, in lane order.
+    backlog: [f64; 3],
     slo: f64,
     rng: fastrand::Rng,
 }
@@ -147,7 +159,7 @@ pub(crate) struct Fluid {
 impl Fluid {
     pub(crate) fn new(slo: f64) -> Fluid {
         Fluid {
-            backlog: 0.0,
+            backlog: [0.0; 3],
             slo,
             rng: fastrand::Rng::with_seed(0xF1_0D),
         }
@@ -184,43 +196,73 @@ impl Fluid {
 }
 
 impl Queueing for Fluid {
-    fn second(&mut self, _t: usize, servers: u64, a: f64, service: f64, memo: &mut Memo) -> Second {
-        let b0 = self.backlog;
+    fn second(&mut self, _t: usize, servers: u64, a: f64, service: f64, mix: [f64; 3], memo: &mut Memo) -> Second {
+        let b0: f64 = self.backlog.iter().sum();
         let capacity = servers as f64 / service;
+        let class_requests = mix.map(|m| a * m);
         if capacity <= 0.0 {
-            self.backlog = b0 + a;
+            for (b, r) in self.backlog.iter_mut().zip(class_requests) {
+                *b += r;
+            }
             return Second {
                 requests: a,
                 violations: a,
+                class_requests,
+                class_violations: class_requests,
                 completed: 0.0,
                 in_flight: 0.0,
-                queued: self.backlog,
+                queued: b0 + a,
                 queue_wait: 0.0,
                 service_cv2: None,
             };
         }
+        // Chance waits by class: M/M/c with non-preemptive priorities
+        // (equal service times). Class k waits past t with about
+        // C(c, a) e^-(c mu (1 - s_{k-1})(1 - s_k) t), s_k the load of the
+        // classes up to k (Cobham's mean wait, with Erlang C's exponential
+        // tail; one class is Erlang C exactly).
+        let load = a.min(0.98 * capacity);
+        let all_busy = (mix != ALL_NORMAL).then(|| memo.tail(servers, load, service, 0.0));
+        let rho = load / capacity;
+        let (mut left, mut above) = (capacity, 0.0);
+        let (mut class_violations, mut end) = ([0.0; 3], 0.0);
+        for k in 0..3 {
+            let (ak, bk) = (class_requests[k], self.backlog[k]);
+            if ak <= 0.0 && bk <= 0.0 {
+                above += mix[k];
+                continue;
+            }
+            // What the classes above left of the second's service.
+            let slope = ak - left;
+            // The backlog a request finds breaks the SLO above this level.
+            let limit = self.slo * left;
+            // Share of the second during which arrivals find such a backlog.
+            let late_share = if slope > 0.0 {
+                1.0 - ((limit - bk) / slope).clamp(0.0, 1.0)
+            } else if slope < 0.0 {
+                ((bk - limit) / -slope).clamp(0.0, 1.0)
+            } else if bk > limit {
+                1.0
+            } else {
+                0.0
+            };
+            let end_k = (bk + slope).max(0.0);
+            // The rest wait only by chance.
+            let chance = match all_busy {
+                None => memo.tail(servers, load, service, self.slo),
+                Some(c) => c * (-self.slo * capacity * (1.0 - rho * above) * (1.0 - rho * (above + mix[k]))).exp(),
+            };
+            class_violations[k] = ak * (late_share + (1.0 - late_share) * chance);
+            left = (left - (bk + ak - end_k)).max(0.0);
+            above += mix[k];
+            self.backlog[k] = end_k;
+            end += end_k;
+        }
         let slope = a - capacity;
-        // The backlog a request finds breaks the SLO above this level.
-        let limit = self.slo * capacity;
-        // Share of the second during which arrivals find such a backlog.
-        let late_share = if slope > 0.0 {
-            1.0 - ((limit - b0) / slope).clamp(0.0, 1.0)
-        } else if slope < 0.0 {
-            ((b0 - limit) / -slope).clamp(0.0, 1.0)
-        } else if b0 > limit {
-            1.0
-        } else {
-            0.0
-        };
-        let end = (b0 + slope).max(0.0);
-        // The rest wait only by chance.
-        let chance = memo.tail(servers, a.min(0.98 * capacity), service, self.slo);
-        let violations = a * (late_share + (1.0 - late_share) * chance);
         let served = b0 + a - end;
         // Mean backlog over the second (piecewise linear), as a wait.
         let empties_at = if slope < 0.0 { (b0 / -slope).min(1.0) } else { 1.0 };
         let mean_backlog = (b0 + (b0 + slope * empties_at).max(0.0)) / 2.0 * empties_at;
-        self.backlog = end;
         let (in_flight, waiting) = if end > 0.0 {
             (servers as f64, 0.0)
         } else {
@@ -230,12 +272,41 @@ impl Queueing for Fluid {
         let completed = (served + self.normal() * served.sqrt()).max(0.0);
         Second {
             requests: a,
-            violations,
+            violations: class_violations.iter().sum(),
+            class_requests,
+            class_violations,
             completed,
             in_flight,
             queued: end + waiting,
             queue_wait: mean_backlog / capacity,
             service_cv2: None,
+        }
+    }
+}
+
+/// Requests and SLO violations summed over a run's seconds.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tally {
+    pub(crate) requests: f64,
+    pub(crate) violations: f64,
+    /// Of which in the trace's surprises (no forecast could help).
+    pub(crate) surprise_violations: f64,
+    /// Per priority class (critical, normal, sheddable).
+    pub(crate) class_requests: [f64; 3],
+    pub(crate) class_violations: [f64; 3],
+}
+
+impl Tally {
+    /// Adds second `t` of `trace`.
+    pub(crate) fn add(&mut self, trace: &Trace, t: usize, s: &Second) {
+        self.requests += s.requests;
+        self.violations += s.violations;
+        if trace.surprises.iter().any(|r| r.contains(&t)) {
+            self.surprise_violations += s.violations;
+        }
+        for k in 0..3 {
+            self.class_requests[k] += s.class_requests[k];
+            self.class_violations[k] += s.class_violations[k];
         }
     }
 }
@@ -248,6 +319,9 @@ pub struct Outcome {
     pub(crate) violations: f64,
     /// Of which in the trace's surprises (no forecast could help).
     pub(crate) surprise_violations: f64,
+    /// Per priority class (critical, normal, sheddable).
+    pub(crate) class_requests: [f64; 3],
+    pub(crate) class_violations: [f64; 3],
     pub(crate) backend_seconds: f64,
     /// Changes of the size asked for (each a provisioning call).
     pub(crate) hook_calls: u64,
@@ -298,8 +372,8 @@ pub(crate) fn simulate(
     };
     let mut ready = start.clamp(p.min, p.max);
     let mut provisioning: VecDeque<u64> = VecDeque::new();
-    let (mut requests, mut violations, mut cost) = (0.0, 0.0, 0.0);
-    let mut surprise_violations = 0.0;
+    let mut tally = Tally::default();
+    let mut cost = 0.0;
     let mut stepper = Stepper::new(step_params(policy, p));
     let mut last_desired = ready;
     let mut direction = 0i8;
@@ -313,12 +387,8 @@ pub(crate) fn simulate(
         }
         let servers = u64::from(ready) * u64::from(p.slots);
         let service = p.service * trace.service_at(t);
-        let s = q.second(t, servers, trace.arrivals[t], service, memo);
-        requests += s.requests;
-        violations += s.violations;
-        if trace.surprises.iter().any(|r| r.contains(&t)) {
-            surprise_violations += s.violations;
-        }
+        let s = q.second(t, servers, trace.arrivals[t], service, trace.mix_at(t), memo);
+        tally.add(trace, t, &s);
         cost += f64::from(ready) + provisioning.len() as f64;
         ready_series.push(ready);
 
@@ -388,9 +458,11 @@ pub(crate) fn simulate(
         .count();
     Outcome {
         policy: policy.name().to_string(),
-        requests,
-        violations,
-        surprise_violations,
+        requests: tally.requests,
+        violations: tally.violations,
+        surprise_violations: tally.surprise_violations,
+        class_requests: tally.class_requests,
+        class_violations: tally.class_violations,
         backend_seconds: cost,
         hook_calls,
         reversals,
@@ -456,18 +528,59 @@ mod tests {
         // by 1000 over the second and passes 100 (100 ms) a tenth of the
         // way in, so nine tenths of the arrivals break the SLO.
         let mut q = Fluid::new(0.1);
-        let s = q.second(0, 10, 2000.0, 0.01, &mut memo);
+        let s = q.second(0, 10, 2000.0, 0.01, ALL_NORMAL, &mut memo);
         assert!((s.violations / 2000.0 - 0.9).abs() < 0.02, "{s:?}");
         assert_eq!(s.queued, 1000.0);
         assert!((s.completed - 1000.0).abs() < 150.0, "{s:?}");
         // Now 500 arrive: the backlog of 1000 shrinks by 500 and stays
         // above 100 all second: every arrival breaks it.
-        let s = q.second(1, 10, 500.0, 0.01, &mut memo);
+        let s = q.second(1, 10, 500.0, 0.01, ALL_NORMAL, &mut memo);
         assert!((s.violations - 500.0).abs() < 1e-6, "{s:?}");
         assert_eq!(s.queued, 500.0);
         // Idle pool, light load: only chance waits.
         let mut q = Fluid::new(0.1);
-        let s = q.second(0, 10, 100.0, 0.01, &mut memo);
+        let s = q.second(0, 10, 100.0, 0.01, ALL_NORMAL, &mut memo);
         assert!(s.violations < 1e-6, "{s:?}");
+    }
+
+    /// A fixed pool through an overload, with a class mix: per-class
+    /// violations from the fluid model and from the exact simulation.
+    fn class_run(q: &mut dyn Queueing) -> ([f64; 3], [f64; 3]) {
+        let mut memo = Memo::default();
+        let (mut requests, mut violations) = ([0.0; 3], [0.0; 3]);
+        let mix = [0.2, 0.3, 0.5];
+        for t in 0..600 {
+            // 10 servers x 10 ms = 1000 req/s; 1300 offered for a minute.
+            let a = if (200..260).contains(&t) { 1300.0 } else { 800.0 };
+            let s = q.second(t, 10, a, 0.01, mix, &mut memo);
+            for k in 0..3 {
+                requests[k] += s.class_requests[k];
+                violations[k] += s.class_violations[k];
+            }
+        }
+        (requests, violations)
+    }
+
+    #[test]
+    fn under_overload_the_lanes_keep_critical_within_the_slo_and_agree_with_the_referee() {
+        let (fr, fv) = class_run(&mut Fluid::new(0.1));
+        let (dr, dv) = class_run(&mut crate::sim::des::Des::new(
+            0.1,
+            crate::sim::des::ServiceDist::Exponential,
+            3,
+        ));
+        let share = |v: [f64; 3], r: [f64; 3]| std::array::from_fn::<f64, 3, _>(|k| v[k] / r[k]);
+        let (f, d) = (share(fv, fr), share(dv, dr));
+        // 300 req/s too many for a minute: sheddable (500 req/s) absorbs
+        // the whole backlog, critical (200 req/s) never queues behind it.
+        assert!(f[0] < 0.001 && d[0] < 0.001, "critical: fluid {f:?}, exact {d:?}");
+        assert!(f[2] > 0.05 && d[2] > 0.05, "sheddable: fluid {f:?}, exact {d:?}");
+        assert!(f[0] <= f[1] && f[1] <= f[2], "{f:?}");
+        assert!(d[0] <= d[1] && d[1] <= d[2], "{d:?}");
+        // The fluid model's sheddable share within a fifth of the exact one.
+        assert!((f[2] - d[2]).abs() < 0.2 * d[2], "fluid {f:?}, exact {d:?}");
+        // A plain trace's run is all normal.
+        let s = Fluid::new(0.1).second(0, 10, 100.0, 0.01, ALL_NORMAL, &mut Memo::default());
+        assert_eq!(s.class_requests, [0.0, 100.0, 0.0]);
     }
 }

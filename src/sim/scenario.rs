@@ -1,9 +1,12 @@
 //! Traffic traces for the simulator: arrivals per second, from a CSV file
 //! (`second,arrivals`, or `minute,requests` spread as a Poisson process
-//! within each minute) or generated (seeded, so runs repeat; the corpus
-//! families are in `families.rs`).
+//! within each minute; either may instead carry a count per priority class,
+//! `second,critical,normal,sheddable`) or generated (seeded, so runs
+//! repeat; the corpus families are in `families.rs`).
 
 use std::f64::consts::PI;
+
+use super::model::ALL_NORMAL;
 
 pub(crate) const SECONDS_PER_DAY: usize = 86_400;
 
@@ -24,6 +27,9 @@ pub struct Trace {
     /// The service time each second, as a multiple of the simulation's
     /// (a slow deploy); empty = 1 throughout.
     pub(crate) service_factor: Vec<f32>,
+    /// Each second's share of arrivals per priority class (critical,
+    /// normal, sheddable); empty = all `normal`.
+    pub(crate) mix: Vec<[f32; 3]>,
 }
 
 impl Trace {
@@ -37,12 +43,18 @@ impl Trace {
             sales: vec![],
             surprises: vec![],
             service_factor: vec![],
+            mix: vec![],
         }
     }
 
     /// The service-time multiple at second `t`.
     pub(crate) fn service_at(&self, t: usize) -> f64 {
         self.service_factor.get(t).map_or(1.0, |&f| f64::from(f))
+    }
+
+    /// The class mix at second `t` (critical, normal, sheddable).
+    pub(crate) fn mix_at(&self, t: usize) -> [f64; 3] {
+        self.mix.get(t).map_or(ALL_NORMAL, |m| m.map(f64::from))
     }
 
     /// Mean arrivals per second.
@@ -157,45 +169,79 @@ pub enum Scale {
 /// Reads a trace: `second,arrivals` (arrivals per second) or
 /// `minute,requests` (requests per minute, spread over the minute's seconds
 /// as a Poisson process, i.e. each request lands in a uniformly random
-/// second, drawn from `seed`). Scaling applies to the counts before they
+/// second, drawn from `seed`). Instead of one count a row may carry one per
+/// priority class (`second,critical,normal,sheddable` or
+/// `minute,critical,normal,sheddable`): the arrivals are their sum and the
+/// shares the period's class mix. Scaling applies to the counts before they
 /// are spread, so a per-minute trace scaled up stays Poisson within the
 /// minute instead of turning each request into a burst. Rows are in order;
 /// a missing row is a period of zero.
 pub fn from_csv(name: &str, text: &str, scale: Scale, seed: u64) -> Result<Trace, String> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or("the trace is empty")?;
-    let per_minute = match header.trim().to_ascii_lowercase().replace(' ', "").as_str() {
-        "second,arrivals" => false,
-        "minute,requests" => true,
+    let (per_minute, classes) = match header.trim().to_ascii_lowercase().replace(' ', "").as_str() {
+        "second,arrivals" => (false, false),
+        "minute,requests" => (true, false),
+        "second,critical,normal,sheddable" => (false, true),
+        "minute,critical,normal,sheddable" => (true, true),
         other => {
             return Err(format!(
-                "line 1: expected a header `second,arrivals` or `minute,requests`, found `{other}`"
+                "line 1: expected a header `second,arrivals`, `minute,requests`, \
+                 `second,critical,normal,sheddable` or `minute,critical,normal,sheddable`, found `{other}`"
             ))
         }
     };
+    let columns = if classes { 3 } else { 1 };
     let mut counts: Vec<f64> = Vec::new();
+    let mut mix: Vec<[f32; 3]> = Vec::new();
     for (i, line) in lines {
-        let (at, n) = line
-            .split_once(',')
-            .ok_or_else(|| format!("line {}: expected `index,count`", i + 1))?;
-        let at: usize = at.trim().parse().map_err(|e| format!("line {}: {e}", i + 1))?;
-        let n: f64 = n.trim().parse().map_err(|e| format!("line {}: {e}", i + 1))?;
-        if !n.is_finite() || n < 0.0 {
-            return Err(format!("line {}: a count must be finite and not negative", i + 1));
+        let row = i + 1;
+        let mut fields = line.split(',');
+        let at: usize = fields
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .map_err(|e| format!("line {row}: {e}"))?;
+        let values = fields
+            .map(|f| f.trim().parse::<f64>().map_err(|e| format!("line {row}: {e}")))
+            .collect::<Result<Vec<f64>, String>>()?;
+        if values.len() != columns {
+            return Err(format!(
+                "line {row}: expected {} fields, found {}",
+                columns + 1,
+                values.len() + 1
+            ));
+        }
+        if values.iter().any(|n| !n.is_finite() || *n < 0.0) {
+            return Err(format!("line {row}: a count must be finite and not negative"));
         }
         if at < counts.len() {
-            return Err(format!("line {}: index {at} is out of order", i + 1));
+            return Err(format!("line {row}: index {at} is out of order"));
         }
         if at > 100_000_000 {
-            return Err(format!("line {}: index {at} is too large", i + 1));
+            return Err(format!("line {row}: index {at} is too large"));
         }
+        let n: f64 = values.iter().sum();
         counts.resize(at, 0.0);
         counts.push(n);
+        if classes {
+            mix.resize(at, [0.0, 1.0, 0.0]);
+            mix.push(match values[..] {
+                [c, m, s] if n > 0.0 => [(c / n) as f32, (m / n) as f32, (s / n) as f32],
+                _ => [0.0, 1.0, 0.0],
+            });
+        }
     }
     if counts.is_empty() {
         return Err("the trace has no rows".into());
     }
-    Ok(from_counts(name, &counts, per_minute, scale, seed))
+    let mut trace = from_counts(name, &counts, per_minute, scale, seed);
+    if per_minute {
+        mix = mix.iter().flat_map(|m| std::iter::repeat_n(*m, 60)).collect();
+    }
+    trace.mix = mix;
+    Ok(trace)
 }
 
 /// Parses a per-minute trace's counts (`minute,requests`).
@@ -291,6 +337,30 @@ mod tests {
         assert!(from_csv("t", "second,arrivals\n1,1\n0,1\n", Scale::AsIs, 1)
             .unwrap_err()
             .contains("out of order"));
+    }
+
+    #[test]
+    fn class_traces_carry_their_mix() {
+        let text = "second,critical,normal,sheddable\n0,1,2,7\n2,0,0,0\n";
+        let t = from_csv("t", text, Scale::AsIs, 1).unwrap();
+        assert_eq!(t.arrivals, vec![10.0, 0.0, 0.0]);
+        let close = |a: [f64; 3], b: [f64; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        assert!(close(t.mix_at(0), [0.1, 0.2, 0.7]), "{:?}", t.mix_at(0));
+        assert_eq!(t.mix_at(1), ALL_NORMAL, "a missing row and an empty one are plain");
+        assert_eq!(t.mix_at(2), ALL_NORMAL);
+        let m = from_csv("t", "minute,critical,normal,sheddable\n0,60,0,540\n", Scale::AsIs, 1).unwrap();
+        assert_eq!(m.arrivals.len(), 60);
+        assert_eq!(m.mix.len(), 60);
+        assert!(close(m.mix_at(59), [0.1, 0.0, 0.9]), "{:?}", m.mix_at(59));
+        assert!(
+            from_csv("t", "second,critical,normal,sheddable\n0,1,2\n", Scale::AsIs, 1)
+                .unwrap_err()
+                .contains("expected 4 fields")
+        );
+        assert!(from_csv("t", "second,arrivals\n0,1\n", Scale::AsIs, 1)
+            .unwrap()
+            .mix
+            .is_empty());
     }
 
     #[test]
