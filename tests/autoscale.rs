@@ -502,6 +502,7 @@ autoscale = {{ min = 1, max = 20, dry_run = true, slo = \"50ms\", scale_down_win
                 "t": s["t"], "arrivals": s["arrivals"], "completions": s["completions"],
                 "in_flight": s["in_flight"], "queued": s["queued"], "ready": s["ready"],
                 "pending": s["pending"], "queue_wait_ms": s["queue_wait_ms"],
+                "queue_wait_ms_by_class": s["queue_wait_ms_by_class"],
                 "service_cv": s["service_cv"],
             })
             .to_string(),

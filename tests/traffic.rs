@@ -282,7 +282,8 @@ async fn under_a_browse_flood_checkout_is_served_and_browse_is_refused_quickly()
     let t = tidegate(&config_text(
         &[b.addr],
         LANES,
-        "max_concurrency = 1\nqueue = { max_depth = 1024, timeout = \"5s\" }",
+        "max_concurrency = 1\nqueue = { max_depth = 1024, timeout = \"5s\" }\n\
+         autoscale = { min = 1, max = 4, dry_run = true, slo = \"50ms\", hook = { kind = \"exec\", command = [\"/bin/false\"] } }",
     ))
     .await;
     let started = tokio::time::Instant::now();
@@ -324,6 +325,25 @@ async fn under_a_browse_flood_checkout_is_served_and_browse_is_refused_quickly()
         "a refusal took {slowest:?}"
     );
     eventually("the queue empties", || async { t.queue_depth().await == 0 }).await;
+    // The autoscaler's signal says who waited: browse, not checkout.
+    let history = get(t.admin, "/history?pool=shop").await;
+    let seconds: serde_json::Value = serde_json::from_slice(&history.body).unwrap();
+    let seconds = seconds["pools"]["shop"].as_array().unwrap().clone();
+    let late = |k: usize| -> u64 {
+        seconds
+            .iter()
+            .map(|s| s["violations_by_class"][k].as_u64().unwrap())
+            .sum()
+    };
+    let worst_wait = |k: usize| -> f64 {
+        seconds
+            .iter()
+            .map(|s| s["queue_wait_ms_by_class"][k].as_f64().unwrap())
+            .fold(0.0, f64::max)
+    };
+    assert_eq!(late(0), 0, "no checkout broke the 50 ms SLO: {seconds:?}");
+    assert!(late(2) > 100, "refused browse counts against the SLO: {}", late(2));
+    assert!(worst_wait(2) > worst_wait(0), "browse waited longer: {seconds:?}");
     println!(
         "flood {flood:?}: checkout 20/20, slowest {:?}; browse {} refused, slowest refusal {slowest:?}",
         checkouts.iter().map(|r| r.2).max().unwrap(),

@@ -178,6 +178,7 @@ mod tests {
             concurrency,
             queued,
             queue_wait: queued / 100.0,
+            class_wait: [0.0, queued / 100.0, 0.0],
             service_cv2: None,
         }
     }

@@ -237,6 +237,7 @@ mod tests {
                 concurrency: arrivals * service,
                 queued: 0.0,
                 queue_wait: 0.0,
+                class_wait: [0.0; 3],
                 service_cv2: None,
             });
         }

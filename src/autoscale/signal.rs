@@ -24,6 +24,10 @@ pub(crate) struct Sample {
     /// Mean seconds waited by the requests that left the queue during the
     /// second (0 when none did).
     pub(crate) queue_wait: f64,
+    /// The same per priority class (critical, normal, sheddable): the lanes
+    /// share one pool, so a standing queue shows as sheddable waiting while
+    /// critical does not.
+    pub(crate) class_wait: [f64; 3],
     /// Squared coefficient of variation of the service times completed in
     /// the second (`None`: not measured; exponential, 1, is assumed).
     pub(crate) service_cv2: Option<f64>,
@@ -94,6 +98,7 @@ mod tests {
             concurrency: arrivals / 10.0,
             queued: 0.0,
             queue_wait: 0.0,
+            class_wait: [0.0; 3],
             service_cv2: None,
         }
     }

@@ -245,6 +245,7 @@ mod tests {
                 concurrency: arrivals * 0.02,
                 queued: 0.0,
                 queue_wait: 0.0,
+                class_wait: [0.0; 3],
                 service_cv2: None,
             },
             ready,

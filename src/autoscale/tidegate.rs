@@ -426,8 +426,15 @@ pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, no
         p.epsilon,
         st.backlog_hold,
     );
-    if let Some(wait) = h.last().map(|s| s.queue_wait).filter(|w| *w > 0.0) {
-        reason.push_str(&format!(", queue wait {:.0} ms", wait * 1000.0));
+    if let Some(last) = h.last().filter(|s| s.queue_wait > 0.0) {
+        reason.push_str(&format!(", queue wait {:.0} ms", last.queue_wait * 1000.0));
+        // With priority lanes the mean hides who waited: say it per class.
+        let [critical, normal, sheddable] = last.class_wait.map(|w| w * 1000.0);
+        if critical > 0.0 || sheddable > 0.0 {
+            reason.push_str(&format!(
+                " (critical {critical:.0}, normal {normal:.0}, sheddable {sheddable:.0})"
+            ));
+        }
     }
     if let Some(r) = pool.forecast_rate {
         match trusted {
@@ -472,6 +479,7 @@ mod tests {
             concurrency: arrivals * service,
             queued: 0.0,
             queue_wait: 0.0,
+            class_wait: [0.0; 3],
             service_cv2: None,
         }
     }

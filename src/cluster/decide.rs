@@ -78,6 +78,10 @@ pub(crate) struct Demand {
     pub(crate) queued: f64,
     /// Mean time the second's dequeued requests waited, seconds.
     pub(crate) queue_wait_s: f64,
+    /// The same per priority class (critical, normal, sheddable); absent
+    /// from an older instance's demand.
+    #[serde(default)]
+    pub(crate) class_wait_s: [f64; 3],
     /// Squared coefficient of variation of response times, when measured.
     pub(crate) service_cv2: Option<f64>,
 }
@@ -98,6 +102,7 @@ pub(crate) fn sum(own: &Demand, others: &[Demand], now_ms: u64, max_age_ms: u64)
         ..Demand::default()
     };
     let (mut wait_weight, mut wait_sum, mut wait_max) = (0.0, 0.0, 0.0f64);
+    let (mut class_sum, mut class_max) = ([0.0; 3], [0.0f64; 3]);
     let (mut cv_weight, mut cv_sum) = (0.0, 0.0);
     for d in live {
         total.arrivals += d.arrivals;
@@ -107,16 +112,18 @@ pub(crate) fn sum(own: &Demand, others: &[Demand], now_ms: u64, max_age_ms: u64)
         wait_weight += d.arrivals;
         wait_sum += d.arrivals * d.queue_wait_s;
         wait_max = wait_max.max(d.queue_wait_s);
+        for k in 0..3 {
+            class_sum[k] += d.arrivals * d.class_wait_s[k];
+            class_max[k] = class_max[k].max(d.class_wait_s[k]);
+        }
         if let Some(cv2) = d.service_cv2 {
             cv_weight += d.completions;
             cv_sum += d.completions * cv2;
         }
     }
-    total.queue_wait_s = if wait_weight > 0.0 {
-        wait_sum / wait_weight
-    } else {
-        wait_max
-    };
+    let weighted = |sum: f64, max: f64| if wait_weight > 0.0 { sum / wait_weight } else { max };
+    total.queue_wait_s = weighted(wait_sum, wait_max);
+    total.class_wait_s = std::array::from_fn(|k| weighted(class_sum[k], class_max[k]));
     total.service_cv2 = (cv_weight > 0.0).then(|| cv_sum / cv_weight);
     total
 }
@@ -153,6 +160,7 @@ mod tests {
             in_flight,
             queued,
             queue_wait_s: wait,
+            class_wait_s: [0.0, wait, 0.0],
             service_cv2: Some(1.0),
         }
     }

@@ -129,14 +129,15 @@ pub struct Queue {
     next_id: AtomicU64,
     /// Time spent queued, for `/metrics`.
     wait_seconds: SecondsHistogram,
-    /// Requests that left the queue and their summed wait, for the
-    /// autoscaler's per-second mean.
-    waited: AtomicU64,
-    waited_nanos: AtomicU64,
+    /// Requests that left the queue and their summed wait, per class, for
+    /// the autoscaler's per-second means.
+    waited: [AtomicU64; 3],
+    waited_nanos: [AtomicU64; 3],
     /// The queue-wait SLO (the pool's `autoscale.slo`, or the default).
     slo_ns: AtomicU64,
-    /// Requests that broke it: waited longer, or found the queue full.
-    late: AtomicU64,
+    /// Requests that broke it, per class: waited longer, or found the
+    /// queue full.
+    late: [AtomicU64; 3],
 }
 
 impl Queue {
@@ -152,10 +153,10 @@ impl Queue {
             evicted: Default::default(),
             next_id: AtomicU64::new(0),
             wait_seconds: SecondsHistogram::default(),
-            waited: AtomicU64::new(0),
-            waited_nanos: AtomicU64::new(0),
+            waited: Default::default(),
+            waited_nanos: Default::default(),
             slo_ns: AtomicU64::new(crate::config::defaults::AUTOSCALE_SLO.as_nanos() as u64),
-            late: AtomicU64::new(0),
+            late: Default::default(),
         }
     }
 
@@ -165,13 +166,16 @@ impl Queue {
         self.depth.load(Ordering::SeqCst)
     }
 
-    /// Requests that have left the queue (served or timed out) and the
-    /// nanoseconds they waited in all, since the queue was created.
-    pub(crate) fn waited(&self) -> (u64, u64) {
-        (
-            self.waited.load(Ordering::Relaxed),
-            self.waited_nanos.load(Ordering::Relaxed),
-        )
+    /// Per class, in [`Priority::ALL`] order: requests that have left the
+    /// queue (served or timed out) and the nanoseconds they waited in all,
+    /// since the queue was created.
+    pub(crate) fn waited(&self) -> [(u64, u64); 3] {
+        std::array::from_fn(|i| {
+            (
+                self.waited[i].load(Ordering::Relaxed),
+                self.waited_nanos[i].load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Time spent queued, for `/metrics`.
@@ -180,9 +184,10 @@ impl Queue {
     }
 
     /// Requests that broke the queue-wait SLO since the queue was created
-    /// (waited longer than it, or were refused because the queue was full).
-    pub(crate) fn late(&self) -> u64 {
-        self.late.load(Ordering::Relaxed)
+    /// (waited longer than it, or were refused because the queue was
+    /// full), per class in [`Priority::ALL`] order.
+    pub(crate) fn late(&self) -> [u64; 3] {
+        std::array::from_fn(|i| self.late[i].load(Ordering::Relaxed))
     }
 
     /// Control path: the SLO `late` counts against.
@@ -251,7 +256,7 @@ impl Queue {
                 }
             };
             if refused {
-                self.late.fetch_add(1, Ordering::Relaxed);
+                self.late[class.lane()].fetch_add(1, Ordering::Relaxed);
                 return Err(QueueError::Full);
             }
             q[class.lane()].push_back(Waiter { id, tx });
@@ -324,10 +329,11 @@ impl Waiting {
         };
         let waited = self.since.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
         self.queue.wait_seconds.record_ns(waited);
-        self.queue.waited.fetch_add(1, Ordering::Relaxed);
-        self.queue.waited_nanos.fetch_add(waited, Ordering::Relaxed);
+        let lane = self.class.lane();
+        self.queue.waited[lane].fetch_add(1, Ordering::Relaxed);
+        self.queue.waited_nanos[lane].fetch_add(waited, Ordering::Relaxed);
         if waited > self.queue.slo_ns.load(Ordering::Relaxed) {
-            self.queue.late.fetch_add(1, Ordering::Relaxed);
+            self.queue.late[lane].fetch_add(1, Ordering::Relaxed);
         }
         result
     }

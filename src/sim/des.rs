@@ -63,6 +63,9 @@ impl ServiceDist {
 struct Waits {
     sum: f64,
     count: f64,
+    /// The same per class.
+    class_sum: [f64; 3],
+    class_count: [f64; 3],
     service_sum: f64,
     service_sq: f64,
 }
@@ -111,6 +114,8 @@ impl Des {
             }
             waits.sum += wait as f64 / 1e9;
             waits.count += 1.0;
+            waits.class_sum[class] += wait as f64 / 1e9;
+            waits.class_count[class] += 1.0;
             let drawn = self.dist.draw(service, &mut self.rng);
             waits.service_sum += drawn;
             waits.service_sq += drawn * drawn;
@@ -191,11 +196,9 @@ impl Queueing for Des {
         // trace ends is not counted at all).
         out.in_flight = self.busy.len() as f64;
         out.queued = self.lanes.iter().map(VecDeque::len).sum::<usize>() as f64;
-        out.queue_wait = if waits.count > 0.0 {
-            waits.sum / waits.count
-        } else {
-            0.0
-        };
+        let mean = |sum: f64, count: f64| if count > 0.0 { sum / count } else { 0.0 };
+        out.queue_wait = mean(waits.sum, waits.count);
+        out.class_wait = std::array::from_fn(|k| mean(waits.class_sum[k], waits.class_count[k]));
         if waits.count >= 20.0 {
             let mean = waits.service_sum / waits.count;
             out.service_cv2 = Some((waits.service_sq / waits.count - mean * mean).max(0.0) / (mean * mean));

@@ -131,6 +131,8 @@ pub(crate) struct Second {
     pub(crate) queued: f64,
     /// Mean wait of the requests that left the queue (seconds).
     pub(crate) queue_wait: f64,
+    /// The same per class.
+    pub(crate) class_wait: [f64; 3],
     /// Squared coefficient of variation of service times, when measured.
     pub(crate) service_cv2: Option<f64>,
 }
@@ -195,6 +197,13 @@ impl Fluid {
     }
 }
 
+/// Mean over a second of a backlog that starts at `b0` and changes by
+/// `slope` per second, stopping at empty (piecewise linear).
+fn mean_over_second(b0: f64, slope: f64) -> f64 {
+    let empties_at = if slope < 0.0 { (b0 / -slope).min(1.0) } else { 1.0 };
+    (b0 + (b0 + slope * empties_at).max(0.0)) / 2.0 * empties_at
+}
+
 impl Queueing for Fluid {
     fn second(&mut self, _t: usize, servers: u64, a: f64, service: f64, mix: [f64; 3], memo: &mut Memo) -> Second {
         let b0: f64 = self.backlog.iter().sum();
@@ -213,6 +222,7 @@ impl Queueing for Fluid {
                 in_flight: 0.0,
                 queued: b0 + a,
                 queue_wait: 0.0,
+                class_wait: [0.0; 3],
                 service_cv2: None,
             };
         }
@@ -226,10 +236,13 @@ impl Queueing for Fluid {
         let rho = load / capacity;
         let (mut left, mut above) = (capacity, 0.0);
         let (mut class_violations, mut end) = ([0.0; 3], 0.0);
+        // Mean backlog of the classes up to each, over the second.
+        let (mut ahead, mut class_ahead) = (0.0, [0.0; 3]);
         for k in 0..3 {
             let (ak, bk) = (class_requests[k], self.backlog[k]);
             if ak <= 0.0 && bk <= 0.0 {
                 above += mix[k];
+                class_ahead[k] = ahead;
                 continue;
             }
             // What the classes above left of the second's service.
@@ -247,6 +260,8 @@ impl Queueing for Fluid {
                 0.0
             };
             let end_k = (bk + slope).max(0.0);
+            ahead += mean_over_second(bk, slope);
+            class_ahead[k] = ahead;
             // The rest wait only by chance.
             let chance = match all_busy {
                 None => memo.tail(servers, load, service, self.slo),
@@ -260,9 +275,6 @@ impl Queueing for Fluid {
         }
         let slope = a - capacity;
         let served = b0 + a - end;
-        // Mean backlog over the second (piecewise linear), as a wait.
-        let empties_at = if slope < 0.0 { (b0 / -slope).min(1.0) } else { 1.0 };
-        let mean_backlog = (b0 + (b0 + slope * empties_at).max(0.0)) / 2.0 * empties_at;
         let (in_flight, waiting) = if end > 0.0 {
             (servers as f64, 0.0)
         } else {
@@ -278,7 +290,8 @@ impl Queueing for Fluid {
             completed,
             in_flight,
             queued: end + waiting,
-            queue_wait: mean_backlog / capacity,
+            queue_wait: mean_over_second(b0, slope) / capacity,
+            class_wait: class_ahead.map(|b| b / capacity),
             service_cv2: None,
         }
     }
@@ -402,6 +415,7 @@ pub(crate) fn simulate(
                 concurrency: s.in_flight + s.queued,
                 queued: s.queued,
                 queue_wait: s.queue_wait,
+                class_wait: s.class_wait,
                 service_cv2: s.service_cv2,
             },
             ready,

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! (`pending` = asked for, not ready yet; an optional `queue_wait_ms` is the
-//! mean wait of the requests that left the queue that second). Each is run
+//! mean wait of the requests that left the queue that second, and
+//! `queue_wait_ms_by_class` the same per priority class). Each is run
 //! through the live loop's step (`autoscale::step::Stepper`: history,
 //! forecast, guards, and the provisioning delay learned from the counts),
 //! and answered with one line: `{"t": 17, "desired": 14}`. `t` is the
@@ -37,6 +38,9 @@ struct Second {
     pending: u32,
     #[serde(default)]
     queue_wait_ms: Option<f64>,
+    /// The same per priority class (critical, normal, sheddable), if known.
+    #[serde(default)]
+    queue_wait_ms_by_class: Option<[f64; 3]>,
     /// Coefficient of variation of the second's service times, if known.
     #[serde(default)]
     service_cv: Option<f64>,
@@ -100,6 +104,9 @@ pub(crate) fn run(params: StepParams, input: impl BufRead, mut output: impl Writ
                 concurrency: s.in_flight + s.queued,
                 queued: s.queued,
                 queue_wait,
+                class_wait: s
+                    .queue_wait_ms_by_class
+                    .map_or([0.0, queue_wait, 0.0], |w| w.map(|ms| ms / 1000.0)),
                 service_cv2: s.service_cv.filter(|c| c.is_finite() && *c >= 0.0).map(|c| c * c),
             },
             ready: s.ready,

@@ -59,21 +59,22 @@ use crate::telemetry::{AUTOSCALE_DECISIONS_TOTAL, HOOK_CALLS_TOTAL, POOL_DESIRED
 struct Totals {
     arrivals: u64,
     completed: u64,
-    left_queue: u64,
-    waited_ns: u64,
-    late: u64,
+    /// Per class, in lane order.
+    left_queue: [u64; 3],
+    waited_ns: [u64; 3],
+    late: [u64; 3],
     time_sum_us: u64,
     time_sq_sum: u64,
 }
 
 impl Totals {
     fn read(pool: &Pool) -> Totals {
-        let (left_queue, waited_ns) = pool.shared.queue.waited();
+        let waited = pool.shared.queue.waited();
         Totals {
             arrivals: pool.shared.arrivals(),
             completed: pool.shared.response_counts().iter().sum(),
-            left_queue,
-            waited_ns,
+            left_queue: waited.map(|(n, _)| n),
+            waited_ns: waited.map(|(_, ns)| ns),
             late: pool.shared.queue.late(),
             time_sum_us: pool.shared.time_sums().0,
             time_sq_sum: pool.shared.time_sums().1,
@@ -83,7 +84,9 @@ impl Totals {
     /// One second of the pool, from the reading before (`None`: the first).
     fn sample(&self, before: Option<Totals>, t: u64, in_flight: u32, queued: f64) -> Sample {
         let b = before.unwrap_or(*self);
-        let left = self.left_queue.saturating_sub(b.left_queue);
+        let left: [u64; 3] = std::array::from_fn(|k| self.left_queue[k].saturating_sub(b.left_queue[k]));
+        let waited: [u64; 3] = std::array::from_fn(|k| self.waited_ns[k].saturating_sub(b.waited_ns[k]));
+        let mean = |n: u64, ns: u64| if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1e9 };
         let n = self.completed.saturating_sub(b.completed) as f64;
         let sum = self.time_sum_us.wrapping_sub(b.time_sum_us) as f64;
         let sq = self.time_sq_sum.wrapping_sub(b.time_sq_sum) as f64;
@@ -99,11 +102,8 @@ impl Totals {
             completed: self.completed.saturating_sub(b.completed) as f64,
             concurrency: f64::from(in_flight) + queued,
             queued,
-            queue_wait: if left == 0 {
-                0.0
-            } else {
-                self.waited_ns.saturating_sub(b.waited_ns) as f64 / left as f64 / 1e9
-            },
+            queue_wait: mean(left.iter().sum(), waited.iter().sum()),
+            class_wait: std::array::from_fn(|k| mean(left[k], waited[k])),
             service_cv2,
         }
     }
@@ -238,11 +238,13 @@ impl PoolLoop {
             in_flight: (sample.concurrency - sample.queued).max(0.0) as u64,
             queued: sample.queued as u64,
             queue_wait_ms: sample.queue_wait * 1000.0,
+            queue_wait_ms_by_class: sample.class_wait.map(|w| w * 1000.0),
             service_cv: sample.service_cv2.map(f64::sqrt),
             ready: tick.ready,
             pending: tick.provisioning,
             desired: self.board.status.lock().unwrap_or_else(|p| p.into_inner()).desired,
-            violations,
+            violations: violations.iter().sum(),
+            violations_by_class: violations,
         });
         if let (Some(decision), true) = (&outcome.decision, acts) {
             let statics = pool.config.backends.len() as u32;
@@ -346,12 +348,13 @@ impl PoolLoop {
         }
     }
 
-    /// This second's sample and the requests that broke the SLO in it.
-    fn sample(&mut self, pool: &Pool, t: u64) -> (Sample, u64) {
+    /// This second's sample and the requests that broke the SLO in it, per
+    /// class.
+    fn sample(&mut self, pool: &Pool, t: u64) -> (Sample, [u64; 3]) {
         let totals = Totals::read(pool);
         let in_flight = pool.in_flight();
         let before = self.last.replace(totals);
-        let late = totals.late.saturating_sub(before.map_or(totals.late, |b| b.late));
+        let late = std::array::from_fn(|k| totals.late[k].saturating_sub(before.map_or(totals.late[k], |b| b.late[k])));
         let sample = totals.sample(before, t, in_flight, pool.shared.queue.depth() as f64);
         (sample, late)
     }
@@ -420,6 +423,7 @@ impl PoolLoop {
         s.forecast_rate = outcome.forecast_rate;
         s.scheduled_floor = outcome.floor;
         s.queue_wait_ms = tick.sample.queue_wait * 1000.0;
+        s.queue_wait_ms_by_class = tick.sample.class_wait.map(|w| w * 1000.0);
         s.history_minutes = stepper.minutes().len();
         s.history_file = self.recorder.file.as_ref().map(|p| p.display().to_string());
         s.ignored_removals = self.ignored.iter().map(ToString::to_string).collect();
@@ -606,6 +610,7 @@ fn demand_of(s: &Sample) -> Demand {
         in_flight: (s.concurrency - s.queued).max(0.0),
         queued: s.queued,
         queue_wait_s: s.queue_wait,
+        class_wait_s: s.class_wait,
         service_cv2: s.service_cv2,
     }
 }
@@ -619,6 +624,7 @@ fn sample_of(d: &Demand, t: u64) -> Sample {
         concurrency: d.in_flight + d.queued,
         queued: d.queued,
         queue_wait: d.queue_wait_s,
+        class_wait: d.class_wait_s,
         service_cv2: d.service_cv2,
     }
 }

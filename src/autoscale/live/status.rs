@@ -26,6 +26,8 @@ pub(crate) struct Second {
     pub(crate) queued: u64,
     /// Mean queue wait of the requests that left the queue this second.
     pub(crate) queue_wait_ms: f64,
+    /// The same per priority class: critical, normal, sheddable.
+    pub(crate) queue_wait_ms_by_class: [f64; 3],
     /// Coefficient of variation of the service times measured so far
     /// (absent before any).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,6 +39,8 @@ pub(crate) struct Second {
     pub(crate) desired: u32,
     /// Requests that broke the queue-wait SLO this second.
     pub(crate) violations: u64,
+    /// The same per priority class: critical, normal, sheddable.
+    pub(crate) violations_by_class: [u64; 3],
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -87,6 +91,8 @@ pub(crate) struct Status {
     pub(crate) scheduled_floor: u32,
     /// Mean queue wait of the requests that left the queue in the last second.
     pub(crate) queue_wait_ms: f64,
+    /// The same per priority class: critical, normal, sheddable.
+    pub(crate) queue_wait_ms_by_class: [f64; 3],
     /// Minutes of history recorded (and where, when kept on disk).
     pub(crate) history_minutes: usize,
     pub(crate) history_file: Option<String>,
