@@ -1,15 +1,18 @@
 //! The access log: one line per request, written off the workers.
 //!
 //! Data path (the sending half) and its own writer thread (the other half).
-//! A request that finishes hands its [`Entry`] to [`AccessLog::send`]: one
-//! push onto a bounded lock-free queue, never a wait, never a system call
-//! and never a write on a worker. A dedicated thread wakes every
-//! [`POLL`], formats what is queued (JSON or the combined log format) and
-//! writes it with one flush: waking the writer per request cost a futex
-//! wake, two context switches and a write per line, which measured +45 %
-//! proxy CPU per request. When the writer falls behind and the queue is
-//! full, the entry is dropped and counted ([`dropped`],
-//! `tidegate_access_log_dropped_total`): a slow disk never slows the proxy.
+//! A request that finishes hands its [`Entry`] to [`AccessLog::send`],
+//! which formats the line (JSON or the combined log format) on the worker
+//! into a buffer recycled from the writer and pushes it onto a bounded
+//! lock-free queue: never a wait, never a system call, never a write on a
+//! worker, and nothing of the request (its header bytes) outlives it or is
+//! freed on another thread. A dedicated thread wakes every [`POLL`], writes
+//! what is queued with one flush and hands the buffers back: waking the
+//! writer per request cost a futex wake, two context switches and a write
+//! per line, which measured +45 % proxy CPU per request. When the writer
+//! falls behind and the queue is full, the line is dropped and counted
+//! ([`dropped`], `tidegate_access_log_dropped_total`): a slow disk never
+//! slows the proxy.
 //!
 //! `SIGUSR1` (for logrotate) asks every writer to reopen its file
 //! ([`reopen_all`]); the writer does so before its next batch. The log is
@@ -19,7 +22,6 @@
 //! held it has logged. At exit, [`AccessLog::flush`] waits for the last
 //! lines.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -33,8 +35,17 @@ use http::{HeaderValue, Method, Uri, Version};
 
 use crate::config::{AccessLogConfig, AccessLogFormat};
 
-/// Entries the writer has not taken yet, at most.
+/// Lines the writer has not taken yet, at most.
 const QUEUE: usize = 8192;
+
+/// Written lines' buffers kept for reuse, at most (a burst allocates more;
+/// they are freed instead of kept).
+const SPARE: usize = 1024;
+
+/// A line buffer's first capacity; one that grew past [`KEPT_CAPACITY`]
+/// (a very long path or user agent) is not reused.
+const LINE_CAPACITY: usize = 512;
+const KEPT_CAPACITY: usize = 4096;
 
 /// How often the writer looks at its queue (8,192 entries per 20 ms: the
 /// log keeps up to about 400,000 requests a second).
@@ -96,7 +107,10 @@ pub(crate) struct AccessLog {
 
 /// What the workers and the writer share.
 struct Queue {
-    entries: ArrayQueue<Entry>,
+    /// Formatted lines, oldest first.
+    lines: ArrayQueue<Vec<u8>>,
+    /// Empty buffers the writer handed back.
+    spare: ArrayQueue<Vec<u8>>,
     /// The sending half is gone: write what is left and end.
     closed: AtomicBool,
     /// Batches written (each a drain of the queue and a flush).
@@ -123,15 +137,15 @@ impl AccessLog {
     pub(crate) fn start(config: &AccessLogConfig) -> std::io::Result<Arc<AccessLog>> {
         let sink = Sink::open(config.path.clone())?;
         let queue = Arc::new(Queue {
-            entries: ArrayQueue::new(QUEUE),
+            lines: ArrayQueue::new(QUEUE),
+            spare: ArrayQueue::new(SPARE),
             closed: AtomicBool::new(false),
             batches: AtomicU64::new(0),
         });
-        let format = config.format;
         let theirs = Arc::clone(&queue);
         let writer = std::thread::Builder::new()
             .name("tidegate-access-log".into())
-            .spawn(move || write_loop(&theirs, sink, format))?;
+            .spawn(move || write_loop(&theirs, sink))?;
         Ok(Arc::new(AccessLog {
             config: config.clone(),
             queue,
@@ -160,10 +174,19 @@ impl AccessLog {
         &self.config
     }
 
-    /// Queues one line; never waits, never wakes the writer. A full
-    /// queue drops it (counted).
-    pub(crate) fn send(&self, entry: Entry) {
-        if self.queue.entries.push(entry).is_err() {
+    /// Formats `entry` and queues the line; never waits, never wakes the
+    /// writer. A full queue drops it (counted).
+    pub(crate) fn send(&self, entry: &Entry) {
+        let mut line = self
+            .queue
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(LINE_CAPACITY));
+        match self.config.format {
+            AccessLogFormat::Json => json(entry, &mut line),
+            AccessLogFormat::Combined => combined(entry, &mut line),
+        }
+        if self.queue.lines.push(line).is_err() {
             DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -223,9 +246,8 @@ impl Sink {
     }
 }
 
-fn write_loop(queue: &Queue, mut sink: Sink, format: AccessLogFormat) {
+fn write_loop(queue: &Queue, mut sink: Sink) {
     let mut seen_reopen = REOPEN.load(Ordering::Relaxed);
-    let mut line = String::with_capacity(512);
     loop {
         // Read before draining: whatever was queued before the close is
         // written.
@@ -235,13 +257,12 @@ fn write_loop(queue: &Queue, mut sink: Sink, format: AccessLogFormat) {
             seen_reopen = asked;
             sink.reopen();
         }
-        while let Some(entry) = queue.entries.pop() {
-            line.clear();
-            match format {
-                AccessLogFormat::Json => json(&entry, &mut line),
-                AccessLogFormat::Combined => combined(&entry, &mut line),
+        while let Some(mut line) = queue.lines.pop() {
+            sink.write(&line);
+            if line.capacity() <= KEPT_CAPACITY {
+                line.clear();
+                let _ = queue.spare.push(line);
             }
-            sink.write(line.as_bytes());
         }
         sink.flush();
         queue.batches.fetch_add(1, Ordering::Release);
@@ -262,57 +283,178 @@ fn version(v: Version) -> &'static str {
     }
 }
 
+/// Bytes a JSON string cannot carry as they are: `"`, `\`, control bytes
+/// (and DEL, escaped too so a terminal shows nothing raw).
+const fn json_escapes() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t
+}
+const JSON_ESCAPES: [bool; 256] = json_escapes();
+
 /// A JSON string: quotes, backslashes and control characters escaped;
 /// bytes that are not UTF-8 (header values may carry them) as U+FFFD.
-fn json_str(out: &mut String, s: &[u8]) {
-    out.push('"');
-    // Runs of bytes that need no escape are copied whole (most fields are
-    // all of one run); in valid UTF-8, bytes from 0x80 up need none.
-    let text = String::from_utf8_lossy(s);
-    let bytes = text.as_bytes();
+fn json_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    if plain_ascii(s) {
+        out.extend_from_slice(s);
+    } else if s.is_ascii() {
+        json_escaped(out, s);
+    } else {
+        json_escaped(out, String::from_utf8_lossy(s).as_bytes());
+    }
+    out.push(b'"');
+}
+
+/// Printable ASCII with no `"` or `\`: what nearly every field is, and
+/// what goes into a JSON string as it is. Eight bytes at a time (a byte's
+/// high bit set in `x - k` or in `k' - x` flags it below or above a
+/// bound; see "Bit Twiddling Hacks", haszero/hasless).
+fn plain_ascii(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let flagged = |x: u64| {
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x;
+        // DEL (0x7f) and anything from 0x80: bit 7 of x + 1 per byte.
+        let del_or_high = (x & !HIGH).wrapping_add(ONES) | x;
+        ((below_space | del_or_high) & HIGH)
+            | has_zero(x ^ (ONES * u64::from(b'"')))
+            | has_zero(x ^ (ONES * u64::from(b'\\')))
+    };
+    let mut chunks = s.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        if flagged(x) != 0 {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| !JSON_ESCAPES[usize::from(b)] && b < 0x80)
+}
+
+/// UTF-8 bytes, escaped for a JSON string. Runs that need no escape (most
+/// fields are one run) are copied whole; from 0x80 up nothing needs one.
+fn json_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f | 0x7f => "",
-            _ => continue,
-        };
-        out.push_str(&text[run..i]);
-        if escape.is_empty() {
-            let _ = write!(out, "\\u{:04x}", b);
-        } else {
-            out.push_str(escape);
+        if !JSON_ESCAPES[usize::from(b)] {
+            continue;
+        }
+        out.extend_from_slice(&bytes[run..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
         }
         run = i + 1;
     }
-    out.push_str(&text[run..]);
-    out.push('"');
+    out.extend_from_slice(&bytes[run..]);
 }
 
-fn json_opt(out: &mut String, v: Option<&[u8]>) {
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn json_opt(out: &mut Vec<u8>, v: Option<&[u8]>) {
     match v {
         Some(v) => json_str(out, v),
-        None => out.push_str("null"),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-12-02T14:03:05.123Z`.
-pub(crate) fn rfc3339_ms(unix_ms: u64, out: &mut String) {
+pub(crate) fn rfc3339_ms(unix_ms: u64, out: &mut Vec<u8>) {
     let secs = unix_ms / 1000;
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        unix_ms % 1000
-    );
+    padded(out, y.max(0) as u64, 4);
+    out.push(b'-');
+    padded(out, u64::from(m), 2);
+    out.push(b'-');
+    padded(out, u64::from(d), 2);
+    out.push(b'T');
+    padded(out, rem / 3600, 2);
+    out.push(b':');
+    padded(out, rem / 60 % 60, 2);
+    out.push(b':');
+    padded(out, rem % 60, 2);
+    out.push(b'.');
+    padded(out, unix_ms % 1000, 3);
+    out.push(b'Z');
+}
+
+// Numbers and addresses are written digit by digit: `core::fmt` (write!)
+// was most of the log's cost per line.
+
+/// `n` in decimal.
+fn number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// The last `width` decimal digits of `n` (zero-padded; dates' fields).
+fn padded(out: &mut Vec<u8>, n: u64, width: u32) {
+    let mut div = 10u64.pow(width - 1);
+    while div > 0 {
+        out.push(b'0' + (n / div % 10) as u8);
+        div /= 10;
+    }
+}
+
+/// `thousandths` as a decimal with three places (`1.234`).
+fn decimal3(out: &mut Vec<u8>, thousandths: u64) {
+    number(out, thousandths / 1000);
+    out.push(b'.');
+    padded(out, thousandths % 1000, 3);
+}
+
+fn ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+fn socket(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => ip(out, IpAddr::V4(*v4.ip())),
+        SocketAddr::V6(v6) => {
+            out.push(b'[');
+            ip(out, IpAddr::V6(*v6.ip()));
+            out.push(b']');
+        }
+    }
+    out.push(b':');
+    number(out, u64::from(addr.port()));
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
@@ -330,71 +472,85 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-fn json(e: &Entry, out: &mut String) {
-    out.push_str("{\"time\":\"");
+fn json(e: &Entry, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"time\":\"");
     rfc3339_ms(e.start_unix_ms, out);
-    out.push_str("\",\"request_id\":");
+    out.extend_from_slice(b"\",\"request_id\":");
     json_str(out, e.request_id.as_bytes());
-    let _ = write!(out, ",\"client\":\"{}\",\"method\":", e.client);
+    out.extend_from_slice(b",\"client\":\"");
+    ip(out, e.client);
+    out.extend_from_slice(b"\",\"method\":");
     json_str(out, e.method.as_str().as_bytes());
-    out.push_str(",\"host\":");
+    out.extend_from_slice(b",\"host\":");
     json_opt(out, e.host.as_ref().map(HeaderValue::as_bytes));
-    out.push_str(",\"path\":");
+    out.extend_from_slice(b",\"path\":");
     json_str(out, e.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
-    let _ = write!(
-        out,
-        ",\"protocol\":\"{}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"queue_ms\":{:.3},\"pool\":",
-        version(e.version),
-        e.status,
-        e.bytes_in,
-        e.bytes_out,
-        e.duration.as_secs_f64() * 1000.0,
-        e.queue.as_secs_f64() * 1000.0,
-    );
+    out.extend_from_slice(b",\"protocol\":\"");
+    out.extend_from_slice(version(e.version).as_bytes());
+    out.extend_from_slice(b"\",\"status\":");
+    number(out, u64::from(e.status));
+    out.extend_from_slice(b",\"bytes_in\":");
+    number(out, e.bytes_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    number(out, e.bytes_out);
+    out.extend_from_slice(b",\"duration_ms\":");
+    decimal3(out, e.duration.as_micros() as u64);
+    out.extend_from_slice(b",\"queue_ms\":");
+    decimal3(out, e.queue.as_micros() as u64);
+    out.extend_from_slice(b",\"pool\":");
     json_opt(out, e.pool.as_deref().map(str::as_bytes));
-    out.push_str(",\"priority\":");
+    out.extend_from_slice(b",\"priority\":");
     json_opt(out, e.priority.map(str::as_bytes));
-    out.push_str(",\"cache\":");
+    out.extend_from_slice(b",\"cache\":");
     json_opt(out, e.cache.map(str::as_bytes));
     match e.backend {
         Some(b) => {
-            let _ = write!(out, ",\"backend\":\"{b}\"");
+            out.extend_from_slice(b",\"backend\":\"");
+            socket(out, b);
+            out.push(b'"');
         }
-        None => out.push_str(",\"backend\":null"),
+        None => out.extend_from_slice(b",\"backend\":null"),
     }
-    out.push_str(",\"error\":");
+    out.extend_from_slice(b",\"error\":");
     json_opt(out, e.error.map(str::as_bytes));
-    out.push_str(",\"rate_limit\":");
+    out.extend_from_slice(b",\"rate_limit\":");
     json_opt(out, e.rate_limit.as_deref().map(str::as_bytes));
-    out.push_str(",\"user_agent\":");
+    out.extend_from_slice(b",\"user_agent\":");
     json_opt(out, e.user_agent.as_ref().map(HeaderValue::as_bytes));
-    out.push_str(",\"referer\":");
+    out.extend_from_slice(b",\"referer\":");
     json_opt(out, e.referer.as_ref().map(HeaderValue::as_bytes));
     if e.incomplete {
-        out.push_str(",\"incomplete\":true");
+        out.extend_from_slice(b",\"incomplete\":true");
     }
-    out.push_str("}\n");
+    out.extend_from_slice(b"}\n");
 }
 
 /// A quoted field of the combined format: `"` and `\` escaped, control
 /// bytes as `\xHH`, as nginx escapes them.
-fn clf_quoted(out: &mut String, v: Option<&[u8]>) {
+fn clf_quoted(out: &mut Vec<u8>, v: Option<&[u8]>) {
     let Some(v) = v else {
-        out.push_str("\"-\"");
+        out.extend_from_slice(b"\"-\"");
         return;
     };
-    out.push('"');
+    out.push(b'"');
+    clf_escaped(out, v);
+    out.push(b'"');
+}
+
+/// Bytes of a quoted field, escaped as [`clf_quoted`] says.
+fn clf_escaped(out: &mut Vec<u8>, v: &[u8]) {
     for &b in v {
         match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            0x20..=0x7e => out.push(b as char),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x20..=0x7e => out.push(b),
             _ => {
-                let _ = write!(out, "\\x{b:02X}");
+                out.extend_from_slice(b"\\x");
+                out.push(HEX[usize::from(b >> 4)].to_ascii_uppercase());
+                out.push(HEX[usize::from(b & 0xf)].to_ascii_uppercase());
             }
         }
     }
-    out.push('"');
 }
 
 const MONTHS: [&str; 12] = [
@@ -404,38 +560,44 @@ const MONTHS: [&str; 12] = [
 /// The combined log format (Apache's and nginx's `combined`), plus the
 /// request id, duration and pool at the end:
 /// `client - - [02/Dec/2026:14:03:05 +0000] "GET /p HTTP/1.1" 200 512 "ref" "ua" id 1.234 pool`.
-fn combined(e: &Entry, out: &mut String) {
+fn combined(e: &Entry, out: &mut Vec<u8>) {
     let secs = e.start_unix_ms / 1000;
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    let _ = write!(
-        out,
-        "{} - - [{d:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000] ",
-        e.client,
-        MONTHS[(m - 1) as usize],
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    );
-    let request = format!(
-        "{} {} {}",
-        e.method,
-        e.uri.path_and_query().map_or("/", |p| p.as_str()),
-        version(e.version)
-    );
-    clf_quoted(out, Some(request.as_bytes()));
-    let _ = write!(out, " {} {} ", e.status, e.bytes_out);
+    ip(out, e.client);
+    out.extend_from_slice(b" - - [");
+    padded(out, u64::from(d), 2);
+    out.push(b'/');
+    out.extend_from_slice(MONTHS[(m - 1) as usize].as_bytes());
+    out.push(b'/');
+    padded(out, y.max(0) as u64, 4);
+    out.push(b':');
+    padded(out, rem / 3600, 2);
+    out.push(b':');
+    padded(out, rem / 60 % 60, 2);
+    out.push(b':');
+    padded(out, rem % 60, 2);
+    out.extend_from_slice(b" +0000] \"");
+    clf_escaped(out, e.method.as_str().as_bytes());
+    out.push(b' ');
+    clf_escaped(out, e.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(version(e.version).as_bytes());
+    out.extend_from_slice(b"\" ");
+    number(out, u64::from(e.status));
+    out.push(b' ');
+    number(out, e.bytes_out);
+    out.push(b' ');
     clf_quoted(out, e.referer.as_ref().map(HeaderValue::as_bytes));
-    out.push(' ');
+    out.push(b' ');
     clf_quoted(out, e.user_agent.as_ref().map(HeaderValue::as_bytes));
-    out.push(' ');
+    out.push(b' ');
     clf_quoted(out, Some(e.request_id.as_bytes()));
-    let _ = writeln!(
-        out,
-        " {:.3} {}",
-        e.duration.as_secs_f64(),
-        e.pool.as_deref().unwrap_or("-")
-    );
+    out.push(b' ');
+    decimal3(out, e.duration.as_millis() as u64);
+    out.push(b' ');
+    out.extend_from_slice(e.pool.as_deref().unwrap_or("-").as_bytes());
+    out.push(b'\n');
 }
 
 #[cfg(test)]
@@ -470,35 +632,53 @@ mod tests {
 
     #[test]
     fn json_strings_escape_quotes_backslashes_and_control_bytes_and_keep_utf8() {
-        let mut out = String::new();
+        let mut out = Vec::new();
         json_str(&mut out, "a\"b\\c\nd\u{1}e\u{7f}f é/ü".as_bytes());
+        let out = String::from_utf8(out).unwrap();
         assert_eq!(out, "\"a\\\"b\\\\c\\nd\\u0001e\\u007ff é/ü\"");
         let parsed: String = serde_json::from_str(&out).unwrap();
         assert_eq!(parsed, "a\"b\\c\nd\u{1}e\u{7f}f é/ü");
-        out.clear();
+        let mut out = Vec::new();
         json_str(&mut out, b"bad \xff byte");
-        assert_eq!(out, "\"bad \u{fffd} byte\"");
+        assert_eq!(String::from_utf8(out).unwrap(), "\"bad \u{fffd} byte\"");
+    }
+
+    #[test]
+    fn the_fast_scan_agrees_with_the_byte_table() {
+        // Every byte value at every position of strings around the word
+        // size, on a background of plain letters.
+        for len in [1usize, 7, 8, 9, 16, 17] {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    let expected = !JSON_ESCAPES[usize::from(b)] && b < 0x80;
+                    assert_eq!(plain_ascii(&s), expected, "byte {b:#x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(plain_ascii(b"Mozilla/5.0 (X11; Linux x86_64) ~"));
+        assert!(plain_ascii(b""));
     }
 
     #[test]
     fn dates_are_utc_calendar_dates() {
-        let mut s = String::new();
-        rfc3339_ms(0, &mut s);
-        assert_eq!(s, "1970-01-01T00:00:00.000Z");
-        s.clear();
-        rfc3339_ms(951_782_400_000, &mut s); // a leap day
-        assert_eq!(s, "2000-02-29T00:00:00.000Z");
-        s.clear();
-        rfc3339_ms(1_796_220_185_123, &mut s);
-        assert_eq!(s, "2026-12-02T14:03:05.123Z");
+        let date = |ms| {
+            let mut s = Vec::new();
+            rfc3339_ms(ms, &mut s);
+            String::from_utf8(s).unwrap()
+        };
+        assert_eq!(date(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(date(951_782_400_000), "2000-02-29T00:00:00.000Z"); // a leap day
+        assert_eq!(date(1_796_220_185_123), "2026-12-02T14:03:05.123Z");
     }
 
     #[test]
     fn a_json_line_is_valid_json_with_every_field() {
-        let mut line = String::new();
+        let mut line = Vec::new();
         json(&entry(), &mut line);
-        assert!(line.ends_with('\n'));
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(line.ends_with(b"\n"));
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["time"], "2026-12-02T14:03:05.123Z");
         assert_eq!(v["path"], "/products/42?q=x");
         assert_eq!(v["status"], 200);
@@ -515,10 +695,27 @@ mod tests {
         limited.rate_limit = Some(Arc::from("api"));
         line.clear();
         json(&limited, &mut line);
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(
             (v["error"].as_str(), v["rate_limit"].as_str()),
             (Some("rate_limited"), Some("api"))
+        );
+        let mut v6 = entry();
+        v6.client = "2001:db8::7".parse().unwrap();
+        v6.backend = Some("[::1]:9001".parse().unwrap());
+        v6.duration = Duration::from_nanos(12_345_678_901);
+        v6.queue = Duration::from_micros(50);
+        line.clear();
+        json(&v6, &mut line);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            (&v["client"], &v["backend"], &v["duration_ms"], &v["queue_ms"]),
+            (
+                &serde_json::json!("2001:db8::7"),
+                &serde_json::json!("[::1]:9001"),
+                &serde_json::json!(12345.678),
+                &serde_json::json!(0.05)
+            )
         );
     }
 
@@ -526,24 +723,25 @@ mod tests {
     fn hostile_bytes_cannot_forge_a_line() {
         let mut e = entry();
         e.user_agent = Some(HeaderValue::from_bytes(b"x\"}, {\"status\":1 \xff\t").unwrap());
-        let mut line = String::new();
+        let mut line = Vec::new();
         json(&e, &mut line);
-        assert_eq!(line.matches('\n').count(), 1);
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["status"], 200);
         assert_eq!(v["user_agent"], "x\"}, {\"status\":1 \u{fffd}\t");
         line.clear();
         combined(&e, &mut line);
+        let line = String::from_utf8(line).unwrap();
         assert_eq!(line.matches('\n').count(), 1);
         assert!(line.contains(r#""x\"}, {\"status\":1 \xFF\x09""#), "{line}");
     }
 
     #[test]
     fn the_combined_format_reads_like_nginx() {
-        let mut line = String::new();
+        let mut line = Vec::new();
         combined(&entry(), &mut line);
         assert_eq!(
-            line,
+            String::from_utf8(line).unwrap(),
             "203.0.113.7 - - [02/Dec/2026:14:03:05 +0000] \"GET /products/42?q=x HTTP/1.1\" 200 512 \"-\" \"curl/8\" \"4f2a\" 0.001 shop\n"
         );
     }

@@ -14,14 +14,22 @@
 # Reports, per mode, the median proxy CPU per request (utime+stime over the
 # run divided by the requests served) at a fixed HTTP/1.1 rate, and the
 # added cost in per cent. The default run takes about 30 s; CPU ticks are
-# 10 ms, so use more rounds or a longer DURATION for a tighter figure.
+# 10 ms, so use more rounds or a longer DURATION for a tighter figure. On a
+# shared VM rounds of the same mode differ by up to 20 %: a few per cent
+# are below what CPU time can resolve. COUNTER=callgrind counts the
+# instructions per request instead (all threads, one run per mode of
+# REQUESTS requests, repeatable to 0.1 %; about a minute per mode).
 #
-# Usage: benches/e2e/feature-cost.sh ratelimit|access_log   (ROUNDS=2 DURATION=6 RATE=8000)
+# Usage: benches/e2e/feature-cost.sh ratelimit|access_log
+#        (ROUNDS=2 DURATION=6 RATE=8000; COUNTER=cpu|callgrind REQUESTS=20000)
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-6}
 RATE=${RATE:-8000}
+COUNTER=${COUNTER:-cpu}
+REQUESTS=${REQUESTS:-20000}
 need h2load taskset curl python3
+[[ $COUNTER == callgrind ]] && need valgrind callgrind_control
 build
 start_backends
 FEATURE=${1:-ratelimit}
@@ -38,6 +46,22 @@ esac
 write_tidegate_config "$WORK/none.toml"
 write_tidegate_config "$WORK/with.toml" "$snippet"
 url="http://127.0.0.1:18080/products/1"
+
+if [[ $COUNTER == callgrind ]]; then
+  read -r none_i none_n < <(instructions_per_request "$WORK/none.toml" "$REQUESTS")
+  read -r with_i with_n < <(instructions_per_request "$WORK/with.toml" "$REQUESTS")
+  python3 - "$FEATURE" "$none_i" "$none_n" "$with_i" "$with_n" <<'PY'
+import sys
+f, ni, nn, wi, wn = sys.argv[1], *map(int, sys.argv[2:])
+none, with_ = ni / nn, wi / wn
+print(f"| {f} | instructions per request (callgrind, all threads) | requests |")
+print("| --- | --- | --- |")
+print(f"| none | {none:,.0f} | {nn} |")
+print(f"| with | {with_:,.0f} | {wn} |")
+print(f"\nadded by {f}: {(with_ / none - 1) * 100:+.2f} %")
+PY
+  exit 0
+fi
 
 echo -e "round\tmode\tcpu_us_per_req\trequests\tstatus" > "$WORK/feature.tsv"
 for round in $(seq "$ROUNDS"); do

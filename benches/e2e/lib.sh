@@ -2,7 +2,9 @@
 # Every process started here is recorded in PIDS and ended by its PID.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-BIN=${CARGO_TARGET_DIR:-target}/release/tidegate
+# TIDEGATE_BIN: measure a binary built elsewhere (an A/B against an older
+# commit) instead of building this checkout.
+BIN=${TIDEGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/tidegate}
 BACKEND_PORTS=${BACKEND_PORTS:-"19101 19102 19103 19104"}
 PIDS=()
 BACKEND_PIDS=()
@@ -20,7 +22,7 @@ need() {
   done
 }
 
-build() { cargo build --release --quiet; }
+build() { [[ -n ${TIDEGATE_BIN:-} ]] || cargo build --release --quiet; }
 
 # Four fast backends, one thread each, pinned to core 1 with the load generator.
 start_backends() {
@@ -90,4 +92,27 @@ import sys
 v = sorted(int(l.split('\t')[2]) for l in open(sys.argv[1]) if l.strip())
 print(v[len(v)//2], v[min(len(v)-1, int(len(v)*0.99))])
 PY
+}
+
+# Instructions per request of tidegate on config $1 (everything its
+# threads execute, under callgrind: the same figure to 0.1 % run after run,
+# whatever else the machine does). Starts it pinned to core 0, warms up,
+# zeroes the counters, sends $2 requests (h2load over 16 connections, as
+# fast as callgrind lets it), dumps and stops it. Prints "instructions
+# requests".
+instructions_per_request() {
+  local config=$1 n=$2 url="http://127.0.0.1:18080/products/1" out pid total done
+  out=$(mktemp -d "$WORK/cg.XXXXXX")
+  TIDEGATE_LOG=warn taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out/cg" \
+    "$BIN" run --no-watch --config "$config" >/dev/null 2>"$out/valgrind.err" &
+  pid=$!; PIDS+=($pid)
+  for _ in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:18080/healthz && break; sleep 0.1; done
+  taskset -c 1 h2load --h1 -c 16 -n 2000 "$url" >/dev/null 2>&1
+  callgrind_control -z "$pid" >/dev/null
+  done=$(taskset -c 1 h2load --h1 -c 16 -n "$n" "$url" 2>&1 | awk '/^requests:/ {print $8}')
+  callgrind_control -d "$pid" >/dev/null
+  for _ in $(seq 100); do ls "$out"/cg.* >/dev/null 2>&1 && break; sleep 0.1; done
+  total=$(awk '/^summary:/ {print $2}' "$out"/cg.*)
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$total $done"
 }

@@ -158,7 +158,7 @@ impl Drop for ResponseBody {
             l.entry.duration = l.started.elapsed();
             l.entry.bytes_in = l.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
             l.entry.incomplete = !self.is_end_stream();
-            l.log.send(l.entry);
+            l.log.send(&l.entry);
         }
     }
 }
