@@ -53,13 +53,17 @@ pub(super) async fn send(
         UpstreamProtocol::Http1 => loop {
             let (mut sender, fresh) = match up.pooled_h1(cfg.idle_timeout).await {
                 Some(s) => (s, false),
-                None => match up
-                    .connect_h1(backend.address, cfg.connect_timeout, head, backend.tls().as_deref())
-                    .await
-                {
-                    Ok(s) => (s, true),
-                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-                },
+                // Dialing (and a TLS handshake) is a large future and a
+                // rare one: boxed, so every request's future (copied into
+                // its box per request) stays small.
+                None => {
+                    match Box::pin(up.connect_h1(backend.address, cfg.connect_timeout, head, backend.tls().as_deref()))
+                        .await
+                    {
+                        Ok(s) => (s, true),
+                        Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                    }
+                }
             };
             let result = tokio::select! {
                 r = sender.try_send_request(req) => r,
@@ -80,10 +84,16 @@ pub(super) async fn send(
             }
         },
         UpstreamProtocol::H2c => {
-            let tls = backend.tls();
-            let mut sender = match up.h2(backend.address, cfg.connect_timeout, tls.as_deref()).await {
-                Ok(s) => s,
-                Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+            let ready = up.h2_ready();
+            let mut sender = match ready {
+                Some(s) => s,
+                None => {
+                    let tls = backend.tls();
+                    match Box::pin(up.dial_h2(backend.address, cfg.connect_timeout, tls.as_deref())).await {
+                        Ok(s) => s,
+                        Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                    }
+                }
             };
             let result = tokio::select! {
                 r = sender.try_send_request(req) => r,

@@ -178,19 +178,19 @@ impl Upstream {
         }
     }
 
-    /// The shared HTTP/2 connection (h2c, or h2 over TLS when `tls` is
-    /// given), dialled if there is none or it closed.
-    pub(crate) async fn h2(
+    /// The shared h2 connection, when it is open and can take a stream.
+    pub(crate) fn h2_ready(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let current = self.h2.load_full()?;
+        (!current.is_closed() && current.is_ready()).then(|| (*current).clone())
+    }
+
+    /// Dials a new shared h2 connection and shakes hands on it.
+    pub(crate) async fn dial_h2(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
         tls: Option<&tls::Target>,
     ) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
-        if let Some(current) = self.h2.load_full() {
-            if !current.is_closed() && current.is_ready() {
-                return Ok((*current).clone());
-            }
-        }
         let tcp = dial(addr, connect_timeout).await?;
         let sender = match tls {
             None => h2_handshake(TokioIo::new(tcp), addr).await?,
