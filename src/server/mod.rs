@@ -178,40 +178,53 @@ impl Connection {
                     _ => {}
                 }
             }
-            Some(acceptor) => {
-                // A TLS connection opens with a handshake record (0x16);
-                // anything else is most likely plain HTTP on the wrong port.
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(self.limits.tls_handshake_timeout, stream.peek(&mut first)).await {
-                    Ok(Ok(1)) if first[0] == 0x16 => {}
-                    Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                        // Read what was sent first, so closing does not
-                        // reset the connection before the answer is read.
-                        let mut request = [0u8; 4096];
-                        let _ = tokio::time::timeout(self.limits.header_read_timeout, stream.read(&mut request)).await;
-                        let _ = tokio::time::timeout(send_timeout, stream.write_all(PLAIN_HTTP_ON_TLS_PORT)).await;
-                        let _ = stream.shutdown().await;
-                        return;
-                    }
-                    _ => return,
-                }
-                match tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let io = if h2 {
-                            shared.set_h2();
-                            H1Guard::passthrough(tls_stream, Arc::clone(&shared))
-                        } else {
-                            H1Guard::new(tls_stream, self.limits.max_header_bytes, Arc::clone(&shared))
-                        };
-                        let io = SendTimeout::new(io, send_timeout, Arc::clone(&shared));
-                        self.serve(io, peer, true, shared).await
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
+            // The TLS path (the handshake's state, the plain-HTTP probe's
+            // buffer) is boxed: every connection's task is sized for its
+            // largest path, and a plain connection idles in a quarter of it.
+            Some(acceptor) => Box::pin(self.run_tls(stream, peer, acceptor, shared)).await,
+        }
+    }
+
+    /// A TLS connection: answers plain HTTP with 400, shakes hands, serves.
+    async fn run_tls(
+        self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        acceptor: Arc<TlsAcceptor>,
+        shared: Arc<ClientConn>,
+    ) {
+        let send_timeout = self.limits.client_send_timeout;
+        // A TLS connection opens with a handshake record (0x16);
+        // anything else is most likely plain HTTP on the wrong port.
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(self.limits.tls_handshake_timeout, stream.peek(&mut first)).await {
+            Ok(Ok(1)) if first[0] == 0x16 => {}
+            Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                // Read what was sent first, so closing does not
+                // reset the connection before the answer is read.
+                let mut request = [0u8; 4096];
+                let _ = tokio::time::timeout(self.limits.header_read_timeout, stream.read(&mut request)).await;
+                let _ = tokio::time::timeout(send_timeout, stream.write_all(PLAIN_HTTP_ON_TLS_PORT)).await;
+                let _ = stream.shutdown().await;
+                return;
             }
+            _ => return,
+        }
+        match tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => {
+                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let io = if h2 {
+                    shared.set_h2();
+                    H1Guard::passthrough(tls_stream, Arc::clone(&shared))
+                } else {
+                    H1Guard::new(tls_stream, self.limits.max_header_bytes, Arc::clone(&shared))
+                };
+                let io = SendTimeout::new(io, send_timeout, Arc::clone(&shared));
+                self.serve(io, peer, true, shared).await
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
     }
 

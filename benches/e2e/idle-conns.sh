@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# What an idle keep-alive client connection costs tidegate in memory: RSS
+# with N connections open and idle (each has sent one request through the
+# proxy and read the answer) minus RSS before, divided by N. One worker,
+# the benchmark config; the connections come from one Python process.
+#
+# Usage: benches/e2e/idle-conns.sh   (N=10000)
+source "$(dirname "$0")/lib.sh"
+N=${N:-10000}
+need python3 curl
+ulimit -n $((N + 1024))
+build
+start_backends
+write_tidegate_config "$WORK/idle.toml"
+TIDEGATE_LOG=warn "$BIN" run --no-watch --config "$WORK/idle.toml" >/dev/null 2>&1 &
+TG=$!; PIDS+=($TG)
+wait_http "http://127.0.0.1:18080/healthz"
+# Warm: one request per backend connection path, so pools and buffers exist.
+for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:18080/products/1; done
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+before=$(rss "$TG")
+python3 - "$N" "$WORK/ready" <<'PY' &
+import asyncio, sys
+n, ready = int(sys.argv[1]), sys.argv[2]
+async def one(i):
+    r, w = await asyncio.open_connection("127.0.0.1", 18080)
+    w.write(f"GET /products/{i % 100} HTTP/1.1\r\nHost: shop\r\n\r\n".encode())
+    await w.drain()
+    head = await r.readuntil(b"\r\n\r\n")
+    length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+    await r.readexactly(length)
+    return r, w
+async def main():
+    conns = []
+    for start in range(0, n, 500):
+        conns += await asyncio.gather(*(one(i) for i in range(start, min(n, start + 500))))
+    open(ready, "w").write(str(len(conns)))
+    await asyncio.sleep(30)
+asyncio.run(main())
+PY
+CLIENT=$!; PIDS+=($CLIENT)
+for _ in $(seq 600); do [[ -s $WORK/ready ]] && break; sleep 0.1; done
+[[ -s $WORK/ready ]] || { echo "the client did not open its connections"; exit 1; }
+sleep 2
+after=$(rss "$TG")
+open=$(cat "$WORK/ready")
+kill "$CLIENT" 2>/dev/null || true
+python3 -c "print(f'| idle keep-alive connections | RSS before (KiB) | RSS with them (KiB) | per connection (KiB) |\n| --- | --- | --- | --- |\n| $open | $before | $after | {($after - $before) / $open:.2f} |')"
