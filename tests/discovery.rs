@@ -13,7 +13,6 @@ use common::*;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::{A, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use tokio::net::UdpSocket;
 
 /// What the test server answers; changed by the test while it runs.
 #[derive(Default)]
@@ -35,25 +34,31 @@ struct DnsServer {
 }
 
 impl DnsServer {
+    /// Serves on its own thread: the test's runtime is busy sending load,
+    /// and a DNS server that waits its turn there answers late enough for
+    /// tidegate's resolutions to time out (which keep the old members).
     async fn start() -> DnsServer {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(50)))
+            .unwrap();
         let addr = socket.local_addr().unwrap();
         let zone = Arc::new(Mutex::new(Zone::default()));
         let queries = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (z, q, s) = (Arc::clone(&zone), Arc::clone(&queries), Arc::clone(&stop));
-        tokio::spawn(async move {
+        std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096];
             while !s.load(Ordering::Relaxed) {
-                let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-                    return;
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue; // the read timeout: look at `stop` again
                 };
                 let Ok(query) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
                 q.fetch_add(1, Ordering::Relaxed);
                 let answer = answer(&query, &z.lock().unwrap());
-                let _ = socket.send_to(&answer.to_vec().unwrap(), from).await;
+                let _ = socket.send_to(&answer.to_vec().unwrap(), from);
             }
         });
         DnsServer {
@@ -63,7 +68,6 @@ impl DnsServer {
             stop,
         }
     }
-
     fn set(&self, change: impl FnOnce(&mut Zone)) {
         change(&mut self.zone.lock().unwrap());
     }

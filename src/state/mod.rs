@@ -78,14 +78,17 @@ impl State {
         self.publish(next, removed)
     }
 
-    /// Control path (autoscaler): the provisioner now provides `members`
-    /// for `pool`. Rebuilds that pool only; new members join warming, the
-    /// ones left out drain. Returns the new generation, or `None` when the
-    /// pool no longer exists.
+    /// Control path (autoscaler, DNS discovery): the provisioner now
+    /// provides `members` for `pool`. Rebuilds that pool only; new members
+    /// join warming, the ones left out drain. The same members again
+    /// rebuild it only to let go of drained ones (a member stays listed as
+    /// draining until a rebuild finds its last request gone). Returns the
+    /// new generation, or `None` when the pool no longer exists.
     pub(crate) fn set_members(&self, pool: &str, members: Vec<SocketAddr>) -> Option<u64> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.load();
-        if previous.pool(pool)?.provisioned == members {
+        let old = previous.pool(pool)?;
+        if old.provisioned == members && old.draining.iter().all(|b| b.in_flight() > 0) {
             return Some(previous.generation);
         }
         let generation = self.next_generation();
@@ -216,5 +219,31 @@ backends = [ {{ address = "127.0.0.1:9100" }} ]
         let again = state.load();
         assert!(Arc::ptr_eq(&again.pool("shop").unwrap().backends[1], &removed));
         assert_eq!(removed.state(), BackendState::Active);
+    }
+
+    #[test]
+    fn the_same_members_again_let_go_of_a_drained_one() {
+        let text = "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n\n[pools.shop]\n\
+                    backends_from = { dns = \"shop.test:8080\", nameserver = \"127.0.0.1:53\" }\n";
+        let state = State::new(Config::parse(text, "t.toml", Path::new(".")).unwrap());
+        let (a, b) = ("127.0.0.1:9001".parse().unwrap(), "127.0.0.1:9002".parse().unwrap());
+        state.set_members("shop", vec![a, b]).unwrap();
+        let before = state.load();
+        let shop = before.pool("shop").unwrap();
+        let leaving = Arc::clone(&shop.backends[1]);
+        let slot = crate::pool::InFlight::claim_fail_open(&leaving, &shop.shared).unwrap();
+
+        let left = state.set_members("shop", vec![a]).unwrap();
+        assert_eq!(state.load().pool("shop").unwrap().draining.len(), 1);
+        assert_eq!(
+            state.set_members("shop", vec![a]),
+            Some(left),
+            "its request is still open: nothing to rebuild"
+        );
+        drop(slot);
+        let pruned = state.set_members("shop", vec![a]).unwrap();
+        assert!(pruned > left);
+        assert!(state.load().pool("shop").unwrap().draining.is_empty());
+        assert_eq!(state.set_members("shop", vec![a]), Some(pruned));
     }
 }
