@@ -378,21 +378,15 @@ fn json_opt(out: &mut Vec<u8>, v: Option<&[u8]>) {
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-12-02T14:03:05.123Z`.
-pub(crate) fn rfc3339_ms(unix_ms: u64, out: &mut Vec<u8>) {
-    let secs = unix_ms / 1000;
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    padded(out, y.max(0) as u64, 4);
+fn rfc3339_ms(unix_ms: u64, out: &mut Vec<u8>) {
+    let ((y, m, d), second_of_day) = civil(unix_ms);
+    padded(out, y, 4);
     out.push(b'-');
     padded(out, u64::from(m), 2);
     out.push(b'-');
     padded(out, u64::from(d), 2);
     out.push(b'T');
-    padded(out, rem / 3600, 2);
-    out.push(b':');
-    padded(out, rem / 60 % 60, 2);
-    out.push(b':');
-    padded(out, rem % 60, 2);
+    clock(out, second_of_day);
     out.push(b'.');
     padded(out, unix_ms % 1000, 3);
     out.push(b'Z');
@@ -455,6 +449,23 @@ fn socket(out: &mut Vec<u8>, addr: SocketAddr) {
     }
     out.push(b':');
     number(out, u64::from(addr.port()));
+}
+
+/// A Unix time in milliseconds as its UTC date (year, month, day) and
+/// second of the day.
+fn civil(unix_ms: u64) -> ((u64, u32, u32), u64) {
+    let secs = unix_ms / 1000;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    ((y.max(0) as u64, m, d), secs % 86_400)
+}
+
+/// `HH:MM:SS` of a second of the day.
+fn clock(out: &mut Vec<u8>, second_of_day: u64) {
+    padded(out, second_of_day / 3600, 2);
+    out.push(b':');
+    padded(out, second_of_day / 60 % 60, 2);
+    out.push(b':');
+    padded(out, second_of_day % 60, 2);
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
@@ -561,22 +572,16 @@ const MONTHS: [&str; 12] = [
 /// request id, duration and pool at the end:
 /// `client - - [02/Dec/2026:14:03:05 +0000] "GET /p HTTP/1.1" 200 512 "ref" "ua" id 1.234 pool`.
 fn combined(e: &Entry, out: &mut Vec<u8>) {
-    let secs = e.start_unix_ms / 1000;
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
+    let ((y, m, d), second_of_day) = civil(e.start_unix_ms);
     ip(out, e.client);
     out.extend_from_slice(b" - - [");
     padded(out, u64::from(d), 2);
     out.push(b'/');
     out.extend_from_slice(MONTHS[(m - 1) as usize].as_bytes());
     out.push(b'/');
-    padded(out, y.max(0) as u64, 4);
+    padded(out, y, 4);
     out.push(b':');
-    padded(out, rem / 3600, 2);
-    out.push(b':');
-    padded(out, rem / 60 % 60, 2);
-    out.push(b':');
-    padded(out, rem % 60, 2);
+    clock(out, second_of_day);
     out.extend_from_slice(b" +0000] \"");
     clf_escaped(out, e.method.as_str().as_bytes());
     out.push(b' ');

@@ -61,11 +61,9 @@ impl ServiceDist {
 /// What the requests that started service in one second waited and took.
 #[derive(Default)]
 struct Waits {
-    sum: f64,
-    count: f64,
-    /// The same per class.
-    class_sum: [f64; 3],
-    class_count: [f64; 3],
+    /// Per class, in lane order.
+    sum: [f64; 3],
+    count: [f64; 3],
     service_sum: f64,
     service_sq: f64,
 }
@@ -112,15 +110,24 @@ impl Des {
                 out.violations += 1.0;
                 out.class_violations[class] += 1.0;
             }
-            waits.sum += wait as f64 / 1e9;
-            waits.count += 1.0;
-            waits.class_sum[class] += wait as f64 / 1e9;
-            waits.class_count[class] += 1.0;
+            waits.sum[class] += wait as f64 / 1e9;
+            waits.count[class] += 1.0;
             let drawn = self.dist.draw(service, &mut self.rng);
             waits.service_sum += drawn;
             waits.service_sq += drawn * drawn;
             self.busy.push(Reverse(now + ns(drawn)));
         }
+    }
+}
+
+/// The class (lane index) a uniform draw `u` falls in under `mix`.
+fn class_of(u: f64, mix: [f64; 3]) -> usize {
+    if u < mix[0] {
+        0
+    } else if u < mix[0] + mix[1] {
+        1
+    } else {
+        2
     }
 }
 
@@ -141,23 +148,11 @@ impl Queueing for Des {
         times.sort_unstable();
         // A class per arrival, drawn only for a mixed trace (a plain one
         // keeps its random sequence).
-        let mixed = mix != ALL_NORMAL;
-        let classes: Vec<usize> = times
-            .iter()
-            .map(|_| {
-                if !mixed {
-                    return 1;
-                }
-                let u = self.rng.f64();
-                if u < mix[0] {
-                    0
-                } else if u < mix[0] + mix[1] {
-                    1
-                } else {
-                    2
-                }
-            })
-            .collect();
+        let classes: Vec<usize> = if mix == ALL_NORMAL {
+            vec![1; times.len()]
+        } else {
+            times.iter().map(|_| class_of(self.rng.f64(), mix)).collect()
+        };
         let mut out = Second {
             requests: count as f64,
             ..Second::default()
@@ -197,11 +192,12 @@ impl Queueing for Des {
         out.in_flight = self.busy.len() as f64;
         out.queued = self.lanes.iter().map(VecDeque::len).sum::<usize>() as f64;
         let mean = |sum: f64, count: f64| if count > 0.0 { sum / count } else { 0.0 };
-        out.queue_wait = mean(waits.sum, waits.count);
-        out.class_wait = std::array::from_fn(|k| mean(waits.class_sum[k], waits.class_count[k]));
-        if waits.count >= 20.0 {
-            let mean = waits.service_sum / waits.count;
-            out.service_cv2 = Some((waits.service_sq / waits.count - mean * mean).max(0.0) / (mean * mean));
+        let started: f64 = waits.count.iter().sum();
+        out.queue_wait = mean(waits.sum.iter().sum(), started);
+        out.class_wait = std::array::from_fn(|k| mean(waits.sum[k], waits.count[k]));
+        if started >= 20.0 {
+            let mean = waits.service_sum / started;
+            out.service_cv2 = Some((waits.service_sq / started - mean * mean).max(0.0) / (mean * mean));
         }
         out
     }

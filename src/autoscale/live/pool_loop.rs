@@ -84,8 +84,7 @@ impl Totals {
     /// One second of the pool, from the reading before (`None`: the first).
     fn sample(&self, before: Option<Totals>, t: u64, in_flight: u32, queued: f64) -> Sample {
         let b = before.unwrap_or(*self);
-        let left: [u64; 3] = std::array::from_fn(|k| self.left_queue[k].saturating_sub(b.left_queue[k]));
-        let waited: [u64; 3] = std::array::from_fn(|k| self.waited_ns[k].saturating_sub(b.waited_ns[k]));
+        let (left, waited) = (delta(self.left_queue, b.left_queue), delta(self.waited_ns, b.waited_ns));
         let mean = |n: u64, ns: u64| if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1e9 };
         let n = self.completed.saturating_sub(b.completed) as f64;
         let sum = self.time_sum_us.wrapping_sub(b.time_sum_us) as f64;
@@ -107,6 +106,11 @@ impl Totals {
             service_cv2,
         }
     }
+}
+
+/// Per-class counters' growth since an earlier reading.
+fn delta(now: [u64; 3], before: [u64; 3]) -> [u64; 3] {
+    std::array::from_fn(|k| now[k].saturating_sub(before[k]))
 }
 
 /// A member taken out of the pool, waiting for its last requests.
@@ -354,7 +358,7 @@ impl PoolLoop {
         let totals = Totals::read(pool);
         let in_flight = pool.in_flight();
         let before = self.last.replace(totals);
-        let late = std::array::from_fn(|k| totals.late[k].saturating_sub(before.map_or(totals.late[k], |b| b.late[k])));
+        let late = delta(totals.late, before.map_or(totals.late, |b| b.late));
         let sample = totals.sample(before, t, in_flight, pool.shared.queue.depth() as f64);
         (sample, late)
     }
