@@ -129,6 +129,9 @@ struct SimulateArgs {
     /// The NASA per-minute trace for the corpus (its `nasa` family).
     #[arg(long, requires = "corpus")]
     nasa: Option<PathBuf>,
+    /// Only these corpus families (quick A/B runs), e.g. "spike,nasa".
+    #[arg(long, value_delimiter = ',', requires = "corpus")]
+    families: Vec<String>,
     /// Provisioning delay.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     delay: Duration,
@@ -397,7 +400,11 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
             Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?),
             None => None,
         };
-        let instances = corpus::instances(split, nasa.as_deref()).map_err(anyhow::Error::msg)?;
+        let mut instances = corpus::instances(split, nasa.as_deref()).map_err(anyhow::Error::msg)?;
+        if !a.families.is_empty() {
+            instances.retain(|i| a.families.contains(&i.family));
+            anyhow::ensure!(!instances.is_empty(), "--families: no corpus family of that name");
+        }
         for (name, m) in models {
             let runs = corpus::run(&instances, &delays, &params, m, variant);
             let rows = corpus::summaries(&runs, &delays);

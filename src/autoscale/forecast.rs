@@ -7,7 +7,7 @@
 //! survive restarts. The caller turns the forecast into a floor for the
 //! policy: a forecast can only raise the pool, never shrink it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::signal::Sample;
 
@@ -152,6 +152,67 @@ pub(crate) fn track_record(rate_at: impl Fn(u64) -> Option<f64>, now: u64, windo
     (n >= 10).then(|| sum / f64::from(n))
 }
 
+/// A rise the history predicts counts as a peak when it is this much
+/// above the rate that was live when it was read.
+const PEAK_RISE: f64 = 0.2;
+/// Minutes over which predicted peaks are judged.
+const PEAK_WINDOW: u64 = WEEK;
+
+/// How much of the peaks that history predicted over the last week came:
+/// the rise delivered over the rise promised, summed over the minutes
+/// where yesterday or last week stood [`PEAK_RISE`] above the rate live
+/// `ahead` minutes earlier (the rate when the forecast raised the pool).
+/// The mean error of [`track_record`] is made of ordinary minutes; this
+/// judges the minutes the forecast is paid for: a shop whose peaks come at
+/// random times keeps a good mean error and a poor peak record. Kept as
+/// minutes close, so a step costs no walk over the week.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PeakRecord {
+    /// `(minute, promised, delivered)` of the predicted peaks in the window.
+    peaks: VecDeque<(u64, f64, f64)>,
+    /// Their sums, `(promised, delivered)`.
+    sums: (f64, f64),
+}
+
+impl PeakRecord {
+    /// Judges the closed minute `m`.
+    pub(crate) fn judge(&mut self, rate_at: impl Fn(u64) -> Option<f64>, m: u64, ahead: u64) {
+        while self.peaks.front().is_some_and(|(t, ..)| t + PEAK_WINDOW <= m) {
+            self.peaks.pop_front();
+        }
+        let (Some(actual), Some(live)) = (rate_at(m), m.checked_sub(ahead).and_then(&rate_at)) else {
+            return;
+        };
+        let said = [DAY, WEEK]
+            .iter()
+            .filter_map(|&back| m.checked_sub(back).and_then(&rate_at))
+            .fold(None, |best: Option<f64>, v| Some(best.map_or(v, |b| b.max(v))));
+        if let Some(said) = said.filter(|&s| s > live * (1.0 + PEAK_RISE) + 1.0) {
+            self.peaks
+                .push_back((m, said - live, (actual.min(said) - live).max(0.0)));
+        }
+        self.sums = self
+            .peaks
+            .iter()
+            .fold((0.0, 0.0), |(p, d), (_, pm, dm)| (p + pm, d + dm));
+    }
+
+    /// Judges every recorded minute of the last week before `now` afresh.
+    pub(crate) fn rebuild(&mut self, minutes: &Minutes, now: u64, ahead: u64) {
+        self.peaks.clear();
+        for m in now.saturating_sub(PEAK_WINDOW)..now {
+            self.judge(|m| minutes.rate(m), m, ahead);
+        }
+    }
+
+    /// The share of the promised rise that came; `None` with no peak
+    /// predicted in the week.
+    pub(crate) fn hits(&self) -> Option<f64> {
+        let (promised, delivered) = self.sums;
+        (promised > 0.0).then(|| delivered / promised)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +288,30 @@ mod tests {
         let doubled = |m: u64| Some(if m >= DAY { 200.0 } else { 100.0 });
         assert_eq!(track_record(doubled, DAY + 120, 60), Some(0.5));
         assert_eq!(track_record(|_| None, DAY + 120, 60), None);
+    }
+
+    #[test]
+    fn the_peak_record_says_whether_yesterdays_peaks_came_back() {
+        // Yesterday at 10:00 a peak of 1,000 over a base of 100.
+        let peak_at = |at: u64| move |m: u64| Some(if m == at { 1000.0 } else { 100.0 });
+        let now = DAY + 700;
+        let record = |rate_at: &dyn Fn(u64) -> Option<f64>| {
+            let mut r = PeakRecord::default();
+            (0..now).for_each(|m| r.judge(rate_at, m, 3));
+            r.hits()
+        };
+        // It came back at the same minute today: every rise delivered.
+        let daily = |m: u64| Some(if m % DAY == 600 { 1000.0 } else { 100.0 });
+        assert_eq!(record(&daily), Some(1.0));
+        // It did not: nothing delivered, though the mean error is small.
+        assert_eq!(record(&peak_at(600)), Some(0.0));
+        assert!(track_record(peak_at(600), now, 120).unwrap() < 0.1);
+        // No peak predicted: nothing to judge.
+        assert_eq!(record(&|_| Some(100.0)), None);
+        // A week after the last minute that predicted it (last week's
+        // 10:00), the miss has left the window.
+        let mut r = PeakRecord::default();
+        (0..2 * WEEK + 700).for_each(|m| r.judge(peak_at(600), m, 3));
+        assert_eq!(r.hits(), None);
     }
 }

@@ -36,6 +36,9 @@ pub(crate) struct PoolView {
     pub(crate) forecast_rate: Option<f64>,
     /// How wrong that history has lately been (mean relative error).
     pub(crate) forecast_error: Option<f64>,
+    /// The share of its predicted peaks that came over the last week
+    /// (`None`: it predicted none).
+    pub(crate) forecast_peak_hits: Option<f64>,
     /// Seconds a new backend takes to become ready (learned from the hook).
     pub(crate) provisioning_delay: f64,
 }
@@ -223,6 +226,7 @@ mod tests {
             floor: 0,
             forecast_rate: None,
             forecast_error: None,
+            forecast_peak_hits: None,
             provisioning_delay: 30.0,
         }
     }

@@ -18,7 +18,7 @@
 //!    limit is honoured even on the way to a raised `min` or floor, so an
 //!    operator's `max_step_up` always holds; `max` is never exceeded.
 
-use super::forecast::{expected_rate, lookahead, track_record, Minute, Minutes};
+use super::forecast::{expected_rate, lookahead, track_record, Minute, Minutes, PeakRecord};
 use super::guard::{guard, GuardState};
 use super::policy::TidegateParams;
 use super::policy::{decide, Decision, Policy, PolicyState, PoolView};
@@ -112,8 +112,11 @@ pub(crate) struct Stepper {
     delay: DelayEstimate,
     /// The size asked for last (after the guards).
     asked: Option<u32>,
-    /// The forecast's track record, judged once per minute: `(minute, error)`.
+    /// The forecast's track record, judged once per minute: `(minute,
+    /// error)`.
     record: Option<(u64, Option<f64>)>,
+    /// How many of its predicted peaks came, judged as minutes close.
+    peaks: PeakRecord,
 }
 
 impl Stepper {
@@ -127,6 +130,7 @@ impl Stepper {
             guards: GuardState::default(),
             asked: None,
             record: None,
+            peaks: PeakRecord::default(),
         }
     }
 
@@ -145,6 +149,8 @@ impl Stepper {
 
     /// Per-minute history read back from disk.
     pub(crate) fn seed_minutes(&mut self, minutes: Minutes) {
+        let now = minutes.iter().last().map_or(0, |m| m.minute + 1);
+        self.peaks.rebuild(&minutes, now, lookahead(self.delay.delay()));
         self.minutes = minutes;
         self.record = None;
     }
@@ -175,7 +181,11 @@ impl Stepper {
         let delay = self.delay.delay();
         let minutes = &self.minutes;
         let minute = tick.unix.max(0) as u64 / 60;
-        let forecast_rate = expected_rate(|m| minutes.rate(m), minute, lookahead(delay));
+        let ahead = lookahead(delay);
+        let forecast_rate = expected_rate(|m| minutes.rate(m), minute, ahead);
+        if let Some(c) = closed {
+            self.peaks.judge(|m| minutes.rate(m), c.minute, ahead);
+        }
         let forecast_error = match self.record {
             Some((m, error)) if m == minute => error,
             _ => {
@@ -185,6 +195,7 @@ impl Stepper {
             }
         };
         let forecast_error = forecast_rate.and(forecast_error);
+        let forecast_peak_hits = forecast_rate.and(self.peaks.hits());
         let floor = floor(&p.schedule, tick.unix, (delay + SCHEDULE_MARGIN_SECS) as i64);
         let view = PoolView {
             ready: tick.ready,
@@ -195,6 +206,7 @@ impl Stepper {
             floor,
             forecast_rate,
             forecast_error,
+            forecast_peak_hits,
             provisioning_delay: delay,
         };
         let decision = decide(&p.policy, &mut self.policy, &self.history, tick.t, &view).map(|mut d| {
@@ -292,6 +304,41 @@ mod tests {
         let day = 86_400;
         let out = s.step(&tick(day - 60, 50.0, 1));
         assert_eq!(out.forecast_rate, Some(50.0));
+    }
+
+    #[test]
+    fn yesterdays_peak_is_not_bought_again_when_predicted_peaks_have_not_come() {
+        use crate::autoscale::forecast::DAY;
+        // Read back from disk: 100 req/s, with a peak of 1,000 at 10:00 on
+        // day 0 that did not come back on day 1, and one at 15:00 on day 1.
+        let peak = |m: u64| (600..610).contains(&m) || (DAY + 900..DAY + 910).contains(&m);
+        let mut minutes = Minutes::default();
+        for m in 0..2 * DAY + 898 {
+            minutes.insert(Minute {
+                minute: m,
+                rate: if peak(m) { 1000.0 } else { 100.0 },
+                peak_concurrency: 0.0,
+                peak_queued: 0.0,
+                peak_queue_wait: 0.0,
+            });
+        }
+        let at = (2 * DAY + 898) * 60;
+        let run = |peak_trust: f64| {
+            let policy = Policy::Tidegate(TidegateParams {
+                peak_trust,
+                ..TidegateParams::default()
+            });
+            let mut s = Stepper::new(params(policy));
+            s.seed_minutes(minutes.clone());
+            s.step(&tick(at, 100.0, 1))
+        };
+        // Day 2, 14:58: yesterday's 15:00 is in view.
+        let judged = run(TidegateParams::default().peak_trust);
+        assert_eq!(judged.forecast_rate, Some(1000.0));
+        let trusting = run(0.0).decision.unwrap();
+        let d = judged.decision.unwrap();
+        assert!(d.desired < trusting.desired, "{} vs {}", d.reason, trusting.reason);
+        assert!(d.reason.contains("its peaks came 0 %"), "{}", d.reason);
     }
 
     #[test]

@@ -29,8 +29,12 @@
 //!    `drain_within`, including what the excess arrivals will add before
 //!    new capacity lands; held until it is gone.
 //! 7. **History**: the same minutes yesterday and last week raise the pool
-//!    ahead of a repeat, trusted only while they have been predicting well
-//!    (their recent relative error under `forecast_trust_error`).
+//!    ahead of a repeat, trusted only while they have been predicting well:
+//!    their relative error over the last two hours under
+//!    `forecast_trust_error`, and at least `peak_trust` of the rises they
+//!    predicted over the last week delivered (a shop whose peaks come at
+//!    random times predicts its ordinary minutes well and its peaks not
+//!    at all: it should not pay for yesterday's peak today).
 //! 8. **Scale-in** happens late and small: the pool keeps the highest
 //!    need of `scale_down_window` (90 s), or of half the provisioning
 //!    delay when that is longer (a backend given back is a provisioning
@@ -85,6 +89,9 @@ pub(crate) struct TidegateParams {
     /// Use the history forecast only while its recent relative error is
     /// below this (`f64::INFINITY`: always).
     pub(crate) forecast_trust_error: f64,
+    /// ... and while at least this share of the peaks it predicted over
+    /// the last week came (0: peaks not judged).
+    pub(crate) peak_trust: f64,
     /// Service time assumed before any is observed, seconds.
     pub(crate) initial_service: f64,
     /// Believe a longer service time from the last 5 s at once.
@@ -113,6 +120,7 @@ impl Default for TidegateParams {
             headroom_epsilon: 0.0003,
             service_cv: true,
             forecast_trust_error: 0.3,
+            peak_trust: 0.2,
             initial_service: 0.05,
             fast_service: true,
             slowdown_seconds: 2,
@@ -148,6 +156,7 @@ impl TidegateParams {
                 "headroom_epsilon" => self.headroom_epsilon = num()?,
                 "service_cv" => self.service_cv = on()?,
                 "forecast_trust_error" => self.forecast_trust_error = num()?,
+                "peak_trust" => self.peak_trust = num()?,
                 "fast_service" => self.fast_service = on()?,
                 "slowdown_seconds" => self.slowdown_seconds = num()? as u32,
                 "ramp_hold" => self.ramp_hold = on()?,
@@ -393,7 +402,8 @@ pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, no
     // 7. History, while it predicts well; it only ever raises the pool.
     let trusted = pool
         .forecast_rate
-        .filter(|_| pool.forecast_error.is_none_or(|e| e <= p.forecast_trust_error));
+        .filter(|_| pool.forecast_error.is_none_or(|e| e <= p.forecast_trust_error))
+        .filter(|_| pool.forecast_peak_hits.is_none_or(|hits| hits >= p.peak_trust));
     let for_forecast = trusted.map_or(0, size);
     let peak = peak.max(for_forecast);
 
@@ -439,7 +449,13 @@ pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, no
     if let Some(r) = pool.forecast_rate {
         match trusted {
             Some(_) => reason.push_str(&format!(", forecast {r:.0} req/s needs {for_forecast}")),
-            None => reason.push_str(&format!(", forecast {r:.0} req/s not trusted")),
+            None => match pool.forecast_peak_hits.filter(|&hits| hits < p.peak_trust) {
+                Some(hits) => reason.push_str(&format!(
+                    ", forecast {r:.0} req/s not trusted (its peaks came {:.0} %)",
+                    hits * 100.0
+                )),
+                None => reason.push_str(&format!(", forecast {r:.0} req/s not trusted")),
+            },
         }
     }
     if pool.floor > desired {
@@ -467,6 +483,7 @@ mod tests {
             floor: 0,
             forecast_rate: None,
             forecast_error: None,
+            forecast_peak_hits: None,
             provisioning_delay: 30.0,
         }
     }
@@ -586,6 +603,30 @@ mod tests {
         assert!(decide(&p, &mut TidegateState::default(), &h, 60, &bad)
             .reason
             .contains("not trusted"));
+    }
+
+    #[test]
+    fn a_forecast_whose_peaks_did_not_come_is_not_trusted() {
+        let p = TidegateParams::default();
+        let mut h = History::new(600);
+        steady(&mut h, 1, 60, 100.0, 0.02);
+        // Good on ordinary minutes; of the peaks it predicted, 60 % came
+        // or 5 %.
+        let came = PoolView {
+            forecast_rate: Some(2000.0),
+            forecast_error: Some(0.1),
+            forecast_peak_hits: Some(0.6),
+            ..pool(1)
+        };
+        let missed = PoolView {
+            forecast_peak_hits: Some(0.05),
+            ..came
+        };
+        let plain = run(&p, &mut TidegateState::default(), &h, 60, &pool(1));
+        assert!(run(&p, &mut TidegateState::default(), &h, 60, &came) > plain);
+        let d = decide(&p, &mut TidegateState::default(), &h, 60, &missed);
+        assert_eq!(d.desired, plain, "{}", d.reason);
+        assert!(d.reason.contains("its peaks came 5 %"), "{}", d.reason);
     }
 
     #[test]
