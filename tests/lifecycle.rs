@@ -533,3 +533,19 @@ async fn simulate_refuses_settings_it_cannot_run_instead_of_spinning() {
         assert!(err.contains(bad[0]), "{bad:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn simulate_refuses_a_corpus_family_it_does_not_have() {
+    let out = tokio::time::timeout(
+        BOUND,
+        Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(["simulate", "--corpus", "train", "--families", "no-such-family"])
+            .output(),
+    )
+    .await
+    .expect("an answer")
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--families: no corpus family of that name"), "{err}");
+}
