@@ -9,7 +9,10 @@
 #               pays the full check: one shard read lock and one CAS, and
 #               none is refused);
 #   access_log  the JSON access log written to a file (one line per request,
-#               through the bounded channel to the writer thread).
+#               through the bounded channel to the writer thread);
+#   binary      no feature: "with" runs another build of tidegate, B_BIN
+#               (an A/B of a code change: build both, point TIDEGATE_BIN at
+#               the old one and B_BIN at the new one).
 #
 # Reports, per mode, the median proxy CPU per request (utime+stime over the
 # run divided by the requests served) at a fixed HTTP/1.1 rate, and the
@@ -20,7 +23,7 @@
 # instructions per request instead (all threads, one run per mode of
 # REQUESTS requests, repeatable to 0.1 %; about a minute per mode).
 #
-# Usage: benches/e2e/feature-cost.sh ratelimit|access_log
+# Usage: benches/e2e/feature-cost.sh ratelimit|access_log|binary
 #        (ROUNDS=2 DURATION=6 RATE=8000; COUNTER=cpu|callgrind REQUESTS=20000)
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-2}
@@ -41,15 +44,19 @@ burst = 1000000' ;;
   access_log) snippet="[access_log]
 format = \"json\"
 path = \"$WORK/access.log\"" ;;
-  *) echo "unknown feature $FEATURE (ratelimit, access_log)"; exit 2 ;;
+  binary) snippet=""
+    [[ -x ${B_BIN:-} ]] || { echo "binary: set B_BIN to the other build of tidegate"; exit 2; } ;;
+  *) echo "unknown feature $FEATURE (ratelimit, access_log, binary)"; exit 2 ;;
 esac
+# The build a mode runs.
+bin_of() { if [[ $FEATURE == binary && $1 == with ]]; then echo "$B_BIN"; else echo "$BIN"; fi; }
 write_tidegate_config "$WORK/none.toml"
 write_tidegate_config "$WORK/with.toml" "$snippet"
 url="http://127.0.0.1:18080/products/1"
 
 if [[ $COUNTER == callgrind ]]; then
-  read -r none_i none_n < <(instructions_per_request "$WORK/none.toml" "$REQUESTS")
-  read -r with_i with_n < <(instructions_per_request "$WORK/with.toml" "$REQUESTS")
+  read -r none_i none_n < <(instructions_per_request "$WORK/none.toml" "$REQUESTS" "$(bin_of none)")
+  read -r with_i with_n < <(instructions_per_request "$WORK/with.toml" "$REQUESTS" "$(bin_of with)")
   python3 - "$FEATURE" "$none_i" "$none_n" "$with_i" "$with_n" <<'PY'
 import sys
 f, ni, nn, wi, wn = sys.argv[1], *map(int, sys.argv[2:])
@@ -67,7 +74,7 @@ echo -e "round\tmode\tcpu_us_per_req\trequests\tstatus" > "$WORK/feature.tsv"
 for round in $(seq "$ROUNDS"); do
   modes="none with"; (( round % 2 == 0 )) && modes="with none"
   for mode in $modes; do
-    TIDEGATE_LOG=warn taskset -c 0 "$BIN" run --no-watch --config "$WORK/$mode.toml" >/dev/null 2>&1 &
+    TIDEGATE_LOG=warn taskset -c 0 "$(bin_of "$mode")" run --no-watch --config "$WORK/$mode.toml" >/dev/null 2>&1 &
     TG=$!; PIDS+=($TG)
     wait_http "http://127.0.0.1:18080/healthz"
     taskset -c 1 h2load --h1 -c 64 -D 1 "$url" >/dev/null 2>&1   # warm-up

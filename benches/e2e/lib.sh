@@ -101,10 +101,10 @@ PY
 # fast as callgrind lets it), dumps and stops it. Prints "instructions
 # requests".
 instructions_per_request() {
-  local config=$1 n=$2 url="http://127.0.0.1:18080/products/1" out pid total done
+  local config=$1 n=$2 bin=${3:-$BIN} url="http://127.0.0.1:18080/products/1" out pid total done
   out=$(mktemp -d "$WORK/cg.XXXXXX")
   TIDEGATE_LOG=warn taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out/cg" \
-    "$BIN" run --no-watch --config "$config" >/dev/null 2>"$out/valgrind.err" &
+    "$bin" run --no-watch --config "$config" >/dev/null 2>"$out/valgrind.err" &
   pid=$!; PIDS+=($pid)
   for _ in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:18080/healthz && break; sleep 0.1; done
   taskset -c 1 h2load --h1 -c 16 -n 2000 "$url" >/dev/null 2>&1

@@ -56,6 +56,10 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
+        // Flatten head and body into one buffer and one write(): fewer
+        // instructions than queueing iovecs, and bodies streamed in small
+        // chunks go out in fewer, larger writes (benches/README.md).
+        .writev(false)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
