@@ -120,15 +120,18 @@ pub(crate) fn lookahead(provisioning_delay_secs: f64) -> u64 {
 /// same time last week, over the minutes `now + 1 ..= now + ahead`. `None`
 /// when neither day is recorded.
 pub(crate) fn expected_rate(rate_at: impl Fn(u64) -> Option<f64>, now: u64, ahead: u64) -> Option<f64> {
-    let mut best: Option<f64> = None;
-    for m in now + 1..=now + ahead {
-        for back in [DAY, WEEK] {
-            if let Some(v) = m.checked_sub(back).and_then(&rate_at) {
-                best = Some(best.map_or(v, |b: f64| b.max(v)));
-            }
-        }
-    }
-    best
+    (now + 1..=now + ahead)
+        .filter_map(|m| said_at(&rate_at, m))
+        .reduce(f64::max)
+}
+
+/// What history said of minute `m`: the higher of the same minute
+/// yesterday and last week (`None` when neither is recorded).
+fn said_at(rate_at: &impl Fn(u64) -> Option<f64>, m: u64) -> Option<f64> {
+    [DAY, WEEK]
+        .iter()
+        .filter_map(|&back| m.checked_sub(back).and_then(rate_at))
+        .reduce(f64::max)
 }
 
 /// How well the same minutes yesterday and last week have predicted the
@@ -140,11 +143,7 @@ pub(crate) fn track_record(rate_at: impl Fn(u64) -> Option<f64>, now: u64, windo
     let (mut sum, mut n) = (0.0, 0u32);
     for m in now.saturating_sub(window)..now {
         let Some(actual) = rate_at(m) else { continue };
-        let said = [DAY, WEEK]
-            .iter()
-            .filter_map(|&back| m.checked_sub(back).and_then(&rate_at))
-            .fold(None, |best: Option<f64>, v| Some(best.map_or(v, |b| b.max(v))));
-        if let Some(said) = said {
+        if let Some(said) = said_at(&rate_at, m) {
             sum += (said - actual).abs() / said.max(actual).max(1.0);
             n += 1;
         }
@@ -170,36 +169,33 @@ const PEAK_WINDOW: u64 = WEEK;
 pub(crate) struct PeakRecord {
     /// `(minute, promised, delivered)` of the predicted peaks in the window.
     peaks: VecDeque<(u64, f64, f64)>,
-    /// Their sums, `(promised, delivered)`.
+    /// Their running sums, `(promised, delivered)`.
     sums: (f64, f64),
 }
 
 impl PeakRecord {
     /// Judges the closed minute `m`.
     pub(crate) fn judge(&mut self, rate_at: impl Fn(u64) -> Option<f64>, m: u64, ahead: u64) {
-        while self.peaks.front().is_some_and(|(t, ..)| t + PEAK_WINDOW <= m) {
+        while let Some((_, promised, delivered)) = self.peaks.front().filter(|(t, ..)| t + PEAK_WINDOW <= m).copied() {
             self.peaks.pop_front();
+            self.sums = (self.sums.0 - promised, self.sums.1 - delivered);
+        }
+        if self.peaks.is_empty() {
+            self.sums = (0.0, 0.0); // no rounding left behind
         }
         let (Some(actual), Some(live)) = (rate_at(m), m.checked_sub(ahead).and_then(&rate_at)) else {
             return;
         };
-        let said = [DAY, WEEK]
-            .iter()
-            .filter_map(|&back| m.checked_sub(back).and_then(&rate_at))
-            .fold(None, |best: Option<f64>, v| Some(best.map_or(v, |b| b.max(v))));
-        if let Some(said) = said.filter(|&s| s > live * (1.0 + PEAK_RISE) + 1.0) {
-            self.peaks
-                .push_back((m, said - live, (actual.min(said) - live).max(0.0)));
+        if let Some(said) = said_at(&rate_at, m).filter(|&s| s > live * (1.0 + PEAK_RISE) + 1.0) {
+            let (promised, delivered) = (said - live, (actual.min(said) - live).max(0.0));
+            self.peaks.push_back((m, promised, delivered));
+            self.sums = (self.sums.0 + promised, self.sums.1 + delivered);
         }
-        self.sums = self
-            .peaks
-            .iter()
-            .fold((0.0, 0.0), |(p, d), (_, pm, dm)| (p + pm, d + dm));
     }
 
     /// Judges every recorded minute of the last week before `now` afresh.
     pub(crate) fn rebuild(&mut self, minutes: &Minutes, now: u64, ahead: u64) {
-        self.peaks.clear();
+        *self = PeakRecord::default();
         for m in now.saturating_sub(PEAK_WINDOW)..now {
             self.judge(|m| minutes.rate(m), m, ahead);
         }

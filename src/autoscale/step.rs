@@ -112,8 +112,7 @@ pub(crate) struct Stepper {
     delay: DelayEstimate,
     /// The size asked for last (after the guards).
     asked: Option<u32>,
-    /// The forecast's track record, judged once per minute: `(minute,
-    /// error)`.
+    /// The forecast's track record, judged once per minute: `(minute, error)`.
     record: Option<(u64, Option<f64>)>,
     /// How many of its predicted peaks came, judged as minutes close.
     peaks: PeakRecord,

@@ -447,16 +447,15 @@ pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, no
         }
     }
     if let Some(r) = pool.forecast_rate {
-        match trusted {
-            Some(_) => reason.push_str(&format!(", forecast {r:.0} req/s needs {for_forecast}")),
-            None => match pool.forecast_peak_hits.filter(|&hits| hits < p.peak_trust) {
-                Some(hits) => reason.push_str(&format!(
-                    ", forecast {r:.0} req/s not trusted (its peaks came {:.0} %)",
-                    hits * 100.0
-                )),
-                None => reason.push_str(&format!(", forecast {r:.0} req/s not trusted")),
-            },
-        }
+        let missed = pool.forecast_peak_hits.filter(|&hits| hits < p.peak_trust);
+        reason.push_str(&match (trusted, missed) {
+            (Some(_), _) => format!(", forecast {r:.0} req/s needs {for_forecast}"),
+            (None, Some(hits)) => format!(
+                ", forecast {r:.0} req/s not trusted (its peaks came {:.0} %)",
+                hits * 100.0
+            ),
+            (None, None) => format!(", forecast {r:.0} req/s not trusted"),
+        });
     }
     if pool.floor > desired {
         reason.push_str(&format!(", scheduled minimum {}", pool.floor));

@@ -84,8 +84,7 @@ pub(super) async fn send(
             }
         },
         UpstreamProtocol::H2c => {
-            let ready = up.h2_ready();
-            let mut sender = match ready {
+            let mut sender = match up.h2_ready() {
                 Some(s) => s,
                 None => {
                     let tls = backend.tls();

@@ -168,7 +168,8 @@ impl Upstream {
     ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
         let tcp = dial(addr, connect_timeout).await?;
         let mut builder = http1::Builder::new();
-        // One flattened write, as on the client side (see server/mod.rs).
+        // One flattened write, as the client-facing server does (see
+        // server/mod.rs).
         builder.max_buf_size(head.bytes).max_headers(head.fields).writev(false);
         match tls {
             None => h1_handshake(&builder, TokioIo::new(tcp), addr).await,
