@@ -21,10 +21,11 @@
 # shared VM rounds of the same mode differ by up to 20 %: a few per cent
 # are below what CPU time can resolve. COUNTER=callgrind counts the
 # instructions per request instead (all threads, one run per mode of
-# REQUESTS requests, repeatable to 0.1 %; about a minute per mode).
+# REQUESTS requests, repeatable to 0.1 %; about a minute per mode), over
+# HTTP/1.1, or over h2c with PROTO=h2c (16 connections x 10 streams).
 #
 # Usage: benches/e2e/feature-cost.sh ratelimit|access_log|binary
-#        (ROUNDS=2 DURATION=6 RATE=8000; COUNTER=cpu|callgrind REQUESTS=20000)
+#        (ROUNDS=2 DURATION=6 RATE=8000; COUNTER=cpu|callgrind REQUESTS=20000 PROTO=h1|h2c)
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-6}

@@ -107,9 +107,12 @@ instructions_per_request() {
     "$bin" run --no-watch --config "$config" >/dev/null 2>"$out/valgrind.err" &
   pid=$!; PIDS+=($pid)
   for _ in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:18080/healthz && break; sleep 0.1; done
-  taskset -c 1 h2load --h1 -c 16 -n 2000 "$url" >/dev/null 2>&1
+  # PROTO=h2c: 16 HTTP/2 connections of 10 streams each instead.
+  local load=(--h1 -c 16)
+  [[ ${PROTO:-h1} == h2c ]] && load=(-c 16 -m 10)
+  taskset -c 1 h2load "${load[@]}" -n 2000 "$url" >/dev/null 2>&1
   callgrind_control -z "$pid" >/dev/null
-  done=$(taskset -c 1 h2load --h1 -c 16 -n "$n" "$url" 2>&1 | awk '/^requests:/ {print $8}')
+  done=$(taskset -c 1 h2load "${load[@]}" -n "$n" "$url" 2>&1 | awk '/^requests:/ {print $8}')
   callgrind_control -d "$pid" >/dev/null
   for _ in $(seq 100); do ls "$out"/cg.* >/dev/null 2>&1 && break; sleep 0.1; done
   total=$(awk '/^summary:/ {print $2}' "$out"/cg.*)

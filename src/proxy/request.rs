@@ -259,7 +259,7 @@ pub(super) fn upstream_request(
         UpstreamProtocol::Http1 => {
             parts.version = Version::HTTP_11;
             if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
-                parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+                parts.uri = origin_form(std::mem::take(&mut parts.uri));
             }
         }
         UpstreamProtocol::H2c => {
@@ -275,6 +275,17 @@ pub(super) fn upstream_request(
         }
     }
     Request::from_parts(parts, body)
+}
+
+/// `uri`'s path and query alone (an HTTP/2 request's, an absolute-form
+/// one's), moved rather than parsed and copied again.
+fn origin_form(uri: Uri) -> Uri {
+    let mut origin = http::uri::Parts::default();
+    origin.path_and_query = uri.into_parts().path_and_query.filter(|p| !p.as_str().is_empty());
+    match origin.path_and_query {
+        Some(_) => Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/")),
+        None => Uri::from_static("/"),
+    }
 }
 
 /// A bodiless request's head, kept to resend it (idempotent retries only).
@@ -306,6 +317,19 @@ pub(super) fn rebuild(head: &Head) -> Request<RequestBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absolute_targets_go_upstream_in_origin_form() {
+        for (target, origin) in [
+            ("http://shop.example/p/1?q=a%20b", "/p/1?q=a%20b"),
+            ("https://shop.example:8443/", "/"),
+            ("http://shop.example", "/"),
+            ("http://shop.example?q", "/?q"),
+        ] {
+            let uri = origin_form(target.parse().unwrap());
+            assert_eq!((uri.to_string().as_str(), uri.authority(), uri.scheme()), (origin, None, None), "{target}");
+        }
+    }
 
     #[test]
     fn strips_ports_from_hosts() {
