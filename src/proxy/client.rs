@@ -84,14 +84,20 @@ pub(super) fn request_id(headers: &mut HeaderMap, trusted: bool) -> HeaderValue 
 }
 
 /// 128 random bits as 32 lower-case hex digits.
+///
+/// The value is shared by the upstream request and the request's own copy
+/// (access log, error response): built on a reference-counted owner, its
+/// clone is a count, where a copied slice's first clone allocates again.
 fn new_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = fastrand::u128(..);
     let mut out = [0u8; 32];
-    for (i, c) in out.iter_mut().enumerate() {
-        *c = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    for digits in out.chunks_exact_mut(16) {
+        let bits = fastrand::u64(..);
+        for (i, c) in digits.iter_mut().enumerate() {
+            *c = HEX[((bits >> (60 - 4 * i)) & 0xf) as usize];
+        }
     }
-    HeaderValue::from_bytes(&out).expect("hex digits are a valid header value")
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out)).expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]

@@ -146,10 +146,12 @@ pub struct Hop {
 pub fn add_forwarded(headers: &mut HeaderMap, hop: Hop, host: Option<&HeaderValue>, version: Version) {
     let mut buf = [0u8; 48];
     let ip = format_ip(hop.peer, &mut buf);
-    let mut prior = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter(|v| hop.trusted && v.to_str().is_ok())
+    // An untrusted peer's list is replaced: no need to look it up.
+    let mut prior = hop
+        .trusted
+        .then(|| headers.get_all(&X_FORWARDED_FOR).iter().filter(|v| v.to_str().is_ok()))
+        .into_iter()
+        .flatten()
         .peekable();
     let value = if prior.peek().is_none() {
         HeaderValue::from_bytes(ip)

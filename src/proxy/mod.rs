@@ -245,7 +245,9 @@ async fn forward(
         return Err(ProxyError::PayloadTooLarge);
     }
     if let (Some(policy), Some(cache)) = (&route.cache, &snapshot.cache) {
-        return cached::serve(conn, req, who, at, policy, cache).await;
+        // Boxed: the cache's future is the largest of the request's and
+        // its path the rarer; inline it would size every request's box.
+        return Box::pin(cached::serve(conn, req, who, at, policy, cache)).await;
     }
     upstream(conn, req, who, at).await
 }

@@ -34,19 +34,29 @@ use crate::upstream::body::RequestBody;
 /// server then ignores `Host`), else `Host`. An HTTP/2 request whose `host`
 /// field disagrees with its `:authority` is malformed (RFC 9113 8.3.1).
 pub(super) fn check_framing(req: &Request<Incoming>) -> Result<(), ProxyError> {
-    let h = req.headers();
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+    // One pass over the fields (a request has a handful to a few dozen)
+    // instead of a hashed lookup per question.
+    let (mut chunked, mut lengths, mut hosts, mut host) = (false, 0, 0, None);
+    for (name, value) in req.headers() {
+        if name == header::TRANSFER_ENCODING {
+            chunked = true;
+        } else if name == header::CONTENT_LENGTH {
+            lengths += 1;
+        } else if name == header::HOST {
+            hosts += 1;
+            host = host.or(Some(value));
+        }
+    }
+    if chunked && lengths > 0 {
         return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding"));
     }
-    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+    if lengths > 1 {
         return Err(ProxyError::BadRequest("more than one Content-Length"));
     }
-    let mut hosts = h.get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+    if hosts > 1 {
         return Err(ProxyError::BadRequest("more than one Host"));
     }
     if let Some(host) = host {
