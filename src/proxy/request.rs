@@ -337,7 +337,11 @@ mod tests {
             ("http://shop.example?q", "/?q"),
         ] {
             let uri = origin_form(target.parse().unwrap());
-            assert_eq!((uri.to_string().as_str(), uri.authority(), uri.scheme()), (origin, None, None), "{target}");
+            assert_eq!(
+                (uri.to_string().as_str(), uri.authority(), uri.scheme()),
+                (origin, None, None),
+                "{target}"
+            );
         }
     }
 
