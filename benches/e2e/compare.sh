@@ -17,7 +17,12 @@
 # Everything goes to 127.0.0.1 only and every process started here is ended
 # by its PID. Needs: haproxy nginx-light nghttp2-client (Debian packages).
 #
-# Usage: benches/e2e/compare.sh            (ROUNDS=5 DURATION=10 RATE=10000)
+# LOGS=1 turns every proxy's access log on, each writing one line per
+# request to a file in its own way: tidegate's JSON log, nginx's combined
+# format (buffered, 64 KiB), HAProxy's httplog to stdout (redirected to a
+# file).
+#
+# Usage: benches/e2e/compare.sh            (ROUNDS=5 DURATION=10 RATE=10000 LOGS=0)
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
@@ -37,14 +42,27 @@ for port in $BACKEND_PORTS; do
   servers_nginx+="    server 127.0.0.1:$port;"$'\n'
 done
 
-write_tidegate_config "$WORK/tidegate.toml"
+LOGS=${LOGS:-0}
+if [[ $LOGS == 1 ]]; then
+  write_tidegate_config "$WORK/tidegate.toml" "[access_log]
+format = \"json\"
+path = \"$WORK/tidegate-access.log\""
+  haproxy_log="    log stdout format raw local0"; haproxy_httplog="    log global"$'\n'"    option httplog"
+  nginx_log="access_log $WORK/nginx-access.log combined buffer=64k;"
+  haproxy_out="$WORK/haproxy-access.log"
+else
+  write_tidegate_config "$WORK/tidegate.toml"
+  haproxy_log=""; haproxy_httplog=""; nginx_log="access_log off;"; haproxy_out=/dev/null
+fi
 
 cat > "$WORK/haproxy.cfg" <<CONF
 global
     nbthread 1
+$haproxy_log
     maxconn 8000
 defaults
     mode http
+$haproxy_httplog
     option http-keep-alive
     option forwardfor
     http-reuse always
@@ -69,7 +87,7 @@ pid $WORK/nginx.pid;
 error_log $WORK/nginx-error.log crit;
 events { worker_connections 8000; }
 http {
-    access_log off;
+    $nginx_log
     keepalive_requests 1000000;
     client_body_temp_path $WORK/nginx-body;
     proxy_temp_path $WORK/nginx-proxy;
@@ -99,7 +117,7 @@ h2_port() { case $1 in tidegate) echo 18080;; haproxy) echo 18083;; nginx) echo 
 start_proxy() {
   case $1 in
     tidegate) TIDEGATE_LOG=warn taskset -c 0 "$BIN" run --config "$WORK/tidegate.toml" >/dev/null 2>&1 & ;;
-    haproxy) taskset -c 0 haproxy -f "$WORK/haproxy.cfg" >/dev/null 2>&1 & ;;
+    haproxy) taskset -c 0 haproxy -f "$WORK/haproxy.cfg" >>"$haproxy_out" 2>&1 & ;;
     nginx) taskset -c 0 nginx -c "$WORK/nginx.conf" >/dev/null 2>&1 & ;;
   esac
   PROXY_PID=$!
@@ -159,3 +177,8 @@ for test in ("h1-fixed", "h2c-max", "stream-1GiB"):
         print(f"| {proxy} | {test} | {med(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f} | {rps:.0f} | {fmt(p50)} | {fmt(p99)} | {hwm:.1f} |")
 PY
 echo "raw rows: $RESULTS" >&2
+if [[ $LOGS == 1 ]]; then
+  for f in tidegate-access.log haproxy-access.log nginx-access.log; do
+    echo "$f: $(wc -l < "$WORK/$f" 2>/dev/null || echo 0) lines" >&2
+  done
+fi
