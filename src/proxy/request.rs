@@ -264,7 +264,6 @@ pub(super) fn upstream_request(
         host.as_ref(),
         client_version,
     );
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     match cfg.upstream {
         UpstreamProtocol::Http1 => {
             parts.version = Version::HTTP_11;
@@ -278,7 +277,7 @@ pub(super) fn upstream_request(
             parts.uri = Uri::builder()
                 .scheme("http")
                 .authority(authority)
-                .path_and_query(path)
+                .path_and_query(h2_path(&parts.uri).as_ref())
                 .build()
                 .unwrap_or_else(|_| Uri::from_static("/"));
             parts.headers.remove(header::HOST);
@@ -295,6 +294,17 @@ fn origin_form(uri: Uri) -> Uri {
     match origin.path_and_query {
         Some(_) => Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/")),
         None => Uri::from_static("/"),
+    }
+}
+
+/// `uri`'s target as HTTP/2's `:path`, which must start with `/` (RFC
+/// 9113 8.3.1): a target that is only a query (`http://h?q`) gets its
+/// empty path back.
+fn h2_path(uri: &Uri) -> std::borrow::Cow<'_, str> {
+    match uri.path_and_query().map(|p| p.as_str()) {
+        None => "/".into(),
+        Some(p) if p.starts_with('?') => format!("/{p}").into(),
+        Some(p) => p.into(),
     }
 }
 
@@ -342,6 +352,18 @@ mod tests {
                 (origin, None, None),
                 "{target}"
             );
+        }
+    }
+
+    #[test]
+    fn an_h2_path_always_starts_with_a_slash() {
+        for (target, path) in [
+            ("http://shop.example/p?q", "/p?q"),
+            ("http://shop.example?q", "/?q"),
+            ("http://shop.example", "/"),
+            ("/p", "/p"),
+        ] {
+            assert_eq!(h2_path(&target.parse().unwrap()), path, "{target}");
         }
     }
 

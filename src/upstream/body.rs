@@ -127,17 +127,14 @@ impl RequestBody {
     /// request never reaches a backend. It also means a slow uploader holds
     /// no backend slot while tidegate waits for its first bytes.
     pub(crate) async fn prime(&mut self) -> Result<(), RequestBodyError> {
-        use http_body_util::BodyExt;
-        let primed = self.0.as_ref().is_none_or(|s| s.first.is_some());
-        if primed || self.is_end_stream() {
+        let Some(s) = self.0.as_deref_mut() else {
+            return Ok(());
+        };
+        if s.first.is_some() || s.is_end_stream() {
             return Ok(());
         }
-        match self.frame().await {
-            Some(Ok(frame)) => {
-                if let Some(s) = self.0.as_mut() {
-                    s.first = Some(frame);
-                }
-            }
+        match std::future::poll_fn(|cx| s.poll_frame(cx)).await {
+            Some(Ok(frame)) => s.first = Some(frame),
             Some(Err(e)) => return Err(e),
             None => {}
         }
@@ -146,6 +143,10 @@ impl RequestBody {
 }
 
 impl Streaming {
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
     fn finished(&mut self) {
         if let Some(n) = self.sent.take() {
             n.notify_one();
@@ -167,50 +168,7 @@ impl Streaming {
         }
         self.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready())
     }
-}
 
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = RequestBodyError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.0.as_deref_mut() {
-            Some(this) => this.poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0
-            .as_deref()
-            .is_none_or(|s| s.first.is_none() && s.inner.as_ref().is_none_or(Body::is_end_stream))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        // An exact hint makes the upstream request length-delimited, as the
-        // client's was; chunked stays chunked. A primed frame counts too.
-        let Some(this) = self.0.as_deref() else {
-            return SizeHint::with_exact(0);
-        };
-        let inner = this
-            .inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
-        let first = this
-            .first
-            .as_ref()
-            .and_then(Frame::data_ref)
-            .map_or(0, |d| d.len() as u64);
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + first);
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + first);
-        }
-        hint
-    }
-}
-
-impl Streaming {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         if let Some(frame) = self.first.take() {
             if self.inner.as_ref().is_none_or(Body::is_end_stream) {
@@ -250,6 +208,45 @@ impl Streaming {
                 Poll::Pending
             }
         }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.0.as_deref_mut() {
+            Some(this) => this.poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_deref().is_none_or(Streaming::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // An exact hint makes the upstream request length-delimited, as the
+        // client's was; chunked stays chunked. A primed frame counts too.
+        let Some(this) = self.0.as_deref() else {
+            return SizeHint::with_exact(0);
+        };
+        let inner = this
+            .inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        let first = this
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + first);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + first);
+        }
+        hint
     }
 }
 
