@@ -64,10 +64,17 @@ pub(crate) async fn backend_on(name: &str, addr: SocketAddr) -> std::io::Result<
     Ok(TestBackend { addr, _stop: tx })
 }
 
-/// An address nothing listens on (bound, then closed).
+/// An address nothing listens on (bound, never listening).
 pub(crate) async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    // Bound but never listening, and kept bound for the life of the test
+    // process: a connect is refused, and the port cannot be handed to a
+    // listener another test starts meanwhile (a port freed at once could,
+    // and the "dead" backend then answered 200).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// A running tidegate: its first listener, its admin listener, its config
