@@ -181,7 +181,7 @@ async fn the_container_configs_pass_check() {
 
 #[tokio::test]
 async fn demo_backends_run_as_child_processes_and_are_gone_after_stop() {
-    let (a1, a2) = (dead_addr().await, dead_addr().await);
+    let (a1, a2) = (free_addr().await, free_addr().await);
     let config = Config::parse(&config_text(&[a1, a2], "", ""), "t.toml", std::path::Path::new(".")).unwrap();
     let children = tidegate::demo::Children::start(&config, std::path::Path::new(EXE))
         .await

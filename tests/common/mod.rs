@@ -64,6 +64,14 @@ pub(crate) async fn backend_on(name: &str, addr: SocketAddr) -> std::io::Result<
     Ok(TestBackend { addr, _stop: tx })
 }
 
+/// An address free for a child process to bind (bound, then released:
+/// another listener may take it meanwhile, so only for a process that
+/// binds it at once).
+pub(crate) async fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
 /// An address nothing listens on (bound, never listening).
 pub(crate) async fn dead_addr() -> SocketAddr {
     // Bound but never listening, and kept bound for the life of the test
