@@ -290,11 +290,8 @@ pub(super) fn upstream_request(
 /// one's), moved rather than parsed and copied again.
 fn origin_form(uri: Uri) -> Uri {
     let mut origin = http::uri::Parts::default();
-    origin.path_and_query = uri.into_parts().path_and_query.filter(|p| !p.as_str().is_empty());
-    match origin.path_and_query {
-        Some(_) => Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/")),
-        None => Uri::from_static("/"),
-    }
+    origin.path_and_query = uri.into_parts().path_and_query;
+    Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// `uri`'s target as HTTP/2's `:path`, which must start with `/` (RFC

@@ -144,7 +144,12 @@ impl RequestBody {
 
 impl Streaming {
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.first.is_none() && self.client_done()
+    }
+
+    /// Nothing more to read from the client (its body ended, or was cut).
+    fn client_done(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn finished(&mut self) {
@@ -155,9 +160,6 @@ impl Streaming {
 
     /// Waiting on the client: runs the idle timer; `Ready` when it expired.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.idle == Duration::MAX {
-            return false;
-        }
         if !self.armed {
             let deadline = Instant::now() + self.idle;
             match &mut self.timer {
@@ -171,7 +173,7 @@ impl Streaming {
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         if let Some(frame) = self.first.take() {
-            if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+            if self.client_done() {
                 self.finished();
             }
             return Poll::Ready(Some(Ok(frame)));
@@ -190,7 +192,7 @@ impl Streaming {
                         return Poll::Ready(Some(Err(BodyTooLarge { limit: self.limit }.into())));
                     }
                 }
-                if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+                if self.client_done() {
                     self.finished();
                 }
                 Poll::Ready(Some(Ok(frame)))
