@@ -1,18 +1,21 @@
 //! The access log: one line per request, written off the workers.
 //!
 //! Data path (the sending half) and its own writer thread (the other half).
-//! A request that finishes hands its [`Entry`] to [`AccessLog::send`],
-//! which formats the line (JSON or the combined log format) on the worker
-//! into a buffer recycled from the writer and pushes it onto a bounded
-//! lock-free queue: never a wait, never a system call, never a write on a
-//! worker, and nothing of the request (its header bytes) outlives it or is
-//! freed on another thread. A dedicated thread wakes every [`POLL`], writes
-//! what is queued with one flush and hands the buffers back: waking the
-//! writer per request cost a futex wake, two context switches and a write
-//! per line, which measured +45 % proxy CPU per request. When the writer
-//! falls behind and the queue is full, the line is dropped and counted
-//! ([`dropped`], `tidegate_access_log_dropped_total`): a slow disk never
-//! slows the proxy.
+//! A line is written in two steps on the worker, into a buffer recycled
+//! from the writer: the request's side when it arrives
+//! ([`AccessLog::begin`]: time, client, request line, host, user agent,
+//! referer, request id, copied out of the request at once, so nothing of
+//! it (its header bytes, and with them the connection's read buffer) is
+//! held while the request is in flight), and the outcome's side when the
+//! response has ended ([`AccessLog::send`]: status, bytes, durations,
+//! where it went). The finished line goes onto a bounded lock-free queue:
+//! never a wait, never a system call, never a write on a worker. A
+//! dedicated thread wakes every [`POLL`], writes what is queued with one
+//! flush and hands the buffers back: waking the writer per request cost a
+//! futex wake, two context switches and a write per line, which measured
+//! +45 % proxy CPU per request. When the writer falls behind and the queue
+//! is full, the line is dropped and counted ([`dropped`],
+//! `tidegate_access_log_dropped_total`): a slow disk never slows the proxy.
 //!
 //! `SIGUSR1` (for logrotate) asks every writer to reopen its file
 //! ([`reopen_all`]); the writer does so before its next batch. The log is
@@ -31,7 +34,7 @@ use std::sync::Arc;
 use crossbeam_queue::ArrayQueue;
 use std::time::Duration;
 
-use http::{HeaderValue, Method, Uri, Version};
+use http::Version;
 
 use crate::config::{AccessLogConfig, AccessLogFormat};
 
@@ -64,19 +67,26 @@ pub(crate) fn reopen_all() {
     REOPEN.fetch_add(1, Ordering::Relaxed);
 }
 
-/// One request, as logged.
-#[derive(Debug, Clone)]
-pub(crate) struct Entry {
+/// What a request tells when it arrives, borrowed from it for
+/// [`AccessLog::begin`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival<'a> {
     /// When the request arrived, Unix milliseconds.
-    pub(crate) start_unix_ms: u64,
-    pub(crate) request_id: HeaderValue,
+    pub(crate) unix_ms: u64,
+    pub(crate) request_id: &'a [u8],
     pub(crate) client: IpAddr,
-    pub(crate) method: Method,
-    pub(crate) host: Option<HeaderValue>,
-    pub(crate) uri: Uri,
+    pub(crate) method: &'a str,
+    pub(crate) host: Option<&'a [u8]>,
+    /// The path and query.
+    pub(crate) target: &'a str,
     pub(crate) version: Version,
-    pub(crate) user_agent: Option<HeaderValue>,
-    pub(crate) referer: Option<HeaderValue>,
+    pub(crate) user_agent: Option<&'a [u8]>,
+    pub(crate) referer: Option<&'a [u8]>,
+}
+
+/// What the rest of the exchange tells: routing, the response, its end.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Outcome {
     pub(crate) status: u16,
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
@@ -96,6 +106,16 @@ pub(crate) struct Entry {
     pub(crate) cache: Option<&'static str>,
     /// The response ended before its last byte (client gone, backend cut).
     pub(crate) incomplete: bool,
+}
+
+/// A line begun at arrival: the request's side written, the outcome's to
+/// come.
+#[derive(Debug)]
+pub(crate) struct Line {
+    buf: Vec<u8>,
+    /// Where the outcome's first part goes (the combined format puts the
+    /// status between the request line and the request's other fields).
+    split: usize,
 }
 
 /// The sending half of one `[access_log]`.
@@ -174,21 +194,49 @@ impl AccessLog {
         &self.config
     }
 
-    /// Formats `entry` and queues the line; never waits, never wakes the
-    /// writer. A full queue drops it (counted).
-    pub(crate) fn send(&self, entry: &Entry) {
-        let mut line = self
+    /// Writes the request's side of its line.
+    pub(crate) fn begin(&self, arrival: &Arrival<'_>) -> Line {
+        let buf = self
             .queue
             .spare
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(LINE_CAPACITY));
-        match self.config.format {
-            AccessLogFormat::Json => json(entry, &mut line),
-            AccessLogFormat::Combined => combined(entry, &mut line),
-        }
-        if self.queue.lines.push(line).is_err() {
+        begin_line(self.config.format, arrival, buf)
+    }
+
+    /// Ends `line` with `outcome` and queues it; never waits, never wakes
+    /// the writer. A full queue drops it (counted).
+    pub(crate) fn send(&self, line: Line, outcome: &Outcome) {
+        if self
+            .queue
+            .lines
+            .push(end_line(self.config.format, line, outcome))
+            .is_err()
+        {
             DROPPED.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// The request's side of a line, into `buf` (empty).
+fn begin_line(format: AccessLogFormat, a: &Arrival<'_>, mut buf: Vec<u8>) -> Line {
+    match format {
+        AccessLogFormat::Json => json_arrival(a, &mut buf),
+        AccessLogFormat::Combined => return combined_arrival(a, buf),
+    }
+    let split = buf.len();
+    Line { buf, split }
+}
+
+/// The whole line: `line` with the outcome's side added.
+fn end_line(format: AccessLogFormat, line: Line, o: &Outcome) -> Vec<u8> {
+    match format {
+        AccessLogFormat::Json => {
+            let mut buf = line.buf;
+            json_outcome(o, &mut buf);
+            buf
+        }
+        AccessLogFormat::Combined => combined_outcome(line, o),
     }
 }
 
@@ -483,38 +531,47 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-fn json(e: &Entry, out: &mut Vec<u8>) {
+/// `{"time":..., ..., "referer":...` (the request's fields).
+fn json_arrival(a: &Arrival<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"time\":\"");
-    rfc3339_ms(e.start_unix_ms, out);
+    rfc3339_ms(a.unix_ms, out);
     out.extend_from_slice(b"\",\"request_id\":");
-    json_str(out, e.request_id.as_bytes());
+    json_str(out, a.request_id);
     out.extend_from_slice(b",\"client\":\"");
-    ip(out, e.client);
+    ip(out, a.client);
     out.extend_from_slice(b"\",\"method\":");
-    json_str(out, e.method.as_str().as_bytes());
+    json_str(out, a.method.as_bytes());
     out.extend_from_slice(b",\"host\":");
-    json_opt(out, e.host.as_ref().map(HeaderValue::as_bytes));
+    json_opt(out, a.host);
     out.extend_from_slice(b",\"path\":");
-    json_str(out, e.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    json_str(out, a.target.as_bytes());
     out.extend_from_slice(b",\"protocol\":\"");
-    out.extend_from_slice(version(e.version).as_bytes());
-    out.extend_from_slice(b"\",\"status\":");
-    number(out, u64::from(e.status));
+    out.extend_from_slice(version(a.version).as_bytes());
+    out.extend_from_slice(b"\",\"user_agent\":");
+    json_opt(out, a.user_agent);
+    out.extend_from_slice(b",\"referer\":");
+    json_opt(out, a.referer);
+}
+
+/// `,"status":..., ...}` and the newline (the outcome's fields).
+fn json_outcome(o: &Outcome, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"status\":");
+    number(out, u64::from(o.status));
     out.extend_from_slice(b",\"bytes_in\":");
-    number(out, e.bytes_in);
+    number(out, o.bytes_in);
     out.extend_from_slice(b",\"bytes_out\":");
-    number(out, e.bytes_out);
+    number(out, o.bytes_out);
     out.extend_from_slice(b",\"duration_ms\":");
-    decimal3(out, e.duration.as_micros() as u64);
+    decimal3(out, o.duration.as_micros() as u64);
     out.extend_from_slice(b",\"queue_ms\":");
-    decimal3(out, e.queue.as_micros() as u64);
+    decimal3(out, o.queue.as_micros() as u64);
     out.extend_from_slice(b",\"pool\":");
-    json_opt(out, e.pool.as_deref().map(str::as_bytes));
+    json_opt(out, o.pool.as_deref().map(str::as_bytes));
     out.extend_from_slice(b",\"priority\":");
-    json_opt(out, e.priority.map(str::as_bytes));
+    json_opt(out, o.priority.map(str::as_bytes));
     out.extend_from_slice(b",\"cache\":");
-    json_opt(out, e.cache.map(str::as_bytes));
-    match e.backend {
+    json_opt(out, o.cache.map(str::as_bytes));
+    match o.backend {
         Some(b) => {
             out.extend_from_slice(b",\"backend\":\"");
             socket(out, b);
@@ -523,14 +580,10 @@ fn json(e: &Entry, out: &mut Vec<u8>) {
         None => out.extend_from_slice(b",\"backend\":null"),
     }
     out.extend_from_slice(b",\"error\":");
-    json_opt(out, e.error.map(str::as_bytes));
+    json_opt(out, o.error.map(str::as_bytes));
     out.extend_from_slice(b",\"rate_limit\":");
-    json_opt(out, e.rate_limit.as_deref().map(str::as_bytes));
-    out.extend_from_slice(b",\"user_agent\":");
-    json_opt(out, e.user_agent.as_ref().map(HeaderValue::as_bytes));
-    out.extend_from_slice(b",\"referer\":");
-    json_opt(out, e.referer.as_ref().map(HeaderValue::as_bytes));
-    if e.incomplete {
+    json_opt(out, o.rate_limit.as_deref().map(str::as_bytes));
+    if o.incomplete {
         out.extend_from_slice(b",\"incomplete\":true");
     }
     out.extend_from_slice(b"}\n");
@@ -570,69 +623,88 @@ const MONTHS: [&str; 12] = [
 
 /// The combined log format (Apache's and nginx's `combined`), plus the
 /// request id, duration and pool at the end:
-/// `client - - [02/Dec/2026:14:03:05 +0000] "GET /p HTTP/1.1" 200 512 "ref" "ua" id 1.234 pool`.
-fn combined(e: &Entry, out: &mut Vec<u8>) {
-    let ((y, m, d), second_of_day) = civil(e.start_unix_ms);
-    ip(out, e.client);
+/// `client - - [02/Dec/2026:14:03:05 +0000] "GET /p HTTP/1.1" 200 512 "ref" "ua" "id" 1.234 pool`.
+/// At arrival: all but the status, the bytes, the duration and the pool,
+/// with the split after the request line.
+fn combined_arrival(a: &Arrival<'_>, mut out: Vec<u8>) -> Line {
+    let ((y, m, d), second_of_day) = civil(a.unix_ms);
+    ip(&mut out, a.client);
     out.extend_from_slice(b" - - [");
-    padded(out, u64::from(d), 2);
+    padded(&mut out, u64::from(d), 2);
     out.push(b'/');
     out.extend_from_slice(MONTHS[(m - 1) as usize].as_bytes());
     out.push(b'/');
-    padded(out, y, 4);
+    padded(&mut out, y, 4);
     out.push(b':');
-    clock(out, second_of_day);
+    clock(&mut out, second_of_day);
     out.extend_from_slice(b" +0000] \"");
-    clf_escaped(out, e.method.as_str().as_bytes());
+    clf_escaped(&mut out, a.method.as_bytes());
     out.push(b' ');
-    clf_escaped(out, e.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    clf_escaped(&mut out, a.target.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(version(e.version).as_bytes());
+    out.extend_from_slice(version(a.version).as_bytes());
     out.extend_from_slice(b"\" ");
-    number(out, u64::from(e.status));
+    let split = out.len();
+    clf_quoted(&mut out, a.referer);
     out.push(b' ');
-    number(out, e.bytes_out);
+    clf_quoted(&mut out, a.user_agent);
     out.push(b' ');
-    clf_quoted(out, e.referer.as_ref().map(HeaderValue::as_bytes));
+    clf_quoted(&mut out, Some(a.request_id));
+    Line { buf: out, split }
+}
+
+/// The combined line finished: `status bytes ` at the split, the duration
+/// and the pool at the end.
+fn combined_outcome(line: Line, o: &Outcome) -> Vec<u8> {
+    let Line { buf: mut out, split } = line;
+    let tail = out.len();
+    number(&mut out, u64::from(o.status));
     out.push(b' ');
-    clf_quoted(out, e.user_agent.as_ref().map(HeaderValue::as_bytes));
+    number(&mut out, o.bytes_out);
     out.push(b' ');
-    clf_quoted(out, Some(e.request_id.as_bytes()));
+    let moved = out.len() - tail;
+    out[split..].rotate_right(moved);
     out.push(b' ');
-    decimal3(out, e.duration.as_millis() as u64);
+    decimal3(&mut out, o.duration.as_millis() as u64);
     out.push(b' ');
-    out.extend_from_slice(e.pool.as_deref().unwrap_or("-").as_bytes());
+    out.extend_from_slice(o.pool.as_deref().unwrap_or("-").as_bytes());
     out.push(b'\n');
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry() -> Entry {
-        Entry {
-            start_unix_ms: 1_796_220_185_123,
-            request_id: HeaderValue::from_static("4f2a"),
+    fn arrival() -> Arrival<'static> {
+        Arrival {
+            unix_ms: 1_796_220_185_123,
+            request_id: b"4f2a",
             client: "203.0.113.7".parse().unwrap(),
-            method: Method::GET,
-            host: Some(HeaderValue::from_static("shop.example")),
-            uri: Uri::from_static("/products/42?q=x"),
+            method: "GET",
+            host: Some(b"shop.example"),
+            target: "/products/42?q=x",
             version: Version::HTTP_11,
-            user_agent: Some(HeaderValue::from_static("curl/8")),
+            user_agent: Some(b"curl/8"),
             referer: None,
+        }
+    }
+
+    fn outcome() -> Outcome {
+        Outcome {
             status: 200,
-            bytes_in: 0,
             bytes_out: 512,
             duration: Duration::from_micros(1234),
-            queue: Duration::ZERO,
             pool: Some(Arc::from("shop")),
             backend: Some("127.0.0.1:9001".parse().unwrap()),
-            error: None,
-            rate_limit: None,
             priority: Some("normal"),
-            cache: None,
-            incomplete: false,
+            ..Outcome::default()
         }
+    }
+
+    /// The line for `a` and `o`, begun and ended as a request would.
+    fn line(format: AccessLogFormat, a: &Arrival<'_>, o: &Outcome) -> Vec<u8> {
+        end_line(format, begin_line(format, a, Vec::new()), o)
     }
 
     #[test]
@@ -680,12 +752,18 @@ mod tests {
 
     #[test]
     fn a_json_line_is_valid_json_with_every_field() {
-        let mut line = Vec::new();
-        json(&entry(), &mut line);
-        assert!(line.ends_with(b"\n"));
-        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let json = |a: &Arrival<'_>, o: &Outcome| {
+            let line = line(AccessLogFormat::Json, a, o);
+            assert_eq!(line.iter().position(|&b| b == b'\n'), Some(line.len() - 1));
+            serde_json::from_slice::<serde_json::Value>(&line).unwrap()
+        };
+        let v = json(&arrival(), &outcome());
         assert_eq!(v["time"], "2026-12-02T14:03:05.123Z");
         assert_eq!(v["path"], "/products/42?q=x");
+        assert_eq!(
+            (&v["host"], &v["user_agent"], &v["referer"]),
+            (&"shop.example".into(), &"curl/8".into(), &serde_json::Value::Null)
+        );
         assert_eq!(v["status"], 200);
         assert_eq!(v["bytes_out"], 512);
         assert_eq!(v["pool"], "shop");
@@ -694,25 +772,22 @@ mod tests {
         assert_eq!(v["error"], serde_json::Value::Null);
         assert_eq!(v["rate_limit"], serde_json::Value::Null);
         assert_eq!(v["duration_ms"], 1.234);
-        let mut limited = entry();
+        let mut limited = outcome();
         limited.status = 429;
         limited.error = Some("rate_limited");
         limited.rate_limit = Some(Arc::from("api"));
-        line.clear();
-        json(&limited, &mut line);
-        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let v = json(&arrival(), &limited);
         assert_eq!(
             (v["error"].as_str(), v["rate_limit"].as_str()),
             (Some("rate_limited"), Some("api"))
         );
-        let mut v6 = entry();
+        let mut v6 = arrival();
         v6.client = "2001:db8::7".parse().unwrap();
-        v6.backend = Some("[::1]:9001".parse().unwrap());
-        v6.duration = Duration::from_nanos(12_345_678_901);
-        v6.queue = Duration::from_micros(50);
-        line.clear();
-        json(&v6, &mut line);
-        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let mut o = outcome();
+        o.backend = Some("[::1]:9001".parse().unwrap());
+        o.duration = Duration::from_nanos(12_345_678_901);
+        o.queue = Duration::from_micros(50);
+        let v = json(&v6, &o);
         assert_eq!(
             (&v["client"], &v["backend"], &v["duration_ms"], &v["queue_ms"]),
             (
@@ -726,27 +801,22 @@ mod tests {
 
     #[test]
     fn hostile_bytes_cannot_forge_a_line() {
-        let mut e = entry();
-        e.user_agent = Some(HeaderValue::from_bytes(b"x\"}, {\"status\":1 \xff\t").unwrap());
-        let mut line = Vec::new();
-        json(&e, &mut line);
-        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
-        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let mut a = arrival();
+        a.user_agent = Some(b"x\"}, {\"status\":1 \xff\t");
+        let json = line(AccessLogFormat::Json, &a, &outcome());
+        assert_eq!(json.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["status"], 200);
         assert_eq!(v["user_agent"], "x\"}, {\"status\":1 \u{fffd}\t");
-        line.clear();
-        combined(&e, &mut line);
-        let line = String::from_utf8(line).unwrap();
+        let line = String::from_utf8(line(AccessLogFormat::Combined, &a, &outcome())).unwrap();
         assert_eq!(line.matches('\n').count(), 1);
         assert!(line.contains(r#""x\"}, {\"status\":1 \xFF\x09""#), "{line}");
     }
 
     #[test]
     fn the_combined_format_reads_like_nginx() {
-        let mut line = Vec::new();
-        combined(&entry(), &mut line);
         assert_eq!(
-            String::from_utf8(line).unwrap(),
+            String::from_utf8(line(AccessLogFormat::Combined, &arrival(), &outcome())).unwrap(),
             "203.0.113.7 - - [02/Dec/2026:14:03:05 +0000] \"GET /products/42?q=x HTTP/1.1\" 200 512 \"-\" \"curl/8\" \"4f2a\" 0.001 shop\n"
         );
     }

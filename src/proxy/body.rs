@@ -29,7 +29,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::conn::ClientConn;
 use super::error::UPSTREAM_READ_TIMEOUT;
-use crate::access_log::{AccessLog, Entry};
+use crate::access_log::{AccessLog, Line, Outcome};
 use crate::pool::health::note_failure;
 use crate::pool::InFlight;
 use crate::upstream::body::RequestBody;
@@ -60,7 +60,9 @@ pub(crate) struct ResponseBody {
 /// An access-log entry waiting for its response to end.
 pub(crate) struct Logged {
     pub(crate) log: Arc<AccessLog>,
-    pub(crate) entry: Entry,
+    /// The request's side, written at arrival.
+    pub(crate) line: Line,
+    pub(crate) outcome: Outcome,
     pub(crate) started: Instant,
     /// The request body's byte count (added when that body is dropped).
     pub(crate) bytes_in: Option<Arc<AtomicU64>>,
@@ -154,11 +156,18 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some(mut l) = self.logged.take() {
-            l.entry.duration = l.started.elapsed();
-            l.entry.bytes_in = l.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
-            l.entry.incomplete = !self.is_end_stream();
-            l.log.send(&l.entry);
+        if let Some(l) = self.logged.take() {
+            let Logged {
+                log,
+                line,
+                mut outcome,
+                started,
+                bytes_in,
+            } = *l;
+            outcome.duration = started.elapsed();
+            outcome.bytes_in = bytes_in.map_or(0, |b| b.load(Ordering::Relaxed));
+            outcome.incomplete = !self.is_end_stream();
+            log.send(line, &outcome);
         }
     }
 }
@@ -212,7 +221,7 @@ impl Body for ResponseBody {
         let this = &mut *self;
         let polled = this.kind.poll_frame(cx);
         if let (Some(l), Poll::Ready(Some(Ok(frame)))) = (&mut this.logged, &polled) {
-            l.entry.bytes_out += frame.data_ref().map_or(0, |d| d.len() as u64);
+            l.outcome.bytes_out += frame.data_ref().map_or(0, |d| d.len() as u64);
         }
         polled
     }

@@ -140,9 +140,9 @@ impl tower::Service<Request<Incoming>> for Proxy {
                         None => conn.state.count_error(e.index()),
                     }
                     if let Some(l) = &mut logged {
-                        l.entry.error = Some(e.label());
+                        l.outcome.error = Some(e.label());
                         if let ProxyError::RateLimited { rule, .. } = &e {
-                            l.entry.rate_limit = Some(Arc::clone(rule));
+                            l.outcome.rate_limit = Some(Arc::clone(rule));
                         }
                     }
                     let mut resp = e.into_response();
