@@ -84,11 +84,15 @@ pub(crate) struct TidegateParams {
     pub(crate) headroom_quantile: f64,
     /// Seconds of forecast errors the quantile reads.
     pub(crate) headroom_window: u64,
-    /// Errors above [`SURPRISE`] count toward the headroom only once they
-    /// have come in at least this many episodes (runs more than
-    /// [`EPISODE_GAP`] apart) within the window: one surprise is not noise
-    /// (1: always counted). 2 won 27 of 33 training rows against 23.
+    /// Errors above `surprise_error` count toward the headroom only once
+    /// they have come in at least this many episodes (runs more than
+    /// `episode_gap` seconds apart) within the window: one surprise is not
+    /// noise (1: always counted). 2 won 27 of 33 training rows against 23.
     pub(crate) surprise_episodes: u32,
+    /// A relative forecast error above this is a surprise, not noise.
+    pub(crate) surprise_error: f64,
+    /// Surprises closer than this many seconds belong to one episode.
+    pub(crate) episode_gap: u64,
     /// The share of requests allowed to wait longer than `slo` at the
     /// rate with headroom (the forecast itself is sized to `epsilon`).
     pub(crate) headroom_epsilon: f64,
@@ -126,6 +130,8 @@ impl Default for TidegateParams {
             headroom_quantile: 0.95,
             headroom_window: 1800,
             surprise_episodes: 2,
+            surprise_error: 0.5,
+            episode_gap: 300,
             headroom_epsilon: 0.0003,
             service_cv: true,
             forecast_trust_error: 0.3,
@@ -164,6 +170,8 @@ impl TidegateParams {
                 "headroom_window" => self.headroom_window = num()? as u64,
                 "headroom_epsilon" => self.headroom_epsilon = num()?,
                 "surprise_episodes" => self.surprise_episodes = num()? as u32,
+                "surprise_error" => self.surprise_error = num()?,
+                "episode_gap" => self.episode_gap = num()? as u64,
                 "service_cv" => self.service_cv = on()?,
                 "forecast_trust_error" => self.forecast_trust_error = num()?,
                 "peak_trust" => self.peak_trust = num()?,
@@ -184,7 +192,7 @@ struct Residuals {
     bins: Vec<u32>,
     window: VecDeque<(u64, u16)>,
     count: u32,
-    /// Errors in the window above [`SURPRISE`].
+    /// Errors in the window above the surprise level.
     surprises: u32,
     /// Start of each run of surprises in the window, and the last
     /// surprise's time.
@@ -198,10 +206,6 @@ const MAX_ERROR: f64 = 4.0;
 const ERROR_BINS: usize = ((1.0 + MAX_ERROR) / ERROR_STEP) as usize + 1;
 /// Fewer errors than this: no headroom from them yet.
 const MIN_ERRORS: u32 = 30;
-/// A forecast this far short (+50 %) is a surprise, not noise.
-const SURPRISE: f64 = 0.5;
-/// Surprises closer than this belong to one episode.
-const EPISODE_GAP: u64 = 300;
 
 fn bin_of(error: f64) -> usize {
     (((error.clamp(-1.0, MAX_ERROR) + 1.0) / ERROR_STEP).round() as usize).min(ERROR_BINS - 1)
@@ -221,26 +225,27 @@ impl Default for Residuals {
 }
 
 impl Residuals {
-    fn add(&mut self, t: u64, error: f64) {
+    fn add(&mut self, t: u64, error: f64, p: &TidegateParams) {
         let bin = bin_of(error);
         self.bins[bin] += 1;
         self.count += 1;
         self.window.push_back((t, bin as u16));
-        if bin >= bin_of(SURPRISE) {
+        if bin >= bin_of(p.surprise_error) {
             self.surprises += 1;
-            if self.last_surprise.is_none_or(|last| t > last + EPISODE_GAP) {
+            if self.last_surprise.is_none_or(|last| t > last + p.episode_gap) {
                 self.episodes.push_back(t);
             }
             self.last_surprise = Some(t);
         }
     }
 
-    fn expire(&mut self, now: u64, window: u64) {
+    fn expire(&mut self, now: u64, p: &TidegateParams) {
+        let window = p.headroom_window;
         while self.window.front().is_some_and(|(t, _)| t + window <= now) {
             let (_, bin) = self.window.pop_front().expect("checked");
             self.bins[usize::from(bin)] -= 1;
             self.count -= 1;
-            if usize::from(bin) >= bin_of(SURPRISE) {
+            if usize::from(bin) >= bin_of(p.surprise_error) {
                 self.surprises -= 1;
             }
         }
@@ -254,12 +259,13 @@ impl Residuals {
         }
     }
 
-    /// The `q` quantile of the errors (0 with too few of them); errors
-    /// above [`SURPRISE`] left out while they came in fewer than
-    /// `episodes` separate episodes.
-    fn quantile(&self, q: f64, episodes: u32) -> f64 {
-        let (count, top) = if (self.episodes.len() as u32) < episodes {
-            (self.count - self.surprises, bin_of(SURPRISE))
+    /// The `headroom_quantile` of the errors (0 with too few of them);
+    /// surprises left out while they came in fewer than
+    /// `surprise_episodes` separate episodes.
+    fn quantile(&self, p: &TidegateParams) -> f64 {
+        let q = p.headroom_quantile;
+        let (count, top) = if (self.episodes.len() as u32) < p.surprise_episodes {
+            (self.count - self.surprises, bin_of(p.surprise_error))
         } else {
             (self.count, ERROR_BINS)
         };
@@ -409,12 +415,12 @@ pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, no
         .is_some_and(|(t, _)| *t as f64 + delay <= now as f64)
     {
         let (_, said) = st.forecasts.pop_front().expect("checked");
-        st.residuals.add(now, excess_error(rate, said));
+        st.residuals.add(now, excess_error(rate, said), p);
     }
     st.forecasts.push_back((now, forecast));
-    st.residuals.expire(now, p.headroom_window);
+    st.residuals.expire(now, p);
     let headroom = if p.headroom_quantile > 0.0 {
-        st.residuals.quantile(p.headroom_quantile, p.surprise_episodes).max(0.0)
+        st.residuals.quantile(p).max(0.0)
     } else {
         0.0
     };
@@ -608,8 +614,8 @@ mod tests {
             n_last = run(&p, &mut noisy_st, &noisy, t, &pool(5));
             s_last = run(&p, &mut smooth_st, &smooth, t, &pool(5));
         }
-        assert!(noisy_st.residuals.quantile(p.headroom_quantile, p.surprise_episodes) > 0.2);
-        assert!(smooth_st.residuals.quantile(p.headroom_quantile, p.surprise_episodes) < 0.05);
+        assert!(noisy_st.residuals.quantile(&p) > 0.2);
+        assert!(smooth_st.residuals.quantile(&p) < 0.05);
         assert!(n_last > s_last, "{n_last} vs {s_last}");
     }
 
@@ -618,33 +624,33 @@ mod tests {
         let p = TidegateParams::default();
         let mut r = Residuals::default();
         let quantile = |r: &mut Residuals, now| {
-            r.expire(now, p.headroom_window);
-            r.quantile(p.headroom_quantile, p.surprise_episodes)
+            r.expire(now, &p);
+            r.quantile(&p)
         };
         // Half an hour of small errors, then a 10x spike for 3 minutes.
         for t in 0..1800 {
-            r.add(t, 0.01);
+            r.add(t, 0.01, &p);
         }
         for t in 1800..1980 {
-            r.add(t, 9.0);
+            r.add(t, 9.0, &p);
         }
         assert!(quantile(&mut r, 1980) < 0.05, "one episode is a surprise");
-        assert_eq!(
-            r.quantile(p.headroom_quantile, 1),
-            MAX_ERROR,
-            "counted at once when asked"
-        );
+        let at_once = TidegateParams {
+            surprise_episodes: 1,
+            ..p
+        };
+        assert_eq!(r.quantile(&at_once), MAX_ERROR, "counted at once when asked");
         // Quiet for ten minutes, then another spike: a pattern.
         for t in 1980..2580 {
-            r.add(t, 0.01);
+            r.add(t, 0.01, &p);
         }
         for t in 2580..2640 {
-            r.add(t, 9.0);
+            r.add(t, 9.0, &p);
         }
         assert_eq!(quantile(&mut r, 2640), MAX_ERROR);
         // Both spikes leave the window: surprise-free again.
         for t in 2640..4500 {
-            r.add(t, 0.01);
+            r.add(t, 0.01, &p);
         }
         assert!(quantile(&mut r, 4500) < 0.05);
         assert!(r.episodes.is_empty() && r.surprises == 0);
