@@ -25,6 +25,7 @@
 //! held it has logged. At exit, [`AccessLog::flush`] waits for the last
 //! lines.
 
+use std::cell::Cell;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -427,17 +428,56 @@ fn json_opt(out: &mut Vec<u8>, v: Option<&[u8]>) {
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-12-02T14:03:05.123Z`.
 fn rfc3339_ms(unix_ms: u64, out: &mut Vec<u8>) {
-    let ((y, m, d), second_of_day) = civil(unix_ms);
-    padded(out, y, 4);
-    out.push(b'-');
-    padded(out, u64::from(m), 2);
-    out.push(b'-');
-    padded(out, u64::from(d), 2);
-    out.push(b'T');
-    clock(out, second_of_day);
+    second(out, unix_ms, AccessLogFormat::Json);
     out.push(b'.');
     padded(out, unix_ms % 1000, 3);
     out.push(b'Z');
+}
+
+/// The date and clock of `unix_ms`'s second as `format` writes them
+/// (`2026-12-02T14:03:05`, `02/Dec/2026:14:03:05`). Consecutive lines
+/// nearly always share their second: each thread keeps the last one
+/// written and copies it.
+fn second(out: &mut Vec<u8>, unix_ms: u64, format: AccessLogFormat) {
+    /// `(Unix second, format, text, its length)`.
+    type Written = (u64, AccessLogFormat, [u8; 20], usize);
+    thread_local! {
+        static LAST: Cell<Option<Written>> = const { Cell::new(None) };
+    }
+    let unix_s = unix_ms / 1000;
+    if let Some((s, f, text, len)) = LAST.get() {
+        if (s, f) == (unix_s, format) {
+            out.extend_from_slice(&text[..len]);
+            return;
+        }
+    }
+    let start = out.len();
+    let ((y, m, d), second_of_day) = civil(unix_ms);
+    match format {
+        AccessLogFormat::Json => {
+            padded(out, y, 4);
+            out.push(b'-');
+            padded(out, u64::from(m), 2);
+            out.push(b'-');
+            padded(out, u64::from(d), 2);
+            out.push(b'T');
+        }
+        AccessLogFormat::Combined => {
+            padded(out, u64::from(d), 2);
+            out.push(b'/');
+            out.extend_from_slice(MONTHS[(m - 1) as usize].as_bytes());
+            out.push(b'/');
+            padded(out, y, 4);
+            out.push(b':');
+        }
+    }
+    clock(out, second_of_day);
+    let written = &out[start..];
+    let mut text = [0u8; 20];
+    if let Some(slot) = text.get_mut(..written.len()) {
+        slot.copy_from_slice(written);
+        LAST.set(Some((unix_s, format, text, written.len())));
+    }
 }
 
 // Numbers and addresses are written digit by digit: `core::fmt` (write!)
@@ -627,16 +667,9 @@ const MONTHS: [&str; 12] = [
 /// At arrival: all but the status, the bytes, the duration and the pool,
 /// with the split after the request line.
 fn combined_arrival(a: &Arrival<'_>, mut out: Vec<u8>) -> Line {
-    let ((y, m, d), second_of_day) = civil(a.unix_ms);
     ip(&mut out, a.client);
     out.extend_from_slice(b" - - [");
-    padded(&mut out, u64::from(d), 2);
-    out.push(b'/');
-    out.extend_from_slice(MONTHS[(m - 1) as usize].as_bytes());
-    out.push(b'/');
-    padded(&mut out, y, 4);
-    out.push(b':');
-    clock(&mut out, second_of_day);
+    second(&mut out, a.unix_ms, AccessLogFormat::Combined);
     out.extend_from_slice(b" +0000] \"");
     clf_escaped(&mut out, a.method.as_bytes());
     out.push(b' ');
@@ -748,6 +781,18 @@ mod tests {
         assert_eq!(date(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(date(951_782_400_000), "2000-02-29T00:00:00.000Z"); // a leap day
         assert_eq!(date(1_796_220_185_123), "2026-12-02T14:03:05.123Z");
+        // The second remembered per thread: the same second again, in the
+        // other format, then the next second.
+        let combined = |ms| {
+            let mut s = Vec::new();
+            second(&mut s, ms, AccessLogFormat::Combined);
+            String::from_utf8(s).unwrap()
+        };
+        assert_eq!(date(1_796_220_185_999), "2026-12-02T14:03:05.999Z");
+        assert_eq!(combined(1_796_220_185_500), "02/Dec/2026:14:03:05");
+        assert_eq!(date(1_796_220_185_001), "2026-12-02T14:03:05.001Z");
+        assert_eq!(date(1_796_220_186_000), "2026-12-02T14:03:06.000Z");
+        assert_eq!(combined(1_796_220_186_000), "02/Dec/2026:14:03:06");
     }
 
     #[test]
