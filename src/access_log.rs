@@ -8,7 +8,8 @@
 //! it (its header bytes, and with them the connection's read buffer) is
 //! held while the request is in flight), and the outcome's side when the
 //! response has ended ([`AccessLog::send`]: status, bytes, durations,
-//! where it went). The finished line goes onto a bounded lock-free queue:
+//! where it went). A request in flight holds its line's buffer (512 bytes
+//! at first) from arrival to the end. The finished line goes onto a bounded lock-free queue:
 //! never a wait, never a system call, never a write on a worker. A
 //! dedicated thread wakes every [`POLL`], writes what is queued with one
 //! flush and hands the buffers back: waking the writer per request cost a
@@ -51,14 +52,14 @@ const SPARE: usize = 1024;
 const LINE_CAPACITY: usize = 512;
 const KEPT_CAPACITY: usize = 4096;
 
-/// How often the writer looks at its queue (8,192 entries per 20 ms: the
+/// How often the writer looks at its queue (8,192 lines per 20 ms: the
 /// log keeps up to about 400,000 requests a second).
 const POLL: Duration = Duration::from_millis(20);
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static REOPEN: AtomicU64 = AtomicU64::new(0);
 
-/// Entries dropped because a writer was behind (process lifetime).
+/// Lines dropped because a writer was behind (process lifetime).
 pub(crate) fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
@@ -700,7 +701,7 @@ fn combined_outcome(line: Line, o: &Outcome) -> Vec<u8> {
     out.push(b' ');
     decimal3(&mut out, o.duration.as_millis() as u64);
     out.push(b' ');
-    out.extend_from_slice(o.pool.as_deref().unwrap_or("-").as_bytes());
+    clf_escaped(&mut out, o.pool.as_deref().unwrap_or("-").as_bytes());
     out.push(b'\n');
     out
 }

@@ -85,13 +85,13 @@ pub(crate) struct TidegateParams {
     /// Seconds of forecast errors the quantile reads.
     pub(crate) headroom_window: u64,
     /// Errors above `surprise_error` count toward the headroom only once
-    /// they have come in at least this many episodes (runs more than
+    /// they have come in at least this many episodes (runs at least
     /// `episode_gap` seconds apart) within the window: one surprise is not
-    /// noise (1: always counted). 2 won 27 of 33 training rows against 23.
+    /// a pattern (1: always counted). 2 won 27 of 33 training rows against 23.
     pub(crate) surprise_episodes: u32,
     /// A relative forecast error above this is a surprise, not noise.
     pub(crate) surprise_error: f64,
-    /// Surprises closer than this many seconds belong to one episode.
+    /// Surprises less than this many seconds apart belong to one episode.
     pub(crate) episode_gap: u64,
     /// The share of requests allowed to wait longer than `slo` at the
     /// rate with headroom (the forecast itself is sized to `epsilon`).
@@ -190,14 +190,13 @@ impl TidegateParams {
 #[derive(Debug, Clone)]
 struct Residuals {
     bins: Vec<u32>,
-    window: VecDeque<(u64, u16)>,
+    /// `(t, bin, a surprise)`, oldest first.
+    window: VecDeque<(u64, u16, bool)>,
     count: u32,
     /// Errors in the window above the surprise level.
     surprises: u32,
-    /// Start of each run of surprises in the window, and the last
-    /// surprise's time.
-    episodes: VecDeque<u64>,
-    last_surprise: Option<u64>,
+    /// `(first, last)` surprise of each episode in the window.
+    episodes: VecDeque<(u64, u64)>,
 }
 
 /// Relative errors from -1 to +`MAX_ERROR` in steps of `ERROR_STEP`.
@@ -219,7 +218,6 @@ impl Default for Residuals {
             count: 0,
             surprises: 0,
             episodes: VecDeque::new(),
-            last_surprise: None,
         }
     }
 }
@@ -227,35 +225,30 @@ impl Default for Residuals {
 impl Residuals {
     fn add(&mut self, t: u64, error: f64, p: &TidegateParams) {
         let bin = bin_of(error);
+        let surprise = error > p.surprise_error;
         self.bins[bin] += 1;
         self.count += 1;
-        self.window.push_back((t, bin as u16));
-        if bin >= bin_of(p.surprise_error) {
+        self.window.push_back((t, bin as u16, surprise));
+        if surprise {
             self.surprises += 1;
-            if self.last_surprise.is_none_or(|last| t > last + p.episode_gap) {
-                self.episodes.push_back(t);
+            match self.episodes.back_mut() {
+                Some((_, last)) if t < *last + p.episode_gap => *last = t,
+                _ => self.episodes.push_back((t, t)),
             }
-            self.last_surprise = Some(t);
         }
     }
 
     fn expire(&mut self, now: u64, p: &TidegateParams) {
         let window = p.headroom_window;
-        while self.window.front().is_some_and(|(t, _)| t + window <= now) {
-            let (_, bin) = self.window.pop_front().expect("checked");
+        while self.window.front().is_some_and(|(t, _, _)| t + window <= now) {
+            let (_, bin, surprise) = self.window.pop_front().expect("checked");
             self.bins[usize::from(bin)] -= 1;
             self.count -= 1;
-            if usize::from(bin) >= bin_of(p.surprise_error) {
-                self.surprises -= 1;
-            }
+            self.surprises -= u32::from(surprise);
         }
-        // An episode leaves when its last surprise has: the newest one
-        // stays while any surprise does.
-        while self.episodes.len() > 1 && self.episodes.get(1).is_some_and(|t| t + window <= now) {
+        // An episode leaves with its last surprise.
+        while self.episodes.front().is_some_and(|(_, last)| last + window <= now) {
             self.episodes.pop_front();
-        }
-        if self.surprises == 0 {
-            self.episodes.clear();
         }
     }
 
@@ -264,17 +257,19 @@ impl Residuals {
     /// `surprise_episodes` separate episodes.
     fn quantile(&self, p: &TidegateParams) -> f64 {
         let q = p.headroom_quantile;
-        let (count, top) = if (self.episodes.len() as u32) < p.surprise_episodes {
-            (self.count - self.surprises, bin_of(p.surprise_error))
+        // Left out, the surprises are the top of the distribution: the
+        // quantile is taken over the rest, from the bottom bin up.
+        let count = if (self.episodes.len() as u32) < p.surprise_episodes {
+            self.count - self.surprises
         } else {
-            (self.count, ERROR_BINS)
+            self.count
         };
         if count < MIN_ERRORS {
             return 0.0;
         }
         let rank = (q * f64::from(count)).ceil() as u32;
         let mut seen = 0;
-        for (i, &n) in self.bins[..top].iter().enumerate() {
+        for (i, &n) in self.bins.iter().enumerate() {
             seen += n;
             if seen >= rank.max(1) {
                 return i as f64 * ERROR_STEP - 1.0;
@@ -648,12 +643,27 @@ mod tests {
             r.add(t, 9.0, &p);
         }
         assert_eq!(quantile(&mut r, 2640), MAX_ERROR);
+        // The first spike's episode leaves with its last error (at
+        // 1979 + 1800): one episode again.
+        for t in 2640..3779 {
+            r.add(t, 0.01, &p);
+        }
+        r.expire(3778, &p);
+        assert_eq!(r.episodes.len(), 2);
+        r.expire(3779, &p);
+        assert_eq!(r.episodes.len(), 1);
         // Both spikes leave the window: surprise-free again.
-        for t in 2640..4500 {
+        for t in 3779..4500 {
             r.add(t, 0.01, &p);
         }
         assert!(quantile(&mut r, 4500) < 0.05);
         assert!(r.episodes.is_empty() && r.surprises == 0);
+        // Surprises a gap apart or more are two episodes; closer, one.
+        let mut r = Residuals::default();
+        for t in [0, p.episode_gap - 1, 2 * p.episode_gap - 1] {
+            r.add(t, 9.0, &p);
+        }
+        assert_eq!(r.episodes.len(), 2);
     }
 
     #[test]

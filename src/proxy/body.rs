@@ -52,12 +52,12 @@ pub(crate) enum ResponseBodyError {
 /// The body returned to the client.
 pub(crate) struct ResponseBody {
     kind: Kind,
-    /// The request's access-log entry, sent when the body is dropped (its
+    /// The request's access-log line, sent when the body is dropped (its
     /// last byte gone, or the client gone).
     logged: Option<Box<Logged>>,
 }
 
-/// An access-log entry waiting for its response to end.
+/// An access-log line waiting for its response to end.
 pub(crate) struct Logged {
     pub(crate) log: Arc<AccessLog>,
     /// The request's side, written at arrival.
