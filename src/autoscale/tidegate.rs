@@ -22,7 +22,7 @@
 //!    errors over the last 30 minutes: noisy, bursty traffic gets more
 //!    headroom, smooth traffic less, and no constant has to guess which.
 //!    A surprise (a forecast short by more than half) counts only once
-//!    another has come more than 5 minutes apart within the window: one
+//!    another has come at least 5 minutes apart within the window: one
 //!    spike says nothing of the next half hour, repeated ones do.
 //! 5. **Sizing**: the fewest backends for which a request waits longer than
 //!    the SLO with probability at most `epsilon` (Erlang C, with the
@@ -206,6 +206,7 @@ const ERROR_BINS: usize = ((1.0 + MAX_ERROR) / ERROR_STEP) as usize + 1;
 /// Fewer errors than this: no headroom from them yet.
 const MIN_ERRORS: u32 = 30;
 
+/// The bin a relative error falls in.
 fn bin_of(error: f64) -> usize {
     (((error.clamp(-1.0, MAX_ERROR) + 1.0) / ERROR_STEP).round() as usize).min(ERROR_BINS - 1)
 }
