@@ -41,7 +41,9 @@ impl Fixture {
             id,
         };
         f.build_image();
-        docker(&["network", "create", &f.network]);
+        // Internal: no route in or out beyond this host's bridge, so the
+        // backends' listeners are reachable from the host alone.
+        docker(&["network", "create", "--internal", &f.network]);
         f
     }
 
@@ -87,9 +89,10 @@ impl Fixture {
     }
 
     /// The backend listens on every address *inside its container* (its
-    /// own network namespace): that is how tidegate reaches it at the
-    /// container's address on the test network. Nothing on the host binds
-    /// beyond 127.0.0.1.
+    /// own network namespace, whose loopback the host cannot reach): that
+    /// is how tidegate reaches it at the container's address on the test
+    /// network, an internal one that routes nowhere beyond this host.
+    /// Nothing on the host binds beyond 127.0.0.1.
     fn config(&self) -> String {
         format!(
             "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\
