@@ -9,14 +9,15 @@
 //! held while the request is in flight), and the outcome's side when the
 //! response has ended ([`AccessLog::send`]: status, bytes, durations,
 //! where it went). A request in flight holds its line's buffer (512 bytes
-//! at first) from arrival to the end. The finished line goes onto a bounded lock-free queue:
-//! never a wait, never a system call, never a write on a worker. A
-//! dedicated thread wakes every [`POLL`], writes what is queued with one
-//! flush and hands the buffers back: waking the writer per request cost a
-//! futex wake, two context switches and a write per line, which measured
-//! +45 % proxy CPU per request. When the writer falls behind and the queue
-//! is full, the line is dropped and counted ([`dropped`],
-//! `tidegate_access_log_dropped_total`): a slow disk never slows the proxy.
+//! at first) from arrival to the end. The finished line goes onto a
+//! bounded lock-free queue: never a wait, never a system call, never a
+//! write on a worker. A dedicated thread wakes every [`POLL`], writes what
+//! is queued with one flush and hands the buffers back: waking the writer
+//! per request cost a futex wake, two context switches and a write per
+//! line, which measured +45 % proxy CPU per request. When the writer falls
+//! behind and the queue is full, the line is dropped and counted
+//! ([`dropped`], `tidegate_access_log_dropped_total`): a slow disk never
+//! slows the proxy.
 //!
 //! `SIGUSR1` (for logrotate) asks every writer to reopen its file
 //! ([`reopen_all`]); the writer does so before its next batch. The log is
