@@ -23,8 +23,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use tokio::time::{Instant, Sleep};
 
 use super::conn::ClientConn;
@@ -32,19 +30,19 @@ use super::error::UPSTREAM_READ_TIMEOUT;
 use crate::access_log::{AccessLog, Line, Outcome};
 use crate::pool::health::note_failure;
 use crate::pool::InFlight;
-use crate::upstream::body::RequestBody;
+use crate::upstream::{UpstreamBody, UpstreamError};
 
-/// What a finished upstream body gives back.
+/// What a finished upstream body gives back (its HTTP/1.1 connection,
+/// which the body owns, goes back to the backend's pool with it).
 struct Lease {
     slot: InFlight,
-    conn: Option<http1::SendRequest<RequestBody>>,
 }
 
 /// Why a response body ended before its end.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ResponseBodyError {
     #[error("backend body: {0}")]
-    Upstream(#[from] hyper::Error),
+    Upstream(#[from] UpstreamError),
     #[error("the backend sent nothing for {0:?}")]
     ReadTimeout(Duration),
 }
@@ -78,7 +76,7 @@ enum Kind {
 
 /// A backend's body on its way through.
 struct Streaming {
-    inner: Incoming,
+    inner: UpstreamBody,
     lease: Option<Lease>,
     /// Bytes passed on, added to the pool's count once, when the lease
     /// ends (not one shared atomic add per frame).
@@ -97,9 +95,8 @@ impl ResponseBody {
     /// to return to the pool) until it ends; cut when the backend sends
     /// nothing for `read_timeout`.
     pub(crate) fn upstream(
-        inner: Incoming,
+        inner: UpstreamBody,
         slot: InFlight,
-        conn: Option<http1::SendRequest<RequestBody>>,
         client: Arc<ClientConn>,
         read_timeout: Duration,
     ) -> ResponseBody {
@@ -109,7 +106,7 @@ impl ResponseBody {
         }
         let mut body = ResponseBody::from(Kind::Upstream(Streaming {
             inner,
-            lease: Some(Lease { slot, conn }),
+            lease: Some(Lease { slot }),
             sent: 0,
             client,
             untaken,
@@ -181,8 +178,8 @@ impl Streaming {
     }
 
     fn finish(&mut self) {
-        if let Some(Lease { slot, conn }) = self.release() {
-            if let Some(conn) = conn {
+        if let Some(Lease { slot }) = self.release() {
+            if let Some(conn) = self.inner.reusable() {
                 slot.backend().upstream.check_in(conn);
             }
             drop(slot);

@@ -75,7 +75,7 @@ pub(crate) enum ProxyError {
     #[error("backend did not send a response head in time")]
     ResponseTimeout,
     #[error("backend failed: {0}")]
-    Upstream(hyper::Error),
+    Upstream(crate::upstream::UpstreamError),
     /// CONNECT: tidegate is a reverse proxy, not a tunnel to anywhere.
     #[error("method not allowed")]
     MethodNotAllowed,

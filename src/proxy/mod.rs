@@ -47,7 +47,6 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 
 pub(crate) use body::ResponseBody;
 pub(crate) use conn::ClientConn;
@@ -62,7 +61,7 @@ use crate::pool::health::passive_outcome;
 use crate::pool::{AdmitError, InFlight};
 use crate::state::{Snapshot, State};
 use crate::upstream::body::{RequestBody, Tallies};
-use crate::upstream::HeadLimits;
+use crate::upstream::{HeadLimits, UpstreamBody};
 use request::{
     affinity_key, check_framing, content_length, has_no_body, head_of, is_idempotent, rate_limit, rebuild,
     request_host, upstream_request,
@@ -374,13 +373,13 @@ async fn attempts(
         let elapsed_ns = sent_at.elapsed().as_nanos() as u64;
         // A 101 the request did not ask for (or to another protocol) is
         // never passed on: it would open a tunnel past routing and limits.
-        if let Ok((resp, _)) = &outcome {
+        if let Ok(resp) = &outcome {
             let asked = upgrade.as_ref().filter(|_| client_upgrade.is_some());
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !asked.is_some_and(|a| switches_to(resp, a)) {
                 outcome = Err(SendError::Invalid("a 101 the request did not ask for"));
             }
         }
-        let status = outcome.as_ref().ok().map(|(r, _)| r.status().as_u16());
+        let status = outcome.as_ref().ok().map(|r| r.status().as_u16());
         let now_ns = clock_ns();
         backend.record(status, elapsed_ns, now_ns, EWMA_DECAY.as_nanos() as f64);
         // Only what the backend caused counts toward its ejection; a client
@@ -393,7 +392,7 @@ async fn attempts(
         let local = matches!(&outcome, Err(SendError::Connect(e, _)) if e.is_local());
         if client.is_none() && !local {
             let failed = match &outcome {
-                Ok((r, _)) => r.status().is_server_error(),
+                Ok(r) => r.status().is_server_error(),
                 Err(_) => true,
             };
             passive_outcome(pool, &backend, failed, now_ns);
@@ -404,7 +403,7 @@ async fn attempts(
             pool.shared.record(status_class(status), total_ns);
         };
         match outcome {
-            Ok((resp, sender)) => {
+            Ok(resp) => {
                 done(status);
                 let limits = &snapshot.config.limits;
                 let exchange = Exchange {
@@ -412,7 +411,7 @@ async fn attempts(
                     read_timeout: cfg.read_timeout,
                     tunnel_idle: limits.tunnel_idle_timeout,
                 };
-                return Ok(respond(resp, sender, slot, client_upgrade, exchange));
+                return Ok(respond(resp, slot, client_upgrade, exchange));
             }
             Err(SendError::Connect(e, back)) => {
                 tracing::debug!(backend = %backend.address, error = %e, "connect failed");
@@ -468,24 +467,24 @@ struct Exchange<'a> {
 /// side closes or it idles out, and tells the connection's framing guard
 /// to step aside.
 fn respond(
-    mut resp: Response<Incoming>,
-    sender: Option<http1::SendRequest<crate::upstream::body::RequestBody>>,
+    resp: Response<UpstreamBody>,
     slot: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     exchange: Exchange<'_>,
 ) -> Response<ResponseBody> {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client) = client_upgrade {
-            let upstream = hyper::upgrade::on(&mut resp);
+    let (mut parts, body) = resp.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // `attempts` passes on only a 101 that was asked for, over
+        // HTTP/1.1; anything else of it is ended here, slot and all.
+        let upstream = body.upgraded();
+        if let (Some(client), Some(upstream)) = (client_upgrade, upstream) {
             exchange.client.switched.store(true, Ordering::Release);
             tokio::spawn(tunnel(client, upstream, slot, exchange.tunnel_idle));
-            let (mut parts, _) = resp.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers, true);
-            return Response::from_parts(parts, ResponseBody::empty());
         }
+        headers::strip_hop_by_hop(&mut parts.headers, true);
+        return Response::from_parts(parts, ResponseBody::empty());
     }
-    let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    let body = ResponseBody::upstream(body, slot, sender, Arc::clone(exchange.client), exchange.read_timeout);
+    let body = ResponseBody::upstream(body, slot, Arc::clone(exchange.client), exchange.read_timeout);
     Response::from_parts(parts, body)
 }

@@ -7,14 +7,12 @@
 //! request untouched, so the caller may try another backend.
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
 
 use super::error::ProxyError;
 use crate::config::{PoolConfig, UpstreamProtocol};
 use crate::pool::Backend;
 use crate::upstream::body::{BodyTooLarge, RequestBody, RequestBodyError};
-use crate::upstream::{ConnectError, HeadLimits};
+use crate::upstream::{h1, ConnectError, HeadLimits, UpstreamBody, UpstreamError};
 
 pub(super) enum SendError {
     /// Nothing reached the backend; the request comes back for a retry.
@@ -22,12 +20,12 @@ pub(super) enum SendError {
     /// No response head within `response_header` of the body being sent.
     Timeout,
     /// The exchange broke (the request may have reached the backend).
-    Failed(hyper::Error),
+    Failed(UpstreamError),
     /// The backend answered something that must not be passed on.
     Invalid(&'static str),
 }
 
-pub(super) type Sent = (Response<Incoming>, Option<http1::SendRequest<RequestBody>>);
+pub(super) type Sent = Response<UpstreamBody>;
 
 /// Sends one request to one backend. A pooled HTTP/1.1 connection that
 /// turns out to be closed hands the request back unsent, and a fresh
@@ -51,36 +49,30 @@ pub(super) async fn send(
     tokio::pin!(answer_by);
     match cfg.upstream {
         UpstreamProtocol::Http1 => loop {
-            let (mut sender, fresh) = match up.pooled_h1(cfg.idle_timeout).await {
-                Some(s) => (s, false),
+            let (conn, fresh) = match up.pooled_h1(cfg.idle_timeout) {
+                Some(c) => (c, false),
                 // Dialing (and a TLS handshake) is a large future and a
                 // rare one: boxed, so every request's future (copied into
                 // its box per request) stays small.
-                None => {
-                    match Box::pin(up.connect_h1(backend.address, cfg.connect_timeout, head, backend.tls().as_deref()))
-                        .await
-                    {
-                        Ok(s) => (s, true),
-                        Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-                    }
-                }
+                None => match Box::pin(up.connect_h1(backend.address, cfg.connect_timeout, backend.tls().as_deref()))
+                    .await
+                {
+                    Ok(c) => (c, true),
+                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                },
             };
             let result = tokio::select! {
-                r = sender.try_send_request(req) => r,
+                r = h1::send(conn, req, head) => r,
                 _ = &mut answer_by => return Err(SendError::Timeout),
             };
             match result {
-                Ok(resp) => return Ok((resp, Some(sender))),
-                Err(mut e) => match e.take_message() {
-                    Some(back) if !fresh => req = back,
-                    Some(back) => {
-                        return Err(SendError::Connect(
-                            ConnectError::Handshake(e.into_error()),
-                            Box::new(back),
-                        ))
-                    }
-                    None => return Err(SendError::Failed(e.into_error())),
-                },
+                Ok(resp) => return Ok(resp.map(UpstreamBody::H1)),
+                // A pooled connection the backend had just closed: the
+                // request never left, so a fresh connection may carry it.
+                Err(h1::SendError::Unsent(_, back)) if !fresh => req = *back,
+                Err(h1::SendError::Unsent(e, back)) => return Err(SendError::Connect(ConnectError::Io(e), back)),
+                Err(h1::SendError::Failed(h1::Error::Invalid(why))) => return Err(SendError::Invalid(why)),
+                Err(h1::SendError::Failed(e)) => return Err(SendError::Failed(e.into())),
             }
         },
         UpstreamProtocol::H2c => {
@@ -99,13 +91,13 @@ pub(super) async fn send(
                 _ = &mut answer_by => return Err(SendError::Timeout),
             };
             match result {
-                Ok(resp) => Ok((resp, None)),
+                Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
                 Err(mut e) => match e.take_message() {
                     Some(back) => Err(SendError::Connect(
                         ConnectError::Handshake(e.into_error()),
                         Box::new(back),
                     )),
-                    None => Err(SendError::Failed(e.into_error())),
+                    None => Err(SendError::Failed(e.into_error().into())),
                 },
             }
         }
@@ -123,6 +115,11 @@ pub(super) fn client_fault(e: &(dyn std::error::Error + 'static)) -> Option<Prox
         }
         if let Some(b) = s.downcast_ref::<RequestBodyError>() {
             return Some(body_error(b));
+        }
+        if let Some(UpstreamError::H1(h1::Error::BodyLength)) = s.downcast_ref::<UpstreamError>() {
+            return Some(ProxyError::BadRequest(
+                "request body length does not match its Content-Length",
+            ));
         }
         source = s.source();
     }

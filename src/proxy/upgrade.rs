@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::error::TUNNEL_IDLE_TIMEOUT;
 use crate::clock::clock_ns;
 use crate::pool::InFlight;
+use crate::upstream::h1::Upgraded;
 
 /// The protocol this request may switch to, as the `Upgrade` value to
 /// forward: an HTTP/1.1 request with `Connection: upgrade` and an `Upgrade`
@@ -59,7 +59,7 @@ pub(super) fn allowed_upgrade<B>(req: &Request<B>, allowed: &[String]) -> Option
 }
 
 /// Whether a `101` switches to the protocol that was asked for.
-pub(super) fn switches_to(resp: &Response<Incoming>, asked: &HeaderValue) -> bool {
+pub(super) fn switches_to<B>(resp: &Response<B>, asked: &HeaderValue) -> bool {
     let name = |v: &[u8]| -> Vec<u8> {
         let s = v.split(|&b| b == b'/').next().unwrap_or(v);
         s.trim_ascii().to_ascii_lowercase()
@@ -72,17 +72,12 @@ pub(super) fn switches_to(resp: &Response<Incoming>, asked: &HeaderValue) -> boo
 /// Copies both ways until either side closes, or nothing crossed in either
 /// direction for `idle` (as HAProxy's `timeout tunnel`); then frees the
 /// slot.
-pub(super) async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    slot: InFlight,
-    idle: Duration,
-) {
-    match tokio::try_join!(client, upstream) {
-        Ok((c, u)) => {
+pub(super) async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Upgraded, slot: InFlight, idle: Duration) {
+    match client.await {
+        Ok(c) => {
             let activity = Arc::new(AtomicU64::new(clock_ns()));
             let mut c = Activity::new(TokioIo::new(c), Arc::clone(&activity));
-            let mut u = Activity::new(TokioIo::new(u), Arc::clone(&activity));
+            let mut u = Activity::new(upstream, Arc::clone(&activity));
             tokio::select! {
                 r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
                     if let Err(e) = r {

@@ -1,12 +1,13 @@
 //! Keep-alive connections from tidegate to one backend.
 //!
 //! Data path, below `proxy/` and beside `pool/` (a backend owns one
-//! [`Upstream`]); imports nothing above it. HTTP/1.1: a lock-free stack of idle `SendRequest` handles
-//! (`crossbeam_queue::ArrayQueue`); a request pops one or dials a new
-//! connection, and the response body hands it back when it has been read to
-//! the end (a connection whose body was abandoned is closed, never reused
-//! half-read). h2c: one multiplexed connection shared by every request,
-//! replaced when it closes.
+//! [`Upstream`]); imports nothing above it. HTTP/1.1 (tidegate's own
+//! client, `h1.rs`): a lock-free stack of idle connections
+//! (`crossbeam_queue::ArrayQueue`); a request pops one that is still open
+//! or dials a new one, and the response body hands it back when it has
+//! been read to the end (a connection whose body was abandoned is closed,
+//! never reused half-read). h2c (hyper's client): one multiplexed
+//! connection shared by every request, replaced when it closes.
 //!
 //! Connecting here, rather than inside a generic client, is what lets the
 //! proxy retry another backend after a connect failure with the request
@@ -19,13 +20,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use hyper::client::conn::{http1, http2};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub(crate) mod body;
+pub(crate) mod h1;
+#[cfg(test)]
+mod h1_tests;
 pub(crate) mod tls;
 
 use body::RequestBody;
@@ -67,14 +74,77 @@ impl ConnectError {
 }
 
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    conn: h1::Conn,
     since: Instant,
 }
 
 impl Idle {
     /// Closed by the backend, or idle longer than `idle_timeout`.
-    fn expired(&self, idle_timeout: Duration) -> bool {
-        self.sender.is_closed() || self.since.elapsed() > idle_timeout
+    fn expired(&mut self, idle_timeout: Duration) -> bool {
+        self.since.elapsed() > idle_timeout || !self.conn.is_open()
+    }
+}
+
+/// A backend's response body, from either client.
+pub(crate) enum UpstreamBody {
+    H1(h1::Body),
+    H2(Incoming),
+}
+
+/// Why a backend's response (head or body) failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error(transparent)]
+    H1(#[from] h1::Error),
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
+}
+
+impl UpstreamBody {
+    /// The HTTP/1.1 connection, once the body has ended cleanly and the
+    /// connection may carry another request.
+    pub(crate) fn reusable(&mut self) -> Option<h1::Conn> {
+        match self {
+            UpstreamBody::H1(b) => b.reusable(),
+            UpstreamBody::H2(_) => None,
+        }
+    }
+
+    /// The connection a 101 switched (HTTP/1.1 only).
+    pub(crate) fn upgraded(self) -> Option<h1::Upgraded> {
+        match self {
+            UpstreamBody::H1(b) => b.upgraded(),
+            UpstreamBody::H2(_) => None,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(UpstreamError::from),
+            UpstreamBody::H2(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(UpstreamError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
     }
 }
 
@@ -99,22 +169,10 @@ impl Upstream {
 
     /// A pooled HTTP/1.1 connection that is still open and younger than
     /// `idle_timeout`, if there is one.
-    pub(crate) async fn pooled_h1(&self, idle_timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
-        while let Some(idle) = self.idle.pop() {
-            if idle.expired(idle_timeout) {
-                continue;
-            }
-            let mut sender = idle.sender;
-            if sender.is_ready() {
-                return Some(sender);
-            }
-            // Just handed back: its connection task has not yet noticed the
-            // previous exchange finished. That takes one task wake-up.
-            if tokio::time::timeout(Duration::from_millis(100), sender.ready())
-                .await
-                .is_ok_and(|r| r.is_ok())
-            {
-                return Some(sender);
+    pub(crate) fn pooled_h1(&self, idle_timeout: Duration) -> Option<h1::Conn> {
+        while let Some(mut idle) = self.idle.pop() {
+            if !idle.expired(idle_timeout) {
+                return Some(idle.conn);
             }
         }
         None
@@ -128,7 +186,7 @@ impl Upstream {
         let mut kept = Vec::new();
         let mut closed = 0;
         for _ in 0..self.idle.len() {
-            let Some(idle) = self.idle.pop() else { break };
+            let Some(mut idle) = self.idle.pop() else { break };
             if idle.expired(idle_timeout) {
                 closed += 1;
             } else {
@@ -144,40 +202,28 @@ impl Upstream {
 
     /// Gives an HTTP/1.1 connection back after its response body was read to
     /// the end. Dropped instead when the pool is full.
-    pub(crate) fn check_in(&self, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() || self.idle.len() >= self.max_idle.load(Ordering::Relaxed) {
+    pub(crate) fn check_in(&self, conn: h1::Conn) {
+        if self.idle.len() >= self.max_idle.load(Ordering::Relaxed) {
             return;
         }
         let _ = self.idle.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
 
-    /// Dials a new HTTP/1.1 connection (with upgrade support, for WebSocket),
-    /// over TLS when `tls` is given. A response head may take at most
-    /// `head` bytes and `headers` fields; the read buffer never grows past
-    /// `head` either, which bounds what a response to a slow client holds
-    /// here.
+    /// Dials a new HTTP/1.1 connection, over TLS when `tls` is given.
     pub(crate) async fn connect_h1(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-        head: HeadLimits,
         tls: Option<&tls::Target>,
-    ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
+    ) -> Result<h1::Conn, ConnectError> {
         let tcp = dial(addr, connect_timeout).await?;
-        let mut builder = http1::Builder::new();
-        // One flattened write, as the client-facing server does (see
-        // server/mod.rs).
-        builder.max_buf_size(head.bytes).max_headers(head.fields).writev(false);
-        match tls {
-            None => h1_handshake(&builder, TokioIo::new(tcp), addr).await,
-            Some(t) => {
-                let stream = secure(t, tcp, false, connect_timeout).await?;
-                h1_handshake(&builder, TokioIo::new(stream), addr).await
-            }
-        }
+        Ok(h1::Conn::new(match tls {
+            None => h1::Io::Tcp(tcp),
+            Some(t) => h1::Io::Tls(Box::new(secure(t, tcp, false, connect_timeout).await?)),
+        }))
     }
 
     /// The shared h2 connection, when it is open and can take a stream.
@@ -214,23 +260,6 @@ async fn secure(
         .await
         .map_err(|_| ConnectError::Timeout(connect_timeout))?
         .map_err(ConnectError::Tls)
-}
-
-async fn h1_handshake<IO>(
-    builder: &http1::Builder,
-    io: IO,
-    addr: SocketAddr,
-) -> Result<http1::SendRequest<RequestBody>, ConnectError>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, conn) = builder.handshake(io).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
 }
 
 async fn h2_handshake<IO>(io: IO, addr: SocketAddr) -> Result<http2::SendRequest<RequestBody>, ConnectError>
