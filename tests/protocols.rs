@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -375,6 +376,15 @@ async fn upstream_tls_verifies_the_backend_and_refuses_one_it_cannot_trust() {
         p.backend(0).await["health"]["consecutive_passes"].as_u64().unwrap() >= 2
     })
     .await;
+    // An upload larger than any socket buffer, written through TLS (whose
+    // writes can be accepted before the socket has taken them: the flush
+    // they owe must not be forgotten).
+    let mut s = h1(p.addr).await;
+    let upload = vec![7u8; 16 * 1024 * 1024];
+    let resp = s.send_request(request("POST", "/upload", upload)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], format!("received {}", 16 * 1024 * 1024).as_bytes());
     p.shutdown().await;
 
     // The certificate is for shop.example: another name is refused.

@@ -78,6 +78,9 @@ pub(crate) struct Tallies {
 
 impl Drop for Streaming {
     fn drop(&mut self) {
+        // Whatever was not sent will not be: the backend's time to answer
+        // runs from here (a dropped upload must not leave it unarmed).
+        self.finished();
         if self.seen > 0 {
             for t in [&self.tallies.pool, &self.tallies.request].into_iter().flatten() {
                 t.fetch_add(self.seen, Ordering::Relaxed);

@@ -40,11 +40,20 @@ use tokio_rustls::client::TlsStream;
 use super::body::{RequestBody, RequestBodyError};
 use super::HeadLimits;
 
-/// Bytes asked of the socket per read, at least.
-const READ_SIZE: usize = 8 * 1024;
+/// Room made for a read, at first: enough for a typical response whole.
+/// A read that fills it doubles it for the next, up to [`MAX_READ`] (a
+/// large body comes in fewer, larger reads); the pool gets the connection
+/// back at the first size.
+const READ_SIZE: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
 
-/// A read buffer that grew past this (a large head) is not kept idle.
-const KEPT_READ: usize = 64 * 1024;
+/// A read buffer that grew past this (a large head or body) is not kept
+/// while its connection is idle.
+const KEPT_READ: usize = 16 * 1024;
+
+/// A head buffer that grew past this (an upload's batches) is not kept
+/// while its connection is idle.
+const KEPT_WRITE: usize = 4 * 1024;
 
 /// Body frames shorter than this are copied out of the read buffer, so the
 /// buffer is not pinned by a frame the server is still writing.
@@ -127,6 +136,8 @@ pub(crate) struct Conn {
     rbuf: BytesMut,
     /// The request head being written; kept for its capacity.
     wbuf: Vec<u8>,
+    /// Room made for the next read.
+    read_size: usize,
 }
 
 impl Conn {
@@ -135,6 +146,7 @@ impl Conn {
             io,
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
+            read_size: READ_SIZE,
         }
     }
 
@@ -150,10 +162,19 @@ impl Conn {
 
     /// Reads more into the read buffer: the count, 0 at end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 2 {
-            self.rbuf.reserve(READ_SIZE);
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
+            self.rbuf.reserve(self.read_size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+        let room = self.rbuf.capacity() - self.rbuf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.rbuf
+        ))?;
+        if n == room {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Writes `wbuf` from `*at` on, then flushes.
@@ -283,7 +304,9 @@ impl Upload {
                     Poll::Pending => break,
                 }
             }
-            if self.at == self.out.len() && !self.ended {
+            // `out` is cleared only once written and flushed: bytes in it
+            // (or a flush still owed, as TLS can owe one) are written first.
+            if self.out.is_empty() && !self.ended {
                 return Poll::Pending;
             }
             ready!(write_all(io, &self.out, &mut self.at, cx))?;
@@ -343,6 +366,7 @@ pub(crate) async fn send(
     let framing = encode_head(&parts, &body, &mut conn.wbuf);
     let no_body = parts.method == Method::HEAD;
     let mut upload = (framing != Framing::None).then(|| Box::new(Upload::new(body, framing)));
+    let mut upload_failed = false;
     if upload.is_none() {
         // The head alone: if it cannot be written, the request comes back.
         let mut at = 0;
@@ -369,8 +393,12 @@ pub(crate) async fn send(
                     upload = None;
                 }
                 Poll::Ready(Err(e @ (Error::Body(_) | Error::BodyLength))) => return Poll::Ready(Err(e)),
-                // The backend stopped reading: it may have answered already.
-                Poll::Ready(Err(_)) => upload = None,
+                // The backend stopped reading: it may have answered already,
+                // but the connection carries nothing more.
+                Poll::Ready(Err(_)) => {
+                    upload = None;
+                    upload_failed = true;
+                }
                 Poll::Pending => {}
             }
         }
@@ -389,7 +417,13 @@ pub(crate) async fn send(
     // A response framed both ways is read as chunked, and the connection
     // is not trusted with another exchange.
     let both = headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH);
-    let reusable = keep_alive && !both && !matches!(decode, Decode::Close | Decode::Upgrade);
+    let reusable = keep_alive && !both && !upload_failed && !matches!(decode, Decode::Close | Decode::Upgrade);
+    let mut headers = headers;
+    if both {
+        // RFC 9112 6.3: the length is the chunked coding's; an intermediary
+        // removes the Content-Length that disagrees with it.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let mut resp = Response::new(Body {
         conn: Some(conn),
         decode,
@@ -602,6 +636,11 @@ impl Body {
         if conn.rbuf.capacity() > KEPT_READ {
             conn.rbuf = BytesMut::new();
         }
+        // An upload's batch buffer became the head buffer: not kept large.
+        if conn.wbuf.capacity() > KEPT_WRITE {
+            conn.wbuf = Vec::new();
+        }
+        conn.read_size = READ_SIZE;
         Some(conn)
     }
 
@@ -658,11 +697,12 @@ impl Body {
             }
             Decode::Chunked(chunk) => match *chunk {
                 Chunk::Size => {
-                    let Some(end) = rbuf.iter().position(|&b| b == b'\n') else {
-                        if rbuf.len() > MAX_CHUNK_LINE {
-                            return Poll::Ready(Some(Err(Error::Invalid("chunk size line too long"))));
+                    let end = match rbuf.iter().take(MAX_CHUNK_LINE).position(|&b| b == b'\n') {
+                        Some(end) => end,
+                        None if rbuf.len() >= MAX_CHUNK_LINE => {
+                            return Poll::Ready(Some(Err(Error::Invalid("chunk size line too long"))))
                         }
-                        return Poll::Pending;
+                        None => return Poll::Pending,
                     };
                     let size = match chunk_size(&rbuf[..=end]) {
                         Some(s) => s,
@@ -717,10 +757,16 @@ impl Body {
     }
 }
 
-/// A chunk-size line (`1a;ext=v\r\n`): its size.
+/// A chunk-size line (`1a;ext=v\r\n`): its size. Only spaces and tabs
+/// may stand between the size and its extensions, and no control byte
+/// anywhere in the line.
 fn chunk_size(line: &[u8]) -> Option<u64> {
     let line = line.strip_suffix(b"\r\n")?;
-    let digits = line.split(|&b| b == b';').next()?.trim_ascii_end();
+    if line.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
+        return None;
+    }
+    let digits = line.split(|&b| b == b';').next()?;
+    let digits = digits.trim_ascii_end();
     if digits.is_empty() || digits.len() > 15 {
         return None;
     }
@@ -733,8 +779,10 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 /// The trailer fields of a chunked body (ending in the empty line).
 fn parse_trailers(section: &[u8]) -> Result<HeaderMap, Error> {
     let mut fields = [httparse::EMPTY_HEADER; 64];
+    // The section must end where its CRLF CRLF does: httparse also takes a
+    // bare LF as a line end, and bytes past its end would be lost.
     let parsed = match httparse::parse_headers(section, &mut fields) {
-        Ok(httparse::Status::Complete((_, parsed))) => parsed,
+        Ok(httparse::Status::Complete((n, parsed))) if n == section.len() => parsed,
         _ => return Err(Error::Invalid("malformed trailer section")),
     };
     let mut map = HeaderMap::with_capacity(parsed.len());

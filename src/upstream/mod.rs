@@ -202,8 +202,10 @@ impl Upstream {
 
     /// Gives an HTTP/1.1 connection back after its response body was read to
     /// the end. Dropped instead when the pool is full.
-    pub(crate) fn check_in(&self, conn: h1::Conn) {
-        if self.idle.len() >= self.max_idle.load(Ordering::Relaxed) {
+    /// The probe (see [`h1::Conn::is_open`]) also leaves no task's waker
+    /// registered on an idle socket.
+    pub(crate) fn check_in(&self, mut conn: h1::Conn) {
+        if self.idle.len() >= self.max_idle.load(Ordering::Relaxed) || !conn.is_open() {
             return;
         }
         let _ = self.idle.push(Idle {

@@ -626,7 +626,8 @@ pub(crate) async fn stop_gracefully(child: &mut tokio::process::Child) {
 }
 
 /// An HTTP/1.1-over-TLS server on 127.0.0.1 with `certs` and `key`, answering
-/// every request with `answer(path)`. Returns its address.
+/// every request with `answer(path)`, but one to `/upload` with `received
+/// <n>`, the count of body bytes it read. Returns its address.
 #[allow(dead_code)]
 pub(crate) async fn https_server(
     certs: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -649,7 +650,16 @@ pub(crate) async fn https_server(
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                    let body = answer(req.uri().path());
+                    let body = if req.uri().path() == "/upload" {
+                        let mut body = req.into_body();
+                        let mut n = 0;
+                        while let Some(Ok(frame)) = body.frame().await {
+                            n += frame.data_ref().map_or(0, Bytes::len);
+                        }
+                        format!("received {n}")
+                    } else {
+                        answer(req.uri().path())
+                    };
                     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body))))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
