@@ -185,3 +185,38 @@ impl http_body::Body for Sevens {
         std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![7u8; 1024 * 1024])))))
     }
 }
+
+/// A backend whose connections answer one request and hang up unanswered at
+/// the next (as a backend's own idle timeout does when it crosses a
+/// request): an idempotent request is sent again on a fresh connection, a
+/// POST is not (the backend may have acted on it).
+#[tokio::test]
+async fn a_get_crossing_a_backends_idle_close_is_sent_again_and_a_post_is_not() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                if !matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                    return;
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    let p = tidegate(&config_text(&[addr], "", "")).await;
+    assert_eq!(get(p.addr, "/a").await.status, 200);
+    // Its connection went back to the pool; the backend hangs up on it at
+    // the next request, which is sent again on a new one.
+    let again = get(p.addr, "/b").await;
+    assert_eq!((again.status.as_u16(), again.text().as_str()), (200, "ok"));
+    let mut s = h1(p.addr).await;
+    let post = collect(s.send_request(request("POST", "/c", "")).await.unwrap()).await;
+    assert_eq!(post.status, 502);
+    assert_eq!(post.headers["x-tidegate-error"], "upstream_failed");
+    p.shutdown().await;
+}

@@ -71,6 +71,10 @@ pub(super) async fn send(
                 // request never left, so a fresh connection may carry it.
                 Err(h1::SendError::Unsent(_, back)) if !fresh => req = *back,
                 Err(h1::SendError::Unsent(e, back)) => return Err(SendError::Connect(ConnectError::Io(e), back)),
+                // The backend's idle close crossed an idempotent request on
+                // a kept-alive connection: once more on another connection.
+                Err(h1::SendError::Closed(back)) if !fresh && back.method().is_idempotent() => req = *back,
+                Err(h1::SendError::Closed(_)) => return Err(SendError::Failed(h1::Error::Closed.into())),
                 Err(h1::SendError::Failed(h1::Error::Invalid(why))) => return Err(SendError::Invalid(why)),
                 Err(h1::SendError::Failed(e)) => return Err(SendError::Failed(e.into())),
             }

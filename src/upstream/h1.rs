@@ -88,9 +88,16 @@ pub(crate) enum Error {
     Body(#[source] RequestBodyError),
 }
 
-/// A failed send: with the request back when nothing of it left tidegate.
+/// A failed send, with the request back where it may be sent again.
 pub(crate) enum SendError {
+    /// Writing the head of a bodiless request failed: nothing reached the
+    /// backend.
     Unsent(io::Error, Box<Request<RequestBody>>),
+    /// The backend closed the connection without a byte of answer to a
+    /// bodiless request (on a kept-alive connection, the backend's idle
+    /// close crossing the request: RFC 9112 9.3.1 lets an idempotent one be
+    /// sent again).
+    Closed(Box<Request<RequestBody>>),
     Failed(Error),
 }
 
@@ -358,8 +365,9 @@ fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
 }
 
 /// Sends `req` on `conn` and reads the response head; the response's body
-/// owns the connection from then on. `Unsent` gives a bodiless request
-/// back when writing its head failed (nothing reached the backend).
+/// owns the connection from then on. A bodiless request comes back when
+/// its head could not be written, or when the backend closed without
+/// answering it ([`SendError`]).
 pub(crate) async fn send(
     mut conn: Conn,
     req: Request<RequestBody>,
@@ -386,7 +394,7 @@ pub(crate) async fn send(
         // The head goes out with the first body bytes.
         std::mem::swap(&mut up.out, &mut conn.wbuf);
     }
-    drop(parts);
+    let bodiless = upload.is_none();
     let head = std::future::poll_fn(|cx| {
         if let Some(up) = &mut upload {
             match up.poll(&mut conn.io, cx) {
@@ -407,8 +415,18 @@ pub(crate) async fn send(
         }
         poll_head(&mut conn, limits, cx)
     })
-    .await
-    .map_err(SendError::Failed)?;
+    .await;
+    let head = match head {
+        Ok(head) => head,
+        Err(Error::Closed) if bodiless => {
+            return Err(SendError::Closed(Box::new(Request::from_parts(
+                parts,
+                RequestBody::empty(),
+            ))))
+        }
+        Err(e) => return Err(SendError::Failed(e)),
+    };
+    drop(parts);
     let Head {
         status,
         version,

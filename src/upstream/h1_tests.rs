@@ -78,6 +78,7 @@ async fn send(conn: Conn, req: Request<RequestBody>) -> Result<http::Response<h1
     match h1::send(conn, req, LIMITS).await {
         Ok(r) => Ok(r),
         Err(h1::SendError::Failed(e)) => Err(e),
+        Err(h1::SendError::Closed(_)) => Err(h1::Error::Closed),
         Err(h1::SendError::Unsent(e, _)) => panic!("unsent: {e}"),
     }
 }
@@ -257,6 +258,39 @@ async fn an_idle_connection_the_backend_closed_is_not_open() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(!open, "an idle connection the backend closed still looks open");
+}
+
+#[tokio::test]
+async fn a_bodiless_request_the_backend_closed_on_comes_back_whole() {
+    // A backend that answers one request, reads the next and hangs up.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (read_second, second_read) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let _ = s.read(&mut buf).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        let _ = read_second.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+    });
+    let resp = send(connect(addr).await, get("/first")).await.unwrap();
+    let conn = read_all(resp.into_body()).await.2.unwrap();
+    let mut req = get("/again?x=1");
+    req.headers_mut().insert("x-tag", "7".parse().unwrap());
+    match h1::send(conn, req, LIMITS).await {
+        Err(h1::SendError::Closed(back)) => {
+            assert_eq!(back.method(), http::Method::GET);
+            assert_eq!(back.uri(), "/again?x=1");
+            assert_eq!(back.headers()["x-tag"], "7");
+        }
+        Err(h1::SendError::Unsent(e, _)) => panic!("unsent: {e}"),
+        Err(h1::SendError::Failed(e)) => panic!("failed: {e}"),
+        Ok(_) => panic!("answered"),
+    }
+    assert!(second_read.await.unwrap().starts_with("GET /again?x=1 "));
 }
 
 #[tokio::test]
