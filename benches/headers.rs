@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use criterion::{criterion_group, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Version;
-use tidegate::proxy::headers::{add_forwarded, strip_hop_by_hop, Hop};
+use tidegate::proxy::headers::{forwarded, strip_hop_by_hop, Forwarded, Hop};
 
 fn browser(extra: &[(&'static str, &'static str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -51,8 +51,9 @@ fn client() -> IpAddr {
     "203.0.113.7".parse().unwrap()
 }
 
-/// What the proxy does to a request's headers.
-fn once(h: &mut HeaderMap, client: IpAddr) {
+/// What the proxy does to a request's headers (the forwarding fields are
+/// computed; over HTTP/1.1 they are written with the head, not inserted).
+fn once(h: &mut HeaderMap, client: IpAddr) -> Forwarded {
     let host = h.get(http::header::HOST).cloned();
     strip_hop_by_hop(h, false);
     let hop = Hop {
@@ -60,7 +61,7 @@ fn once(h: &mut HeaderMap, client: IpAddr) {
         trusted: false,
         tls: false,
     };
-    add_forwarded(h, hop, host.as_ref(), Version::HTTP_11);
+    forwarded(h, hop, host.as_ref(), Version::HTTP_11)
 }
 
 fn rewrite(c: &mut Criterion) {

@@ -59,6 +59,14 @@ async fn an_h2c_upstream_pool_speaks_http2_to_its_backends() {
             "{}",
             a.text()
         );
+        // The forwarding fields, added to the h2 request's header map.
+        for field in [
+            "x-forwarded-for: 127.0.0.1\n",
+            "x-forwarded-proto: http\n",
+            "via: 1.1 tidegate\n",
+        ] {
+            assert!(a.text().contains(field), "{field} missing:\n{}", a.text());
+        }
     }
     p.shutdown().await;
 }

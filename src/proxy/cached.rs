@@ -231,12 +231,13 @@ impl Fetch {
         let route = &snapshot.config.routes[self.at.route];
         let asked = self.request.headers().clone();
         let request = std::mem::replace(&mut self.request, Request::new(RequestBody::empty()));
-        let first = upstream_request(request, None, &self.conn, &self.who, cfg);
+        let (first, forwarded) = upstream_request(request, None, &self.conn, &self.who, cfg);
         pool.shared.count_arrival();
         let plan = Plan {
             hash: affinity(pool, &asked, &self.who),
             priority: route.priority,
             replay: cfg.retry_idempotent.then(|| head_of(&first)),
+            forwarded,
             upgrade: None,
             client_upgrade: None,
         };

@@ -275,12 +275,13 @@ async fn upstream(
         request: at.bytes_in.clone(),
     };
     let req = req.map(|body| RequestBody::new(body, route.max_body, idle, tallies));
-    let mut first = upstream_request(req, upgrade.clone(), conn, who, cfg);
+    let (mut first, forwarded) = upstream_request(req, upgrade.clone(), conn, who, cfg);
     first.body_mut().prime().await.map_err(|e| body_error(&e))?;
     let plan = Plan {
         hash,
         priority: route.priority,
         replay: replayable.then(|| head_of(&first)),
+        forwarded,
         upgrade,
         client_upgrade,
     };
@@ -302,6 +303,8 @@ struct Plan {
     priority: Priority,
     /// The head to resend after a mid-exchange failure, when allowed.
     replay: Option<request::Head>,
+    /// The forwarded-for fields every attempt adds.
+    forwarded: headers::Forwarded,
     /// The protocol the request may switch to, and the client's side of it.
     upgrade: Option<http::HeaderValue>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -319,6 +322,7 @@ async fn attempts(
         hash,
         priority,
         replay,
+        forwarded,
         upgrade,
         client_upgrade,
     } = plan;
@@ -369,7 +373,8 @@ async fn attempts(
             bytes: snapshot.config.limits.max_response_header_bytes,
             fields: snapshot.config.limits.max_response_headers,
         };
-        let mut outcome = send(cfg, head, &backend, request.take().expect("a request per attempt")).await;
+        let req = request.take().expect("a request per attempt");
+        let mut outcome = send(cfg, head, &backend, req, &forwarded).await;
         let elapsed_ns = sent_at.elapsed().as_nanos() as u64;
         // A 101 the request did not ask for (or to another protocol) is
         // never passed on: it would open a tunnel past routing and limits.

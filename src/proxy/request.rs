@@ -223,15 +223,16 @@ pub(super) fn rate_limit(
 
 /// The request as the backend will see it: origin-form target, HTTP/1.1
 /// (or HTTP/2 for h2c pools), `Host` set to the one authority it was routed
-/// on, hop-by-hop fields gone (an allowed upgrade's `Upgrade` kept),
-/// forwarded-for added.
+/// on, hop-by-hop fields gone (an allowed upgrade's `Upgrade` kept); and
+/// the forwarded-for fields it gains, which `send` adds as the backend's
+/// protocol needs.
 pub(super) fn upstream_request(
     req: Request<RequestBody>,
     upgrade: Option<HeaderValue>,
     conn: &ConnContext,
     who: &Who,
     cfg: &PoolConfig,
-) -> Request<RequestBody> {
+) -> (Request<RequestBody>, headers::Forwarded) {
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
     if let Some(v) = parts
@@ -254,7 +255,7 @@ pub(super) fn upstream_request(
     // when the body is first read, i.e. once a backend is ready for it).
     parts.headers.remove(header::EXPECT);
     let host = parts.headers.get(header::HOST).cloned();
-    headers::add_forwarded(
+    let forwarded = headers::forwarded(
         &mut parts.headers,
         headers::Hop {
             peer: who.peer,
@@ -283,7 +284,7 @@ pub(super) fn upstream_request(
             parts.headers.remove(header::HOST);
         }
     }
-    Request::from_parts(parts, body)
+    (Request::from_parts(parts, body), forwarded)
 }
 
 /// `uri`'s path and query alone (an HTTP/2 request's, an absolute-form

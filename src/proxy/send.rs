@@ -9,6 +9,7 @@
 use http::{Request, Response};
 
 use super::error::ProxyError;
+use super::headers::Forwarded;
 use crate::config::{PoolConfig, UpstreamProtocol};
 use crate::pool::Backend;
 use crate::upstream::body::{BodyTooLarge, RequestBody, RequestBodyError};
@@ -38,6 +39,7 @@ pub(super) async fn send(
     head: HeadLimits,
     backend: &Backend,
     mut req: Request<RequestBody>,
+    forwarded: &Forwarded,
 ) -> Result<Sent, SendError> {
     let up = &backend.upstream;
     let header_timeout = cfg.response_header_timeout;
@@ -62,7 +64,7 @@ pub(super) async fn send(
                 },
             };
             let result = tokio::select! {
-                r = h1::send(conn, req, head) => r,
+                r = h1::send(conn, req, forwarded.iter(), head) => r,
                 _ = &mut answer_by => return Err(SendError::Timeout),
             };
             match result {
@@ -80,6 +82,7 @@ pub(super) async fn send(
             }
         },
         UpstreamProtocol::H2c => {
+            forwarded.insert_into(req.headers_mut());
             let mut sender = match up.h2_ready() {
                 Some(s) => s,
                 None => {

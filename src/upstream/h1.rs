@@ -216,7 +216,12 @@ enum Framing {
 /// the framing field the body needs. A body with no length and no
 /// `Content-Length` goes chunked; a length that the body knows exactly and
 /// the head does not state is stated.
-fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u8>) -> Framing {
+fn encode_head<'a>(
+    parts: &http::request::Parts,
+    extra: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    body: &RequestBody,
+    out: &mut Vec<u8>,
+) -> Framing {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -231,10 +236,10 @@ fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u
         if name == header::CONTENT_LENGTH {
             stated = stated.or_else(|| parse_length(value.as_bytes()));
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        field(out, name, value);
+    }
+    for (name, value) in extra {
+        field(out, name, value);
     }
     let framing = if body.is_end_stream() {
         Framing::None
@@ -251,6 +256,13 @@ fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u
     };
     out.extend_from_slice(b"\r\n");
     framing
+}
+
+fn field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A `Content-Length` value: digits only.
@@ -364,17 +376,20 @@ fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
     }
 }
 
-/// Sends `req` on `conn` and reads the response head; the response's body
+/// Sends `req` on `conn`, with the `extra` fields after its own (those
+/// tidegate adds: they never enter the request's header map), and reads
+/// the response head; the response's body
 /// owns the connection from then on. A bodiless request comes back when
 /// its head could not be written, or when the backend closed without
 /// answering it ([`SendError`]).
-pub(crate) async fn send(
+pub(crate) async fn send<'a>(
     mut conn: Conn,
     req: Request<RequestBody>,
+    extra: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     limits: HeadLimits,
 ) -> Result<Response<Body>, SendError> {
     let (parts, body) = req.into_parts();
-    let framing = encode_head(&parts, &body, &mut conn.wbuf);
+    let framing = encode_head(&parts, extra, &body, &mut conn.wbuf);
     let no_body = parts.method == Method::HEAD;
     let mut upload = (framing != Framing::None).then(|| Box::new(Upload::new(body, framing)));
     let mut upload_failed = false;

@@ -75,7 +75,7 @@ fn get(path: &str) -> Request<RequestBody> {
 }
 
 async fn send(conn: Conn, req: Request<RequestBody>) -> Result<http::Response<h1::Body>, h1::Error> {
-    match h1::send(conn, req, LIMITS).await {
+    match h1::send(conn, req, std::iter::empty(), LIMITS).await {
         Ok(r) => Ok(r),
         Err(h1::SendError::Failed(e)) => Err(e),
         Err(h1::SendError::Closed(_)) => Err(h1::Error::Closed),
@@ -107,15 +107,27 @@ async fn a_chunked_body_with_extensions_and_trailers_is_decoded_and_its_connecti
         b"HTTP/1.1 201 Made\r\ncontent-length: 2\r\nx-a: \r\n\r\nok",
     ])
     .await;
-    let resp = send(connect(addr).await, get("/a?q=1")).await.unwrap();
+    let via = (http::header::VIA, http::HeaderValue::from_static("1.1 tidegate"));
+    let resp = match h1::send(
+        connect(addr).await,
+        get("/a?q=1"),
+        [(&via.0, &via.1)].into_iter(),
+        LIMITS,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => panic!("send failed"),
+    };
     assert_eq!(resp.status(), StatusCode::OK);
     let (data, trailers, conn) = read_all(resp.into_body()).await;
     assert_eq!(data.unwrap(), b"hello world");
     assert_eq!(trailers.expect("trailers")["x-sum"], "9");
     let head = heads.recv().await.unwrap();
-    assert!(
-        head.starts_with("conn 1: GET /a?q=1 HTTP/1.1\r\nhost: shop\r\n"),
-        "{head}"
+    // The extra fields come after the request's own.
+    assert_eq!(
+        head,
+        "conn 1: GET /a?q=1 HTTP/1.1\r\nhost: shop\r\nvia: 1.1 tidegate\r\n\r\n"
     );
 
     let resp = send(conn.expect("reusable"), get("/b")).await.unwrap();
@@ -280,7 +292,7 @@ async fn a_bodiless_request_the_backend_closed_on_comes_back_whole() {
     let conn = read_all(resp.into_body()).await.2.unwrap();
     let mut req = get("/again?x=1");
     req.headers_mut().insert("x-tag", "7".parse().unwrap());
-    match h1::send(conn, req, LIMITS).await {
+    match h1::send(conn, req, std::iter::empty(), LIMITS).await {
         Err(h1::SendError::Closed(back)) => {
             assert_eq!(back.method(), http::Method::GET);
             assert_eq!(back.uri(), "/again?x=1");
