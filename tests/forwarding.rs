@@ -220,3 +220,55 @@ async fn a_get_crossing_a_backends_idle_close_is_sent_again_and_a_post_is_not() 
     assert_eq!(post.headers["x-tidegate-error"], "upstream_failed");
     p.shutdown().await;
 }
+
+/// A backend whose first three connections answer one request each and
+/// every connection hangs up unanswered at the next: a GET that crossed
+/// the close is sent once more, on a new connection (not on the other
+/// pooled ones, as stale), and then fails.
+#[tokio::test]
+async fn a_get_is_sent_again_at_most_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((mut s, _)) = listener.accept().await {
+            accepted += 1;
+            let answers = accepted <= 3;
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                if answers {
+                    if !matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                        return;
+                    }
+                    // Held until all three are in, so they take three connections.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+                if let Ok(n) = s.read(&mut buf).await {
+                    if buf[..n].starts_with(b"GET /b ") {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let p = tidegate(&config_text(&[addr], "", "")).await;
+    let (a1, a2, a3) = tokio::join!(get(p.addr, "/a"), get(p.addr, "/a"), get(p.addr, "/a"));
+    assert_eq!([a1.status, a2.status, a3.status], [200, 200, 200]);
+    // Three connections pooled, each of which the backend hangs up on.
+    let b = get(p.addr, "/b").await;
+    assert_eq!(b.status, 502);
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        2,
+        "sent on a pooled connection, then once more on a new one"
+    );
+    p.shutdown().await;
+}

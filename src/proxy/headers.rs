@@ -169,6 +169,14 @@ impl Forwarded {
             headers.insert(name.clone(), value.clone());
         }
     }
+
+    /// Takes the fields [`Forwarded::insert_into`] added out again (a
+    /// request that came back unsent, to be sent another way).
+    pub fn remove_from(&self, headers: &mut HeaderMap) {
+        for (name, _) in self.iter() {
+            headers.remove(name);
+        }
+    }
 }
 
 /// The forwarded-for family and `Via` for a request on its way to a
@@ -296,7 +304,12 @@ mod tests {
             tls: false,
         };
         let mut from_proxy = h.clone();
-        forwarded(&mut from_proxy, hop(true), Some(&host), Version::HTTP_11).insert_into(&mut from_proxy);
+        let fields = forwarded(&mut from_proxy, hop(true), Some(&host), Version::HTTP_11);
+        // Taken out of the map, to be written with the head; a trusted
+        // proxy's scheme stays in it.
+        let left: Vec<&str> = from_proxy.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-forwarded-proto"]);
+        fields.insert_into(&mut from_proxy);
         assert_eq!(from_proxy["x-forwarded-for"], "203.0.113.7, 10.0.0.1, 127.0.0.1");
         assert_eq!(from_proxy.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(
@@ -305,6 +318,11 @@ mod tests {
         );
         assert_eq!(from_proxy["x-forwarded-host"], "shop.example");
         assert_eq!(from_proxy["via"], "1.1 tidegate");
+        // Taken out again (a request that came back unsent): what was the
+        // request's own is still there.
+        fields.remove_from(&mut from_proxy);
+        let left: Vec<&str> = from_proxy.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-forwarded-proto"]);
         h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
         forwarded(&mut h, hop(false), Some(&host), Version::HTTP_11).insert_into(&mut h);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1", "anyone else's claim is replaced");

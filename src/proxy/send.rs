@@ -49,9 +49,13 @@ pub(super) async fn send(
         tokio::time::sleep(header_timeout).await;
     };
     tokio::pin!(answer_by);
+    let mut resent = false;
     match cfg.upstream {
         UpstreamProtocol::Http1 => loop {
-            let (conn, fresh) = match up.pooled_h1(cfg.idle_timeout) {
+            // After a crossed close, a new connection (not another pooled
+            // one, which may be as stale).
+            let pooled = if resent { None } else { up.pooled_h1(cfg.idle_timeout) };
+            let (conn, fresh) = match pooled {
                 Some(c) => (c, false),
                 // Dialing (and a TLS handshake) is a large future and a
                 // rare one: boxed, so every request's future (copied into
@@ -74,15 +78,19 @@ pub(super) async fn send(
                 Err(h1::SendError::Unsent(_, back)) if !fresh => req = *back,
                 Err(h1::SendError::Unsent(e, back)) => return Err(SendError::Connect(ConnectError::Io(e), back)),
                 // The backend's idle close crossed an idempotent request on
-                // a kept-alive connection: once more on another connection.
-                Err(h1::SendError::Closed(back)) if !fresh && back.method().is_idempotent() => req = *back,
+                // a kept-alive connection: once more, on a new connection.
+                // (A stale connection is not the backend failing: this is
+                // not the pool's `retry_idempotent`, which is off by default.)
+                Err(h1::SendError::Closed(back)) if !fresh && !resent && back.method().is_idempotent() => {
+                    resent = true;
+                    req = *back;
+                }
                 Err(h1::SendError::Closed(_)) => return Err(SendError::Failed(h1::Error::Closed.into())),
                 Err(h1::SendError::Failed(h1::Error::Invalid(why))) => return Err(SendError::Invalid(why)),
                 Err(h1::SendError::Failed(e)) => return Err(SendError::Failed(e.into())),
             }
         },
         UpstreamProtocol::H2c => {
-            forwarded.insert_into(req.headers_mut());
             let mut sender = match up.h2_ready() {
                 Some(s) => s,
                 None => {
@@ -93,6 +101,10 @@ pub(super) async fn send(
                     }
                 }
             };
+            // Into the request's map only now: a request that comes back
+            // unsent may be routed next to an HTTP/1.1 pool, which writes
+            // the fields itself.
+            forwarded.insert_into(req.headers_mut());
             let result = tokio::select! {
                 r = sender.try_send_request(req) => r,
                 _ = &mut answer_by => return Err(SendError::Timeout),
@@ -100,10 +112,13 @@ pub(super) async fn send(
             match result {
                 Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
                 Err(mut e) => match e.take_message() {
-                    Some(back) => Err(SendError::Connect(
-                        ConnectError::Handshake(e.into_error()),
-                        Box::new(back),
-                    )),
+                    Some(mut back) => {
+                        forwarded.remove_from(back.headers_mut());
+                        Err(SendError::Connect(
+                            ConnectError::Handshake(e.into_error()),
+                            Box::new(back),
+                        ))
+                    }
                     None => Err(SendError::Failed(e.into_error().into())),
                 },
             }

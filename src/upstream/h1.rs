@@ -410,6 +410,7 @@ pub(crate) async fn send<'a>(
         std::mem::swap(&mut up.out, &mut conn.wbuf);
     }
     let bodiless = upload.is_none();
+    let mut interim = false;
     let head = std::future::poll_fn(|cx| {
         if let Some(up) = &mut upload {
             match up.poll(&mut conn.io, cx) {
@@ -428,7 +429,7 @@ pub(crate) async fn send<'a>(
                 Poll::Pending => {}
             }
         }
-        poll_head(&mut conn, limits, cx)
+        poll_head(&mut conn, limits, &mut interim, cx)
     })
     .await;
     let head = match head {
@@ -485,14 +486,22 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Reads until a final response head (1xx but 101 skipped) is complete.
-fn poll_head(conn: &mut Conn, limits: HeadLimits, cx: &mut Context<'_>) -> Poll<Result<Head, Error>> {
+/// Reads until a final response head (1xx but 101 skipped, noted in
+/// `interim`) is complete. The backend closing (or resetting) before a
+/// byte of answer is [`Error::Closed`].
+fn poll_head(
+    conn: &mut Conn,
+    limits: HeadLimits,
+    interim: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Head, Error>> {
     loop {
         if !conn.rbuf.is_empty() {
             match parse_head(&conn.rbuf, limits)? {
                 Some((len, head)) => {
                     conn.rbuf.advance(len);
                     if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                        *interim = true;
                         continue;
                     }
                     return Poll::Ready(Ok(head));
@@ -503,12 +512,16 @@ fn poll_head(conn: &mut Conn, limits: HeadLimits, cx: &mut Context<'_>) -> Poll<
                 None => {}
             }
         }
-        if ready!(conn.poll_fill(cx))? == 0 {
-            return Poll::Ready(Err(if conn.rbuf.is_empty() {
-                Error::Closed
-            } else {
-                Error::Incomplete
-            }));
+        let silent = conn.rbuf.is_empty() && !*interim;
+        match ready!(conn.poll_fill(cx)) {
+            Ok(0) if silent => return Poll::Ready(Err(Error::Closed)),
+            Ok(0) => return Poll::Ready(Err(Error::Incomplete)),
+            Ok(_) => {}
+            // A reset, or TLS ended without close_notify: a close too.
+            Err(e) if silent && matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof) => {
+                return Poll::Ready(Err(Error::Closed))
+            }
+            Err(e) => return Poll::Ready(Err(e.into())),
         }
     }
 }

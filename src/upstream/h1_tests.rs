@@ -240,11 +240,16 @@ async fn malformed_or_truncated_answers_are_errors() {
         assert!(data.is_err(), "{}", String::from_utf8_lossy(answer));
         assert!(conn.is_none());
     }
-    // Closed before answering.
+    // Closed before answering; closed after an interim answer only.
     let (addr, _heads) = backend(vec![]).await;
     assert!(matches!(
         send(connect(addr).await, get("/")).await,
         Err(h1::Error::Closed)
+    ));
+    let (addr, _heads) = backend(vec![b"HTTP/1.1 100 Continue\r\n\r\n"]).await;
+    assert!(matches!(
+        send(connect(addr).await, get("/")).await,
+        Err(h1::Error::Incomplete)
     ));
 }
 
