@@ -59,9 +59,6 @@ const KEPT_WRITE: usize = 4 * 1024;
 /// buffer is not pinned by a frame the server is still writing.
 const COPY_BELOW: usize = 4 * 1024;
 
-/// Fields a response's header map has room for, at least.
-const MAP_CAPACITY: usize = 24;
-
 /// Response header fields parsed without a heap array.
 const STACK_FIELDS: usize = 256;
 
@@ -562,10 +559,10 @@ fn parse_head(buf: &[u8], limits: HeadLimits) -> Result<Option<(usize, Head)>, E
         .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
     let copy = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
-    // Room for more than the response's fields: over HTTP/1.1 the client
-    // connection keeps this map, emptied, for its next request, which
-    // gains the forwarding fields; a map that must grow for them rehashes.
-    let mut headers = HeaderMap::with_capacity(res.headers.len().max(MAP_CAPACITY));
+    // Room for a few more fields than the response's: over HTTP/1.1 the
+    // client connection keeps this map, emptied, for its next request,
+    // which gains `X-Request-Id` (the forwarding fields never enter it).
+    let mut headers = HeaderMap::with_capacity(res.headers.len() + 4);
     let mut keep_alive = version == Version::HTTP_11;
     for h in res.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Invalid("bad field name"))?;
