@@ -380,8 +380,14 @@ async fn attempts(
         // never passed on: it would open a tunnel past routing and limits.
         if let Ok(resp) = &outcome {
             let asked = upgrade.as_ref().filter(|_| client_upgrade.is_some());
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !asked.is_some_and(|a| switches_to(resp, a)) {
-                outcome = Err(SendError::Invalid("a 101 the request did not ask for"));
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if !asked.is_some_and(|a| switches_to(resp, a)) {
+                    outcome = Err(SendError::Invalid("a 101 the request did not ask for"));
+                } else if !resp.body().can_upgrade() {
+                    // Over h2c, or before the request body was all sent:
+                    // there is no clean stream to tunnel.
+                    outcome = Err(SendError::Invalid("a 101 with no connection to switch"));
+                }
             }
         }
         let status = outcome.as_ref().ok().map(|r| r.status().as_u16());
@@ -479,8 +485,8 @@ fn respond(
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        // `attempts` passes on only a 101 that was asked for, over
-        // HTTP/1.1; anything else of it is ended here, slot and all.
+        // `attempts` passes on only a 101 that was asked for, on an
+        // HTTP/1.1 connection free to switch.
         let upstream = body.upgraded();
         if let (Some(client), Some(upstream)) = (client_upgrade, upstream) {
             exchange.client.switched.store(true, Ordering::Release);

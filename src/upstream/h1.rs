@@ -655,7 +655,8 @@ enum Chunk {
     Data(u64),
     /// The CRLF after a chunk's data.
     DataEnd,
-    Trailers,
+    /// The trailer section, its end searched for from this offset on.
+    Trailers(usize),
 }
 
 /// A backend's response body, owning its connection until it has been read.
@@ -693,10 +694,16 @@ impl Body {
         Some(conn)
     }
 
+    /// Whether this is a 101's with its connection free to switch (no
+    /// request body still being written on it).
+    pub(crate) fn can_upgrade(&self) -> bool {
+        matches!(self.decode, Decode::Upgrade) && self.upload.is_none() && self.conn.is_some()
+    }
+
     /// The connection after a 101, with what the backend already sent of
     /// the new protocol.
     pub(crate) fn upgraded(mut self) -> Option<Upgraded> {
-        if !matches!(self.decode, Decode::Upgrade) || self.upload.is_some() {
+        if !self.can_upgrade() {
             return None;
         }
         let conn = self.conn.take()?;
@@ -758,7 +765,11 @@ impl Body {
                         None => return Poll::Ready(Some(Err(Error::Invalid("bad chunk size")))),
                     };
                     rbuf.advance(end + 1);
-                    *chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                    *chunk = if size == 0 {
+                        Chunk::Trailers(0)
+                    } else {
+                        Chunk::Data(size)
+                    };
                     self.step()
                 }
                 Chunk::Data(left) => {
@@ -784,16 +795,19 @@ impl Body {
                     *chunk = Chunk::Size;
                     self.step()
                 }
-                Chunk::Trailers => {
+                Chunk::Trailers(from) => {
                     if rbuf.starts_with(b"\r\n") {
                         rbuf.advance(2);
                         self.decode = Decode::Done;
                         return Poll::Ready(None);
                     }
-                    let Some(end) = rbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    // Each read searches only what it added (and the 3
+                    // bytes before it, where an end may have begun).
+                    let Some(end) = rbuf[from..].windows(4).position(|w| w == b"\r\n\r\n").map(|i| from + i) else {
                         if rbuf.len() > self.trailer_bytes {
                             return Poll::Ready(Some(Err(Error::Invalid("trailer section too large"))));
                         }
+                        *chunk = Chunk::Trailers(rbuf.len().saturating_sub(3));
                         return Poll::Pending;
                     };
                     let trailers = parse_trailers(&rbuf[..end + 4]);

@@ -318,10 +318,45 @@ async fn what_the_backend_sends_after_a_101_reaches_the_tunnel_first() {
     .await;
     let resp = send(connect(addr).await, get("/ws")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert!(resp.body().can_upgrade());
     let mut up = resp.into_body().upgraded().expect("an upgraded stream");
     let mut got = vec![0u8; 5];
     up.read_exact(&mut got).await.unwrap();
     assert_eq!(got, b"hello");
     // Nothing more is interpreted as HTTP: the stream is raw both ways.
     up.write_all(b"raw").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_trailer_section_split_across_reads_is_found() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let _ = s.read(&mut buf).await.unwrap();
+        // The section's end begins in the first write and ends in the last.
+        for part in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-a: 1\r"[..],
+            b"\nx-b: 2\r",
+            b"\n\r",
+            b"\n",
+        ] {
+            s.write_all(part).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = s.read(&mut buf).await;
+    });
+    let resp = send(connect(addr).await, get("/")).await.unwrap();
+    let (data, trailers, conn) = read_all(resp.into_body()).await;
+    assert_eq!(data.unwrap(), b"ok");
+    let trailers = trailers.expect("trailers");
+    assert_eq!(
+        (&trailers["x-a"], &trailers["x-b"]),
+        (
+            &"1".parse::<http::HeaderValue>().unwrap(),
+            &"2".parse::<http::HeaderValue>().unwrap()
+        )
+    );
+    assert!(conn.is_some());
 }

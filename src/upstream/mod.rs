@@ -110,6 +110,11 @@ impl UpstreamBody {
         }
     }
 
+    /// Whether [`UpstreamBody::upgraded`] will give a connection.
+    pub(crate) fn can_upgrade(&self) -> bool {
+        matches!(self, UpstreamBody::H1(b) if b.can_upgrade())
+    }
+
     /// The connection a 101 switched (HTTP/1.1 only).
     pub(crate) fn upgraded(self) -> Option<h1::Upgraded> {
         match self {
