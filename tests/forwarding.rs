@@ -272,3 +272,40 @@ async fn a_get_is_sent_again_at_most_once() {
     );
     p.shutdown().await;
 }
+
+/// A chunked upload's trailer section reaches the backend with the fields
+/// its `Trailer` field announced (and only those).
+#[tokio::test]
+async fn announced_request_trailers_reach_the_backend() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        // Until the last chunk's section has ended.
+        while !(got.windows(5).any(|w| w == b"\r\n0\r\n") && got.ends_with(b"\r\n\r\n")) {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await
+            .unwrap();
+        let _ = tx.send(String::from_utf8_lossy(&got).into_owned());
+    });
+    let p = tidegate(&config_text(&[addr], "", "")).await;
+    let out = raw(
+        p.addr,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\nConnection: close\r\n\r\n\
+5\r\nhello\r\n0\r\nx-checksum: abc\r\nx-secret: no\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+    let seen = rx.await.unwrap();
+    assert!(seen.contains("trailer: x-checksum\r\n"), "{seen}");
+    assert!(seen.ends_with("5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n"), "{seen}");
+    p.shutdown().await;
+}

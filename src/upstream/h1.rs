@@ -20,9 +20,8 @@
 //! backend closes. A response that is not reusable (HTTP/1.0,
 //! `Connection: close`, both framings, read to close, bytes after its end,
 //! an upload not finished) closes its connection instead of going back to
-//! the pool. Request trailers are not forwarded (they were not before:
-//! hyper sends only those a `Trailer` field announces, and tidegate
-//! removes hop-by-hop fields before that).
+//! the pool. A chunked upload's trailer fields go with its last chunk when
+//! the request's `Trailer` field announced them, as hyper's client did.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -281,10 +280,26 @@ struct Upload {
     owed: u64,
     /// The body has ended; `out` holds the last bytes.
     ended: bool,
+    /// The trailer fields the request's `Trailer` field announced (as
+    /// hyper's client did, only those are sent; only when chunked).
+    announced: Vec<HeaderName>,
+    /// The client's trailer section, when it sent one.
+    trailers: Option<HeaderMap>,
 }
 
 impl Upload {
-    fn new(body: RequestBody, framing: Framing) -> Upload {
+    fn new(body: RequestBody, framing: Framing, headers: &HeaderMap) -> Upload {
+        let announced = if framing == Framing::Chunked {
+            headers
+                .get_all(header::TRAILER)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
         Upload {
             body,
             framing,
@@ -295,6 +310,8 @@ impl Upload {
                 _ => 0,
             },
             ended: false,
+            announced,
+            trailers: None,
         }
     }
 
@@ -305,18 +322,17 @@ impl Upload {
         loop {
             while self.out.len() < UPLOAD_BATCH && !self.ended {
                 match Pin::new(&mut self.body).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Ok(data) = frame.into_data() {
-                            self.push(&data)?;
-                        }
-                    }
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => self.push(&data)?,
+                        Err(frame) => self.trailers = frame.into_trailers().ok(),
+                    },
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::Body(e))),
                     Poll::Ready(None) => {
                         if self.owed > 0 {
                             return Poll::Ready(Err(Error::BodyLength));
                         }
                         if self.framing == Framing::Chunked {
-                            self.out.extend_from_slice(b"0\r\n\r\n");
+                            self.last_chunk();
                         }
                         self.ended = true;
                     }
@@ -335,6 +351,17 @@ impl Upload {
                 return Poll::Ready(Ok(()));
             }
         }
+    }
+
+    /// The last chunk, with the announced trailer fields the client sent.
+    fn last_chunk(&mut self) {
+        self.out.extend_from_slice(b"0\r\n");
+        if let Some(trailers) = &self.trailers {
+            for (name, value) in trailers.iter().filter(|(n, _)| self.announced.contains(n)) {
+                field(&mut self.out, name, value);
+            }
+        }
+        self.out.extend_from_slice(b"\r\n");
     }
 
     fn push(&mut self, data: &[u8]) -> Result<(), Error> {
@@ -388,7 +415,7 @@ pub(crate) async fn send<'a>(
     let (parts, body) = req.into_parts();
     let framing = encode_head(&parts, extra, &body, &mut conn.wbuf);
     let no_body = parts.method == Method::HEAD;
-    let mut upload = (framing != Framing::None).then(|| Box::new(Upload::new(body, framing)));
+    let mut upload = (framing != Framing::None).then(|| Box::new(Upload::new(body, framing, &parts.headers)));
     let mut upload_failed = false;
     if upload.is_none() {
         // The head alone: if it cannot be written, the request comes back.
