@@ -402,10 +402,9 @@ fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
 
 /// Sends `req` on `conn`, with the `extra` fields after its own (those
 /// tidegate adds: they never enter the request's header map), and reads
-/// the response head; the response's body
-/// owns the connection from then on. A bodiless request comes back when
-/// its head could not be written, or when the backend closed without
-/// answering it ([`SendError`]).
+/// the response head; the response's body owns the connection from then
+/// on. A bodiless request comes back when its head could not be written,
+/// or when the backend closed without answering it ([`SendError`]).
 pub(crate) async fn send<'a>(
     mut conn: Conn,
     req: Request<RequestBody>,
