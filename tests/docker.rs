@@ -2,8 +2,9 @@
 //! grows under load to containers that serve, shrinks by removing them
 //! after their drain, and a restarted tidegate adopts the container it left
 //! running. The backend image is built here from this build's binary
-//! (`FROM scratch`, no registry); the test removes every container, the
-//! network and the image it made, whatever happens.
+//! (`FROM scratch`, no registry); the test removes every container and
+//! the image it made, whatever happens. The containers run on the host's
+//! network and listen on 127.0.0.1 only.
 
 mod common;
 
@@ -29,7 +30,6 @@ fn docker(args: &[&str]) -> String {
 struct Fixture {
     id: String,
     image: String,
-    network: String,
 }
 
 impl Fixture {
@@ -37,13 +37,9 @@ impl Fixture {
         let id = format!("{}-{:06x}", std::process::id(), fastrand::u32(..0xffffff));
         let f = Fixture {
             image: format!("tidegate-test-backend:{id}"),
-            network: format!("tidegate-test-{id}"),
             id,
         };
         f.build_image();
-        // Internal: no route in or out beyond this host's bridge, so the
-        // backends' listeners are reachable from the host alone.
-        docker(&["network", "create", "--internal", &f.network]);
         f
     }
 
@@ -88,19 +84,17 @@ impl Fixture {
             .collect()
     }
 
-    /// The backend listens on every address *inside its container* (its
-    /// own network namespace, whose loopback the host cannot reach): that
-    /// is how tidegate reaches it at the container's address on the test
-    /// network, an internal one that routes nowhere beyond this host.
-    /// Nothing on the host binds beyond 127.0.0.1.
+    /// The containers share the host's network (`network = "host"`): each
+    /// backend listens on 127.0.0.1 at the free port the provisioner chose
+    /// for it (`{port}`), so nothing binds beyond loopback.
     fn config(&self) -> String {
         format!(
             "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\
 [pools.shop]\nmax_concurrency = 2\nqueue = {{ max_depth = 1000, timeout = \"30s\" }}\nbackends = []\n\
 [pools.shop.autoscale]\nmin = 1\nmax = 3\nprovisioning_delay = \"2s\"\nscale_down_window = \"3s\"\n\
-hook = {{ kind = \"docker\", image = \"{}\", network = \"{}\", port = 8080, labels = {{ tidegate-test = \"{}\" }}, \
-command = [\"backend\", \"--listen\", \"0.0.0.0:8080\", \"--service-time\", \"50ms\", \"--concurrency\", \"2\"] }}\n",
-            self.image, self.network, self.id
+hook = {{ kind = \"docker\", image = \"{}\", network = \"host\", labels = {{ tidegate-test = \"{}\" }}, \
+command = [\"backend\", \"--listen\", \"127.0.0.1:{{port}}\", \"--service-time\", \"50ms\", \"--concurrency\", \"2\"] }}\n",
+            self.image, self.id
         )
     }
 }
@@ -110,7 +104,6 @@ impl Drop for Fixture {
         for id in self.containers() {
             let _ = Command::new("docker").args(["rm", "-f", &id]).output();
         }
-        let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
         let _ = Command::new("docker").args(["rmi", "-f", &self.image]).output();
     }
 }

@@ -7,7 +7,10 @@
 //! the operator's `labels`; a call first lists the containers carrying
 //! them, so a restarted tidegate adopts the containers it left running
 //! instead of leaking them (and removes stopped leftovers). A member is a
-//! running container's address on `network` with the backends' `port`.
+//! running container's address on `network` with the backends' `port`;
+//! with `network = "host"` the containers share the host's network and a
+//! member is `127.0.0.1` with a free port chosen for each container
+//! (labelled `tidegate.port`). `{port}` in `command` is the member's port.
 //! Containers are removed only when tidegate sends them as `remove`
 //! (after their drain) or when more run than `desired` (those tidegate
 //! does not use first). Images are never pulled: they must exist locally.
@@ -29,6 +32,10 @@ use super::{Call, HookAnswer, HookError, HookRequest, Provisioner, MAX_ANSWER_BY
 const API: &str = "/v1.41";
 /// The label naming the pool a container serves.
 const POOL_LABEL: &str = "tidegate.pool";
+/// The label holding a host-network container's port.
+const PORT_LABEL: &str = "tidegate.port";
+/// The network that is the host's own.
+const HOST_NETWORK: &str = "host";
 
 /// `hook = { kind = "docker", ... }`.
 pub(super) struct Docker {
@@ -61,6 +68,8 @@ struct Listed {
     state: String,
     #[serde(rename = "NetworkSettings")]
     network_settings: Option<Networks>,
+    #[serde(rename = "Labels", default)]
+    labels: HashMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,10 +105,13 @@ impl Docker {
     async fn reconcile(&mut self, req: &HookRequest) -> Result<HookAnswer, HookError> {
         let mut running: Vec<(String, SocketAddr)> = Vec::new();
         for c in self.list(&req.pool).await? {
-            let address = c
-                .network_settings
-                .as_ref()
-                .and_then(|n| n.address(&self.network, self.port));
+            let address = if self.network == HOST_NETWORK {
+                c.labels.get(PORT_LABEL).and_then(|p| p.parse().ok()).map(loopback)
+            } else {
+                c.network_settings
+                    .as_ref()
+                    .and_then(|n| n.address(&self.network, self.port))
+            };
             match (c.state.as_str(), address) {
                 ("running", Some(addr)) => running.push((c.id, addr)),
                 // Exited, dead, never started, or not on the network: a
@@ -152,15 +164,34 @@ impl Docker {
     /// Creates and starts one container and returns it with its address.
     async fn start(&self, pool: &str) -> Result<(String, SocketAddr), HookError> {
         let name = format!("tidegate-{}-{:08x}", container_name_part(pool), fastrand::u32(..));
+        let host = self.network == HOST_NETWORK;
+        let mut labels = self.labels(pool);
+        let port = if host {
+            // Free now; the container binds it a moment later (another
+            // process could take it in between: the health check would
+            // then never pass, and the member is replaced).
+            let port = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                .and_then(|l| l.local_addr())
+                .map_err(|e| HookError::Docker(format!("no free loopback port: {e}")))?
+                .port();
+            labels.insert(PORT_LABEL.to_string(), port.to_string());
+            port
+        } else {
+            self.port
+        };
         let mut spec = serde_json::json!({
             "Image": self.image,
-            "Labels": self.labels(pool),
-            "ExposedPorts": { format!("{}/tcp", self.port): {} },
+            "Labels": labels,
             "HostConfig": { "NetworkMode": self.network },
-            "NetworkingConfig": { "EndpointsConfig": { self.network.clone(): {} } },
         });
+        if !host {
+            spec["ExposedPorts"] = serde_json::json!({ format!("{port}/tcp"): {} });
+            spec["NetworkingConfig"] = serde_json::json!({ "EndpointsConfig": { self.network.clone(): {} } });
+        }
         if !self.command.is_empty() {
-            spec["Cmd"] = serde_json::json!(self.command);
+            let port = port.to_string();
+            let cmd: Vec<String> = self.command.iter().map(|a| a.replace("{port}", &port)).collect();
+            spec["Cmd"] = serde_json::json!(cmd);
         }
         let path = format!("{API}/containers/create?name={name}");
         let created = self
@@ -205,10 +236,14 @@ impl Docker {
             Err(e) => Err(e),
         };
         let address = inspected.and_then(|body| {
-            serde_json::from_slice::<Inspected>(&body)
-                .map_err(|e| HookError::Docker(format!("container inspect: {e}")))?
+            let inspected = serde_json::from_slice::<Inspected>(&body)
+                .map_err(|e| HookError::Docker(format!("container inspect: {e}")))?;
+            if host {
+                return Ok(loopback(port));
+            }
+            inspected
                 .network_settings
-                .address(&self.network, self.port)
+                .address(&self.network, port)
                 .ok_or_else(|| HookError::Docker(format!("{name} has no address on network `{}`", self.network)))
         });
         match address {
@@ -223,6 +258,11 @@ impl Docker {
             }
         }
     }
+}
+
+/// A host-network member's address.
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port)
 }
 
 /// A Docker Engine reached over its Unix socket.
