@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use http::Version;
 
+use crate::config::net::ip_text;
 use crate::config::{AccessLogConfig, AccessLogFormat};
 
 /// Lines the writer has not taken yet, at most.
@@ -507,25 +508,7 @@ fn decimal3(out: &mut Vec<u8>, thousandths: u64) {
 }
 
 fn ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                if octet >= 100 {
-                    out.push(b'0' + octet / 100);
-                }
-                if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
-                }
-                out.push(b'0' + octet % 10);
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
+    out.extend_from_slice(ip_text(ip, &mut [0; 48]));
 }
 
 fn socket(out: &mut Vec<u8>, addr: SocketAddr) {

@@ -5,11 +5,12 @@
 //! the forwarded-for family is added on the way in. `Host` is kept as the
 //! client sent it (for HTTP/2 clients it is taken from `:authority`).
 
-use std::io::Write;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
+
+use crate::config::net::ip_text;
 
 /// Fields that describe one connection, never forwarded (RFC 9110 7.6.1,
 /// plus the legacy ones still seen in the wild). `Trailer` is deliberately
@@ -91,38 +92,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
     te_trailers
 }
 
-/// The address as text, on the stack (an IPv6 address is at most 45
-/// characters). IPv4, nearly every client, without `fmt`.
-fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
-    let mut n = 0;
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                if octet >= 100 {
-                    buf[n] = b'0' + octet / 100;
-                    n += 1;
-                }
-                if octet >= 10 {
-                    buf[n] = b'0' + octet / 10 % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + octet % 10;
-                n += 1;
-            }
-        }
-        IpAddr::V6(_) => {
-            let mut w = &mut buf[..];
-            let _ = write!(w, "{ip}");
-            n = 48 - w.len();
-        }
-    }
-    &buf[..n]
-}
-
 fn is_common_connection_value(v: &[u8]) -> bool {
     v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
 }
@@ -187,7 +156,7 @@ impl Forwarded {
 /// `Forwarded` field is removed. `Via` is appended to.
 pub fn forwarded(headers: &mut HeaderMap, hop: Hop, host: Option<&HeaderValue>, version: Version) -> Forwarded {
     let mut buf = [0u8; 48];
-    let ip = format_ip(hop.peer, &mut buf);
+    let ip = ip_text(hop.peer, &mut buf);
     // An untrusted peer's list is replaced: not read, only removed.
     let mut joined = Vec::new();
     if hop.trusted {
@@ -247,22 +216,6 @@ mod tests {
             );
         }
         h
-    }
-
-    #[test]
-    fn addresses_format_like_display() {
-        let mut buf = [0u8; 48];
-        for ip in [
-            "0.0.0.0",
-            "10.0.9.100",
-            "203.0.113.7",
-            "255.255.255.255",
-            "::1",
-            "2001:db8::ff00:42:8329",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(format_ip(ip, &mut buf), ip.to_string().as_bytes());
-        }
     }
 
     #[test]

@@ -63,8 +63,8 @@ use crate::state::{Snapshot, State};
 use crate::upstream::body::{RequestBody, Tallies};
 use crate::upstream::{HeadLimits, UpstreamBody};
 use request::{
-    affinity_key, check_framing, content_length, has_no_body, head_of, is_idempotent, rate_limit, rebuild,
-    request_host, upstream_request,
+    affinity_key, check_framing, content_length, has_no_body, head_of, rate_limit, rebuild, request_host,
+    upstream_request,
 };
 use send::{body_error, client_fault, send, SendError};
 use upgrade::{allowed_upgrade, switches_to, tunnel};
@@ -268,7 +268,7 @@ async fn upstream(
     let upgrade = allowed_upgrade(&req, &route.upgrade);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let hash = affinity(pool, req.headers(), who);
-    let replayable = cfg.retry_idempotent && is_idempotent(req.method()) && has_no_body(&req);
+    let replayable = cfg.retry_idempotent && req.method().is_idempotent() && has_no_body(&req);
     let idle = snapshot.config.limits.client_body_timeout;
     let tallies = Tallies {
         pool: (!http_body::Body::is_end_stream(req.body())).then(|| Arc::clone(&pool.shared.bytes_in)),

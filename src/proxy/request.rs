@@ -153,13 +153,6 @@ pub(super) fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-pub(super) fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
-    )
-}
-
 pub(super) fn has_no_body<B: http_body::Body>(req: &Request<B>) -> bool {
     req.body().is_end_stream() || content_length(req.headers()) == Some(0)
 }

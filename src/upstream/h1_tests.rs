@@ -74,6 +74,12 @@ fn get(path: &str) -> Request<RequestBody> {
         .unwrap()
 }
 
+/// `GET /` on a new connection to a backend that answers with `answer`.
+async fn get_from(answer: &'static [u8]) -> Result<http::Response<h1::Body>, h1::Error> {
+    let (addr, _heads) = backend(vec![answer]).await;
+    send(connect(addr).await, get("/")).await
+}
+
 async fn send(conn: Conn, req: Request<RequestBody>) -> Result<http::Response<h1::Body>, h1::Error> {
     match h1::send(conn, req, std::iter::empty(), LIMITS).await {
         Ok(r) => Ok(r),
@@ -181,8 +187,7 @@ async fn a_body_read_until_close_or_framed_twice_never_reuses_its_connection() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA",
     ] {
-        let (addr, _heads) = backend(vec![answer]).await;
-        let resp = send(connect(addr).await, get("/")).await.unwrap();
+        let resp = get_from(answer).await.unwrap();
         // Framed both ways: the chunked coding wins, the length goes.
         assert!(!resp.headers().contains_key("content-length") || !resp.headers().contains_key("transfer-encoding"));
         let (data, _, conn) = read_all(resp.into_body()).await;
@@ -203,8 +208,7 @@ async fn malformed_or_truncated_answers_are_errors() {
         b"HTTP/1.1 200 OK\r\nfolded: a\r\n b\r\n\r\n",
     ];
     for answer in invalid {
-        let (addr, _heads) = backend(vec![answer]).await;
-        let err = send(connect(addr).await, get("/")).await.err();
+        let err = get_from(answer).await.err();
         assert!(
             matches!(err, Some(h1::Error::Invalid(_))),
             "{}: {err:?}",
@@ -217,11 +221,7 @@ async fn malformed_or_truncated_answers_are_errors() {
             .into_bytes()
             .into_boxed_slice(),
     );
-    let (addr, _heads) = backend(vec![huge]).await;
-    assert!(matches!(
-        send(connect(addr).await, get("/")).await,
-        Err(h1::Error::Invalid(_))
-    ));
+    assert!(matches!(get_from(huge).await, Err(h1::Error::Invalid(_))));
 
     // Bodies that break off, or lie about their chunks.
     for answer in [
@@ -234,8 +234,7 @@ async fn malformed_or_truncated_answers_are_errors() {
         // A trailer section ended by bare LFs, with bytes after it.
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx: a\n\nJUNK\r\n\r\n",
     ] {
-        let (addr, _heads) = backend(vec![answer]).await;
-        let resp = send(connect(addr).await, get("/")).await.unwrap();
+        let resp = get_from(answer).await.unwrap();
         let (data, _, conn) = read_all(resp.into_body()).await;
         assert!(data.is_err(), "{}", String::from_utf8_lossy(answer));
         assert!(conn.is_none());
@@ -246,9 +245,8 @@ async fn malformed_or_truncated_answers_are_errors() {
         send(connect(addr).await, get("/")).await,
         Err(h1::Error::Closed)
     ));
-    let (addr, _heads) = backend(vec![b"HTTP/1.1 100 Continue\r\n\r\n"]).await;
     assert!(matches!(
-        send(connect(addr).await, get("/")).await,
+        get_from(b"HTTP/1.1 100 Continue\r\n\r\n").await,
         Err(h1::Error::Incomplete)
     ));
 }
