@@ -10,6 +10,12 @@
 #               none is refused);
 #   access_log  the JSON access log written to a file (one line per request,
 #               through the bounded channel to the writer thread);
+#   cache       the micro-cache's miss path: a cached route, and every
+#               request (in both modes) says `Cache-Control: no-cache`, so
+#               each one is looked up, fetched from a backend, buffered and
+#               stored again (a miss that refreshes the copy), over ONE
+#               connection (one stream), since concurrent misses of a key
+#               share one fetch; the baseline is the same route uncached;
 #   binary      no feature: "with" runs another build of tidegate, B_BIN
 #               (an A/B of a code change: build both, point TIDEGATE_BIN at
 #               the old one and B_BIN at the new one).
@@ -24,7 +30,7 @@
 # REQUESTS requests, repeatable to 0.1 %; about a minute per mode), over
 # HTTP/1.1, or over h2c with PROTO=h2c (16 connections x 10 streams).
 #
-# Usage: benches/e2e/feature-cost.sh ratelimit|access_log|binary
+# Usage: benches/e2e/feature-cost.sh ratelimit|access_log|cache|binary
 #        (ROUNDS=2 DURATION=6 RATE=8000; COUNTER=cpu|callgrind REQUESTS=20000 PROTO=h1|h2c)
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-2}
@@ -45,13 +51,26 @@ burst = 1000000' ;;
   access_log) snippet="[access_log]
 format = \"json\"
 path = \"$WORK/access.log\"" ;;
+  cache) snippet='[[route]]
+path_prefix = "/"
+pool = "be"
+cache = { ttl = "60s" }' ;;
   binary) snippet=""
     [[ -x ${B_BIN:-} ]] || { echo "binary: set B_BIN to the other build of tidegate"; exit 2; } ;;
-  *) echo "unknown feature $FEATURE (ratelimit, access_log, binary)"; exit 2 ;;
+  *) echo "unknown feature $FEATURE (ratelimit, access_log, cache, binary)"; exit 2 ;;
 esac
+# The cache's baseline is the same route uncached, and the same request
+# bytes in both modes.
+none_snippet=""
+CONNS=64
+if [[ $FEATURE == cache ]]; then
+  none_snippet=${snippet%$'\n'cache*}
+  LOAD_HEADERS=(-H "cache-control: no-cache")
+  CONNS=1 LOAD_CONNECTIONS=1 LOAD_STREAMS=1
+fi
 # The build a mode runs.
 bin_of() { if [[ $FEATURE == binary && $1 == with ]]; then echo "$B_BIN"; else echo "$BIN"; fi; }
-write_tidegate_config "$WORK/none.toml"
+write_tidegate_config "$WORK/none.toml" "$none_snippet"
 write_tidegate_config "$WORK/with.toml" "$snippet"
 url="http://127.0.0.1:18080/products/1"
 
@@ -78,8 +97,8 @@ for round in $(seq "$ROUNDS"); do
     TIDEGATE_LOG=warn taskset -c 0 "$(bin_of "$mode")" run --no-watch --config "$WORK/$mode.toml" >/dev/null 2>&1 &
     TG=$!; PIDS+=($TG)
     wait_http "http://127.0.0.1:18080/healthz"
-    taskset -c 1 h2load --h1 -c 64 -D 1 "$url" >/dev/null 2>&1   # warm-up
-    read -r pt _ n _ < <(measure "$TG" --h1 -c 64 --rps $((RATE / 64)) -D "$DURATION" "$url")
+    taskset -c 1 h2load --h1 -c "$CONNS" -D 1 ${LOAD_HEADERS[@]+"${LOAD_HEADERS[@]}"} "$url" >/dev/null 2>&1   # warm-up
+    read -r pt _ n _ < <(measure "$TG" --h1 -c "$CONNS" --rps $((RATE / CONNS)) -D "$DURATION" ${LOAD_HEADERS[@]+"${LOAD_HEADERS[@]}"} "$url")
     # A request refused would not be a fair comparison: check one.
     limited=$(curl -s -o /dev/null -w '%{http_code}' "$url")
     kill "$TG"; wait "$TG" 2>/dev/null || true

@@ -108,8 +108,11 @@ instructions_per_request() {
   pid=$!; PIDS+=($pid)
   for _ in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:18080/healthz && break; sleep 0.1; done
   # PROTO=h2c: 16 HTTP/2 connections of 10 streams each instead.
-  local load=(--h1 -c 16)
-  [[ ${PROTO:-h1} == h2c ]] && load=(-c 16 -m 10)
+  # LOAD_CONNECTIONS and LOAD_STREAMS change the 16 and the 10.
+  local load=(--h1 -c "${LOAD_CONNECTIONS:-16}")
+  [[ ${PROTO:-h1} == h2c ]] && load=(-c "${LOAD_CONNECTIONS:-16}" -m "${LOAD_STREAMS:-10}")
+  # LOAD_HEADERS: extra h2load arguments (request fields) for every request.
+  load+=(${LOAD_HEADERS[@]+"${LOAD_HEADERS[@]}"})
   taskset -c 1 h2load "${load[@]}" -n 2000 "$url" >/dev/null 2>&1
   callgrind_control -z "$pid" >/dev/null
   done=$(taskset -c 1 h2load "${load[@]}" -n "$n" "$url" 2>&1 | awk '/^requests:/ {print $8}')

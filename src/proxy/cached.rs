@@ -93,10 +93,8 @@ pub(super) async fn serve(
                 if object.claim_refresh() {
                     cache.count_refresh();
                     let job = Fetch::new(conn, &req, who, at, policy, cache, base, key, None);
-                    let stale = Some(Arc::clone(&object));
-                    tokio::spawn(async move {
-                        let _ = job.run(stale).await;
-                    });
+                    // Boxed, as the leader's below.
+                    tokio::spawn(Box::pin(job.run(Some(Arc::clone(&object)))));
                 }
                 note(cache, &pool, at, Outcome::Stale, false);
                 return Ok(answer(&object, now, head_only));
@@ -112,8 +110,11 @@ pub(super) async fn serve(
         Role::Leader(leader) => {
             let job = Fetch::new(conn, &req, who, at, policy, cache, base, key, Some(leader));
             let (tx, rx) = oneshot::channel();
+            // Boxed: the fetch (an upstream exchange) is kilobytes that
+            // spawning would otherwise copy through each of its layers.
+            let run = Box::pin(job.run(None));
             tokio::spawn(async move {
-                let _ = tx.send(job.run(None).await);
+                let _ = tx.send(run.await);
             });
             let Ok((fetched, place)) = rx.await else {
                 return Err(ProxyError::UpstreamInvalid("the cache's fetch ended without an answer"));
