@@ -25,7 +25,7 @@
 //!    another has come at least 5 minutes apart within the window: one
 //!    spike says nothing of the next half hour, repeated ones do. An
 //!    error is read at the level it was made at: the quantile takes the
-//!    errors of forecasts at least half today's (all of them while those
+//!    errors of forecasts at least half the current one (all of them while those
 //!    are too few), so a burst's surprise is headroom before the burst,
 //!    not on top of it.
 //! 5. **Sizing**: the fewest backends for which a request waits longer than
@@ -89,7 +89,8 @@ pub(crate) struct TidegateParams {
     /// Seconds of forecast errors the quantile reads.
     pub(crate) headroom_window: u64,
     /// The quantile reads the errors of forecasts at least this share of
-    /// today's (0: all), or all errors while there are too few of those.
+    /// the current forecast (0: all), or all errors while there are too
+    /// few of those.
     /// 0.5 with the 0.97 quantile won 28 of 33 training rows against 27.
     pub(crate) headroom_level: f64,
     /// Errors above `surprise_error` count toward the headroom only once
@@ -196,8 +197,8 @@ impl TidegateParams {
 }
 
 /// Relative forecast errors over a sliding window. The quantile is a walk
-/// of the window into fixed bins (at most one error a second: 1,800 for
-/// the default window), not a sort.
+/// of the window into fixed bins (about one error a second: 1,800 for the
+/// default window), not a sort.
 #[derive(Debug, Clone, Default)]
 struct Residuals {
     /// Oldest first.
@@ -215,7 +216,7 @@ struct Residual {
     /// Above `surprise_error`.
     surprise: bool,
     /// The rate forecast, req/s: the level the error was made at.
-    said: f32,
+    said: f64,
 }
 
 /// Relative errors from -1 to +`MAX_ERROR` in steps of `ERROR_STEP`.
@@ -237,7 +238,7 @@ impl Residuals {
             t,
             bin: bin_of(error) as u16,
             surprise,
-            said: said as f32,
+            said,
         });
         if surprise {
             match self.episodes.back_mut() {
@@ -275,7 +276,7 @@ impl Residuals {
         for r in self.window.iter().filter(|r| !(leave_out && r.surprise)) {
             all[usize::from(r.bin)] += 1;
             all_count += 1;
-            if f64::from(r.said) >= forecast * p.headroom_level {
+            if r.said >= forecast * p.headroom_level {
                 near[usize::from(r.bin)] += 1;
                 near_count += 1;
             }
@@ -678,7 +679,7 @@ mod tests {
             r.add(t, 0.01, 100.0, &p);
         }
         assert!(quantile(&mut r, 4500) < 0.05);
-        assert!(r.episodes.is_empty());
+        assert!(r.episodes.is_empty() && r.window.iter().all(|e| !e.surprise));
         // Surprises a gap apart or more are two episodes; closer, one.
         let mut r = Residuals::default();
         for t in [0, p.episode_gap - 1, 2 * p.episode_gap - 1] {
@@ -713,6 +714,17 @@ mod tests {
             ..p
         };
         assert_eq!(r.quantile(&everywhere, 500.0), MAX_ERROR);
+        // The level's own errors count from the 30th on.
+        let mut r = Residuals::default();
+        for t in 0..100 {
+            r.add(t, 4.0, 100.0, &p);
+        }
+        for t in 100..129 {
+            r.add(t, 0.0, 500.0, &p);
+        }
+        assert_eq!(r.quantile(&p, 500.0), MAX_ERROR, "29 of its own: all errors read");
+        r.add(129, 0.0, 500.0, &p);
+        assert!(r.quantile(&p, 500.0).abs() < 0.01, "30 of its own");
     }
 
     #[test]

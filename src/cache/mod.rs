@@ -234,6 +234,8 @@ pub(crate) struct Cache {
     vary: moka::sync::Cache<Arc<str>, Arc<[HeaderName]>>,
     /// Hit-for-miss marks: the key's answer was not storable until then.
     passes: moka::sync::Cache<Arc<str>, Instant>,
+    /// Set before the first mark: until then a miss skips `passes`.
+    marked: AtomicBool,
     flights: DashMap<Arc<str>, Arc<Flight>>,
     counts: DashMap<Arc<str>, Arc<PoolCounts>>,
     max_bytes: u64,
@@ -285,6 +287,7 @@ impl Cache {
                 .max_capacity(PASS_KEYS)
                 .time_to_live(Duration::from_secs(86_400))
                 .build(),
+            marked: AtomicBool::new(false),
             flights: DashMap::new(),
             counts: DashMap::new(),
             max_bytes,
@@ -337,6 +340,7 @@ impl Cache {
     /// Marks `key` hit-for-miss for `ttl`: its answer was not storable.
     pub(crate) fn pass(&self, key: Arc<str>, ttl: Duration, now: Instant) {
         self.not_stored.fetch_add(1, Ordering::Relaxed);
+        self.marked.store(true, Ordering::Relaxed);
         self.passes.insert(key, now + ttl);
     }
 
@@ -345,11 +349,11 @@ impl Cache {
         self.any_passes() && self.passes.get(key).is_some_and(|until| now < until)
     }
 
-    /// Whether any key was ever marked hit-for-miss (each mark counts one
-    /// answer not stored). Until then a miss skips the marks' map (a moka
-    /// read and an invalidation: 1,200 instructions of a miss's 31,000).
+    /// Whether any key was ever marked hit-for-miss. Until then a miss
+    /// skips the marks' map (a moka read and an invalidation: 1,200
+    /// instructions of a miss's 31,000).
     fn any_passes(&self) -> bool {
-        self.not_stored.load(Ordering::Relaxed) != 0
+        self.marked.load(Ordering::Relaxed)
     }
 
     /// Leads the fetch of `key`, or follows the request already leading it.
@@ -486,6 +490,27 @@ mod tests {
         assert_eq!(o.usable(now + Duration::from_secs(3)), Usable::Dead);
         assert!(o.claim_refresh());
         assert!(!o.claim_refresh(), "one refresh per stale object");
+    }
+
+    #[tokio::test]
+    async fn a_key_is_hit_for_miss_from_its_mark_until_an_answer_is_stored() {
+        let cache = Cache::new(1 << 20);
+        let now = Instant::now();
+        let key: Arc<str> = "k".into();
+        assert!(!cache.passing(&key, now), "nothing marked yet");
+        cache.pass(Arc::clone(&key), Duration::from_secs(10), now);
+        assert!(cache.passing(&key, now));
+        assert!(!cache.passing("other", now));
+        assert!(!cache.passing(&key, now + Duration::from_secs(10)), "the mark lapses");
+        let object = Object::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"x"),
+            fresh(1, 2),
+            now,
+        );
+        cache.store(Arc::clone(&key), Arc::new(object));
+        assert!(!cache.passing(&key, now), "a stored answer clears the mark");
     }
 
     #[tokio::test]
