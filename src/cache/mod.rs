@@ -475,16 +475,21 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_object_is_fresh_then_stale_then_dead() {
-        let now = Instant::now();
-        let o = Object::new(
+    /// A one-byte 200, fresh for 1 s and stale for 2 more.
+    fn small(now: Instant) -> Object {
+        Object::new(
             StatusCode::OK,
             HeaderMap::new(),
             Bytes::from_static(b"x"),
             fresh(1, 2),
             now,
-        );
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_object_is_fresh_then_stale_then_dead() {
+        let now = Instant::now();
+        let o = small(now);
         assert_eq!(o.usable(now), Usable::Fresh);
         assert_eq!(o.usable(now + Duration::from_millis(1500)), Usable::Stale);
         assert_eq!(o.usable(now + Duration::from_secs(3)), Usable::Dead);
@@ -502,13 +507,7 @@ mod tests {
         assert!(cache.passing(&key, now));
         assert!(!cache.passing("other", now));
         assert!(!cache.passing(&key, now + Duration::from_secs(10)), "the mark lapses");
-        let object = Object::new(
-            StatusCode::OK,
-            HeaderMap::new(),
-            Bytes::from_static(b"x"),
-            fresh(1, 2),
-            now,
-        );
+        let object = small(now);
         cache.store(Arc::clone(&key), Arc::new(object));
         assert!(!cache.passing(&key, now), "a stored answer clears the mark");
     }

@@ -167,11 +167,7 @@ impl Docker {
         let host = self.network == HOST_NETWORK;
         let mut labels = self.labels(pool);
         let port = if host {
-            // Free now; the container binds it a moment later (another
-            // process could take it in between: the health check would
-            // then never pass, and the member is replaced).
-            let port = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-                .and_then(|l| l.local_addr())
+            let port = super::free_loopback()
                 .map_err(|e| HookError::Docker(format!("no free loopback port: {e}")))?
                 .port();
             labels.insert(PORT_LABEL.to_string(), port.to_string());

@@ -86,9 +86,7 @@ impl LocalProvisioner {
             let _ = child.wait().await;
         }
         while self.children.len() < req.desired as usize {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(|e| HookError::Local(format!("no free port: {e}")))?;
+            let port = super::free_loopback().map_err(|e| HookError::Local(format!("no free port: {e}")))?;
             let child = backend_command(&self.exe, port, self.service_time, self.concurrency)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -180,6 +180,14 @@ pub(crate) fn check_members(answer: &HookAnswer, limit: usize, own: &[SocketAddr
     Ok(())
 }
 
+/// A loopback address whose port is free now, for a member started on this
+/// host. The member binds it a moment later: another process could take it
+/// in between, and the member's health check then never passes, so it is
+/// replaced.
+fn free_loopback() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?.local_addr()
+}
+
 /// Whether `member` reaches one of the listeners at `own`: the same port
 /// and the same address, or a listener on every address and a loopback or
 /// unspecified member.
