@@ -12,7 +12,7 @@
 use super::families::{generate, FAMILIES};
 use super::model::{Outcome, SimParams};
 use super::scenario::{from_counts, minute_counts, Scale, Trace};
-use super::{policies, run_all, summarise, Model, Summary, Variant};
+use super::{per_hour, policies, run_all, summarise, Model, Summary, Variant};
 
 /// Which part of the corpus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,8 +208,8 @@ fn pareto(a: &Summary, b: &Summary) -> bool {
 /// The verdict table: per family and delay, tidegate against KPA and HPA.
 pub fn report(rows: &[Summary]) -> String {
     let mut out = String::from(
-        "| family | delay | tidegate violations | KPA | HPA | tidegate cost vs oracle | KPA | HPA | Pareto-better than KPA | than HPA | violations / KPA | cost / KPA | reversals/h | hook calls/h |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| family | delay | tidegate violations | KPA | HPA | tidegate cost vs oracle | KPA | HPA | Pareto-better than KPA | than HPA | violations / KPA | cost / KPA | reversals/h | hook calls/h | steady time | steady: reversals/h | steady: hook calls/h |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let mut i = 0;
     while i < rows.len() {
@@ -224,7 +224,7 @@ pub fn report(rows: &[Summary]) -> String {
         };
         let yes = |b: bool| if b { "yes" } else { "**no**" };
         out.push_str(&format!(
-            "| {} | {} s | {:.4} % | {:.4} % | {:.4} % | {:.2}x | {:.2}x | {:.2}x | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} |\n",
+            "| {} | {} s | {:.4} % | {:.4} % | {:.4} % | {:.2}x | {:.2}x | {:.2}x | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} % | {} | {} |\n",
             t.scenario,
             t.delay_s,
             t.violation_share * 100.0,
@@ -239,6 +239,9 @@ pub fn report(rows: &[Summary]) -> String {
             t.backend_seconds / k.backend_seconds.max(1.0),
             t.reversals_per_hour,
             t.hook_calls_per_hour,
+            t.steady_share * 100.0,
+            per_hour(t.steady_reversals_per_hour),
+            per_hour(t.steady_hook_calls_per_hour),
         ));
     }
     out

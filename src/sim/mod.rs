@@ -137,6 +137,11 @@ pub struct Summary {
     pub(crate) hook_calls_per_hour: f64,
     /// Changes of direction of the size asked for, per hour.
     pub(crate) reversals_per_hour: f64,
+    /// Share of the time in steady load, and the hook calls and reversals
+    /// per hour of it (none when no second was steady).
+    pub(crate) steady_share: f64,
+    pub(crate) steady_hook_calls_per_hour: Option<f64>,
+    pub(crate) steady_reversals_per_hour: Option<f64>,
 }
 
 /// The policies compared, for a trace whose oracle peaks at `peak`, with
@@ -186,7 +191,6 @@ pub(crate) fn simulate_oracle(
         let s = q.second(t, servers, a, p.service * trace.service_at(t), trace.mix_at(t), memo);
         tally.add(trace, t, &s);
     }
-    let changes = need.windows(2).filter(|w| w[0] != w[1]).count() as u64;
     Outcome {
         policy: "oracle".into(),
         requests: tally.requests,
@@ -195,8 +199,7 @@ pub(crate) fn simulate_oracle(
         class_requests: tally.class_requests,
         class_violations: tally.class_violations,
         backend_seconds: need.iter().map(|&n| f64::from(n)).sum(),
-        hook_calls: changes,
-        reversals: 0,
+        changes: model::changes(need.first().copied().unwrap_or(p.min), need, &trace.steady()),
         time_to_capacity: Vec::new(),
         back_to_oracle: Vec::new(),
         sales_ready: trace.sales.len(),
@@ -248,6 +251,10 @@ pub(crate) fn summarise(scenario: &str, delay: u64, runs: &[(&Outcome, f64, f64)
         }
     }
     let mixed = class_requests[0] + class_requests[2] > 0.0;
+    let steady_hours = runs.iter().map(|(o, _, _)| o.changes.steady_seconds).sum::<u64>() as f64 / 3600.0;
+    let per_steady_hour = |count: &dyn Fn(&Outcome) -> u64| {
+        (steady_hours > 0.0).then(|| runs.iter().map(|(o, _, _)| count(o)).sum::<u64>() as f64 / steady_hours)
+    };
     Summary {
         scenario: scenario.to_string(),
         policy: runs.first().map_or(String::new(), |(o, _, _)| o.policy.clone()),
@@ -273,8 +280,11 @@ pub(crate) fn summarise(scenario: &str, delay: u64, runs: &[(&Outcome, f64, f64)
         back_to_oracle_s: worst(&|o| &o.back_to_oracle),
         sales_ready_share: (sales > 0)
             .then(|| runs.iter().map(|(o, _, _)| o.sales_ready).sum::<usize>() as f64 / sales as f64),
-        hook_calls_per_hour: runs.iter().map(|(o, _, _)| o.hook_calls).sum::<u64>() as f64 / hours.max(1e-9),
-        reversals_per_hour: runs.iter().map(|(o, _, _)| o.reversals).sum::<u64>() as f64 / hours.max(1e-9),
+        hook_calls_per_hour: runs.iter().map(|(o, _, _)| o.changes.hook_calls).sum::<u64>() as f64 / hours.max(1e-9),
+        reversals_per_hour: runs.iter().map(|(o, _, _)| o.changes.reversals).sum::<u64>() as f64 / hours.max(1e-9),
+        steady_share: steady_hours / hours.max(1e-9),
+        steady_hook_calls_per_hour: per_steady_hour(&|o| o.changes.steady_hook_calls),
+        steady_reversals_per_hour: per_steady_hour(&|o| o.changes.steady_reversals),
     }
 }
 
@@ -314,17 +324,22 @@ pub fn compare(
     (summaries, outcomes, need)
 }
 
+/// A rate per hour to one decimal, or `-` when there was no such hour.
+pub(crate) fn per_hour(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.1}"))
+}
+
 /// A Markdown table of summaries (with a column of violations per priority
 /// class when the traces carry a class mix).
 pub fn table(rows: &[Summary]) -> String {
     let classes = rows.iter().any(|r| r.class_violation_share.is_some());
     let mut out = String::from(
-        "| scenario | delay | policy | SLO-violating requests | of which in surprises | cost vs oracle | time to capacity | back to oracle | sales ready | hook calls/h | reversals/h |",
+        "| scenario | delay | policy | SLO-violating requests | of which in surprises | cost vs oracle | time to capacity | back to oracle | sales ready | hook calls/h | reversals/h | steady: hook calls/h |",
     );
     if classes {
         out.push_str(" violating: critical / normal / sheddable |");
     }
-    out.push_str("\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    out.push_str("\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     if classes {
         out.push_str(" --- |");
     }
@@ -332,7 +347,7 @@ pub fn table(rows: &[Summary]) -> String {
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |s| format!("{s} s"));
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} s | {} | {:.3} % | {:.3} % | {:.2}x | {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {} s | {} | {:.3} % | {:.3} % | {:.2}x | {} | {} | {} | {:.1} | {:.1} | {} |",
             r.scenario,
             r.delay_s,
             r.policy,
@@ -344,7 +359,8 @@ pub fn table(rows: &[Summary]) -> String {
             r.sales_ready_share
                 .map_or("-".to_string(), |s| format!("{:.0} %", s * 100.0)),
             r.hook_calls_per_hour,
-            r.reversals_per_hour
+            r.reversals_per_hour,
+            per_hour(r.steady_hook_calls_per_hour)
         ));
         if classes {
             out.push_str(&r.class_violation_share.map_or(" - |".to_string(), |[c, n, s]| {

@@ -336,11 +336,9 @@ pub struct Outcome {
     pub(crate) class_requests: [f64; 3],
     pub(crate) class_violations: [f64; 3],
     pub(crate) backend_seconds: f64,
-    /// Changes of the size asked for (each a provisioning call).
-    pub(crate) hook_calls: u64,
-    /// Changes of direction of the size asked for (up then down, or down
-    /// then up): flapping.
-    pub(crate) reversals: u64,
+    /// Hook calls and reversals of the size asked for.
+    #[serde(flatten)]
+    pub(crate) changes: Changes,
     /// Seconds from each step to capacity (ready >= the oracle's need).
     pub(crate) time_to_capacity: Vec<u64>,
     /// Seconds from each fall until within 10 % of the oracle's pool.
@@ -350,6 +348,46 @@ pub struct Outcome {
     pub(crate) sales: usize,
     #[serde(skip)]
     pub(crate) ready: Vec<u32>,
+}
+
+/// Hook calls and reversals of a pool size asked for second by second,
+/// in all and within the steady seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Changes {
+    /// Changes of the size asked for (each a provisioning call).
+    pub(crate) hook_calls: u64,
+    /// Changes of direction (up then down, or down then up): flapping.
+    pub(crate) reversals: u64,
+    /// Seconds of steady load in the trace ([`Trace::steady`]), and the
+    /// hook calls and reversals made in them.
+    pub(crate) steady_seconds: u64,
+    pub(crate) steady_hook_calls: u64,
+    pub(crate) steady_reversals: u64,
+}
+
+/// Counts the changes of `asked` (the size asked for each second, from
+/// `start`): each change is a hook call, each change of direction a
+/// reversal; those in a `steady` second are counted again as steady.
+pub(crate) fn changes(start: u32, asked: &[u32], steady: &[bool]) -> Changes {
+    let mut c = Changes {
+        steady_seconds: steady.iter().filter(|&&s| s).count() as u64,
+        ..Changes::default()
+    };
+    let (mut last, mut direction) = (start, 0i8);
+    for (t, &now) in asked.iter().enumerate() {
+        if now == last {
+            continue;
+        }
+        let steady = steady.get(t).copied().unwrap_or(false);
+        let way = if now > last { 1 } else { -1 };
+        let reversal = direction != 0 && way != direction;
+        c.hook_calls += 1;
+        c.reversals += u64::from(reversal);
+        c.steady_hook_calls += u64::from(steady);
+        c.steady_reversals += u64::from(steady && reversal);
+        (last, direction) = (now, way);
+    }
+    c
 }
 
 /// The step the simulator runs for `policy`: the live loop's, with no
@@ -389,8 +427,7 @@ pub(crate) fn simulate(
     let mut cost = 0.0;
     let mut stepper = Stepper::new(step_params(policy, p));
     let mut last_desired = ready;
-    let mut direction = 0i8;
-    let (mut hook_calls, mut reversals) = (0, 0);
+    let mut asked = Vec::with_capacity(n);
     let mut ready_series = Vec::with_capacity(n);
     for t in 0..n {
         while provisioning.front().is_some_and(|&at| at <= t as u64) {
@@ -422,15 +459,7 @@ pub(crate) fn simulate(
             provisioning: provisioning.len() as u32,
         };
         if let Some(d) = stepper.step(&tick).decision {
-            if d.desired != last_desired {
-                hook_calls += 1;
-                let now = if d.desired > last_desired { 1 } else { -1 };
-                if direction != 0 && now != direction {
-                    reversals += 1;
-                }
-                direction = now;
-                last_desired = d.desired;
-            }
+            last_desired = d.desired;
             let current = ready + provisioning.len() as u32;
             if d.desired > current {
                 for _ in current..d.desired {
@@ -444,6 +473,7 @@ pub(crate) fn simulate(
                 }
             }
         }
+        asked.push(last_desired);
     }
     let time_to_capacity = trace
         .steps
@@ -478,8 +508,7 @@ pub(crate) fn simulate(
         class_requests: tally.class_requests,
         class_violations: tally.class_violations,
         backend_seconds: cost,
-        hook_calls,
-        reversals,
+        changes: changes(start.clamp(p.min, p.max), &asked, &trace.steady()),
         time_to_capacity,
         back_to_oracle,
         sales_ready,
@@ -512,7 +541,26 @@ mod tests {
         assert!(o.violations / o.requests < 0.001, "{o:?}");
         let oracle_cost: f64 = need.iter().map(|&n| f64::from(n)).sum();
         assert!(o.backend_seconds > 2.0 * oracle_cost);
-        assert_eq!(o.hook_calls, 0);
+        assert_eq!(o.changes.hook_calls, 0);
+    }
+
+    #[test]
+    fn every_change_is_a_hook_call_and_every_turn_a_reversal_counted_again_when_steady() {
+        let asked = [2, 3, 3, 4, 3, 3, 5, 5];
+        let steady = [false, false, true, true, true, true, false, false];
+        let c = changes(2, &asked, &steady);
+        assert_eq!(
+            c,
+            Changes {
+                hook_calls: 4,
+                reversals: 2,
+                steady_seconds: 4,
+                steady_hook_calls: 2,
+                steady_reversals: 1,
+            }
+        );
+        // A change at the very first second counts against the start.
+        assert_eq!(changes(1, &[2, 2], &[true, true]).steady_hook_calls, 1);
     }
 
     #[test]

@@ -57,12 +57,48 @@ impl Trace {
         self.mix.get(t).map_or(ALL_NORMAL, |m| m.map(f64::from))
     }
 
+    /// Which seconds lie in steady load: those of a minute whose
+    /// neighbourhood (five minutes either side) keeps its per-minute
+    /// arrivals within [`STEADY_SPREAD`] (highest over lowest) and its
+    /// service time unchanged. The "at steady load" targets
+    /// (reversals and hook calls) are counted over these seconds.
+    pub(crate) fn steady(&self) -> Vec<bool> {
+        let n = self.arrivals.len();
+        let range =
+            |xs: &mut dyn Iterator<Item = f64>| xs.fold((f64::INFINITY, 0.0_f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        // Per minute: mean arrivals, and the lowest and highest service factor.
+        let minutes: Vec<(f64, (f64, f64))> = (0..n.div_ceil(60))
+            .map(|m| {
+                let seconds = m * 60..((m + 1) * 60).min(n);
+                let rate = self.arrivals[seconds.clone()].iter().sum::<f64>() / seconds.len() as f64;
+                (rate, range(&mut seconds.map(|t| self.service_at(t))))
+            })
+            .collect();
+        let mut steady = vec![false; n];
+        for m in 0..minutes.len() {
+            let window = &minutes[m.saturating_sub(STEADY_REACH)..(m + STEADY_REACH + 1).min(minutes.len())];
+            let (low, high) = range(&mut window.iter().map(|w| w.0));
+            let (fastest, slowest) = range(&mut window.iter().flat_map(|w| [w.1 .0, w.1 .1]));
+            if low > 0.0 && high <= low * STEADY_SPREAD && fastest == slowest {
+                steady[m * 60..((m + 1) * 60).min(n)].fill(true);
+            }
+        }
+        steady
+    }
+
     /// Mean arrivals per second.
     #[cfg(test)]
     pub(crate) fn mean_rate(&self) -> f64 {
         self.arrivals.iter().sum::<f64>() / self.arrivals.len().max(1) as f64
     }
 }
+
+/// Minutes either side of a minute that must agree for it to be steady.
+const STEADY_REACH: usize = 5;
+/// Highest over lowest per-minute rate still called steady (set before
+/// the first count, not searched: a 20 % band holds Poisson noise down to
+/// 20 req/s and the corpus's ±5 % wander).
+const STEADY_SPREAD: f64 = 1.2;
 
 /// The generated scenarios, by name.
 pub const SCENARIOS: [&str; 5] = ["step", "spike", "diurnal", "flash-sale", "shop-14d"];
@@ -307,6 +343,35 @@ pub(crate) fn spread_minute(seconds: &mut [f64], n: f64, rng: &mut fastrand::Rng
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steady_load_is_a_flat_stretch_not_a_step_nor_a_slow_deploy() {
+        // 10 minutes at 100 req/s, then 20 at 1000.
+        let step: Vec<f64> = (0..1800).map(|t| if t < 600 { 100.0 } else { 1000.0 }).collect();
+        let steady = Trace::plain("step", step).steady();
+        assert!(steady[0] && steady[4 * 60 + 59], "five flat minutes ahead");
+        assert!(
+            !steady[5 * 60] && !steady[10 * 60] && !steady[14 * 60 + 59],
+            "the step within five minutes"
+        );
+        assert!(steady[15 * 60] && steady[1799]);
+        // A flat rate whose service time doubles in minutes 12-14.
+        let mut deploy = Trace::plain("deploy", vec![100.0; 1800]);
+        deploy.service_factor = (0..1800)
+            .map(|t| if (720..900).contains(&t) { 2.0 } else { 1.0 })
+            .collect();
+        let steady = deploy.steady();
+        assert!(steady[6 * 60] && !steady[7 * 60] && !steady[19 * 60 + 59] && steady[20 * 60]);
+        // Noise within the band is steady; a 25 % swing is not.
+        let noisy: Vec<f64> = (0..1800)
+            .map(|t| if (t / 60) % 2 == 0 { 100.0 } else { 115.0 })
+            .collect();
+        assert!(Trace::plain("noisy", noisy).steady().iter().all(|&s| s));
+        let swing: Vec<f64> = (0..1800)
+            .map(|t| if (t / 60) % 2 == 0 { 100.0 } else { 125.0 })
+            .collect();
+        assert!(Trace::plain("swing", swing).steady().iter().all(|&s| !s));
+    }
 
     #[test]
     fn scenarios_are_seeded_and_shaped() {
