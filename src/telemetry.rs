@@ -85,6 +85,8 @@ families! {
         "Requests waiting in a pool's queue, by priority class (critical, normal, sheddable)";
     QUEUE_EVICTED_TOTAL = "tidegate_queue_evicted_total", Counter, Live,
         "Waiters a critical request evicted from a full queue (answered 503), by pool and the evicted class";
+    CLIENT_CONNECTIONS_PARKED = "tidegate_client_connections_parked", Gauge, Live,
+        "Idle HTTP/1.1 client connections parked: rested 1-2 s between requests, their buffers freed until the next request";
     POOL_DEMAND = "tidegate_pool_demand", Gauge, Live,
         "A pool's demand: requests in flight plus queued (what the autoscaler sizes for; sum it over tidegate instances)";
     QUEUE_WAIT_SECONDS = "tidegate_queue_wait_seconds", Histogram, Live,

@@ -1,9 +1,11 @@
 //! HTTP/2 (h2c and over TLS), TLS with SNI and ALPN, h2c upstreams, and
-//! protocol upgrades, through a real proxy.
+//! protocol upgrades, and idle HTTP/1.1 connections parked, through a real
+//! proxy.
 
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use http_body_util::BodyExt;
@@ -71,17 +73,16 @@ async fn an_h2c_upstream_pool_speaks_http2_to_its_backends() {
     p.shutdown().await;
 }
 
+/// A WebSocket upgrade request (the test backends answer it with 101 and echo).
+const WEBSOCKET_UPGRADE: &[u8] = b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
 #[tokio::test]
 async fn an_upgrade_is_tunnelled_both_ways_and_holds_its_slot_until_closed() {
     let b = backend("b1").await;
     let p = tidegate(&config_text(&[b.addr], "", "")).await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(
-        b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    s.write_all(WEBSOCKET_UPGRADE).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -412,4 +413,160 @@ async fn upstream_tls_verifies_the_backend_and_refuses_one_it_cannot_trust() {
     std::fs::write(&path, config_text(&[b], "", "upstream_tls = { ca = \"missing.pem\" }")).unwrap();
     let err = tidegate::config::Config::load(&path).unwrap_err().to_string();
     assert!(err.contains("pools.shop.upstream_tls.ca: cannot read"), "{err}");
+}
+
+/// `tidegate_client_connections_parked` now.
+async fn parked(t: &Tidegate) -> u64 {
+    let metrics = t.metrics().await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidegate_client_connections_parked "))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_requests() {
+    let b = backend("b1").await;
+    let t = tidegate(&config_text(&[b.addr], "", "")).await;
+    let mut s = h1(t.addr).await;
+    let first = collect(s.send_request(request("GET", "/products/1", "")).await.unwrap()).await;
+    assert_eq!(first.status, 200);
+    eventually("the idle connection is parked", || async { parked(&t).await == 1 }).await;
+    // The same connection (a hyper client's sender is bound to one).
+    let second = collect(s.send_request(request("GET", "/products/2", "")).await.unwrap()).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(parked(&t).await, 0, "woken by its next request");
+    eventually("parked again", || async { parked(&t).await == 1 }).await;
+
+    // A parked connection takes pipelined requests whole.
+    let mut raw = TcpStream::connect(t.addr).await.unwrap();
+    raw.write_all(b"GET /products/3 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    raw.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    eventually("both connections parked", || async { parked(&t).await == 2 }).await;
+    raw.write_all(
+        b"GET /products/4 HTTP/1.1\r\nHost: a\r\n\r\nGET /products/5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(BOUND, raw.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_waiting_for_a_slow_answer_is_not_parked() {
+    // The backend takes 2.5 s, longer than a connection rests before it is
+    // parked; hyper reads the socket meanwhile (for a client that leaves).
+    let b = backend_with("slow", Duration::from_millis(2500), 4).await;
+    let t = tidegate(&config_text(&[b.addr], "", "")).await;
+    let mut s = h1(t.addr).await;
+    let answer = tokio::time::timeout(BOUND, s.send_request(request("GET", "/products/1", "")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(collect(answer).await.status, 200);
+    // Its rest starts when the answer has gone, not when the request came.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(parked(&t).await, 0, "parked right after a slow answer");
+    eventually("parked after its rest", || async { parked(&t).await == 1 }).await;
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn blank_lines_do_not_keep_a_connection_past_the_header_timeout() {
+    // Blank lines before a request line are allowed, but are no request: a
+    // client sending one now and then is closed at the header-read timeout
+    // like any client that sends no request.
+    let b = backend("b1").await;
+    let t = tidegate(&config_text(&[b.addr], "[limits]\nheader_read_timeout = \"3s\"\n", "")).await;
+    let mut s = TcpStream::connect(t.addr).await.unwrap();
+    s.write_all(b"GET /products/1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).await.unwrap();
+    let (mut read, mut write) = s.into_split();
+    let started = tokio::time::Instant::now();
+    let closed = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        let _ = read.read_to_end(&mut rest).await;
+        started.elapsed()
+    });
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        if closed.is_finished() || write.write_all(b"\r\n").await.is_err() {
+            break;
+        }
+    }
+    let closed = tokio::time::timeout(BOUND, closed).await.unwrap().unwrap();
+    // Parked after 1-2 s of rest, woken by the first blank line at 2.5 s,
+    // closed by hyper's header timer 3 s later.
+    assert!(closed < Duration::from_secs(9), "open for {closed:?}");
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_open_tunnel_does_not_hold_up_shutdown() {
+    let b = backend("b1").await;
+    let t = tidegate(&config_text(&[b.addr], "[runtime]\nshutdown_timeout = \"20s\"\n", "")).await;
+    let mut s = TcpStream::connect(t.addr).await.unwrap();
+    s.write_all(WEBSOCKET_UPGRADE).await.unwrap();
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101");
+    eventually("the tunnel is open", || async { t.in_flight().await == 1 }).await;
+    let stopping = tokio::time::Instant::now();
+    t.shutdown().await;
+    assert!(stopping.elapsed() < Duration::from_secs(5), "{:?}", stopping.elapsed());
+    drop(s);
+}
+
+#[tokio::test]
+async fn a_parked_connection_closes_at_the_header_timeout_and_at_shutdown() {
+    let b = backend("b1").await;
+    let t = tidegate(&config_text(
+        &[b.addr],
+        "[limits]\nheader_read_timeout = \"1500ms\"\n",
+        "",
+    ))
+    .await;
+    let request = b"GET /products/1 HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut idle = TcpStream::connect(t.addr).await.unwrap();
+    idle.write_all(request).await.unwrap();
+    let mut answer = [0u8; 12];
+    idle.read_exact(&mut answer).await.unwrap();
+    let answered = tokio::time::Instant::now();
+    eventually("parked", || async { parked(&t).await == 1 }).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(BOUND, idle.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    let closed = answered.elapsed();
+    assert!(closed >= Duration::from_millis(1400), "closed after {closed:?}");
+    assert_eq!(parked(&t).await, 0);
+
+    // At shutdown a parked connection closes at once; tidegate does not
+    // wait for it.
+    let mut idle = TcpStream::connect(t.addr).await.unwrap();
+    idle.write_all(request).await.unwrap();
+    idle.read_exact(&mut answer).await.unwrap();
+    eventually("parked", || async { parked(&t).await == 1 }).await;
+    let stopping = tokio::time::Instant::now();
+    t.shutdown().await;
+    assert!(stopping.elapsed() < Duration::from_secs(5), "{:?}", stopping.elapsed());
+    let mut rest = Vec::new();
+    tokio::time::timeout(BOUND, idle.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
 }

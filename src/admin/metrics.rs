@@ -167,6 +167,8 @@ pub(super) fn render(shared: &Shared) -> String {
         );
     }
 
+    header(&mut out, t::CLIENT_CONNECTIONS_PARKED);
+    write_sample(&mut out, t::CLIENT_CONNECTIONS_PARKED, &[], state.parked() as f64);
     header(&mut out, t::PROXY_ERRORS_TOTAL);
     let codes: Vec<String> = CODES
         .iter()

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::conn::ClientConn;
+use super::conn::{ClientConn, OpenExchange};
 use super::error::UPSTREAM_READ_TIMEOUT;
 use crate::access_log::{AccessLog, Line, Outcome};
 use crate::pool::health::note_failure;
@@ -53,6 +53,8 @@ pub(crate) struct ResponseBody {
     /// The request's access-log line, sent when the body is dropped (its
     /// last byte gone, or the client gone).
     logged: Option<Box<Logged>>,
+    /// The exchange this body ends (the connection's open count).
+    exchange: Option<OpenExchange>,
 }
 
 /// An access-log line waiting for its response to end.
@@ -134,13 +136,22 @@ impl ResponseBody {
     }
 
     fn from(kind: Kind) -> ResponseBody {
-        ResponseBody { kind, logged: None }
+        ResponseBody {
+            kind,
+            logged: None,
+            exchange: None,
+        }
     }
 
     /// Logs the request in `logged` when this body ends.
     pub(crate) fn logged(mut self, logged: Box<Logged>) -> ResponseBody {
         self.logged = Some(logged);
         self
+    }
+
+    /// Holds `exchange` open until this body is dropped.
+    pub(crate) fn hold(&mut self, exchange: OpenExchange) {
+        self.exchange = Some(exchange);
     }
 
     /// The body ended cleanly: the connection may carry another request.

@@ -18,8 +18,18 @@
 //! untaken and none taken for `client_send_timeout`. (A client that
 //! trickles one stream to shield stalled others keeps the connection; the
 //! per-connection stream limit bounds what that holds.)
+//!
+//! **Ended exchanges.** Each request holds an [`OpenExchange`] from the
+//! proxy's call until its response body is dropped (the last byte handed
+//! to hyper, or the client gone), and counts as ended then. The server
+//! parks an idle HTTP/1.1 connection only when every request head its
+//! framing guard saw has ended (hyper also reads the socket while a
+//! response is still being produced, to notice a client that left). The
+//! guard counts a head as its bytes arrive, before hyper calls the proxy,
+//! so no moment between the two reads as a rest.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -42,6 +52,24 @@ pub(crate) struct ClientConn {
     /// When a body was last asked for a frame, or the untaken count left 0.
     last_taken_ns: AtomicU64,
     became_untaken: Notify,
+    /// Exchanges whose response body has been dropped.
+    ended: AtomicU64,
+}
+
+/// One exchange on a client connection, open until dropped (it rides on
+/// the response body).
+pub(crate) struct OpenExchange(Arc<ClientConn>);
+
+impl OpenExchange {
+    pub(crate) fn new(conn: &Arc<ClientConn>) -> OpenExchange {
+        OpenExchange(Arc::clone(conn))
+    }
+}
+
+impl Drop for OpenExchange {
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, Ordering::Release);
+    }
 }
 
 impl ClientConn {
@@ -52,6 +80,11 @@ impl ClientConn {
 
     pub(crate) fn is_h2(&self) -> bool {
         self.h2.load(Ordering::Relaxed)
+    }
+
+    /// Exchanges whose response has ended.
+    pub(crate) fn exchanges_ended(&self) -> u64 {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// A body now waits for the client to take it (created, or handed a

@@ -50,6 +50,7 @@ use hyper::body::Incoming;
 
 pub(crate) use body::ResponseBody;
 pub(crate) use conn::ClientConn;
+use conn::OpenExchange;
 pub(crate) use error::{ProxyError, CLIENT_SEND_TIMEOUT, CODES, REASONS};
 
 use crate::balance::{Balancer, PickContext};
@@ -108,6 +109,9 @@ impl tower::Service<Request<Incoming>> for Proxy {
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         let conn = Arc::clone(&self.conn);
+        // Ends when the response body is dropped: until then the
+        // connection is not at rest (hyper reads it while this is answered).
+        let exchange = OpenExchange::new(&conn.shared);
         Box::pin(async move {
             let snapshot = conn.state.load();
             let trusted = &snapshot.config.limits.trusted_proxies;
@@ -154,6 +158,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
                 resp.headers_mut()
                     .insert(cached::X_CACHE, http::HeaderValue::from_static(outcome.header()));
             }
+            resp.body_mut().hold(exchange);
             Ok(match logged {
                 Some(mut l) => {
                     log::respond(&mut l, &at, resp.status());

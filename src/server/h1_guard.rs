@@ -74,6 +74,9 @@ struct HeadFacts {
     chunked: bool,
     transfer_encoding: bool,
     http2_preface: bool,
+    /// Empty lines came before the request line (allowed, but not a rest:
+    /// a client sending only those must meet hyper's header timeout).
+    blank_before: bool,
 }
 
 pub(crate) struct H1Guard<IO> {
@@ -82,6 +85,8 @@ pub(crate) struct H1Guard<IO> {
     /// The current line (head, chunk size or trailer), without its LF.
     line: Vec<u8>,
     head: HeadFacts,
+    /// Request heads completed on this connection.
+    heads: u64,
     /// Limit on a head line; longer lines are left for hyper (431).
     max_line: usize,
     /// Shared with the proxy: `switched` once this connection became a
@@ -103,6 +108,7 @@ impl<IO> H1Guard<IO> {
             phase: Phase::Head,
             line: Vec::with_capacity(128),
             head: HeadFacts::default(),
+            heads: 0,
             max_line: max_head_bytes,
             conn,
         }
@@ -115,9 +121,26 @@ impl<IO> H1Guard<IO> {
             phase: Phase::Passthrough,
             line: Vec::new(),
             head: HeadFacts::default(),
+            heads: 0,
             max_line: 0,
             conn,
         }
+    }
+
+    /// Between requests: every byte seen belonged to a whole request
+    /// (head and body), none of the next one has come.
+    pub(crate) fn at_rest(&self) -> bool {
+        self.phase == Phase::Head && self.line.is_empty() && self.head.lines == 0 && !self.head.blank_before
+    }
+
+    /// Request heads completed so far (each is one exchange for the proxy).
+    pub(crate) fn heads(&self) -> u64 {
+        self.heads
+    }
+
+    /// The guarded stream back.
+    pub(crate) fn into_inner(self) -> IO {
+        self.io
     }
 
     /// Runs the framing state machine over newly read bytes. Returns the
@@ -229,6 +252,7 @@ impl<IO> H1Guard<IO> {
         if self.head.lines == 0 {
             if line.is_empty() {
                 // Empty lines before a request line are allowed (RFC 9112 2.2).
+                self.head.blank_before = true;
                 return Verdict::Ok;
             }
             self.head.lines = 1;
@@ -271,6 +295,7 @@ impl<IO> H1Guard<IO> {
             self.phase = Phase::Passthrough;
             return Verdict::Ok;
         }
+        self.heads += 1;
         if facts.transfer_encoding && facts.content_length.is_some() {
             return Verdict::Refuse;
         }
@@ -418,6 +443,33 @@ POST /cart HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhel\nl\
 POST /cart HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhe\nlo\r\n0\r\nX-T: 1\r\n\r\n\
 GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
         assert_eq!(every_split(input), None);
+    }
+
+    #[test]
+    fn rests_only_between_whole_requests() {
+        let mut g = H1Guard::new((), 65536, Arc::new(ClientConn::default()));
+        assert!(g.at_rest(), "nothing read yet");
+        let mut steps = vec![];
+        for piece in [
+            &b"GET / HTTP/1.1\r\nHo"[..],
+            b"st: a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab",
+            b"cd",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n",
+            b"0\r\n",
+            b"\r\n",
+            b"\r\n",
+            b"G",
+        ] {
+            assert_eq!(g.inspect(piece), None);
+            steps.push((g.at_rest(), g.heads()));
+        }
+        let rest: Vec<bool> = steps.iter().map(|s| s.0).collect();
+        // A blank line before a request line is not a rest: a client
+        // sending only those meets hyper's header timeout.
+        assert_eq!(rest, [false, true, false, true, false, false, true, false, false]);
+        let heads: Vec<u64> = steps.iter().map(|s| s.1).collect();
+        assert_eq!(heads, [0, 1, 2, 2, 3, 3, 3, 3, 3]);
     }
 
     #[test]

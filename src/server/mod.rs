@@ -12,29 +12,36 @@
 //! limits (431), a TLS handshake timeout, and a strict HTTP/1 framing
 //! check under hyper (`h1_guard.rs`) that refuses what could be smuggled.
 //!
+//! An HTTP/1.1 connection that rests between requests is parked
+//! (`park.rs`): hyper's buffers are freed and the socket waits for the
+//! next request on its own.
+//!
 //! Shutdown: stop accepting, ask every connection to finish its in-flight
-//! requests (HTTP/1.1 stops keep-alive, HTTP/2 sends GOAWAY), and wait for
-//! them up to the deadline.
+//! requests (HTTP/1.1 stops keep-alive, HTTP/2 sends GOAWAY; a parked
+//! connection closes), and wait for them up to the deadline.
 
 pub mod bind;
 mod h1_guard;
 pub mod nofile;
+mod park;
 mod proxy_protocol;
 mod stall;
 pub mod tls;
 
 pub use bind::{bind, bind_admin, Bound, StartError};
 use h1_guard::H1Guard;
+use park::{Parking, PARK_AFTER};
 use stall::SendTimeout;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
@@ -48,6 +55,23 @@ use crate::state::State;
 
 /// HTTP/2 keep-alive pings on idle client connections.
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// hyper's connection builders for one set of limits.
+struct Builders {
+    /// A new connection: HTTP/1.1 or HTTP/2, by its first bytes.
+    any: auto::Builder<TokioExecutor>,
+    /// A connection woken from parking spoke HTTP/1.1 and goes on so (an
+    /// HTTP/2 preface then is refused, as hyper refuses it mid-connection).
+    h1: auto::Builder<TokioExecutor>,
+}
+
+fn builders(limits: &Limits) -> Builders {
+    let any = builder(limits);
+    Builders {
+        h1: any.clone().http1_only(),
+        any,
+    }
+}
 
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -76,13 +100,12 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// current at each accept.
 pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let Bound { name, listener, tls } = bound;
-    let graceful = GracefulShutdown::new();
     // Every connection task is owned here, so the deadline can end them.
     let mut connections = JoinSet::new();
     // Shared by every connection of this listener (it holds a list: the
     // trusted proxies), replaced when a reload changes it.
     let mut limits = Arc::new(state.load().config.limits.clone());
-    let mut builder = Arc::new(builder(&limits));
+    let mut builders = Arc::new(builders(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let permit = tokio::select! {
@@ -97,7 +120,7 @@ pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::
         let current = &snapshot.config.limits;
         if *current != *limits {
             limits = Arc::new(current.clone());
-            builder = Arc::new(self::builder(&limits));
+            builders = Arc::new(self::builders(&limits));
         }
         let proxy_protocol = snapshot
             .config
@@ -106,9 +129,9 @@ pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::
             .any(|l| l.name == name && l.proxy_protocol);
         drop(snapshot);
         let conn = Connection {
-            builder: Arc::clone(&builder),
+            builders: Arc::clone(&builders),
             state: Arc::clone(&state),
-            watcher: graceful.watcher(),
+            shutdown: shutdown.clone(),
             limits: Arc::clone(&limits),
             proxy_protocol,
         };
@@ -122,9 +145,12 @@ pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::
     drop(listener);
     let drain_timeout = state.load().config.runtime.shutdown_timeout;
     tracing::info!(listener = %name, "stopped accepting; draining connections");
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!(listener = %name, "all connections finished"),
-        _ = tokio::time::sleep(drain_timeout) => {
+    // Each connection saw the stop: hyper's finish what is in flight,
+    // parked ones close.
+    let drained = async { while connections.join_next().await.is_some() {} };
+    match tokio::time::timeout(drain_timeout, drained).await {
+        Ok(()) => tracing::info!(listener = %name, "all connections finished"),
+        Err(_) => {
             tracing::warn!(listener = %name, open = connections.len(), "drain deadline passed; closing the rest");
         }
     }
@@ -134,9 +160,11 @@ pub(crate) async fn serve(bound: Bound, state: Arc<State>, mut shutdown: watch::
 }
 
 struct Connection {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     state: Arc<State>,
-    watcher: Watcher,
+    /// The listener's stop: hyper finishes what is in flight (HTTP/1.1
+    /// stops keep-alive, HTTP/2 sends GOAWAY), a parked connection closes.
+    shutdown: watch::Receiver<bool>,
     limits: Arc<Limits>,
     /// A PROXY protocol header comes first and names the client.
     proxy_protocol: bool,
@@ -151,7 +179,6 @@ impl Connection {
         // What the connection shares with the proxy: the tunnel flag the
         // framing guard reads, the HTTP/2 stall accounting.
         let shared = Arc::new(ClientConn::default());
-        let send_timeout = self.limits.client_send_timeout;
         if self.proxy_protocol {
             let read = proxy_protocol::read_header(&mut stream);
             match tokio::time::timeout(self.limits.header_read_timeout, read).await {
@@ -174,11 +201,7 @@ impl Connection {
                 // here instead.
                 let mut first = [0u8; 1];
                 match tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first)).await {
-                    Ok(Ok(n)) if n > 0 => {
-                        let io = H1Guard::new(stream, self.limits.max_header_bytes, Arc::clone(&shared));
-                        let io = SendTimeout::new(io, send_timeout, Arc::clone(&shared));
-                        self.serve(io, peer, false, shared).await
-                    }
+                    Ok(Ok(n)) if n > 0 => self.run_plain(stream, peer, shared).await,
                     _ => {}
                 }
             }
@@ -186,6 +209,42 @@ impl Connection {
             // buffer) is boxed: every connection's task is sized for its
             // largest path, and a plain connection idles in a quarter of it.
             Some(acceptor) => Box::pin(self.run_tls(stream, peer, acceptor, shared)).await,
+        }
+    }
+
+    /// A plain connection: served by hyper while it works, parked while it
+    /// rests (HTTP/1.1), until it closes, rests past the header-read
+    /// timeout, or the listener stops.
+    async fn run_plain(mut self, mut stream: TcpStream, peer: SocketAddr, shared: Arc<ClientConn>) {
+        let send_timeout = self.limits.client_send_timeout;
+        let builders = Arc::clone(&self.builders);
+        let mut builder = &builders.any;
+        loop {
+            let guard = H1Guard::new(stream, self.limits.max_header_bytes, Arc::clone(&shared));
+            let (io, mut parked) = Parking::new(guard, Arc::clone(&shared));
+            let io = SendTimeout::new(io, send_timeout, Arc::clone(&shared));
+            // Boxed: a parked connection's task keeps none of hyper's state.
+            Box::pin(self.serve(builder, io, peer, false, Arc::clone(&shared))).await;
+            // A parked socket is handed back before hyper reads the end of
+            // the stream, so it is here now or never (a tunnel keeps the
+            // sender and runs on its own).
+            let Ok(back) = parked.try_recv() else {
+                return;
+            };
+            stream = back;
+            builder = &builders.h1;
+            // The rest so far was at least PARK_AFTER; hyper's header timer
+            // would have closed the connection at the header-read timeout
+            // (which, if not above PARK_AFTER, closes it before it parks).
+            let idle = self.limits.header_read_timeout.saturating_sub(PARK_AFTER);
+            let _parked = self.state.count_parked();
+            let woke = tokio::select! {
+                r = tokio::time::timeout(idle, stream.readable()) => matches!(r, Ok(Ok(()))),
+                _ = stopped(&mut self.shutdown) => false,
+            };
+            if !woke {
+                return;
+            }
         }
     }
 
@@ -225,7 +284,7 @@ impl Connection {
                     H1Guard::new(tls_stream, self.limits.max_header_bytes, Arc::clone(&shared))
                 };
                 let io = SendTimeout::new(io, send_timeout, Arc::clone(&shared));
-                self.serve(io, peer, true, shared).await
+                self.serve(&self.builders.any, io, peer, true, shared).await
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -236,26 +295,48 @@ impl Connection {
     /// taking what it is sent for `client_send_timeout` (a write that made
     /// no progress, or HTTP/2 responses nobody asked for): then it is
     /// closed, freeing every slot its responses held.
-    async fn serve<IO>(self, io: IO, peer: SocketAddr, tls: bool, shared: Arc<ClientConn>)
-    where
+    async fn serve<IO>(
+        &self,
+        builder: &auto::Builder<TokioExecutor>,
+        io: IO,
+        peer: SocketAddr,
+        tls: bool,
+        shared: Arc<ClientConn>,
+    ) where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let state = Arc::clone(&self.state);
-        let service = TowerToHyperService::new(Proxy::new(self.state, peer, tls, Arc::clone(&shared)));
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        let watched = self.watcher.watch(conn.into_owned());
-        let stalled = tokio::select! {
-            r = watched => {
+        let service = TowerToHyperService::new(Proxy::new(Arc::clone(&self.state), peer, tls, Arc::clone(&shared)));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let mut conn = std::pin::pin!(conn);
+        let mut shutdown = self.shutdown.clone();
+        let mut stop = std::pin::pin!(stopped(&mut shutdown));
+        let mut stall = std::pin::pin!(shared.stalled(self.limits.client_send_timeout));
+        let mut finishing = false;
+        // One poll of each per wake, in this order (no select!: this runs
+        // at every wake of every connection).
+        let ended = std::future::poll_fn(|cx| {
+            if !finishing && stop.as_mut().poll(cx).is_ready() {
+                conn.as_mut().graceful_shutdown();
+                finishing = true;
+            }
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            stall.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        let stalled = match ended {
+            Some(r) => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
                 shared.send_timed_out.load(Ordering::Relaxed)
             }
-            _ = shared.stalled(self.limits.client_send_timeout) => true,
+            None => true,
         };
         if stalled {
             tracing::info!(%peer, timeout = ?self.limits.client_send_timeout, "the client took nothing it was sent; closing the connection");
-            state.count_error(CLIENT_SEND_TIMEOUT);
+            self.state.count_error(CLIENT_SEND_TIMEOUT);
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct State {
     /// The addresses tidegate's own listeners are bound to (set by the
     /// control path), so a provisioner cannot make the pool loop back.
     own_addresses: ArcSwap<Vec<SocketAddr>>,
+    /// Idle HTTP/1.1 client connections parked without hyper's buffers.
+    parked: AtomicU64,
 }
 
 impl State {
@@ -55,6 +57,7 @@ impl State {
             changed: watch::Sender::new(1),
             unrouted_errors: Default::default(),
             own_addresses: ArcSwap::from_pointee(Vec::new()),
+            parked: AtomicU64::new(0),
         })
     }
 
@@ -119,6 +122,18 @@ impl State {
         std::array::from_fn(|i| self.unrouted_errors[i].load(Ordering::Relaxed))
     }
 
+    /// Data path: a client connection is parked until the returned
+    /// guard is dropped (it woke, closed, or its task was ended).
+    pub(crate) fn count_parked(&self) -> ParkedConnection<'_> {
+        self.parked.fetch_add(1, Ordering::Relaxed);
+        ParkedConnection(self)
+    }
+
+    /// Client connections parked now.
+    pub(crate) fn parked(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
+    }
+
     fn next_generation(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -141,6 +156,15 @@ impl State {
         }
         self.changed.send_replace(generation);
         generation
+    }
+}
+
+/// One parked client connection in the gauge, for as long as it lives.
+pub(crate) struct ParkedConnection<'a>(&'a State);
+
+impl Drop for ParkedConnection<'_> {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
