@@ -4,7 +4,11 @@
 # proxy and read the answer) minus RSS before, divided by N. One worker,
 # the benchmark config; the connections come from one Python process.
 #
-# Usage: benches/e2e/idle-conns.sh   (N=10000)
+# TRIM=1 also asks glibc (malloc_trim(0), through gdb) to give back the
+# pages it keeps free after the burst: what the connections hold live,
+# with the allocator's fragmentation, against what the process still has.
+#
+# Usage: benches/e2e/idle-conns.sh   (N=10000, TRIM=0)
 source "$(dirname "$0")/lib.sh"
 N=${N:-10000}
 need python3 curl
@@ -41,8 +45,25 @@ PY
 CLIENT=$!; PIDS+=($CLIENT)
 for _ in $(seq 600); do [[ -s $WORK/ready ]] && break; sleep 0.1; done
 [[ -s $WORK/ready ]] || { echo "the client did not open its connections"; exit 1; }
-sleep 2
+# Idle connections are parked after one to two seconds of rest.
+sleep 4
 after=$(rss "$TG")
+trimmed=""
+if [[ ${TRIM:-0} == 1 ]]; then
+  need gdb
+  gdb -p "$TG" -batch -ex "call (int)malloc_trim(0)" >/dev/null 2>&1
+  sleep 1
+  trimmed=$(rss "$TG")
+fi
 open=$(cat "$WORK/ready")
 kill "$CLIENT" 2>/dev/null || true
-python3 -c "print(f'| idle keep-alive connections | RSS before (KiB) | RSS with them (KiB) | per connection (KiB) |\n| --- | --- | --- | --- |\n| $open | $before | $after | {($after - $before) / $open:.2f} |')"
+python3 - "$open" "$before" "$after" "$trimmed" <<'PY'
+import sys
+n, before, after = map(int, sys.argv[1:4])
+print("| idle keep-alive connections | RSS before (KiB) | RSS with them (KiB) | per connection (KiB) |")
+print("| --- | --- | --- | --- |")
+print(f"| {n} | {before} | {after} | {(after - before) / n:.2f} |")
+if sys.argv[4]:
+    trimmed = int(sys.argv[4])
+    print(f"\nafter malloc_trim(0): {trimmed} KiB, {(trimmed - before) / n:.2f} KiB per connection")
+PY
