@@ -121,12 +121,11 @@ async fn a_backend_that_stalls_after_its_head_is_cut_after_the_read_timeout_and_
 async fn an_idle_tunnel_gives_its_slot_back_after_the_tunnel_timeout() {
     let b = backend("b1").await;
     let t = tidegate(&config_text(&[b.addr], "[limits]\ntunnel_idle_timeout = \"1s\"\n", "")).await;
-    let mut s = TcpStream::connect(t.addr).await.unwrap();
-    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).await.unwrap();
+    let (_s, head) = status_line(
+        t.addr,
+        b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
     assert_eq!(&head, b"HTTP/1.1 101");
     eventually("the tunnel holds a slot", || async { t.in_flight().await == 1 }).await;
     eventually("the idle tunnel is closed", || async { t.in_flight().await == 0 }).await;

@@ -439,12 +439,7 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_requests() 
     eventually("parked again", || async { parked(&t).await == 1 }).await;
 
     // A parked connection takes pipelined requests whole.
-    let mut raw = TcpStream::connect(t.addr).await.unwrap();
-    raw.write_all(b"GET /products/3 HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = [0u8; 12];
-    raw.read_exact(&mut answer).await.unwrap();
+    let (mut raw, answer) = status_line(t.addr, b"GET /products/3 HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert_eq!(&answer, b"HTTP/1.1 200");
     eventually("both connections parked", || async { parked(&t).await == 2 }).await;
     raw.write_all(
@@ -488,12 +483,7 @@ async fn blank_lines_do_not_keep_a_connection_past_the_header_timeout() {
     // like any client that sends no request.
     let b = backend("b1").await;
     let t = tidegate(&config_text(&[b.addr], "[limits]\nheader_read_timeout = \"3s\"\n", "")).await;
-    let mut s = TcpStream::connect(t.addr).await.unwrap();
-    s.write_all(b"GET /products/1 HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = [0u8; 12];
-    s.read_exact(&mut answer).await.unwrap();
+    let (s, _) = status_line(t.addr, b"GET /products/1 HTTP/1.1\r\nHost: a\r\n\r\n").await;
     let (mut read, mut write) = s.into_split();
     let started = tokio::time::Instant::now();
     let closed = tokio::spawn(async move {
@@ -518,10 +508,7 @@ async fn blank_lines_do_not_keep_a_connection_past_the_header_timeout() {
 async fn an_open_tunnel_does_not_hold_up_shutdown() {
     let b = backend("b1").await;
     let t = tidegate(&config_text(&[b.addr], "[runtime]\nshutdown_timeout = \"20s\"\n", "")).await;
-    let mut s = TcpStream::connect(t.addr).await.unwrap();
-    s.write_all(WEBSOCKET_UPGRADE).await.unwrap();
-    let mut answer = [0u8; 12];
-    s.read_exact(&mut answer).await.unwrap();
+    let (s, answer) = status_line(t.addr, WEBSOCKET_UPGRADE).await;
     assert_eq!(&answer, b"HTTP/1.1 101");
     eventually("the tunnel is open", || async { t.in_flight().await == 1 }).await;
     let stopping = tokio::time::Instant::now();
@@ -540,10 +527,7 @@ async fn a_parked_connection_closes_at_the_header_timeout_and_at_shutdown() {
     ))
     .await;
     let request = b"GET /products/1 HTTP/1.1\r\nHost: a\r\n\r\n";
-    let mut idle = TcpStream::connect(t.addr).await.unwrap();
-    idle.write_all(request).await.unwrap();
-    let mut answer = [0u8; 12];
-    idle.read_exact(&mut answer).await.unwrap();
+    let (mut idle, _) = status_line(t.addr, request).await;
     let answered = tokio::time::Instant::now();
     eventually("parked", || async { parked(&t).await == 1 }).await;
     let mut rest = Vec::new();
@@ -557,9 +541,7 @@ async fn a_parked_connection_closes_at_the_header_timeout_and_at_shutdown() {
 
     // At shutdown a parked connection closes at once; tidegate does not
     // wait for it.
-    let mut idle = TcpStream::connect(t.addr).await.unwrap();
-    idle.write_all(request).await.unwrap();
-    idle.read_exact(&mut answer).await.unwrap();
+    let (mut idle, _) = status_line(t.addr, request).await;
     eventually("parked", || async { parked(&t).await == 1 }).await;
     let stopping = tokio::time::Instant::now();
     t.shutdown().await;

@@ -53,7 +53,7 @@ pub(crate) struct ResponseBody {
     /// The request's access-log line, sent when the body is dropped (its
     /// last byte gone, or the client gone).
     logged: Option<Box<Logged>>,
-    /// The exchange this body ends (the connection's open count).
+    /// The exchange this body ends (counted on its connection when dropped).
     exchange: Option<OpenExchange>,
 }
 

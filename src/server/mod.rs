@@ -217,8 +217,7 @@ impl Connection {
     /// timeout, or the listener stops.
     async fn run_plain(mut self, mut stream: TcpStream, peer: SocketAddr, shared: Arc<ClientConn>) {
         let send_timeout = self.limits.client_send_timeout;
-        let builders = Arc::clone(&self.builders);
-        let mut builder = &builders.any;
+        let mut builder = &self.builders.any;
         loop {
             let guard = H1Guard::new(stream, self.limits.max_header_bytes, Arc::clone(&shared));
             let (io, mut parked) = Parking::new(guard, Arc::clone(&shared));
@@ -232,7 +231,7 @@ impl Connection {
                 return;
             };
             stream = back;
-            builder = &builders.h1;
+            builder = &self.builders.h1;
             // The rest so far was at least PARK_AFTER; hyper's header timer
             // would have closed the connection at the header-read timeout
             // (which, if not above PARK_AFTER, closes it before it parks).

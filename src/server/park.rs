@@ -122,6 +122,22 @@ impl Parking {
         }
     }
 
+    /// A write through the guard (it dirties the connection until flushed);
+    /// none once parked.
+    fn write<T>(
+        &mut self,
+        write: impl FnOnce(Pin<&mut H1Guard<TcpStream>>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match self.guard.as_mut() {
+            Some(guard) => {
+                self.dirty = true;
+                self.activity += 1;
+                write(Pin::new(guard))
+            }
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
     fn park(&mut self) {
         if let (Some(guard), Some(hand_back)) = (self.guard.take(), self.hand_back.take()) {
             let _ = hand_back.send(guard.into_inner());
@@ -145,24 +161,6 @@ impl AsyncRead for Parking {
             return Poll::Ready(Ok(()));
         }
         Poll::Pending
-    }
-}
-
-impl Parking {
-    /// A write through the guard (it dirties the connection until flushed);
-    /// none once parked.
-    fn write<T>(
-        &mut self,
-        write: impl FnOnce(Pin<&mut H1Guard<TcpStream>>) -> Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        match self.guard.as_mut() {
-            Some(guard) => {
-                self.dirty = true;
-                self.activity += 1;
-                write(Pin::new(guard))
-            }
-            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
     }
 }
 

@@ -323,6 +323,19 @@ pub(crate) async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Connects, sends `bytes`, and reads the answer's status line up to its
+/// code (`HTTP/1.1 200`); the socket stays open for what follows.
+pub(crate) async fn status_line(addr: SocketAddr, bytes: &[u8]) -> (TcpStream, [u8; 12]) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut status = [0u8; 12];
+    tokio::time::timeout(BOUND, s.read_exact(&mut status))
+        .await
+        .unwrap()
+        .unwrap();
+    (s, status)
+}
+
 /// A raw TCP backend that records every byte it receives and answers each
 /// request head with `200 ok` (used to prove that nothing reached it).
 pub(crate) struct Recorder {
