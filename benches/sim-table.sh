@@ -23,7 +23,7 @@ if [ ! -r "$NASA" ]; then
   exit 1
 fi
 cargo build --release --quiet
-BIN=target/release/tidegate
+BIN=${CARGO_TARGET_DIR:-target}/release/tidegate
 
 for split in train validation; do
   echo "## corpus: $split"
