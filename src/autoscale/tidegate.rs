@@ -3,7 +3,11 @@
 //! expectations have recently been. Control path, pure.
 //!
 //! Each second, from the signal history:
-//! 1. **Service time** by Little's law over 30 s (in flight / completions),
+//! 1. **Service time** by Little's law over 120 s (in flight /
+//!    completions: the in-flight count is one snapshot a second, which
+//!    over 30 s wanders 1.48x at ten in flight and over 120 s 1.24x),
+//!    over 30 s when that disagrees with it by more than its noise (a
+//!    deploy that speeds the service up is believed within 30 s),
 //!    or over 5 s when that has been half as long again for 2 s in a row
 //!    (a slow deploy is believed within seconds; noise is not), each
 //!    window only with 10 request-seconds in flight, and its variability (squared
@@ -46,9 +50,11 @@
 //!    need of `scale_down_window` (90 s), or of half the provisioning
 //!    delay when that is longer (a backend given back is a provisioning
 //!    delay away from returning), ignores
-//!    steps within a dead band, and removes a backend only when the plan
-//!    fits in one fewer with `down_margin` to spare, so steady load does not
-//!    flap across a boundary.
+//!    steps within a dead band, and removes a backend only when the
+//!    window's highest plan fits in one fewer with `down_margin` to spare
+//!    (one quiet second is not a reason), so steady load does not flap
+//!    across a boundary. Needs that leave the window within `down_merge`
+//!    seconds of each other (a burst's decline) go in one hook call.
 
 use std::collections::VecDeque;
 
@@ -122,6 +128,19 @@ pub(crate) struct TidegateParams {
     /// Give nothing back while the rate climbs (a ramp). Off: on the
     /// training corpus it cost more at 120 s and won no row.
     pub(crate) ramp_hold: bool,
+    /// The scale-in margin is checked against the highest plan of the
+    /// hold window, not this second's (which a quiet second lowers).
+    pub(crate) held_margin: bool,
+    /// A scale-in goes at once to what the hold window will hold this many
+    /// seconds later (0: off): needs that expire a second apart are one
+    /// hook call, not one each.
+    pub(crate) down_merge: u64,
+    /// Seconds of Little's law behind the service-time estimate (a
+    /// slowdown is believed from 5 s regardless).
+    pub(crate) service_window: u64,
+    /// ... while the last 30 s agree with it within this many of their
+    /// standard errors (`f64::INFINITY`: the long window alone).
+    pub(crate) service_agree: f64,
 }
 
 impl Default for TidegateParams {
@@ -133,7 +152,7 @@ impl Default for TidegateParams {
             scale_down_window: crate::config::defaults::SCALE_DOWN_WINDOW.as_secs(),
             hold_per_delay: 0.5,
             dead_band: 0.1,
-            down_margin: 0.15,
+            down_margin: 0.125,
             backlog_linger: 10,
             trend: true,
             headroom_quantile: 0.97,
@@ -150,6 +169,10 @@ impl Default for TidegateParams {
             fast_service: true,
             slowdown_seconds: 2,
             ramp_hold: false,
+            held_margin: true,
+            down_merge: 10,
+            service_window: 120,
+            service_agree: 3.0,
         }
     }
 }
@@ -189,6 +212,10 @@ impl TidegateParams {
                 "fast_service" => self.fast_service = on()?,
                 "slowdown_seconds" => self.slowdown_seconds = num()? as u32,
                 "ramp_hold" => self.ramp_hold = on()?,
+                "held_margin" => self.held_margin = on()?,
+                "down_merge" => self.down_merge = num()? as u64,
+                "service_window" => self.service_window = num()? as u64,
+                "service_agree" => self.service_agree = num()?,
                 other => return Err(format!("unknown policy parameter `{other}`")),
             }
         }
@@ -313,14 +340,21 @@ pub(crate) struct TidegateState {
     backlog_hold: u32,
     backlog_seen: Option<u64>,
     /// Seconds in a row the 5-second service time was [`SLOWDOWN`] times
-    /// the 30-second one.
+    /// the long-window one.
     slow_seconds: u32,
     /// `(t, backends the rate needed then)` of the hold window, for late
     /// scale-down (a monotonic queue: see [`held_max`]).
     recommendations: VecDeque<(u64, u32)>,
+    /// `(t, plan)` of the hold window, req/s: the scale-in margin's
+    /// reference (a monotonic queue).
+    plans: VecDeque<(u64, f64)>,
 }
 
-/// A 5-second service time this much longer than the 30-second one is a
+/// The window whose service time is believed over the long one's when the
+/// two disagree, seconds.
+const SHORT_WINDOW: u64 = 30;
+
+/// A 5-second service time this much longer than the long-window one is a
 /// change (a deploy, a cold cache), not noise: believed at once.
 const SLOWDOWN: f64 = 1.5;
 
@@ -357,6 +391,29 @@ fn held_max<T: PartialOrd + Copy>(q: &mut VecDeque<(u64, T)>, now: u64, window: 
     q.front().map_or(v, |(_, m)| *m)
 }
 
+/// Drops from a monotonic queue of the last `window` seconds what will
+/// have left it `ahead` seconds from `now` (never the newest entry), and
+/// returns its highest value then.
+fn forget_ahead<T: Copy>(q: &mut VecDeque<(u64, T)>, now: u64, window: u64, ahead: u64) -> Option<T> {
+    while q.len() > 1 && q.front().is_some_and(|(t, _)| t + window <= now + ahead) {
+        q.pop_front();
+    }
+    q.front().map(|(_, v)| *v)
+}
+
+/// Little's law over the last `secs` seconds: mean in flight over mean
+/// completions (under overload arrivals understate the throughput), and
+/// the request-seconds in flight it saw. `None` below [`MIN_IN_FLIGHT`]:
+/// at a few requests a second, one snapshot with two in flight would read
+/// as a tenfold slowdown (a slow service at a low rate keeps many in
+/// flight, so it is still seen).
+fn littles_law(h: &History, now: u64, secs: u64) -> Option<(f64, f64)> {
+    let completed = h.mean(now, secs, |s| s.completed);
+    let in_flight = h.mean(now, secs, |s| s.concurrency - s.queued);
+    let seen = in_flight * secs as f64;
+    (completed > 1.0 && seen >= MIN_IN_FLIGHT).then(|| (in_flight / completed, seen))
+}
+
 /// Least-squares slope of `arrivals` over the last `secs` seconds (per
 /// second per second); 0 with fewer than 10 samples.
 fn slope(h: &History, now: u64, secs: u64) -> f64 {
@@ -381,27 +438,23 @@ fn slope(h: &History, now: u64, secs: u64) -> f64 {
 }
 
 pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, now: u64, pool: &PoolView) -> Decision {
-    // 1. Service time by Little's law over the last 30 s: in flight divided
-    // by throughput (completions: under overload arrivals understate it).
-    let completed_30 = h.mean(now, 30, |s| s.completed);
-    let in_flight_30 = h.mean(now, 30, |s| s.concurrency - s.queued);
-    // A window is believed only with enough requests seen in flight: at a
-    // few requests a second, one snapshot with two in flight would
-    // otherwise read as a tenfold slowdown. (A slow service at a low rate
-    // keeps many in flight, so it is still seen.)
-    if completed_30 > 1.0 && in_flight_30 * 30.0 >= MIN_IN_FLIGHT {
-        let mut estimate = in_flight_30 / completed_30;
-        // A slowdown (a deploy, a cold cache) is believed within 5 s; a
-        // speed-up over 30 s, as the rate is.
-        let completed_5 = h.mean(now, 5, |s| s.completed);
-        let in_flight_5 = h.mean(now, 5, |s| s.concurrency - s.queued);
-        let slower =
-            completed_5 > 1.0 && in_flight_5 * 5.0 >= MIN_IN_FLIGHT && in_flight_5 / completed_5 > SLOWDOWN * estimate;
-        st.slow_seconds = if slower { st.slow_seconds + 1 } else { 0 };
-        // Believed once it has held for a few seconds: a few snapshots of
-        // two or three requests in flight cross 1.5x by chance.
-        if p.fast_service && st.slow_seconds >= p.slowdown_seconds.max(1) {
-            estimate = in_flight_5 / completed_5;
+    // 1. Service time by Little's law over the long window, while the
+    // last 30 s agree with it within their own noise: a snapshot of n in
+    // flight strays by about sqrt(n), so an estimate from `seen`
+    // request-seconds strays by 1/sqrt(seen) of itself. A deploy or a warm
+    // cache shows as a disagreement and is believed over 30 s.
+    if let Some((long, _)) = littles_law(h, now, p.service_window.max(SHORT_WINDOW)) {
+        let mut estimate = match littles_law(h, now, SHORT_WINDOW) {
+            Some((short, seen)) if (short - long).abs() > p.service_agree * short / seen.sqrt() => short,
+            _ => long,
+        };
+        // A slowdown is believed within 5 s, once it has held for a few
+        // seconds: a few snapshots of two or three requests in flight
+        // cross 1.5x by chance.
+        let slower = littles_law(h, now, 5).filter(|(fast, _)| *fast > SLOWDOWN * estimate);
+        st.slow_seconds = if slower.is_some() { st.slow_seconds + 1 } else { 0 };
+        if let Some((fast, _)) = slower.filter(|_| p.fast_service && st.slow_seconds >= p.slowdown_seconds.max(1)) {
+            estimate = fast;
         }
         st.service_estimate = Some(estimate);
     }
@@ -473,6 +526,7 @@ pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, no
     // provisioning delay.
     let hold = (p.scale_down_window as f64).max(p.hold_per_delay * delay) as u64;
     let peak = held_max(&mut st.recommendations, now, hold, for_rate) + st.backlog_hold;
+    let mut held_plan = held_max(&mut st.plans, now, hold, plan);
 
     // 7. History, while it predicts well; it only ever raises the pool.
     let trusted = pool
@@ -480,7 +534,7 @@ pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, no
         .filter(|_| pool.forecast_error.is_none_or(|e| e <= p.forecast_trust_error))
         .filter(|_| pool.forecast_peak_hits.is_none_or(|hits| hits >= p.peak_trust));
     let for_forecast = trusted.map_or(0, size);
-    let peak = peak.max(for_forecast);
+    let mut peak = peak.max(for_forecast);
 
     let current = pool.current();
     let desired = if peak >= current {
@@ -488,9 +542,18 @@ pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, no
     } else if ramping || f64::from(current - peak) <= (f64::from(current) * p.dead_band).floor() {
         current // on a ramp, or within the dead band: not worth a hook call
     } else {
+        // Where the window will be in `down_merge` seconds, at once: needs
+        // that expire a second apart (a burst's decline) are one hook call.
+        if p.down_merge > 0 {
+            let ahead = p.down_merge.min(hold.saturating_sub(1));
+            let need = forget_ahead(&mut st.recommendations, now, hold, ahead).unwrap_or(for_rate);
+            peak = (need + st.backlog_hold).max(for_forecast);
+            held_plan = forget_ahead(&mut st.plans, now, hold, ahead).unwrap_or(plan);
+        }
         // One fewer only if the plan fits with a margin to spare, so the
         // pool does not come straight back.
-        let smaller = peak.max(size(plan * (1.0 + p.down_margin)));
+        let reference = if p.held_margin { held_plan } else { plan };
+        let smaller = peak.max(size(reference * (1.0 + p.down_margin)));
         smaller.min(current)
     };
     let mut reason = format!(
@@ -844,7 +907,102 @@ mod tests {
         assert!(sizes.iter().all(|&s| s == low), "{sizes:?}");
     }
 
-    /// A Poisson draw (Knuth's method; small means only).
+    #[test]
+    fn a_burst_given_back_is_one_hook_call_not_one_a_second() {
+        // A burst whose need falls over ten seconds: after the hold, each
+        // second's need leaves the window a second after the one before.
+        let downs = |p: &TidegateParams| {
+            let (mut st, mut h) = (TidegateState::default(), History::new(600));
+            let (mut size, mut downs) = (10, 0);
+            for t in 1..=400 {
+                let rate = match t {
+                    0..=60 => 4_000.0,
+                    61..=70 => 4_000.0 - 360.0 * (t - 60) as f64,
+                    _ => 400.0,
+                };
+                h.push(second(t, rate, 0.02));
+                let d = run(p, &mut st, &h, t, &pool(size));
+                downs += u32::from(d < size && t > 60);
+                size = d;
+            }
+            (downs, size)
+        };
+        let merged = downs(&TidegateParams::default());
+        let stepped = downs(&TidegateParams {
+            down_merge: 0,
+            ..TidegateParams::default()
+        });
+        assert_eq!(merged.0, 1, "{merged:?}");
+        assert!(stepped.0 > 2, "{stepped:?}");
+        assert_eq!(merged.1, stepped.1, "both end at the same size");
+    }
+
+    #[test]
+    fn a_quiet_second_does_not_take_the_margin_away() {
+        // A load that fits two backends of 8 slots, but not with the
+        // scale-in margin to spare, on a pool of three.
+        let p = TidegateParams::default();
+        let size = |rate: f64| backends_for_g(rate, 0.05, 8, p.slo, p.epsilon, 1.0) as u32;
+        let rate = (100..400)
+            .map(f64::from)
+            .find(|&r| size(r) == 2 && size(r * (1.0 + p.down_margin)) == 3)
+            .expect("such a rate");
+        let view = PoolView { slots: 8, ..pool(3) };
+        let shrinks = |p: &TidegateParams| {
+            let (mut st, mut h) = (TidegateState::default(), History::new(600));
+            steady(&mut h, 1, 200, rate, 0.05);
+            assert_eq!(run(p, &mut st, &h, 200, &view), 3);
+            // One quiet second: the 5-second rate dips by a fifth.
+            h.push(second(201, 0.0, 0.05));
+            run(p, &mut st, &h, 201, &view) < 3
+        };
+        assert!(!shrinks(&p), "the margin is read against the window's plan");
+        assert!(shrinks(&TidegateParams {
+            held_margin: false,
+            ..p
+        }));
+    }
+
+    #[test]
+    fn the_service_time_read_from_snapshots_wanders_less_over_two_minutes() {
+        // 200 req/s of 50 ms requests: the proxy sees Poisson completions
+        // and a snapshot of about ten in flight each second.
+        let spread = |p: TidegateParams| {
+            let mut rng = fastrand::Rng::with_seed(5);
+            let (mut st, mut h) = (TidegateState::default(), History::new(600));
+            let (mut low, mut high) = (f64::MAX, 0.0f64);
+            for t in 1..=3_600 {
+                h.push(Sample {
+                    completed: poisson(&mut rng, 200.0),
+                    concurrency: poisson(&mut rng, 10.0),
+                    ..second(t, poisson(&mut rng, 200.0), 0.05)
+                });
+                decide(&p, &mut st, &h, t, &PoolView { slots: 8, ..pool(3) });
+                if t > 300 {
+                    let estimate = st.service_estimate.expect("measured");
+                    (low, high) = (low.min(estimate), high.max(estimate));
+                }
+            }
+            high / low
+        };
+        let p = TidegateParams::default();
+        let short = spread(TidegateParams {
+            service_window: 30,
+            ..p
+        });
+        let long = spread(TidegateParams {
+            service_agree: f64::INFINITY,
+            ..p
+        });
+        // The default: the long window, the short one when they disagree.
+        let default = spread(p);
+        let all = format!("30 s {short}, 120 s {long}, default {default}");
+        assert!(long < 1.3, "{all}");
+        assert!(short > long * 1.1, "{all}");
+        assert!(default < short && default >= long, "{all}");
+    }
+
+    /// A Poisson draw (Knuth's method; means up to a few hundred).
     fn poisson(rng: &mut fastrand::Rng, mean: f64) -> f64 {
         let (limit, mut k, mut p) = ((-mean).exp(), 0.0, 1.0);
         loop {
@@ -899,6 +1057,26 @@ mod tests {
             after = run(&p, &mut st, &h, t, &pool(before));
         }
         assert!(after >= 2 * before, "{after} vs {before}");
+    }
+
+    #[test]
+    fn a_faster_service_is_believed_within_30_seconds_not_two_minutes() {
+        // A deploy halves the service time; 40 s later the long window is
+        // still two thirds old, the last 30 s are all new.
+        let estimate = |p: &TidegateParams| {
+            let (mut st, mut h) = (TidegateState::default(), History::new(600));
+            steady(&mut h, 1, 300, 1000.0, 0.04);
+            steady(&mut h, 301, 340, 1000.0, 0.02);
+            decide(p, &mut st, &h, 340, &pool(10));
+            st.service_estimate.expect("measured")
+        };
+        let agreeing = estimate(&TidegateParams::default());
+        assert!((agreeing - 0.02).abs() < 1e-9, "{agreeing}");
+        let long_only = estimate(&TidegateParams {
+            service_agree: f64::INFINITY,
+            ..TidegateParams::default()
+        });
+        assert!(long_only > 0.03, "{long_only}");
     }
 
     #[test]
