@@ -210,11 +210,7 @@ async fn a_slow_upload_is_the_clients_time_not_the_backends() {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     s.write_all(b"0\r\n\r\n").await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(BOUND, s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
+    let out = until_closed(&mut s).await;
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("{\"received\":15}"), "{text}");
@@ -229,11 +225,7 @@ async fn an_upload_that_stops_is_cut_after_the_body_timeout() {
     s.write_all(b"POST /cart HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly part")
         .await
         .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(BOUND, s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
+    let out = until_closed(&mut s).await;
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("x-tidegate-error: client_body_timeout"), "{text}");

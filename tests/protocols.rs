@@ -447,11 +447,7 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_requests() 
     )
     .await
     .unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(BOUND, raw.read_to_end(&mut rest))
-        .await
-        .unwrap()
-        .unwrap();
+    let rest = until_closed(&mut raw).await;
     let text = String::from_utf8_lossy(&rest);
     assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
     t.shutdown().await;
@@ -530,11 +526,7 @@ async fn a_parked_connection_closes_at_the_header_timeout_and_at_shutdown() {
     let (mut idle, _) = status_line(t.addr, request).await;
     let answered = tokio::time::Instant::now();
     eventually("parked", || async { parked(&t).await == 1 }).await;
-    let mut rest = Vec::new();
-    tokio::time::timeout(BOUND, idle.read_to_end(&mut rest))
-        .await
-        .unwrap()
-        .unwrap();
+    until_closed(&mut idle).await;
     let closed = answered.elapsed();
     assert!(closed >= Duration::from_millis(1400), "closed after {closed:?}");
     assert_eq!(parked(&t).await, 0);
@@ -546,9 +538,5 @@ async fn a_parked_connection_closes_at_the_header_timeout_and_at_shutdown() {
     let stopping = tokio::time::Instant::now();
     t.shutdown().await;
     assert!(stopping.elapsed() < Duration::from_secs(5), "{:?}", stopping.elapsed());
-    let mut rest = Vec::new();
-    tokio::time::timeout(BOUND, idle.read_to_end(&mut rest))
-        .await
-        .unwrap()
-        .unwrap();
+    until_closed(&mut idle).await;
 }

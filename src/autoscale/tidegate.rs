@@ -393,10 +393,7 @@ fn held_max<T: PartialOrd + Copy>(q: &mut VecDeque<(u64, T)>, now: u64, window: 
         q.pop_back();
     }
     q.push_back((now, v));
-    while q.front().is_some_and(|(t, _)| t + window <= now) {
-        q.pop_front();
-    }
-    q.front().map_or(v, |(_, m)| *m)
+    forget_ahead(q, now, window, 0).unwrap_or(v)
 }
 
 /// Drops from a monotonic queue of the last `window` seconds what will
@@ -539,7 +536,7 @@ pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, no
     // 8. Late scale-in: the highest need of a window that grows with the
     // provisioning delay.
     let hold = (p.scale_down_window as f64).max(p.hold_per_delay * delay) as u64;
-    let peak = held_max(&mut st.recommendations, now, hold, for_rate) + st.backlog_hold;
+    let held_need = held_max(&mut st.recommendations, now, hold, for_rate);
     let mut held_plan = held_max(&mut st.plans, now, hold, plan);
 
     // 7. History, while it predicts well; it only ever raises the pool.
@@ -548,7 +545,11 @@ pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, no
         .filter(|_| pool.forecast_error.is_none_or(|e| e <= p.forecast_trust_error))
         .filter(|_| pool.forecast_peak_hits.is_none_or(|hits| hits >= p.peak_trust));
     let for_forecast = trusted.map_or(0, size);
-    let mut peak = peak.max(for_forecast);
+    // The window's need with the backlog's share on top, never below what
+    // history asks for.
+    let backlog_hold = st.backlog_hold;
+    let with_extras = |need: u32| (need + backlog_hold).max(for_forecast);
+    let mut peak = with_extras(held_need);
 
     let current = pool.current();
     let desired = if peak >= current {
@@ -562,8 +563,7 @@ pub(crate) fn decide(p: &TidegateParams, st: &mut TidegateState, h: &History, no
             // At most a ninth of the hold (10 s of 90): a short hold
             // (the demo's 15 s) is not merged away.
             let ahead = p.down_merge.min(hold / 9);
-            let need = forget_ahead(&mut st.recommendations, now, hold, ahead).unwrap_or(for_rate);
-            peak = (need + st.backlog_hold).max(for_forecast);
+            peak = with_extras(forget_ahead(&mut st.recommendations, now, hold, ahead).unwrap_or(for_rate));
             held_plan = forget_ahead(&mut st.plans, now, hold, ahead).unwrap_or(plan);
         }
         // One fewer only if the plan fits with a margin to spare, so the

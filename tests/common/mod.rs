@@ -323,6 +323,16 @@ pub(crate) async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Reads `s` until the peer closes it, which must happen within `BOUND`.
+pub(crate) async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(BOUND, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    out
+}
+
 /// Connects, sends `bytes`, and reads the answer's status line up to its
 /// code (`HTTP/1.1 200`); the socket stays open for what follows.
 pub(crate) async fn status_line(addr: SocketAddr, bytes: &[u8]) -> (TcpStream, [u8; 12]) {
