@@ -8,12 +8,10 @@
 //! case N times without criterion, for `valgrind --tool=callgrind`.
 #![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
-use std::net::IpAddr;
-
 use criterion::{criterion_group, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Version;
-use tidegate::proxy::headers::{forwarded, strip_hop_by_hop, Forwarded, Hop};
+use tidegate::proxy::headers::{forwarded, peer_value, strip_hop_by_hop, Forwarded, Hop};
 
 fn browser(extra: &[(&'static str, &'static str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -47,13 +45,14 @@ fn cases() -> [(&'static str, HeaderMap); 3] {
     ]
 }
 
-fn client() -> IpAddr {
-    "203.0.113.7".parse().unwrap()
+/// The client's address as a field value, made once per connection.
+fn client() -> HeaderValue {
+    peer_value("203.0.113.7".parse().unwrap())
 }
 
 /// What the proxy does to a request's headers (the forwarding fields are
 /// computed; over HTTP/1.1 they are written with the head, not inserted).
-fn once(h: &mut HeaderMap, client: IpAddr) -> Forwarded {
+fn once(h: &mut HeaderMap, client: &HeaderValue) -> Forwarded {
     let host = h.get(http::header::HOST).cloned();
     strip_hop_by_hop(h, false);
     let hop = Hop {
@@ -70,7 +69,7 @@ fn rewrite(c: &mut Criterion) {
         c.bench_function(&format!("rewrite/{name}"), |b| {
             b.iter_batched_ref(
                 || headers.clone(),
-                |h| once(h, client),
+                |h| once(h, &client),
                 criterion::BatchSize::SmallInput,
             )
         });
@@ -88,7 +87,7 @@ fn main() {
         for (_, headers) in &cases {
             for _ in 0..n {
                 let mut h = headers.clone();
-                once(&mut h, client);
+                once(&mut h, &client);
                 std::hint::black_box(&h);
             }
         }

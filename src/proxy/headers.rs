@@ -98,13 +98,20 @@ fn is_common_connection_value(v: &[u8]) -> bool {
 
 /// The hop a request arrived over, as [`forwarded`] records it.
 #[derive(Debug, Clone, Copy)]
-pub struct Hop {
-    /// The connection's peer (the socket's, or the PROXY header's).
-    pub peer: IpAddr,
+pub struct Hop<'a> {
+    /// The connection's peer (the socket's, or the PROXY header's) as a
+    /// field value: [`peer_value`], made once per connection.
+    pub peer: &'a HeaderValue,
     /// The peer is a trusted proxy: what it says about earlier hops is kept.
     pub trusted: bool,
     /// The client connection is TLS.
     pub tls: bool,
+}
+
+/// A peer's address as the `X-Forwarded-For` value it becomes (made once
+/// per connection: copying it into each request's field allocated).
+pub fn peer_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_bytes(ip_text(ip, &mut [0; 48])).expect("an address is a valid field value")
 }
 
 /// The forwarding fields a request gains on its way to a backend
@@ -154,31 +161,40 @@ impl Forwarded {
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` are kept when present; from
 /// anyone else they are replaced (a client's claim is not a fact), and a
 /// `Forwarded` field is removed. `Via` is appended to.
-pub fn forwarded(headers: &mut HeaderMap, hop: Hop, host: Option<&HeaderValue>, version: Version) -> Forwarded {
-    let mut buf = [0u8; 48];
-    let ip = ip_text(hop.peer, &mut buf);
+pub fn forwarded(headers: &mut HeaderMap, hop: Hop<'_>, host: Option<&HeaderValue>, version: Version) -> Forwarded {
+    // One pass over the names first: most requests carry none of the
+    // fields below, and asking for an absent one still costs a hash and a
+    // probe (six of them).
+    let any = headers
+        .keys()
+        .any(|k| FORWARDED_NAMES.contains(k) || k == header::FORWARDED);
     // An untrusted peer's list is replaced: not read, only removed.
     let mut joined = Vec::new();
-    if hop.trusted {
+    if hop.trusted && any {
         for v in headers.get_all(&X_FORWARDED_FOR).iter().filter(|v| v.to_str().is_ok()) {
             joined.extend_from_slice(v.as_bytes());
             joined.extend_from_slice(b", ");
         }
     }
     let xff = if joined.is_empty() {
-        HeaderValue::from_bytes(ip).ok()
+        Some(hop.peer.clone())
     } else {
-        joined.extend_from_slice(ip);
+        joined.extend_from_slice(hop.peer.as_bytes());
         HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).ok()
     };
-    let proto = (!(hop.trusted && headers.contains_key(&X_FORWARDED_PROTO)))
-        .then(|| HeaderValue::from_static(if hop.tls { "https" } else { "http" }));
-    let replace_host = !(hop.trusted && headers.contains_key(&X_FORWARDED_HOST));
     let via_hop = match version {
         Version::HTTP_10 => "1.0 tidegate",
         Version::HTTP_2 => "2 tidegate",
         _ => "1.1 tidegate",
     };
+    let proto = HeaderValue::from_static(if hop.tls { "https" } else { "http" });
+    if !any {
+        return Forwarded {
+            values: [xff, Some(proto), host.cloned(), Some(HeaderValue::from_static(via_hop))],
+        };
+    }
+    let proto = (!(hop.trusted && headers.contains_key(&X_FORWARDED_PROTO))).then_some(proto);
+    let replace_host = !(hop.trusted && headers.contains_key(&X_FORWARDED_HOST));
     let via = match headers.get(header::VIA).map(HeaderValue::to_str) {
         Some(Ok(prev)) => HeaderValue::from_str(&format!("{prev}, {via_hop}")).ok(),
         _ => Some(HeaderValue::from_static(via_hop)),
@@ -251,8 +267,9 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let host = HeaderValue::from_static("shop.example");
+        let peer = peer_value("127.0.0.1".parse().unwrap());
         let hop = |trusted| Hop {
-            peer: "127.0.0.1".parse().unwrap(),
+            peer: &peer,
             trusted,
             tls: false,
         };

@@ -79,6 +79,8 @@ pub(crate) struct Proxy {
 pub(crate) struct ConnContext {
     state: Arc<State>,
     client: SocketAddr,
+    /// The client's address as the `X-Forwarded-For` value it becomes.
+    client_value: http::HeaderValue,
     tls: bool,
     /// What this connection's exchanges share with the server (the tunnel
     /// flag the framing guard reads, the HTTP/2 stall accounting).
@@ -91,6 +93,7 @@ impl Proxy {
             conn: Arc::new(ConnContext {
                 state,
                 client,
+                client_value: headers::peer_value(client.ip()),
                 tls,
                 shared,
             }),
@@ -117,7 +120,6 @@ impl tower::Service<Request<Incoming>> for Proxy {
             let trusted = &snapshot.config.limits.trusted_proxies;
             let peer = conn.client.ip();
             let who = Who {
-                peer,
                 trusted: client::is_trusted(trusted, peer),
                 ip: client::client_ip(peer, req.headers(), trusted),
             };
@@ -173,9 +175,8 @@ impl tower::Service<Request<Incoming>> for Proxy {
 /// The client as one request sees it.
 #[derive(Clone)]
 pub(crate) struct Who {
-    /// The connection's peer (the socket's, or the PROXY header's).
-    peer: IpAddr,
-    /// Whether the peer is a trusted proxy.
+    /// Whether the connection's peer (the socket's, or the PROXY
+    /// header's) is a trusted proxy.
     trusted: bool,
     /// The client: the peer, or behind trusted proxies, whom they name.
     ip: IpAddr,

@@ -251,7 +251,7 @@ pub(super) fn upstream_request(
     let forwarded = headers::forwarded(
         &mut parts.headers,
         headers::Hop {
-            peer: who.peer,
+            peer: &conn.client_value,
             trusted: who.trusted,
             tls: conn.tls,
         },
