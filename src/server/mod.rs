@@ -308,18 +308,30 @@ impl Connection {
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let mut conn = std::pin::pin!(conn);
         let mut shutdown = self.shutdown.clone();
+        // Whether the stop signal moved: one atomic load, where polling
+        // `stop` takes the watch's lock and its waiter list's mutex.
+        let probe = self.shutdown.clone();
         let mut stop = std::pin::pin!(stopped(&mut shutdown));
+        let mut stop_polled = false;
         let mut stall = std::pin::pin!(shared.stalled(self.limits.client_send_timeout));
         let mut finishing = false;
-        // One poll of each per wake, in this order (no select!: this runs
-        // at every wake of every connection).
+        // No select!: this runs at every wake of every connection. `stop`
+        // is polled once (its waiter keeps this task's waker, the same at
+        // every wake) and again only once the signal has moved; `stall`
+        // only on HTTP/2, the one protocol that counts untaken responses.
         let ended = std::future::poll_fn(|cx| {
-            if !finishing && stop.as_mut().poll(cx).is_ready() {
-                conn.as_mut().graceful_shutdown();
-                finishing = true;
+            if !finishing && (!stop_polled || probe.has_changed().unwrap_or(true)) {
+                stop_polled = true;
+                if stop.as_mut().poll(cx).is_ready() {
+                    conn.as_mut().graceful_shutdown();
+                    finishing = true;
+                }
             }
             if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Some(r));
+            }
+            if !shared.is_h2() {
+                return Poll::Pending;
             }
             stall.as_mut().poll(cx).map(|()| None)
         })
