@@ -63,10 +63,7 @@ use crate::pool::{AdmitError, InFlight};
 use crate::state::{Snapshot, State};
 use crate::upstream::body::{RequestBody, Tallies};
 use crate::upstream::{HeadLimits, UpstreamBody};
-use request::{
-    affinity_key, check_framing, content_length, has_no_body, head_of, rate_limit, rebuild, request_host,
-    upstream_request,
-};
+use request::{affinity_key, check_framing, has_no_body, head_of, rate_limit, rebuild, request_host, upstream_request};
 use send::{body_error, client_fault, send, SendError};
 use upgrade::{allowed_upgrade, switches_to, tunnel};
 
@@ -225,8 +222,8 @@ async fn forward(
     who: &Who,
     at: &mut Place,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    check_framing(&req)?;
-    let host = request_host(&req);
+    let framing = check_framing(&req)?;
+    let host = framing.host;
     let target = at
         .snapshot
         .router
@@ -246,7 +243,7 @@ async fn forward(
             clock_ns(),
         )?;
     }
-    if content_length(req.headers()).is_some_and(|n| n > route.max_body) {
+    if framing.length.is_some_and(|n| n > route.max_body) {
         return Err(ProxyError::PayloadTooLarge);
     }
     if let (Some(policy), Some(cache)) = (&route.cache, &snapshot.cache) {
