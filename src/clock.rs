@@ -12,8 +12,14 @@ use std::time::SystemTime;
 
 /// Nanoseconds since the process's first call, on tokio's clock.
 pub(crate) fn clock_ns() -> u64 {
+    clock_ns_at(tokio::time::Instant::now())
+}
+
+/// [`clock_ns`] at an instant already read (one clock reading serves two
+/// figures).
+pub(crate) fn clock_ns_at(at: tokio::time::Instant) -> u64 {
     static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
-    EPOCH.get_or_init(tokio::time::Instant::now).elapsed().as_nanos() as u64
+    at.saturating_duration_since(*EPOCH.get_or_init(|| at)).as_nanos() as u64
 }
 
 /// Wall-clock milliseconds since the Unix epoch.

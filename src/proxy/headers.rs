@@ -57,6 +57,15 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// `Upgrade` are kept so the peer can switch protocols. Returns whether the
 /// message accepts trailers (`TE: trailers`), which is forwarded.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
+    // One pass over the names first: most messages carry none of these
+    // (`TE` and `Connection` among them), and asking for an absent name
+    // still costs a hash and a probe.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        if upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return false;
+    }
     let te_trailers = headers.get_all(header::TE).iter().any(|v| {
         v.to_str()
             .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
@@ -76,15 +85,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
             }
         }
     }
-    // One pass over the names first: most messages carry none of these,
-    // and removing an absent name still costs a hash and a probe.
-    if headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        for name in &HOP_BY_HOP {
-            if upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
-                continue;
-            }
-            headers.remove(name);
+    for name in &HOP_BY_HOP {
+        if upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+            continue;
         }
+        headers.remove(name);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -54,7 +54,7 @@ use conn::OpenExchange;
 pub(crate) use error::{ProxyError, CLIENT_SEND_TIMEOUT, CODES, REASONS};
 
 use crate::balance::{Balancer, PickContext};
-use crate::clock::clock_ns;
+use crate::clock::{clock_ns, clock_ns_at};
 use crate::config::defaults::EWMA_DECAY;
 use crate::config::Priority;
 use crate::pool::backend::status_class;
@@ -346,7 +346,6 @@ async fn attempts(
         };
         let asked = tokio::time::Instant::now();
         let admitted = pool.admit(&mut cx, priority).await;
-        at.queued += asked.elapsed();
         let slot = match admitted {
             Ok(slot) => slot,
             Err(AdmitError::NoBackend) => {
@@ -372,13 +371,17 @@ async fn attempts(
         let backend = Arc::clone(slot.backend());
         at.backend = Some(backend.address);
         let sent_at = tokio::time::Instant::now();
+        at.queued += sent_at - asked;
         let head = HeadLimits {
             bytes: snapshot.config.limits.max_response_header_bytes,
             fields: snapshot.config.limits.max_response_headers,
         };
         let req = request.take().expect("a request per attempt");
         let mut outcome = send(cfg, head, &backend, req, &forwarded).await;
-        let elapsed_ns = sent_at.elapsed().as_nanos() as u64;
+        // One clock reading for the backend's latency, its EWMA's stamp and
+        // the pool's total.
+        let answered = tokio::time::Instant::now();
+        let elapsed_ns = (answered - sent_at).as_nanos() as u64;
         // A 101 the request did not ask for (or to another protocol) is
         // never passed on: it would open a tunnel past routing and limits.
         if let Ok(resp) = &outcome {
@@ -394,7 +397,7 @@ async fn attempts(
             }
         }
         let status = outcome.as_ref().ok().map(|r| r.status().as_u16());
-        let now_ns = clock_ns();
+        let now_ns = clock_ns_at(answered);
         backend.record(status, elapsed_ns, now_ns, EWMA_DECAY.as_nanos() as f64);
         // Only what the backend caused counts toward its ejection; a client
         // that aborts or fumbles its upload never blames the backend.
@@ -413,7 +416,7 @@ async fn attempts(
         }
         // The pool counts one request however many backends it tried.
         let done = |status: Option<u16>| {
-            let total_ns = started.elapsed().as_nanos() as u64;
+            let total_ns = (answered - started).as_nanos() as u64;
             pool.shared.record(status_class(status), total_ns);
         };
         match outcome {
