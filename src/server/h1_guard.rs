@@ -184,7 +184,7 @@ impl<IO> H1Guard<IO> {
                 }
                 Phase::Head | Phase::ChunkSize | Phase::Trailers => {
                     let rest = &buf[i..];
-                    match rest.iter().position(|&b| b == b'\n') {
+                    match memchr::memchr(b'\n', rest) {
                         None => {
                             if self.line.len() + rest.len() > self.line_limit() {
                                 return self.too_long_line(i);
@@ -196,15 +196,21 @@ impl<IO> H1Guard<IO> {
                             if self.line.len() + nl > self.line_limit() {
                                 return self.too_long_line(i);
                             }
-                            self.line.extend_from_slice(&rest[..nl]);
-                            if self.line.last() != Some(&b'\r') {
+                            // A line read whole is checked where it lies;
+                            // only one split across reads is put together.
+                            let verdict = if self.line.is_empty() {
+                                self.end_of_line(&rest[..nl])
+                            } else {
+                                let mut line = std::mem::take(&mut self.line);
+                                line.extend_from_slice(&rest[..nl]);
+                                let verdict = self.end_of_line(&line);
+                                line.clear();
+                                self.line = line;
+                                verdict
+                            };
+                            if verdict == Verdict::Refuse {
                                 return Some(i + nl);
                             }
-                            self.line.pop();
-                            if self.end_of_line() == Verdict::Refuse {
-                                return Some(i + nl);
-                            }
-                            self.line.clear();
                             i += nl + 1;
                         }
                     }
@@ -233,12 +239,17 @@ impl<IO> H1Guard<IO> {
         }
     }
 
-    fn end_of_line(&mut self) -> Verdict {
+    /// A line up to its `\n`: refused unless it ends in `\r`, else checked
+    /// without it.
+    fn end_of_line(&mut self, line: &[u8]) -> Verdict {
+        let Some((b'\r', line)) = line.split_last() else {
+            return Verdict::Refuse;
+        };
         match self.phase {
-            Phase::Head => self.head_line(),
-            Phase::ChunkSize => self.chunk_size_line(),
+            Phase::Head => self.head_line(line),
+            Phase::ChunkSize => self.chunk_size_line(line),
             Phase::Trailers => {
-                if self.line.is_empty() {
+                if line.is_empty() {
                     self.phase = Phase::Head;
                 }
                 Verdict::Ok
@@ -247,8 +258,7 @@ impl<IO> H1Guard<IO> {
         }
     }
 
-    fn head_line(&mut self) -> Verdict {
-        let line = &self.line[..];
+    fn head_line(&mut self, line: &[u8]) -> Verdict {
         if self.head.lines == 0 {
             if line.is_empty() {
                 // Empty lines before a request line are allowed (RFC 9112 2.2).
@@ -314,8 +324,7 @@ impl<IO> H1Guard<IO> {
         Verdict::Ok
     }
 
-    fn chunk_size_line(&mut self) -> Verdict {
-        let line = &self.line[..];
+    fn chunk_size_line(&mut self, line: &[u8]) -> Verdict {
         let digits_end = line.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(line.len());
         if digits_end == 0 || digits_end > 16 {
             return Verdict::Refuse;

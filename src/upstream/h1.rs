@@ -630,7 +630,28 @@ fn decoder(status: StatusCode, version: Version, headers: &HeaderMap, no_body: b
         _ if no_body => return Ok(Decode::Done),
         _ => {}
     }
-    if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+    // One pass over the fields for both (two hashed lookups cost more than
+    // a walk over a response's handful); `Transfer-Encoding` decides when
+    // present, whatever the lengths say.
+    let mut te = None;
+    let mut length = Ok(None);
+    for (name, v) in headers {
+        if name == header::TRANSFER_ENCODING {
+            te = Some(v);
+        } else if name == header::CONTENT_LENGTH && length.is_ok() {
+            length = v
+                .as_bytes()
+                .split(|&b| b == b',')
+                .try_fold(length.unwrap_or(None), |seen, part| {
+                    let n = parse_length(part.trim_ascii()).ok_or(Error::Invalid("bad Content-Length"))?;
+                    match seen {
+                        Some(l) if l != n => Err(Error::Invalid("conflicting Content-Length values")),
+                        _ => Ok(Some(n)),
+                    }
+                });
+        }
+    }
+    if let Some(last) = te {
         if version == Version::HTTP_10 {
             return Err(Error::Invalid("Transfer-Encoding in an HTTP/1.0 response"));
         }
@@ -645,17 +666,7 @@ fn decoder(status: StatusCode, version: Version, headers: &HeaderMap, no_body: b
             Decode::Close
         });
     }
-    let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(part.trim_ascii()).ok_or(Error::Invalid("bad Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Invalid("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match length? {
         Some(0) => Decode::Done,
         Some(n) => Decode::Length(n),
         None => Decode::Close,
@@ -979,5 +990,64 @@ impl AsyncWrite for Upgraded {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn decode(pairs: &[(&'static str, &'static str)]) -> Result<Decode, Error> {
+        decoder(StatusCode::OK, Version::HTTP_11, &fields(pairs), false)
+    }
+
+    #[test]
+    fn a_response_body_is_delimited_as_rfc_9112_says() {
+        assert!(matches!(decode(&[("content-length", "5")]), Ok(Decode::Length(5))));
+        assert!(matches!(
+            decode(&[("content-length", "5, 5"), ("content-length", "5")]),
+            Ok(Decode::Length(5))
+        ));
+        assert!(matches!(decode(&[("content-length", "0")]), Ok(Decode::Done)));
+        assert!(matches!(decode(&[]), Ok(Decode::Close)));
+        assert!(matches!(
+            decode(&[("content-length", "5"), ("content-length", "6")]),
+            Err(Error::Invalid("conflicting Content-Length values"))
+        ));
+        assert!(matches!(
+            decode(&[("content-length", "5, x")]),
+            Err(Error::Invalid("bad Content-Length"))
+        ));
+        // Transfer-Encoding decides, whatever the lengths say (before or after it).
+        assert!(matches!(
+            decode(&[("content-length", "x"), ("transfer-encoding", "gzip, chunked")]),
+            Ok(Decode::Chunked(Chunk::Size))
+        ));
+        assert!(matches!(
+            decode(&[("transfer-encoding", "chunked"), ("transfer-encoding", "gzip")]),
+            Ok(Decode::Close)
+        ));
+        assert!(decoder(
+            StatusCode::OK,
+            Version::HTTP_10,
+            &fields(&[("transfer-encoding", "chunked")]),
+            false
+        )
+        .is_err());
+        let no_content = decoder(
+            StatusCode::NO_CONTENT,
+            Version::HTTP_11,
+            &fields(&[("content-length", "5")]),
+            false,
+        );
+        assert!(matches!(no_content, Ok(Decode::Done)));
     }
 }
