@@ -87,13 +87,9 @@ pub(super) fn check_framing(req: &Request<Incoming>) -> Result<Framing<'_>, Prox
         }
         None => {}
     }
-    let host = match req.uri().authority() {
-        Some(a) => Some(strip_port(a.host())),
-        None => host.and_then(|h| h.to_str().ok()).map(strip_port),
-    };
     Ok(Framing {
-        host,
-        length: length.and_then(|v| v.to_str().ok()?.parse().ok()),
+        host: host_of(req.uri().authority(), host),
+        length: length.and_then(length_of),
     })
 }
 
@@ -153,11 +149,15 @@ pub(super) fn valid_authority(a: &[u8]) -> bool {
 /// The host the request is routed on, without port: the request target's
 /// authority when it has one, else the `Host` header.
 pub(super) fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.host(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?,
-    };
-    Some(strip_port(raw))
+    host_of(req.uri().authority(), req.headers().get(header::HOST))
+}
+
+/// The target's authority's host, else the `Host` field's, port stripped.
+fn host_of<'a>(authority: Option<&'a http::uri::Authority>, field: Option<&'a HeaderValue>) -> Option<&'a str> {
+    match authority {
+        Some(a) => Some(strip_port(a.host())),
+        None => field.and_then(|h| h.to_str().ok()).map(strip_port),
+    }
 }
 
 fn strip_port(host: &str) -> &str {
@@ -184,7 +184,11 @@ static UNRESERVED: [bool; 256] = {
 };
 
 pub(super) fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    h.get(header::CONTENT_LENGTH).and_then(length_of)
+}
+
+fn length_of(v: &HeaderValue) -> Option<u64> {
+    v.to_str().ok()?.parse().ok()
 }
 
 pub(super) fn has_no_body<B: http_body::Body>(req: &Request<B>) -> bool {
