@@ -60,12 +60,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
     // One pass over the names first: most messages carry none of these
     // (`TE` and `Connection` among them), and asking for an absent name
     // still costs a hash and a probe.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        if upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        return false;
+    let te_trailers = headers.keys().any(|k| HOP_BY_HOP.contains(k)) && strip_present(headers, upgrade);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    te_trailers
+}
+
+/// [`strip_hop_by_hop`] for a message that carries some hop-by-hop field
+/// (all but the final `Connection: upgrade`).
+fn strip_present(headers: &mut HeaderMap, upgrade: bool) -> bool {
     let te_trailers = headers.get_all(header::TE).iter().any(|v| {
         v.to_str()
             .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
@@ -90,9 +94,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
             continue;
         }
         headers.remove(name);
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     te_trailers
 }
@@ -192,32 +193,32 @@ pub fn forwarded(headers: &mut HeaderMap, hop: Hop<'_>, host: Option<&HeaderValu
         Version::HTTP_2 => "2 tidegate",
         _ => "1.1 tidegate",
     };
-    let proto = HeaderValue::from_static(if hop.tls { "https" } else { "http" });
-    if !any {
-        return Forwarded {
-            values: [xff, Some(proto), host.cloned(), Some(HeaderValue::from_static(via_hop))],
-        };
-    }
-    let proto = (!(hop.trusted && headers.contains_key(&X_FORWARDED_PROTO))).then_some(proto);
-    let replace_host = !(hop.trusted && headers.contains_key(&X_FORWARDED_HOST));
-    let via = match headers.get(header::VIA).map(HeaderValue::to_str) {
+    // What a trusted peer sent is kept; nothing is looked up when none of
+    // the names is there.
+    let trusted_sent = |name: &HeaderName| hop.trusted && any && headers.contains_key(name);
+    let proto =
+        (!trusted_sent(&X_FORWARDED_PROTO)).then(|| HeaderValue::from_static(if hop.tls { "https" } else { "http" }));
+    let replace_host = !trusted_sent(&X_FORWARDED_HOST);
+    let via = match any.then(|| headers.get(header::VIA)).flatten().map(HeaderValue::to_str) {
         Some(Ok(prev)) => HeaderValue::from_str(&format!("{prev}, {via_hop}")).ok(),
         _ => Some(HeaderValue::from_static(via_hop)),
     };
-    if xff.is_some() {
-        headers.remove(&X_FORWARDED_FOR);
-    }
-    if proto.is_some() {
-        headers.remove(&X_FORWARDED_PROTO);
-    }
-    if replace_host {
-        headers.remove(&X_FORWARDED_HOST);
-    }
-    if !hop.trusted {
-        headers.remove(header::FORWARDED);
-    }
-    if via.is_some() {
-        headers.remove(header::VIA);
+    if any {
+        if xff.is_some() {
+            headers.remove(&X_FORWARDED_FOR);
+        }
+        if proto.is_some() {
+            headers.remove(&X_FORWARDED_PROTO);
+        }
+        if replace_host {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        if !hop.trusted {
+            headers.remove(header::FORWARDED);
+        }
+        if via.is_some() {
+            headers.remove(header::VIA);
+        }
     }
     Forwarded {
         values: [xff, proto, host.filter(|_| replace_host).cloned(), via],

@@ -638,17 +638,8 @@ fn decoder(status: StatusCode, version: Version, headers: &HeaderMap, no_body: b
     for (name, v) in headers {
         if name == header::TRANSFER_ENCODING {
             te = Some(v);
-        } else if name == header::CONTENT_LENGTH && length.is_ok() {
-            length = v
-                .as_bytes()
-                .split(|&b| b == b',')
-                .try_fold(length.unwrap_or(None), |seen, part| {
-                    let n = parse_length(part.trim_ascii()).ok_or(Error::Invalid("bad Content-Length"))?;
-                    match seen {
-                        Some(l) if l != n => Err(Error::Invalid("conflicting Content-Length values")),
-                        _ => Ok(Some(n)),
-                    }
-                });
+        } else if name == header::CONTENT_LENGTH {
+            length = length.and_then(|seen| add_lengths(seen, v));
         }
     }
     if let Some(last) = te {
@@ -670,6 +661,18 @@ fn decoder(status: StatusCode, version: Version, headers: &HeaderMap, no_body: b
         Some(0) => Decode::Done,
         Some(n) => Decode::Length(n),
         None => Decode::Close,
+    })
+}
+
+/// The length `seen` so far with a `Content-Length` value's
+/// comma-separated lengths, which must all agree.
+fn add_lengths(seen: Option<u64>, v: &HeaderValue) -> Result<Option<u64>, Error> {
+    v.as_bytes().split(|&b| b == b',').try_fold(seen, |seen, part| {
+        let n = parse_length(part.trim_ascii()).ok_or(Error::Invalid("bad Content-Length"))?;
+        match seen {
+            Some(l) if l != n => Err(Error::Invalid("conflicting Content-Length values")),
+            _ => Ok(Some(n)),
+        }
     })
 }
 
