@@ -309,3 +309,58 @@ async fn announced_request_trailers_reach_the_backend() {
     assert!(seen.ends_with("5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n"), "{seen}");
     p.shutdown().await;
 }
+
+/// tidegate reads a response head into the field map its backend
+/// connection's last request used, emptied, and over HTTP/1.1 the client
+/// connection reads its next request into the last response's: nothing of
+/// one message may show in another.
+#[tokio::test]
+async fn each_message_carries_only_its_own_fields_over_reused_connections() {
+    let b = backend("b1").await;
+    let p = tidegate(&config_text(&[b.addr], "", "")).await;
+    let probe = |i: usize| {
+        // Twenty fields, so the maps grow past their first size.
+        let mut req = if i < 4 {
+            http::Request::builder().uri("/headers").header("host", "shop.example")
+        } else {
+            http::Request::builder().uri("http://shop.example/headers")
+        };
+        for f in 0..20 {
+            req = req.header(format!("x-probe-{i}-{f}"), format!("secret-{i}-{f}"));
+        }
+        req.body(http_body_util::Full::new(Bytes::new())).unwrap()
+    };
+    let check = |i: usize, a: &Answer, names: &mut Option<Vec<String>>| {
+        assert_eq!(a.status, 200);
+        let mut own: Vec<String> = a.headers.keys().map(|k| k.to_string()).collect();
+        own.sort();
+        assert!(
+            a.headers.values().all(|v| !v.as_bytes().starts_with(b"secret")),
+            "a request's field in response {i}: {:?}",
+            a.headers
+        );
+        assert_eq!(names.get_or_insert_with(|| own.clone()), &own, "response {i}'s fields");
+        let seen = a.text();
+        assert!(seen.contains(&format!("x-probe-{i}-19: secret-{i}-19\n")), "{seen}");
+        if i > 0 {
+            assert!(
+                !seen.contains(&format!("x-probe-{}-", i - 1)),
+                "request {i} carried the last one's: {seen}"
+            );
+        }
+        assert!(
+            !seen.contains("x-backend"),
+            "request {i} carried a response field: {seen}"
+        );
+    };
+    let mut names = None;
+    let mut s = h1(p.addr).await;
+    for i in 0..4 {
+        check(i, &collect(s.send_request(probe(i)).await.unwrap()).await, &mut names);
+    }
+    let mut s = h2(p.addr).await;
+    for i in 4..8 {
+        check(i, &collect(s.send_request(probe(i)).await.unwrap()).await, &mut names);
+    }
+    p.shutdown().await;
+}

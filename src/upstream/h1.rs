@@ -50,6 +50,10 @@ const MAX_READ: usize = 64 * 1024;
 /// while its connection is idle.
 const KEPT_READ: usize = 16 * 1024;
 
+/// The most fields a connection's spare map keeps room for between
+/// exchanges.
+const SPARE_FIELDS: usize = 64;
+
 /// A head buffer that grew past this (an upload's batches) is not kept
 /// while its connection is idle.
 const KEPT_WRITE: usize = 4 * 1024;
@@ -144,6 +148,12 @@ pub(crate) struct Conn {
     wbuf: Vec<u8>,
     /// Room made for the next read.
     read_size: usize,
+    /// The last request's field map, emptied: the next response head is
+    /// read into it. A map for a dozen fields is larger than what the
+    /// allocator serves from its per-thread cache, and over HTTP/2 nothing
+    /// else gives one back. Boxed: a connection is moved with every
+    /// exchange, and its size decides how.
+    spare: Box<HeaderMap>,
 }
 
 impl Conn {
@@ -153,6 +163,7 @@ impl Conn {
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
             read_size: READ_SIZE,
+            spare: Box::default(),
         }
     }
 
@@ -411,7 +422,7 @@ pub(crate) async fn send<'a>(
     extra: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     limits: HeadLimits,
 ) -> Result<Response<Body>, SendError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let framing = encode_head(&parts, extra, &body, &mut conn.wbuf);
     let no_body = parts.method == Method::HEAD;
     let mut upload = (framing != Framing::None).then(|| Box::new(Upload::new(body, framing, &parts.headers)));
@@ -465,7 +476,14 @@ pub(crate) async fn send<'a>(
         }
         Err(e) => return Err(SendError::Failed(e)),
     };
+    // The request's map, emptied, takes the next response's fields (one
+    // that grew for a crowded request is let go).
+    let mut spare = std::mem::take(&mut parts.headers);
     drop(parts);
+    spare.clear();
+    if spare.capacity() <= SPARE_FIELDS {
+        *conn.spare = spare;
+    }
     let Head {
         status,
         version,
@@ -520,7 +538,7 @@ fn poll_head(
 ) -> Poll<Result<Head, Error>> {
     loop {
         if !conn.rbuf.is_empty() {
-            match parse_head(&conn.rbuf, limits)? {
+            match parse_head(&conn.rbuf, limits, &mut conn.spare)? {
                 Some((len, head)) => {
                     conn.rbuf.advance(len);
                     if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
@@ -552,8 +570,8 @@ fn poll_head(
 /// Parses a response head at the start of `buf`: its length and the head,
 /// or `None` when more bytes are needed. The head's bytes are copied once
 /// (the field values are slices of that copy), so the read buffer is free
-/// for the next read.
-fn parse_head(buf: &[u8], limits: HeadLimits) -> Result<Option<(usize, Head)>, Error> {
+/// for the next read. The fields go into `spare`'s allocation.
+fn parse_head(buf: &[u8], limits: HeadLimits, spare: &mut HeaderMap) -> Result<Option<(usize, Head)>, Error> {
     let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
     let mut heap = Vec::new();
     let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.fields <= STACK_FIELDS {
@@ -585,10 +603,11 @@ fn parse_head(buf: &[u8], limits: HeadLimits) -> Result<Option<(usize, Head)>, E
         .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
     let copy = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
-    // Room for a few more fields than the response's: over HTTP/1.1 the
-    // client connection keeps this map, emptied, for its next request,
-    // which gains `X-Request-Id` (the forwarding fields never enter it).
-    let mut headers = HeaderMap::with_capacity(res.headers.len() + 4);
+    // The maps go round: over HTTP/1.1 the client connection keeps this
+    // one, emptied, for its next request, whose map comes back here as
+    // `spare`; each keeps the room the largest of them needed.
+    let mut headers = std::mem::take(spare);
+    headers.reserve(res.headers.len());
     let mut keep_alive = version == Version::HTTP_11;
     for h in res.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Invalid("bad field name"))?;
