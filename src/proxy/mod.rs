@@ -107,66 +107,81 @@ impl tower::Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let conn = Arc::clone(&self.conn);
         // Ends when the response body is dropped: until then the
         // connection is not at rest (hyper reads it while this is answered).
         let exchange = OpenExchange::new(&conn.shared);
-        Box::pin(async move {
-            let snapshot = conn.state.load();
-            let trusted = &snapshot.config.limits.trusted_proxies;
-            let peer = conn.client.ip();
-            let who = Who {
-                trusted: client::is_trusted(trusted, peer),
-                ip: client::client_ip(peer, req.headers(), trusted),
-            };
-            let request_id = client::request_id(req.headers_mut(), who.trusted);
-            let mut logged = snapshot
-                .access_log
-                .as_ref()
-                .map(|log| log::start(log, &req, &who, &request_id));
-            let mut at = Place {
-                snapshot,
-                pool: None,
-                route: 0,
-                cache: None,
-                backend: None,
-                queued: Duration::ZERO,
-                bytes_in: logged.as_ref().and_then(|l| l.bytes_in.clone()),
-            };
-            let resp = match forward(&conn, req, &who, &mut at).await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    match at.pool {
-                        Some(i) => at.snapshot.pools[i].shared.count_error(e.index()),
-                        None => conn.state.count_error(e.index()),
-                    }
-                    if let Some(l) = &mut logged {
-                        l.outcome.error = Some(e.label());
-                        if let ProxyError::RateLimited { rule, .. } = &e {
-                            l.outcome.rate_limit = Some(Arc::clone(rule));
-                        }
-                    }
-                    let mut resp = e.into_response();
-                    resp.headers_mut().insert(client::X_REQUEST_ID, request_id);
-                    resp
-                }
-            };
-            let mut resp = resp;
-            if let Some(outcome) = at.cache {
-                resp.headers_mut()
-                    .insert(cached::X_CACHE, http::HeaderValue::from_static(outcome.header()));
-            }
-            resp.body_mut().hold(exchange);
-            Ok(match logged {
-                Some(mut l) => {
-                    log::respond(&mut l, &at, resp.status());
-                    resp.map(|body| body.logged(l))
-                }
-                None => resp,
-            })
-        })
+        // Built where it lives: the future (several KB) is written into
+        // its box by the call that makes it, not made on the stack and
+        // copied in.
+        Box::into_pin(in_box(|| handle(conn, req, exchange)))
     }
+}
+
+/// A box holding what `make` returns, written there by `make`.
+fn in_box<T>(make: impl FnOnce() -> T) -> Box<T> {
+    Box::write(Box::new_uninit(), make())
+}
+
+/// One request, from the client's head to the response handed to hyper.
+async fn handle(
+    conn: Arc<ConnContext>,
+    mut req: Request<Incoming>,
+    exchange: OpenExchange,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let snapshot = conn.state.load();
+    let trusted = &snapshot.config.limits.trusted_proxies;
+    let peer = conn.client.ip();
+    let who = Who {
+        trusted: client::is_trusted(trusted, peer),
+        ip: client::client_ip(peer, req.headers(), trusted),
+    };
+    let request_id = client::request_id(req.headers_mut(), who.trusted);
+    let mut logged = snapshot
+        .access_log
+        .as_ref()
+        .map(|log| log::start(log, &req, &who, &request_id));
+    let mut at = Place {
+        snapshot,
+        pool: None,
+        route: 0,
+        cache: None,
+        backend: None,
+        queued: Duration::ZERO,
+        bytes_in: logged.as_ref().and_then(|l| l.bytes_in.clone()),
+    };
+    let resp = match forward(&conn, req, &who, &mut at).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            match at.pool {
+                Some(i) => at.snapshot.pools[i].shared.count_error(e.index()),
+                None => conn.state.count_error(e.index()),
+            }
+            if let Some(l) = &mut logged {
+                l.outcome.error = Some(e.label());
+                if let ProxyError::RateLimited { rule, .. } = &e {
+                    l.outcome.rate_limit = Some(Arc::clone(rule));
+                }
+            }
+            let mut resp = e.into_response();
+            resp.headers_mut().insert(client::X_REQUEST_ID, request_id);
+            resp
+        }
+    };
+    let mut resp = resp;
+    if let Some(outcome) = at.cache {
+        resp.headers_mut()
+            .insert(cached::X_CACHE, http::HeaderValue::from_static(outcome.header()));
+    }
+    resp.body_mut().hold(exchange);
+    Ok(match logged {
+        Some(mut l) => {
+            log::respond(&mut l, &at, resp.status());
+            resp.map(|body| body.logged(l))
+        }
+        None => resp,
+    })
 }
 
 /// The client as one request sees it.
