@@ -234,7 +234,7 @@ impl Fetch {
         let request = std::mem::replace(&mut self.request, Request::new(RequestBody::empty()));
         let (first, forwarded) = upstream_request(request, None, &self.conn, &self.who, cfg);
         pool.shared.count_arrival();
-        let plan = Plan {
+        let mut plan = Plan {
             hash: affinity(pool, &asked, &self.who),
             priority: route.priority,
             replay: cfg.retry_idempotent.then(|| head_of(&first)),
@@ -242,7 +242,7 @@ impl Fetch {
             upgrade: None,
             client_upgrade: None,
         };
-        let resp = match attempts(&self.conn, first, plan, &mut self.at).await {
+        let resp = match attempts(&self.conn, first, &mut plan, &mut self.at).await {
             Ok(resp) => resp,
             Err(e) => {
                 // stale-if-error: the stale object stays; the next stale

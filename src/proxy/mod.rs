@@ -295,7 +295,7 @@ async fn upstream(
     let req = req.map(|body| RequestBody::new(body, route.max_body, idle, tallies));
     let (mut first, forwarded) = upstream_request(req, upgrade.clone(), conn, who, cfg);
     first.body_mut().prime().await.map_err(|e| body_error(&e))?;
-    let plan = Plan {
+    let mut plan = Plan {
         hash,
         priority: route.priority,
         replay: replayable.then(|| head_of(&first)),
@@ -303,7 +303,7 @@ async fn upstream(
         upgrade,
         client_upgrade,
     };
-    attempts(conn, first, plan, at).await
+    attempts(conn, first, &mut plan, at).await
 }
 
 /// The affinity key of a request to a `hash` pool (`None` for any other).
@@ -333,17 +333,19 @@ struct Plan {
 async fn attempts(
     conn: &ConnContext,
     first: Request<RequestBody>,
-    plan: Plan,
+    plan: &mut Plan,
     at: &mut Place,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    // Borrowed, not moved: the plan stays in the caller's future, and this
+    // one (moved into its caller's when made) is the smaller for it.
     let Plan {
         hash,
         priority,
-        replay,
-        forwarded,
-        upgrade,
-        client_upgrade,
-    } = plan;
+        ref replay,
+        ref forwarded,
+        ref upgrade,
+        ref mut client_upgrade,
+    } = *plan;
     let mut request = Some(first);
     let mut rng = fastrand::Rng::new();
     let mut tried: Vec<usize> = Vec::new();
@@ -443,7 +445,7 @@ async fn attempts(
                     read_timeout: cfg.read_timeout,
                     tunnel_idle: limits.tunnel_idle_timeout,
                 };
-                return Ok(respond(resp, slot, client_upgrade, exchange));
+                return Ok(respond(resp, slot, client_upgrade.take(), exchange));
             }
             Err(SendError::Connect(e, back)) => {
                 tracing::debug!(backend = %backend.address, error = %e, "connect failed");
