@@ -33,7 +33,8 @@ pub(super) type Sent = Response<UpstreamBody>;
 /// connection is tried on the same backend. The backend has
 /// `response_header` to answer, counted from when the request body has been
 /// sent (a slow upload is the client's time, not the backend's; Envoy
-/// counts the same way).
+/// counts the same way): over HTTP/1.1 the connection keeps that deadline
+/// (`h1::send`), over h2c a timer here does.
 pub(super) async fn send(
     cfg: &PoolConfig,
     head: HeadLimits,
@@ -43,12 +44,6 @@ pub(super) async fn send(
 ) -> Result<Sent, SendError> {
     let up = &backend.upstream;
     let header_timeout = cfg.response_header_timeout;
-    let sent = req.body().sent();
-    let answer_by = async move {
-        sent.await;
-        tokio::time::sleep(header_timeout).await;
-    };
-    tokio::pin!(answer_by);
     let mut resent = false;
     match cfg.upstream {
         UpstreamProtocol::Http1 => loop {
@@ -67,11 +62,7 @@ pub(super) async fn send(
                     Err(e) => return Err(SendError::Connect(e, Box::new(req))),
                 },
             };
-            let result = tokio::select! {
-                r = h1::send(conn, req, forwarded.iter(), head) => r,
-                _ = &mut answer_by => return Err(SendError::Timeout),
-            };
-            match result {
+            match h1::send(conn, req, forwarded.iter(), head, header_timeout).await {
                 Ok(resp) => return Ok(resp.map(UpstreamBody::H1)),
                 // A pooled connection the backend had just closed: the
                 // request never left, so a fresh connection may carry it.
@@ -87,6 +78,7 @@ pub(super) async fn send(
                 }
                 Err(h1::SendError::Closed(_)) => return Err(SendError::Failed(h1::Error::Closed.into())),
                 Err(h1::SendError::Failed(h1::Error::Invalid(why))) => return Err(SendError::Invalid(why)),
+                Err(h1::SendError::Failed(h1::Error::Timeout)) => return Err(SendError::Timeout),
                 Err(h1::SendError::Failed(e)) => return Err(SendError::Failed(e.into())),
             }
         },
@@ -105,9 +97,14 @@ pub(super) async fn send(
             // unsent may be routed next to an HTTP/1.1 pool, which writes
             // the fields itself.
             forwarded.insert_into(req.headers_mut());
+            let sent = req.body().sent();
+            let answer_by = async move {
+                sent.await;
+                tokio::time::sleep(header_timeout).await;
+            };
             let result = tokio::select! {
                 r = sender.try_send_request(req) => r,
-                _ = &mut answer_by => return Err(SendError::Timeout),
+                _ = answer_by => return Err(SendError::Timeout),
             };
             match result {
                 Ok(resp) => Ok(resp.map(UpstreamBody::H2)),

@@ -20,6 +20,9 @@ const LIMITS: HeadLimits = HeadLimits {
     fields: 16,
 };
 
+/// The response deadline where a test does not look at it.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
 /// A backend that takes connections one at a time and, for each request
 /// head it reads, writes the next of `answers`; it closes the connection
 /// after the last answer (or at a request when none is left). It reports
@@ -81,7 +84,7 @@ async fn get_from(answer: &'static [u8]) -> Result<http::Response<h1::Body>, h1:
 }
 
 async fn send(conn: Conn, req: Request<RequestBody>) -> Result<http::Response<h1::Body>, h1::Error> {
-    match h1::send(conn, req, std::iter::empty(), LIMITS).await {
+    match h1::send(conn, req, std::iter::empty(), LIMITS, ANSWER_WITHIN).await {
         Ok(r) => Ok(r),
         Err(h1::SendError::Failed(e)) => Err(e),
         Err(h1::SendError::Closed(_)) => Err(h1::Error::Closed),
@@ -119,6 +122,7 @@ async fn a_chunked_body_with_extensions_and_trailers_is_decoded_and_its_connecti
         get("/a?q=1"),
         [(&via.0, &via.1)].into_iter(),
         LIMITS,
+        ANSWER_WITHIN,
     )
     .await
     {
@@ -295,7 +299,7 @@ async fn a_bodiless_request_the_backend_closed_on_comes_back_whole() {
     let conn = read_all(resp.into_body()).await.2.unwrap();
     let mut req = get("/again?x=1");
     req.headers_mut().insert("x-tag", "7".parse().unwrap());
-    match h1::send(conn, req, std::iter::empty(), LIMITS).await {
+    match h1::send(conn, req, std::iter::empty(), LIMITS, ANSWER_WITHIN).await {
         Err(h1::SendError::Closed(back)) => {
             assert_eq!(back.method(), http::Method::GET);
             assert_eq!(back.uri(), "/again?x=1");
@@ -357,4 +361,60 @@ async fn a_trailer_section_split_across_reads_is_found() {
         )
     );
     assert!(conn.is_some());
+}
+
+/// The connection's one deadline timer runs on from one exchange to the
+/// next: one that fires for an earlier exchange's deadline moves on to the
+/// current one's (the answer after it is taken), and a backend silent past
+/// the current deadline times the exchange out.
+#[tokio::test(start_paused = true)]
+async fn the_response_deadline_is_each_exchanges_own_over_a_kept_connection() {
+    const WITHIN: Duration = Duration::from_secs(10);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Answers after 0 s, 6 s and 30 s.
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        for delay in [0, 6, 30] {
+            let mut buf = [0u8; 1024];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            tokio::time::sleep(Duration::from_secs(delay)).await;
+            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let exchange = |conn: Conn| async move {
+        let started = tokio::time::Instant::now();
+        let result = h1::send(conn, get("/"), std::iter::empty(), LIMITS, WITHIN).await;
+        let reused = match result {
+            Ok(resp) => Ok(read_all(resp.into_body()).await.2.expect("reusable")),
+            Err(h1::SendError::Failed(e)) => Err(e),
+            Err(_) => panic!("the request came back"),
+        };
+        (reused, started.elapsed())
+    };
+    // The timer is armed for 10 s from now.
+    let (conn, took) = exchange(connect(addr).await).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // 7 s later, an answer that takes 6 s: past the first deadline (10 s),
+    // within this one's (17 s).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (conn, took) = exchange(conn.unwrap()).await;
+    assert!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(7),
+        "{took:?}"
+    );
+    // Silent for 30 s: cut at 10 s.
+    let (result, took) = exchange(conn.unwrap()).await;
+    assert!(matches!(result, Err(h1::Error::Timeout)), "{:?}", result.err());
+    assert!(took >= WITHIN && took < WITHIN + Duration::from_secs(1), "{took:?}");
 }
