@@ -114,6 +114,32 @@ pub struct Hop<'a> {
     pub tls: bool,
 }
 
+/// `bytes` as a field value in one allocation whose clones are counts
+/// (`None`: not a valid value). A value copied from a slice is a vector
+/// that allocates again, for a shared owner, at its first clone.
+pub fn shared_value(bytes: &[u8]) -> Option<HeaderValue> {
+    /// Room for a long host name with its port.
+    const INLINE: usize = 120;
+    struct Inline {
+        len: u8,
+        bytes: [u8; INLINE],
+    }
+    impl AsRef<[u8]> for Inline {
+        fn as_ref(&self) -> &[u8] {
+            &self.bytes[..usize::from(self.len)]
+        }
+    }
+    if bytes.len() > INLINE {
+        return HeaderValue::from_bytes(bytes).ok();
+    }
+    let mut inline = Inline {
+        len: bytes.len() as u8,
+        bytes: [0; INLINE],
+    };
+    inline.bytes[..bytes.len()].copy_from_slice(bytes);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(inline)).ok()
+}
+
 /// A peer's address as the `X-Forwarded-For` value it becomes (made once
 /// per connection: copying it into each request's field allocated).
 pub fn peer_value(ip: IpAddr) -> HeaderValue {
@@ -238,6 +264,22 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn a_shared_value_holds_its_bytes_whole_and_refuses_what_a_field_cannot_hold() {
+        let host = shared_value(b"shop.example:8443").unwrap();
+        assert_eq!(host, "shop.example:8443");
+        assert_eq!(host.clone(), host);
+        let long = "a".repeat(300);
+        assert_eq!(
+            shared_value(long.as_bytes()).unwrap(),
+            long.as_str(),
+            "past the inline room"
+        );
+        assert_eq!(shared_value(b"").unwrap(), "");
+        assert!(shared_value(b"a\r\nb").is_none());
+        assert!(shared_value(format!("{long}\n").as_bytes()).is_none());
     }
 
     #[test]

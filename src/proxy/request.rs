@@ -266,10 +266,11 @@ pub(super) fn upstream_request(
 ) -> (Request<RequestBody>, headers::Forwarded) {
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
+    // Shared, not copied: `host` below clones it.
     if let Some(v) = parts
         .uri
         .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .and_then(|a| headers::shared_value(a.as_str().as_bytes()))
     {
         parts.headers.insert(header::HOST, v);
     }
