@@ -22,7 +22,10 @@
 # format (buffered, 64 KiB), HAProxy's httplog to stdout (redirected to a
 # file).
 #
-# Usage: benches/e2e/compare.sh            (ROUNDS=5 DURATION=10 RATE=10000 LOGS=0)
+# COUNTER=callgrind counts each proxy's instructions per request instead.
+#
+# Usage: benches/e2e/compare.sh            (ROUNDS=5 DURATION=10 RATE=10000 LOGS=0
+#                                           COUNTER=cpu|callgrind REQUESTS=20000)
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
@@ -114,18 +117,48 @@ CONF
 h1_port() { case $1 in tidegate) echo 18080;; haproxy) echo 18081;; nginx) echo 18082;; esac; }
 h2_port() { case $1 in tidegate) echo 18080;; haproxy) echo 18083;; nginx) echo 18084;; esac; }
 
-start_proxy() {
+# The command line that runs a proxy on its config above.
+proxy_command() {
   case $1 in
-    tidegate) TIDEGATE_LOG=warn taskset -c 0 "$BIN" run --config "$WORK/tidegate.toml" >/dev/null 2>&1 & ;;
-    haproxy) taskset -c 0 haproxy -f "$WORK/haproxy.cfg" >>"$haproxy_out" 2>&1 & ;;
-    nginx) taskset -c 0 nginx -c "$WORK/nginx.conf" >/dev/null 2>&1 & ;;
+    tidegate) echo "$BIN run --config $WORK/tidegate.toml" ;;
+    haproxy) echo "haproxy -f $WORK/haproxy.cfg" ;;
+    nginx) echo "nginx -c $WORK/nginx.conf" ;;
   esac
+}
+
+start_proxy() {
+  local out=/dev/null
+  [[ $1 == haproxy ]] && out=$haproxy_out
+  # shellcheck disable=SC2046 # the command line is split into words
+  TIDEGATE_LOG=warn taskset -c 0 $(proxy_command "$1") >>"$out" 2>&1 &
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")
   wait_http "http://127.0.0.1:$(h1_port "$1")/healthz"
 }
 
 stop_proxy() { kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; }
+
+# COUNTER=callgrind: instructions per request instead (all of a proxy's
+# threads, REQUESTS requests over HTTP/1.1 and over h2c, 16 connections,
+# as fast as callgrind lets them; see count_instructions in lib.sh).
+if [[ ${COUNTER:-cpu} == callgrind ]]; then
+  need valgrind callgrind_control
+  echo "| proxy | HTTP/1.1 instructions per request | h2c |"
+  echo "| --- | --- | --- |"
+  for proxy in $PROXIES; do
+    row="| $proxy"
+    for proto in h1 h2c; do
+      port=$(h1_port "$proxy")
+      [[ $proto == h2c ]] && port=$(h2_port "$proxy")
+      # shellcheck disable=SC2046 # the command line is split into words
+      read -r total done < <(PROTO=$proto count_instructions "http://127.0.0.1:$(h1_port "$proxy")/healthz" \
+        "http://127.0.0.1:$port/products/1" "${REQUESTS:-20000}" $(proxy_command "$proxy"))
+      row+=" | $((total / done))"
+    done
+    echo "$row |"
+  done
+  exit 0
+fi
 
 RESULTS="$WORK/results.tsv"
 echo -e "round\tproxy\ttest\tproxy_ticks\tbackend_ticks\trequests\treq_per_s\tp50_us\tp99_us\thwm_kib" > "$RESULTS"

@@ -96,17 +96,27 @@ PY
 
 # Instructions per request of tidegate on config $1 (everything its
 # threads execute, under callgrind: the same figure to 0.1 % run after run,
-# whatever else the machine does). Starts it pinned to core 0, warms up,
-# zeroes the counters, sends $2 requests (h2load over 16 connections, as
-# fast as callgrind lets it), dumps and stops it. Prints "instructions
-# requests".
+# whatever else the machine does), over $2 requests; $3: another build.
+# Prints "instructions requests".
 instructions_per_request() {
-  local config=$1 n=$2 bin=${3:-$BIN} url="http://127.0.0.1:18080/products/1" out pid total done
+  local config=$1 n=$2 bin=${3:-$BIN}
+  count_instructions http://127.0.0.1:18080/healthz http://127.0.0.1:18080/products/1 "$n" \
+    "$bin" run --no-watch --config "$config"
+}
+
+# Instructions per request of any proxy: starts the command after $3
+# pinned to core 0 under callgrind, waits until $1 answers, warms up,
+# zeroes the counters, sends $3 requests to $2 (h2load over 16
+# connections, as fast as callgrind lets it), dumps and stops it. Prints
+# "instructions requests".
+count_instructions() {
+  local ready=$1 url=$2 n=$3 out pid total done
+  shift 3
   out=$(mktemp -d "$WORK/cg.XXXXXX")
   TIDEGATE_LOG=warn taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out/cg" \
-    "$bin" run --no-watch --config "$config" >/dev/null 2>"$out/valgrind.err" &
+    "$@" >/dev/null 2>"$out/valgrind.err" &
   pid=$!; PIDS+=($pid)
-  for _ in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:18080/healthz && break; sleep 0.1; done
+  for _ in $(seq 200); do curl -s -o /dev/null "$ready" && break; sleep 0.1; done
   # PROTO=h2c: 16 HTTP/2 connections of 10 streams each instead.
   # LOAD_CONNECTIONS and LOAD_STREAMS change the 16 and the 10.
   local load=(--h1 -c "${LOAD_CONNECTIONS:-16}")
