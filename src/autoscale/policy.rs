@@ -105,8 +105,8 @@ pub(crate) fn decide(
             desired: pool.clamp(*n),
             reason: "static".into(),
         }),
-        Policy::Kpa => (now % 2 == 0).then(|| kpa(st, h, now, pool)),
-        Policy::Hpa => (now % 15 == 0).then(|| hpa(st, h, now, pool)),
+        Policy::Kpa => now.is_multiple_of(2).then(|| kpa(st, h, now, pool)),
+        Policy::Hpa => now.is_multiple_of(15).then(|| hpa(st, h, now, pool)),
         Policy::Tidegate(p) => Some(tidegate::decide(p, &mut st.tidegate, h, now, pool)),
     }
 }

@@ -111,10 +111,10 @@ pub(crate) async fn play(target: SocketAddr, phases: Vec<Phase>, workers: usize,
                     if conn.is_none() {
                         conn = connect(target).await;
                     }
-                    let checkout = (n + w as u64) % CHECKOUT_EVERY == 0;
+                    let checkout = (n + w as u64).is_multiple_of(CHECKOUT_EVERY);
                     let path = if checkout {
                         "/cart".to_string()
-                    } else if n % SALE_PAGE_EVERY == 0 {
+                    } else if n.is_multiple_of(SALE_PAGE_EVERY) {
                         "/products/sale".to_string()
                     } else {
                         format!("/products/{}", (n * 7 + w as u64) % 500)

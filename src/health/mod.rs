@@ -125,7 +125,7 @@ pub(crate) async fn run(state: Arc<State>, mut stop: watch::Receiver<bool>) {
                     if tick(pool, now) {
                         pool.dispatch(&mut rng);
                     }
-                    if ticks % REAP_EVERY == 0 {
+                    if ticks.is_multiple_of(REAP_EVERY) {
                         for b in &pool.backends {
                             b.upstream.reap(pool.config.idle_timeout);
                         }

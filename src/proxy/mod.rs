@@ -394,7 +394,7 @@ async fn attempts(
             fields: snapshot.config.limits.max_response_headers,
         };
         let req = request.take().expect("a request per attempt");
-        let mut outcome = send(cfg, head, &backend, req, &forwarded).await;
+        let mut outcome = send(cfg, head, &backend, req, forwarded).await;
         // One clock reading for the backend's latency, its EWMA's stamp and
         // the pool's total.
         let answered = tokio::time::Instant::now();
