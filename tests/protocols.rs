@@ -49,6 +49,57 @@ async fn h2c_with_prior_knowledge_multiplexes_requests() {
     p.shutdown().await;
 }
 
+/// The streams of one HTTP/2 connection run on its task (not a task each):
+/// a stream waiting for its backend holds up neither the next stream nor
+/// its cancellation, and a stream in flight at shutdown is finished.
+#[tokio::test]
+async fn the_streams_of_one_h2_connection_wait_cancel_and_finish_independently() {
+    let mut g = gate().await;
+    let mut p = tidegate(&config_text(&[g.addr], "", "")).await;
+    let s = h2(p.addr).await;
+    let send = |path: &'static str| {
+        let mut s = s.clone();
+        tokio::spawn(async move {
+            let req = http::Request::builder()
+                .uri(format!("http://shop.test{path}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            collect(s.send_request(req).await.unwrap()).await
+        })
+    };
+    let first = send("/first");
+    g.arrived.recv().await.unwrap();
+    let second = send("/second");
+    g.arrived.recv().await.unwrap();
+    assert_eq!(p.in_flight().await, 2, "both streams reached the backend");
+    // The client gives up on the first: RST_STREAM ends that stream alone
+    // and its backend slot is freed while the second still waits.
+    first.abort();
+    eventually("the cancelled stream's slot is freed", || async {
+        p.in_flight().await == 1
+    })
+    .await;
+    let third = send("/third");
+    g.arrived.recv().await.unwrap();
+    p.signal_shutdown();
+    // Released until both are answered: a handler that has not started
+    // waiting yet misses one release.
+    let answers = async { (second.await.unwrap(), third.await.unwrap()) };
+    tokio::pin!(answers);
+    let (second, third) = loop {
+        g.release.notify_waiters();
+        tokio::select! {
+            both = &mut answers => break both,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    };
+    for answer in [second, third] {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.text(), "gated");
+    }
+    p.join().await;
+}
+
 #[tokio::test]
 async fn an_h2c_upstream_pool_speaks_http2_to_its_backends() {
     let b = backend("b1").await;

@@ -6,7 +6,8 @@
 //! never binds; `bind.rs` does, before anything serves)
 //! and a shutdown signal. Each accepted connection gets its own task running
 //! hyper-util's auto server (HTTP/2 by prior knowledge or ALPN, otherwise
-//! HTTP/1.1) around a [`Proxy`] service. Limits that protect the proxy:
+//! HTTP/1.1) around a [`Proxy`] service; an HTTP/2 connection's streams
+//! run on that task too (`streams.rs`), not a task each. Limits that protect the proxy:
 //! at most `max_connections` open connections (further accepts wait), a
 //! first-byte and header-read timeout (slowloris), header size and count
 //! limits (431), a TLS handshake timeout, and a strict HTTP/1 framing
@@ -26,12 +27,14 @@ pub mod nofile;
 mod park;
 mod proxy_protocol;
 mod stall;
+mod streams;
 pub mod tls;
 
 pub use bind::{bind, bind_admin, Bound, StartError};
 use h1_guard::H1Guard;
 use park::{Parking, PARK_AFTER};
 use stall::SendTimeout;
+use streams::{OnConnection, Streams};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,7 +43,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
@@ -59,10 +62,10 @@ const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// hyper's connection builders for one set of limits.
 struct Builders {
     /// A new connection: HTTP/1.1 or HTTP/2, by its first bytes.
-    any: auto::Builder<TokioExecutor>,
+    any: auto::Builder<OnConnection>,
     /// A connection woken from parking spoke HTTP/1.1 and goes on so (an
     /// HTTP/2 preface then is refused, as hyper refuses it mid-connection).
-    h1: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<OnConnection>,
 }
 
 fn builders(limits: &Limits) -> Builders {
@@ -73,8 +76,8 @@ fn builders(limits: &Limits) -> Builders {
     }
 }
 
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+fn builder(limits: &Limits) -> auto::Builder<OnConnection> {
+    let mut b = auto::Builder::new(OnConnection);
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -296,7 +299,7 @@ impl Connection {
     /// closed, freeing every slot its responses held.
     async fn serve<IO>(
         &self,
-        builder: &auto::Builder<TokioExecutor>,
+        builder: &auto::Builder<OnConnection>,
         io: IO,
         peer: SocketAddr,
         tls: bool,
@@ -306,7 +309,11 @@ impl Connection {
     {
         let service = TowerToHyperService::new(Proxy::new(Arc::clone(&self.state), peer, tls, Arc::clone(&shared)));
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        let mut conn = std::pin::pin!(conn);
+        // Dropped in place when it ends, so streams still running see
+        // their connection gone (h2 resets them) and finish.
+        let mut conn = std::pin::pin!(Some(conn));
+        let mut streams = Streams::default();
+        let mut ended = None;
         let mut shutdown = self.shutdown.clone();
         // Whether the stop signal moved: one atomic load, where polling
         // `stop` takes the watch's lock and its waiter list's mutex.
@@ -319,24 +326,46 @@ impl Connection {
         // is polled once (its waiter keeps this task's waker, the same at
         // every wake) and again only once the signal has moved; `stall`
         // only on HTTP/2, the one protocol that counts untaken responses.
-        let ended = std::future::poll_fn(|cx| {
-            if !finishing && (!stop_polled || probe.has_changed().unwrap_or(true)) {
-                stop_polled = true;
-                if stop.as_mut().poll(cx).is_ready() {
-                    conn.as_mut().graceful_shutdown();
-                    finishing = true;
+        // HTTP/2 streams run here too (`streams.rs`): the woken ones
+        // first, so what they send goes out in the connection's poll
+        // below, then the ones it accepted.
+        let outcome = std::future::poll_fn(|cx| {
+            streams.poll(cx);
+            if let Some(mut c) = conn.as_mut().as_pin_mut() {
+                if !finishing && (!stop_polled || probe.has_changed().unwrap_or(true)) {
+                    stop_polled = true;
+                    if stop.as_mut().poll(cx).is_ready() {
+                        c.as_mut().graceful_shutdown();
+                        finishing = true;
+                    }
+                }
+                let done = if shared.is_h2() {
+                    let (done, accepted) = streams.accepting(|| c.poll(cx));
+                    if accepted {
+                        streams.poll(cx);
+                    }
+                    done
+                } else {
+                    c.poll(cx)
+                };
+                match done {
+                    Poll::Ready(r) => {
+                        ended = Some(r);
+                        conn.set(None);
+                        streams.poll(cx);
+                    }
+                    Poll::Pending if !shared.is_h2() => return Poll::Pending,
+                    Poll::Pending => return stall.as_mut().poll(cx).map(|()| None),
                 }
             }
-            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
+            if streams.is_empty() {
+                Poll::Ready(ended.take())
+            } else {
+                Poll::Pending
             }
-            if !shared.is_h2() {
-                return Poll::Pending;
-            }
-            stall.as_mut().poll(cx).map(|()| None)
         })
         .await;
-        let stalled = match ended {
+        let stalled = match outcome {
             Some(r) => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
