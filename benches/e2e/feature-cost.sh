@@ -29,6 +29,9 @@
 # instructions per request instead (all threads, one run per mode of
 # REQUESTS requests, repeatable to 0.1 %; about a minute per mode), over
 # HTTP/1.1, or over h2c with PROTO=h2c (16 connections x 10 streams).
+# With the CPU counter, PROTO=h2c runs h2c flat out instead of the fixed
+# HTTP/1.1 rate (64 connections x 10 streams, as compare.sh) and the
+# table adds the requests per second.
 #
 # Usage: benches/e2e/feature-cost.sh ratelimit|access_log|cache|binary
 #        (ROUNDS=2 DURATION=6 RATE=8000; COUNTER=cpu|callgrind REQUESTS=20000 PROTO=h1|h2c)
@@ -90,7 +93,7 @@ PY
   exit 0
 fi
 
-echo -e "round\tmode\tcpu_us_per_req\trequests\tstatus" > "$WORK/feature.tsv"
+echo -e "round\tmode\tcpu_us_per_req\trequests\tstatus\treq_per_s" > "$WORK/feature.tsv"
 for round in $(seq "$ROUNDS"); do
   modes="none with"; (( round % 2 == 0 )) && modes="with none"
   for mode in $modes; do
@@ -98,11 +101,16 @@ for round in $(seq "$ROUNDS"); do
     TG=$!; PIDS+=($TG)
     wait_http "http://127.0.0.1:18080/healthz"
     taskset -c 1 h2load --h1 -c "$CONNS" -D 1 ${LOAD_HEADERS[@]+"${LOAD_HEADERS[@]}"} "$url" >/dev/null 2>&1   # warm-up
-    read -r pt _ n _ < <(measure "$TG" --h1 -c "$CONNS" --rps $((RATE / CONNS)) -D "$DURATION" ${LOAD_HEADERS[@]+"${LOAD_HEADERS[@]}"} "$url")
+    if [[ ${PROTO:-h1} == h2c ]]; then
+      # h2c flat out, as compare.sh's h2c test: 64 connections x 10 streams.
+      read -r pt _ n rps < <(measure "$TG" -c "$CONNS" -m 10 -D "$DURATION" ${LOAD_HEADERS[@]+"${LOAD_HEADERS[@]}"} "$url")
+    else
+      read -r pt _ n rps < <(measure "$TG" --h1 -c "$CONNS" --rps $((RATE / CONNS)) -D "$DURATION" ${LOAD_HEADERS[@]+"${LOAD_HEADERS[@]}"} "$url")
+    fi
     # A request refused would not be a fair comparison: check one.
     limited=$(curl -s -o /dev/null -w '%{http_code}' "$url")
     kill "$TG"; wait "$TG" 2>/dev/null || true
-    echo -e "$round\t$mode\t$(python3 -c "print(round($pt * 10000 / max(1, $n), 2))")\t$n\t$limited" >> "$WORK/feature.tsv"
+    echo -e "$round\t$mode\t$(python3 -c "print(round($pt * 10000 / max(1, $n), 2))")\t$n\t$limited\t$rps" >> "$WORK/feature.tsv"
     echo "round $round $mode done" >&2
   done
 done
@@ -110,12 +118,13 @@ python3 - "$WORK/feature.tsv" "$FEATURE" <<'PY'
 import sys, statistics as st
 rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1])][1:]
 med = {}
-print(f"| {sys.argv[2]} | proxy CPU per request (µs, median) | rounds (µs) | requests per round |")
-print("| --- | --- | --- | --- |")
+print(f"| {sys.argv[2]} | proxy CPU per request (µs, median) | rounds (µs) | requests per round | req/s (median) |")
+print("| --- | --- | --- | --- | --- |")
 for mode in ("none", "with"):
     rs = [r for r in rows if r[1] == mode]
     med[mode] = st.median(float(r[2]) for r in rs)
-    print(f"| {mode} | {med[mode]:.2f} | {', '.join(r[2] for r in rs)} | {', '.join(r[3] for r in rs)} |")
+    rps = st.median(float(r[5]) for r in rs)
+    print(f"| {mode} | {med[mode]:.2f} | {', '.join(r[2] for r in rs)} | {', '.join(r[3] for r in rs)} | {rps:,.0f} |")
 bad = [r for r in rows if r[4] != "200"]
 print(f"\nadded by {sys.argv[2]}: {(med['with'] / med['none'] - 1) * 100:+.1f} %"
       + (" (a request was refused: not comparable)" if bad else ""))
