@@ -63,6 +63,20 @@ pub(crate) struct Streams {
     spare: Vec<Stream>,
 }
 
+/// A set holding, besides the streams, one future that never finishes and
+/// is never woken. `FuturesUnordered` wakes its own task whenever one call
+/// has polled as many futures as it holds (its guard against starving the
+/// executor), which for a connection is nearly every time all its woken
+/// streams have been polled: a spurious wake, and a poll of the whole
+/// connection, each time. Polled once when it joins, the sentinel keeps
+/// that count out of reach; the other guard (two futures that woke
+/// themselves while polled) stays.
+fn with_sentinel() -> FuturesUnordered<Stream> {
+    let set = FuturesUnordered::new();
+    set.push(Box::pin(std::future::pending()) as Stream);
+    set
+}
+
 impl Streams {
     /// Runs `poll_conn` (one poll of the connection) with a place for the
     /// streams it accepts, then takes them in; true if it accepted any.
@@ -74,7 +88,7 @@ impl Streams {
         });
         let any = !accepted.is_empty();
         if any {
-            let running = self.running.get_or_insert_with(FuturesUnordered::new);
+            let running = self.running.get_or_insert_with(with_sentinel);
             for stream in accepted.drain(..) {
                 running.push(stream);
             }
@@ -92,9 +106,9 @@ impl Streams {
         while let Poll::Ready(Some(())) = Pin::new(&mut *running).poll_next(cx) {}
     }
 
-    /// Whether no stream is left running.
+    /// Whether no stream is left running (the sentinel is not one).
     pub(crate) fn is_empty(&self) -> bool {
-        self.running.as_ref().is_none_or(FuturesUnordered::is_empty)
+        self.running.as_ref().is_none_or(|r| r.len() <= 1)
     }
 }
 
@@ -146,6 +160,46 @@ mod tests {
         })
         .await;
         assert_eq!(done.load(Ordering::Relaxed), 2);
+    }
+
+    /// Counts the wakes of the task polling the streams.
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_woken_stream_that_waits_again_does_not_wake_the_connection() {
+        let mut streams = Streams::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        streams.accepting(|| {
+            OnConnection.execute(async move {
+                // Two messages: woken by the first, it waits again.
+                let _ = rx.recv().await;
+                let _ = rx.recv().await;
+            })
+        });
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        streams.poll(&mut cx);
+        tx.send(()).unwrap();
+        let woken = wakes.0.load(Ordering::Relaxed);
+        assert!(woken >= 1, "the message woke the connection");
+        // The only stream is polled and waits again: nothing else to do.
+        streams.poll(&mut cx);
+        assert!(!streams.is_empty());
+        assert_eq!(
+            wakes.0.load(Ordering::Relaxed),
+            woken,
+            "a poll that leaves every stream waiting asks for no other"
+        );
+        tx.send(()).unwrap();
+        streams.poll(&mut cx);
+        assert!(streams.is_empty());
     }
 
     #[tokio::test]
