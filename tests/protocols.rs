@@ -100,6 +100,57 @@ async fn the_streams_of_one_h2_connection_wait_cancel_and_finish_independently()
     p.join().await;
 }
 
+/// The kernel's timer on the proxy's end of the connection from `client`
+/// to `proxy`, from /proc/net/tcp (`tr`: 0 none, 1 retransmit, 2
+/// keepalive, 3 TIME_WAIT, 4 zero-window probe).
+fn proxy_side_timer(proxy: std::net::SocketAddr, client: std::net::SocketAddr) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (port(f[1]) == proxy.port() && port(f[2]) == client.port())
+            .then(|| u8::from_str_radix(f[5].split(':').next().unwrap(), 16).unwrap())
+    })
+}
+
+/// An HTTP/2 client that vanishes without closing is found by TCP
+/// keepalive probes (an HTTP/2 connection has no idle timeout); an
+/// HTTP/1.1 one is left to its header-read timeout.
+#[tokio::test]
+async fn an_h2_client_connection_is_probed_when_idle_an_http11_one_is_not() {
+    let b = backend("b1").await;
+    let p = tidegate(&config_text(&[b.addr], "", "")).await;
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let h2_client = stream.local_addr().unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let h1_client = stream.local_addr().unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = || {
+        http::Request::builder()
+            .uri("http://shop.test/products/1")
+            .header("host", "shop.test")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(collect(h2.send_request(get()).await.unwrap()).await.status, 200);
+    assert_eq!(collect(h1.send_request(get()).await.unwrap()).await.status, 200);
+    // Idle now: the keepalive timer runs on the HTTP/2 connection only.
+    eventually("the idle h2 connection's keepalive timer runs", || async {
+        proxy_side_timer(p.addr, h2_client) == Some(2)
+    })
+    .await;
+    assert_eq!(proxy_side_timer(p.addr, h1_client), Some(0));
+    p.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_h2c_upstream_pool_speaks_http2_to_its_backends() {
     let b = backend("b1").await;
