@@ -288,6 +288,7 @@ async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_http11_by_alpn() {
         .await
         .expect("admin.example handshake");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let h2_client = tls.get_ref().0.local_addr().unwrap();
     let (mut s, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls))
         .await
         .unwrap();
@@ -298,6 +299,11 @@ async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_http11_by_alpn() {
         .unwrap();
     let seen = collect(s.send_request(req).await.unwrap()).await.text();
     assert!(seen.contains("x-forwarded-proto: https\n"), "{seen}");
+    // Idle, the HTTP/2 connection is watched by TCP keepalive probes.
+    eventually("the idle h2 connection's keepalive timer runs", || async {
+        proxy_side_timer(p.addr, h2_client) == Some(2)
+    })
+    .await;
 
     // SNI shop.example with ALPN http/1.1.
     let tls = tls_connect(&pki, p.addr, "shop.example", b"http/1.1")
