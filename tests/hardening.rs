@@ -220,6 +220,32 @@ async fn slow_or_silent_clients_are_disconnected_after_the_header_timeout() {
     p.shutdown().await;
 }
 
+/// The header-read timeout runs while the proxy waits for a request head,
+/// not while a backend takes its time: a response slower than the timeout
+/// arrives on a kept-alive connection, which then closes once it has
+/// rested past the timeout waiting for the next head.
+#[tokio::test]
+async fn a_slow_answer_is_not_cut_by_the_header_timeout_and_the_rest_after_it_is() {
+    let b = backend("b1").await;
+    let p = tidegate(&config_text(
+        &[b.addr],
+        "[limits]\nheader_read_timeout = \"300ms\"\n",
+        "",
+    ))
+    .await;
+    let (mut s, status) = status_line(p.addr, b"GET /products/1?delay=900 HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(&status, b"HTTP/1.1 200", "answered after three header timeouts");
+    let answered = tokio::time::Instant::now();
+    let rest = until_closed(&mut s).await;
+    assert!(String::from_utf8_lossy(&rest).contains("\"id\":\"1\""));
+    let closed = answered.elapsed();
+    assert!(
+        closed >= Duration::from_millis(250),
+        "closed {closed:?} after the answer"
+    );
+    p.shutdown().await;
+}
+
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_until_one_closes() {
     let b = backend("b1").await;

@@ -603,7 +603,7 @@ async fn blank_lines_do_not_keep_a_connection_past_the_header_timeout() {
     }
     let closed = tokio::time::timeout(BOUND, closed).await.unwrap().unwrap();
     // Parked after 1-2 s of rest, woken by the first blank line at 2.5 s,
-    // closed by hyper's header timer 3 s later.
+    // closed by the header-read timeout 3 s later.
     assert!(closed < Duration::from_secs(9), "open for {closed:?}");
     t.shutdown().await;
 }

@@ -49,8 +49,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 pub(crate) use body::ResponseBody;
-pub(crate) use conn::ClientConn;
-use conn::OpenExchange;
+pub(crate) use conn::{ClientConn, OpenExchange};
 pub(crate) use error::{ProxyError, CLIENT_SEND_TIMEOUT, CODES, REASONS};
 
 use crate::balance::{Balancer, PickContext};

@@ -27,6 +27,17 @@
 //! switched the connection (a `101` answered and a tunnel started), which
 //! it signals through the shared `switched` flag. (Stepping aside at the
 //! request let a refused upgrade smuggle unchecked requests behind it.)
+//!
+//! The guard also keeps the header-read timeout (slowloris): from the
+//! moment the connection waits for a request head, with every earlier
+//! exchange ended, until that head has been read whole. When it passes,
+//! the read fails and hyper closes the connection without an answer, as
+//! its own header timer did. hyper's timer is still configured, since with
+//! it set hyper reads the socket after every response (which parking
+//! relies on), but it is [`HeadTimerHere`]: it allocates nothing, reads
+//! no clock and never fires. The guard's one timer is set once per
+//! connection and runs on (benches/README.md: about 1,000 instructions a
+//! request less than hyper's boxed sleep made and cancelled per head).
 
 use std::io;
 use std::pin::Pin;
@@ -34,7 +45,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::future::Future;
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use crate::proxy::ClientConn;
 
@@ -75,7 +90,7 @@ struct HeadFacts {
     transfer_encoding: bool,
     http2_preface: bool,
     /// Empty lines came before the request line (allowed, but not a rest:
-    /// a client sending only those must meet hyper's header timeout).
+    /// a client sending only those must meet the header-read timeout).
     blank_before: bool,
 }
 
@@ -92,6 +107,17 @@ pub(crate) struct H1Guard<IO> {
     /// Shared with the proxy: `switched` once this connection became a
     /// tunnel; told when the client speaks HTTP/2.
     conn: Arc<ClientConn>,
+    /// Exchanges that had ended before this guard's first head (a woken
+    /// connection's guard counts heads from zero).
+    ended_before: u64,
+    /// The header-read timeout.
+    head_timeout: Duration,
+    /// When the wait for the current head began (read at the first read
+    /// that found nothing, with every earlier exchange ended).
+    waiting_since: Option<Instant>,
+    /// Allocated at the first wait; reset only when it fires for a wait
+    /// that is over.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -102,7 +128,9 @@ enum Verdict {
 
 impl<IO> H1Guard<IO> {
     /// Guards `io`; `conn` is what the connection shares with the proxy.
-    pub(crate) fn new(io: IO, max_head_bytes: usize, conn: Arc<ClientConn>) -> H1Guard<IO> {
+    /// A request head must be read whole within `head_timeout` of the
+    /// connection starting to wait for it.
+    pub(crate) fn new(io: IO, max_head_bytes: usize, head_timeout: Duration, conn: Arc<ClientConn>) -> H1Guard<IO> {
         H1Guard {
             io,
             phase: Phase::Head,
@@ -110,7 +138,11 @@ impl<IO> H1Guard<IO> {
             head: HeadFacts::default(),
             heads: 0,
             max_line: max_head_bytes,
+            ended_before: conn.exchanges_ended(),
             conn,
+            head_timeout,
+            waiting_since: None,
+            timer: None,
         }
     }
 
@@ -123,7 +155,11 @@ impl<IO> H1Guard<IO> {
             head: HeadFacts::default(),
             heads: 0,
             max_line: 0,
+            ended_before: 0,
             conn,
+            head_timeout: Duration::MAX,
+            waiting_since: None,
+            timer: None,
         }
     }
 
@@ -136,6 +172,32 @@ impl<IO> H1Guard<IO> {
     /// Request heads completed so far (each is one exchange for the proxy).
     pub(crate) fn heads(&self) -> u64 {
         self.heads
+    }
+
+    /// The read found nothing: true once the connection has waited for a
+    /// head longer than the header-read timeout. Waiting means reading a
+    /// head (or nothing yet) with every exchange before it ended: while a
+    /// response is produced or sent, hyper reads too, and that is no wait.
+    fn head_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.phase != Phase::Head || self.ended_before + self.heads != self.conn.exchanges_ended() {
+            return false;
+        }
+        let deadline = *self.waiting_since.get_or_insert_with(Instant::now) + self.head_timeout;
+        loop {
+            let Some(timer) = self.timer.as_mut() else {
+                self.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+                continue;
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            // Later waits end later: a timer set for an earlier one fired
+            // early, and is set again for this one.
+            if timer.deadline() >= deadline {
+                return true;
+            }
+            timer.as_mut().reset(deadline);
+        }
     }
 
     /// The guarded stream back.
@@ -300,6 +362,7 @@ impl<IO> H1Guard<IO> {
 
     fn end_of_head(&mut self) -> Verdict {
         let facts = std::mem::take(&mut self.head);
+        self.waiting_since = None;
         if facts.http2_preface {
             self.conn.set_h2();
             self.phase = Phase::Passthrough;
@@ -351,6 +414,48 @@ impl<IO> H1Guard<IO> {
     }
 }
 
+/// hyper's header-read timer on HTTP/1.1 connections, left to the guard:
+/// every sleep it makes is a zero-sized future that never finishes (a box
+/// of nothing allocates nothing), and its clock is a fixed instant (hyper
+/// reads it only to compute the deadline it will never see).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeadTimerHere(std::time::Instant);
+
+impl HeadTimerHere {
+    pub(crate) fn new() -> HeadTimerHere {
+        HeadTimerHere(std::time::Instant::now())
+    }
+}
+
+/// A sleep that never ends.
+struct Never;
+
+impl Future for Never {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+}
+
+impl hyper::rt::Sleep for Never {}
+
+impl hyper::rt::Timer for HeadTimerHere {
+    fn sleep(&self, _duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(Never)
+    }
+
+    fn sleep_until(&self, _deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(Never)
+    }
+
+    fn now(&self) -> std::time::Instant {
+        self.0
+    }
+
+    fn reset(&self, _sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, _deadline: std::time::Instant) {}
+}
+
 fn trim(s: &[u8]) -> &[u8] {
     let start = s.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(s.len());
     let end = s
@@ -380,6 +485,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for H1Guard<IO> {
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if r.is_pending() && this.head_timed_out(cx) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request head within the header-read timeout",
+            )));
+        }
         if let Poll::Ready(Ok(())) = r {
             let fresh_end = buf.filled().len();
             if let Some(bad) = this.inspect(&buf.filled()[before..fresh_end]) {
@@ -426,7 +537,7 @@ mod tests {
 
     /// Feeds `input` in pieces of `step` bytes; returns the refused offset.
     fn refused_at(input: &[u8], step: usize) -> Option<usize> {
-        let mut g = H1Guard::new((), 65536, Arc::new(ClientConn::default()));
+        let mut g = H1Guard::new((), 65536, Duration::from_secs(10), Arc::new(ClientConn::default()));
         let mut off = 0;
         for piece in input.chunks(step) {
             if let Some(bad) = g.inspect(piece) {
@@ -456,7 +567,7 @@ GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
 
     #[test]
     fn rests_only_between_whole_requests() {
-        let mut g = H1Guard::new((), 65536, Arc::new(ClientConn::default()));
+        let mut g = H1Guard::new((), 65536, Duration::from_secs(10), Arc::new(ClientConn::default()));
         assert!(g.at_rest(), "nothing read yet");
         let mut steps = vec![];
         for piece in [
@@ -475,7 +586,7 @@ GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
         }
         let rest: Vec<bool> = steps.iter().map(|s| s.0).collect();
         // A blank line before a request line is not a rest: a client
-        // sending only those meets hyper's header timeout.
+        // sending only those meets the header-read timeout.
         assert_eq!(rest, [false, true, false, true, false, false, true, false, false]);
         let heads: Vec<u64> = steps.iter().map(|s| s.1).collect();
         assert_eq!(heads, [0, 1, 2, 2, 3, 3, 3, 3, 3]);
@@ -547,7 +658,7 @@ POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\
     #[test]
     fn once_the_proxy_switched_the_connection_bytes_pass_unchecked() {
         let conn = Arc::new(ClientConn::default());
-        let mut g = H1Guard::new((), 65536, Arc::clone(&conn));
+        let mut g = H1Guard::new((), 65536, Duration::from_secs(10), Arc::clone(&conn));
         assert_eq!(
             g.inspect(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"),
             None
@@ -558,5 +669,62 @@ POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\
             g.phase = Phase::Passthrough;
         }
         assert_eq!(g.inspect(b"\x81\x82\n\0binary frames"), None);
+    }
+
+    /// Reads once from `guard` with a waker that does nothing.
+    fn read_once(guard: &mut H1Guard<tokio::io::DuplexStream>) -> Poll<io::Result<usize>> {
+        let mut bytes = [0u8; 256];
+        let mut buf = ReadBuf::new(&mut bytes);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(guard)
+            .poll_read(&mut cx, &mut buf)
+            .map_ok(|()| buf.filled().len())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_not_read_whole_within_the_timeout_fails_the_read() {
+        use tokio::io::AsyncWriteExt;
+        let timeout = Duration::from_secs(10);
+        let conn = Arc::new(ClientConn::default());
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = H1Guard::new(server, 65536, timeout, Arc::clone(&conn));
+        assert!(read_once(&mut g).is_pending(), "the wait for the first head starts");
+        client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(matches!(read_once(&mut g), Poll::Ready(Ok(n)) if n > 0));
+        assert!(read_once(&mut g).is_pending(), "six seconds into the wait");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        match read_once(&mut g) {
+            Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
+            other => panic!("ten seconds into the wait: {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_starts_when_the_exchange_before_it_has_ended() {
+        use tokio::io::AsyncWriteExt;
+        let timeout = Duration::from_secs(10);
+        let conn = Arc::new(ClientConn::default());
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = H1Guard::new(server, 65536, timeout, Arc::clone(&conn));
+        // The first wait sets the timer (for 10 s); the head comes at 2 s
+        // and is answered slowly: a response in progress is no wait.
+        assert!(read_once(&mut g).is_pending());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let exchange = crate::proxy::OpenExchange::new(&conn);
+        client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        assert!(matches!(read_once(&mut g), Poll::Ready(Ok(n)) if n > 0));
+        // hyper reads on while it answers (to see a client leave).
+        assert!(read_once(&mut g).is_pending());
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(read_once(&mut g).is_pending(), "the response took 30 s");
+        drop(exchange);
+        // The wait for the second head starts now, at 32 s: the timer set
+        // for the first wait has fired, and is set again for this one.
+        assert!(read_once(&mut g).is_pending());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(read_once(&mut g).is_pending(), "nine seconds into the second wait");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(read_once(&mut g), Poll::Ready(Err(_))), "ten seconds into it");
     }
 }

@@ -31,7 +31,7 @@ mod streams;
 pub mod tls;
 
 pub use bind::{bind, bind_admin, Bound, StartError};
-use h1_guard::H1Guard;
+use h1_guard::{H1Guard, HeadTimerHere};
 use park::{Parking, PARK_AFTER};
 use stall::SendTimeout;
 use streams::{OnConnection, Streams};
@@ -104,7 +104,9 @@ fn builders(limits: &Limits) -> Builders {
 fn builder(limits: &Limits) -> auto::Builder<OnConnection> {
     let mut b = auto::Builder::new(OnConnection);
     b.http1()
-        .timer(TokioTimer::new())
+        // The header-read timeout is the framing guard's (`h1_guard.rs`);
+        // hyper's is set, to keep how it reads, but never fires.
+        .timer(HeadTimerHere::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
@@ -223,9 +225,9 @@ impl Connection {
         }
         match tls {
             None => {
-                // hyper's header timer starts only once the protocol is
-                // known; a client that connects and sends nothing is bounded
-                // here instead.
+                // The header-read timeout starts at hyper's first read,
+                // once the protocol is known; a client that connects and
+                // sends nothing is bounded here instead.
                 // The first bytes tell an HTTP/2 connection (a preface
                 // split before its third byte goes unprobed).
                 let mut first = [0u8; 3];
@@ -253,7 +255,12 @@ impl Connection {
         let send_timeout = self.limits.client_send_timeout;
         let mut builder = &self.builders.any;
         loop {
-            let guard = H1Guard::new(stream, self.limits.max_header_bytes, Arc::clone(&shared));
+            let guard = H1Guard::new(
+                stream,
+                self.limits.max_header_bytes,
+                self.limits.header_read_timeout,
+                Arc::clone(&shared),
+            );
             let (io, mut parked) = Parking::new(guard, Arc::clone(&shared));
             let io = SendTimeout::new(io, send_timeout, Arc::clone(&shared));
             // Boxed: a parked connection's task keeps none of hyper's state.
@@ -266,7 +273,7 @@ impl Connection {
             };
             stream = back;
             builder = &self.builders.h1;
-            // The rest so far was at least PARK_AFTER; hyper's header timer
+            // The rest so far was at least PARK_AFTER; the framing guard
             // would have closed the connection at the header-read timeout
             // (which, if not above PARK_AFTER, closes it before it parks).
             let idle = self.limits.header_read_timeout.saturating_sub(PARK_AFTER);
@@ -315,7 +322,12 @@ impl Connection {
                     shared.set_h2();
                     H1Guard::passthrough(tls_stream, Arc::clone(&shared))
                 } else {
-                    H1Guard::new(tls_stream, self.limits.max_header_bytes, Arc::clone(&shared))
+                    H1Guard::new(
+                        tls_stream,
+                        self.limits.max_header_bytes,
+                        self.limits.header_read_timeout,
+                        Arc::clone(&shared),
+                    )
                 };
                 let io = SendTimeout::new(io, send_timeout, Arc::clone(&shared));
                 self.serve(&self.builders.any, io, peer, true, shared).await
