@@ -423,7 +423,7 @@ pub(crate) struct HeadTimerHere(std::time::Instant);
 
 impl HeadTimerHere {
     pub(crate) fn new() -> HeadTimerHere {
-        HeadTimerHere(std::time::Instant::now())
+        HeadTimerHere(Instant::now().into_std())
     }
 }
 
