@@ -7,9 +7,10 @@
 //! and a shutdown signal. Each accepted connection gets its own task running
 //! hyper-util's auto server (HTTP/2 by prior knowledge or ALPN, otherwise
 //! HTTP/1.1) around a [`Proxy`] service; an HTTP/2 connection's streams
-//! run on that task too (`streams.rs`), not a task each. Limits that protect the proxy:
-//! at most `max_connections` open connections (further accepts wait), a
-//! first-byte and header-read timeout (slowloris), header size and count
+//! run on that task too (`streams.rs`), not a task each. Limits that
+//! protect the proxy: at most `max_connections` open connections (further
+//! accepts wait), a first-byte and header-read timeout (slowloris, kept
+//! by the framing guard), header size and count
 //! limits (431), a TLS handshake timeout, and a strict HTTP/1 framing
 //! check under hyper (`h1_guard.rs`) that refuses what could be smuggled.
 //!
