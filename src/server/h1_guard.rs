@@ -681,13 +681,23 @@ POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\
             .map_ok(|()| buf.filled().len())
     }
 
+    /// A guard (10 s header-read timeout) over one end of an in-memory
+    /// pipe; the client's end and the connection's shared state.
+    fn guarded_pipe() -> (
+        tokio::io::DuplexStream,
+        H1Guard<tokio::io::DuplexStream>,
+        Arc<ClientConn>,
+    ) {
+        let conn = Arc::new(ClientConn::default());
+        let (client, server) = tokio::io::duplex(1024);
+        let guard = H1Guard::new(server, 65536, Duration::from_secs(10), Arc::clone(&conn));
+        (client, guard, conn)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_head_not_read_whole_within_the_timeout_fails_the_read() {
         use tokio::io::AsyncWriteExt;
-        let timeout = Duration::from_secs(10);
-        let conn = Arc::new(ClientConn::default());
-        let (mut client, server) = tokio::io::duplex(1024);
-        let mut g = H1Guard::new(server, 65536, timeout, Arc::clone(&conn));
+        let (mut client, mut g, _conn) = guarded_pipe();
         assert!(read_once(&mut g).is_pending(), "the wait for the first head starts");
         client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
         tokio::time::advance(Duration::from_secs(6)).await;
@@ -703,10 +713,7 @@ POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\
     #[tokio::test(start_paused = true)]
     async fn the_wait_starts_when_the_exchange_before_it_has_ended() {
         use tokio::io::AsyncWriteExt;
-        let timeout = Duration::from_secs(10);
-        let conn = Arc::new(ClientConn::default());
-        let (mut client, server) = tokio::io::duplex(1024);
-        let mut g = H1Guard::new(server, 65536, timeout, Arc::clone(&conn));
+        let (mut client, mut g, conn) = guarded_pipe();
         // The first wait sets the timer (for 10 s); the head comes at 2 s
         // and is answered slowly: a response in progress is no wait.
         assert!(read_once(&mut g).is_pending());
