@@ -13,6 +13,17 @@ use tidegate::config::{units::parse_duration, Config};
 use tidegate::demo::{shop, Children};
 use tidegate::state::State;
 
+/// jemalloc, with its background thread, instead of glibc's malloc. A
+/// burst of keep-alive clients takes hyper's buffers for each of them;
+/// once they rest and park (`server/park.rs`) those buffers are freed, but
+/// glibc keeps the pages between the small blocks that stay (10,000 idle
+/// connections kept 14 KiB each). jemalloc groups blocks by size and its
+/// background thread gives empty pages back after about 10 s (1.7 KiB
+/// each), and it runs the hot path in 2-3 % fewer instructions
+/// (benches/README.md, "jemalloc").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tidegate",
