@@ -1,6 +1,6 @@
-//! The `tidegate` command line: parse arguments, set up logging, load and
-//! validate the config, bind, and hand over to the library. Nothing else
-//! lives here.
+//! The `tidegate` command line: choose the allocator, parse arguments, set
+//! up logging, load and validate the config, bind, and hand over to the
+//! library. Nothing else lives here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
