@@ -8,12 +8,12 @@
 # pages it keeps free after the burst: what the connections hold live,
 # with the allocator's fragmentation, against what the process still has.
 #
-# SETTLE is how long the connections idle before RSS is read (default 4 s:
-# parking takes 1-2 s of rest). jemalloc's background thread gives freed
-# pages back after about 10 s of decay, so SETTLE=20 reads what the
-# connections cost once it has (benches/README.md, "jemalloc").
+# SETTLE is how long the connections idle before RSS is read (default 20 s).
+# Parking takes 1-2 s of rest, and jemalloc's background thread gives the
+# freed pages back after about 10 s of decay; SETTLE=4 reads RSS before it
+# has (benches/README.md, "jemalloc").
 #
-# Usage: benches/e2e/idle-conns.sh   (N=10000, TRIM=0, SETTLE=4)
+# Usage: benches/e2e/idle-conns.sh   (N=10000, TRIM=0, SETTLE=20)
 source "$(dirname "$0")/lib.sh"
 N=${N:-10000}
 need python3 curl
@@ -52,7 +52,7 @@ for _ in $(seq 600); do [[ -s $WORK/ready ]] && break; sleep 0.1; done
 [[ -s $WORK/ready ]] || { echo "the client did not open its connections"; exit 1; }
 # Idle connections are parked after one to two seconds of rest; freed
 # pages go back to the system some seconds later.
-sleep "${SETTLE:-4}"
+sleep "${SETTLE:-20}"
 after=$(rss "$TG")
 trimmed=""
 if [[ ${TRIM:-0} == 1 ]]; then
