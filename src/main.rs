@@ -20,7 +20,9 @@ use tidegate::state::State;
 /// connections kept 14 KiB each). jemalloc groups blocks by size and its
 /// background thread gives empty pages back after about 10 s (1.7 KiB
 /// each), and it runs the hot path in 2-3 % fewer instructions
-/// (benches/README.md, "jemalloc").
+/// (benches/README.md, "jemalloc"). Built without the `jemalloc` feature,
+/// the binary keeps glibc's malloc, which heaptrack can see.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -7,6 +7,10 @@
 # also prints the heap at its peak, grouped by the innermost tidegate,
 # hyper, h2, tokio, bytes or http frame that asked for it.
 #
+# heaptrack sees glibc's malloc only, not jemalloc (the default build's
+# allocator): HEAPTRACK=1 takes TIDEGATE_BIN built with
+# `cargo build --release --no-default-features`.
+#
 # Usage: benches/e2e/h2-memory.sh   (DURATION=6; HEAPTRACK=1 needs the
 #        Debian package heaptrack)
 source "$(dirname "$0")/lib.sh"
@@ -18,6 +22,11 @@ write_tidegate_config "$WORK/tidegate.toml"
 wrap=()
 if [[ -n ${HEAPTRACK:-} ]]; then
   need heaptrack heaptrack_print
+  if grep -q _rjem_malloc "$BIN"; then
+    echo "h2-memory: $BIN allocates through jemalloc, which heaptrack cannot see;" >&2
+    echo "  build it with: cargo build --release --no-default-features" >&2
+    exit 1
+  fi
   wrap=(heaptrack -o "$WORK/heap")
 fi
 TIDEGATE_LOG=warn taskset -c 0 "${wrap[@]}" "$BIN" run --no-watch --config "$WORK/tidegate.toml" >/dev/null 2>&1 &
