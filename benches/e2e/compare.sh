@@ -116,6 +116,8 @@ CONF
 
 h1_port() { case $1 in tidegate) echo 18080;; haproxy) echo 18081;; nginx) echo 18082;; esac; }
 h2_port() { case $1 in tidegate) echo 18080;; haproxy) echo 18083;; nginx) echo 18084;; esac; }
+# A proxy's port for a protocol (h1 or h2c).
+port_for() { if [[ $2 == h2c ]]; then h2_port "$1"; else h1_port "$1"; fi; }
 
 # The command line that runs a proxy on its config above.
 proxy_command() {
@@ -148,8 +150,7 @@ if [[ ${COUNTER:-cpu} == callgrind ]]; then
   for proxy in $PROXIES; do
     row="| $proxy"
     for proto in h1 h2c; do
-      port=$(h1_port "$proxy")
-      [[ $proto == h2c ]] && port=$(h2_port "$proxy")
+      port=$(port_for "$proxy" "$proto")
       # shellcheck disable=SC2046 # the command line is split into words
       read -r total done < <(PROTO=$proto count_instructions "http://127.0.0.1:$(h1_port "$proxy")/healthz" \
         "http://127.0.0.1:$port/products/1" "${REQUESTS:-20000}" $(proxy_command "$proxy"))
@@ -169,8 +170,8 @@ if [[ ${COUNTER:-cpu} == syscalls ]]; then
   need strace
   for proxy in $PROXIES; do
     for proto in h1 h2c; do
-      port=$(h1_port "$proxy"); load=(--h1 -c "$CONNS")
-      [[ $proto == h2c ]] && { port=$(h2_port "$proxy"); load=(-c "$CONNS" -m 10); }
+      port=$(port_for "$proxy" "$proto")
+      read -ra load <<< "$(load_args "$proto" "$CONNS" 10)"
       start_proxy "$proxy"
       url="http://127.0.0.1:$port/products/1"
       taskset -c 1 h2load "${load[@]}" -n 5000 "$url" >/dev/null 2>&1   # warm-up

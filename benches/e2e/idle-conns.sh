@@ -7,6 +7,9 @@
 # TRIM=1 also asks glibc (malloc_trim(0), through gdb) to give back the
 # pages it keeps free after the burst: what the connections hold live,
 # with the allocator's fragmentation, against what the process still has.
+# It tells something only of a build on glibc's malloc
+# (`--no-default-features`); the default build's jemalloc gives pages back
+# by itself.
 #
 # SETTLE is how long the connections idle before RSS is read (default 20 s).
 # Parking takes 1-2 s of rest, and jemalloc's background thread gives the

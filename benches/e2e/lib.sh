@@ -104,6 +104,10 @@ instructions_per_request() {
     "$bin" run --no-watch --config "$config"
 }
 
+# h2load's arguments for a protocol: h1 is HTTP/1.1 over $2 connections,
+# h2c is $2 HTTP/2 connections of $3 streams each.
+load_args() { if [[ $1 == h2c ]]; then echo "-c $2 -m $3"; else echo "--h1 -c $2"; fi; }
+
 # Instructions per request of any proxy: starts the command after $3
 # pinned to core 0 under callgrind, waits until $1 answers, warms up,
 # zeroes the counters, sends $3 requests to $2 (h2load over 16
@@ -119,8 +123,8 @@ count_instructions() {
   for _ in $(seq 200); do curl -s -o /dev/null "$ready" && break; sleep 0.1; done
   # PROTO=h2c: 16 HTTP/2 connections of 10 streams each instead.
   # LOAD_CONNECTIONS and LOAD_STREAMS change the 16 and the 10.
-  local load=(--h1 -c "${LOAD_CONNECTIONS:-16}")
-  [[ ${PROTO:-h1} == h2c ]] && load=(-c "${LOAD_CONNECTIONS:-16}" -m "${LOAD_STREAMS:-10}")
+  local load
+  read -ra load <<< "$(load_args "${PROTO:-h1}" "${LOAD_CONNECTIONS:-16}" "${LOAD_STREAMS:-10}")"
   # LOAD_HEADERS: extra h2load arguments (request fields) for every request.
   load+=(${LOAD_HEADERS[@]+"${LOAD_HEADERS[@]}"})
   taskset -c 1 h2load "${load[@]}" -n 2000 "$url" >/dev/null 2>&1

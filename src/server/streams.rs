@@ -11,8 +11,8 @@
 //! into [`ACCEPTED`] while the connection's task polls it (once the
 //! connection is known to be HTTP/2: an HTTP/1.1 one pays nothing), and
 //! [`Streams`] polls them, woken one by one, in that same task, before
-//! the connection writes what they sent. Measured in benches/README.md ("HTTP/2 streams
-//! on the connection's task").
+//! the connection writes what they sent. Measured in benches/README.md
+//! ("HTTP/2 streams on the connection's task").
 //!
 //! Outside that scope (the first poll of a plain connection, before its
 //! preface is read) a stream is spawned as before.
