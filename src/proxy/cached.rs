@@ -32,7 +32,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -42,7 +41,7 @@ use super::{affinity, attempts, upstream, ConnContext, Place, Plan, ProxyError, 
 use crate::cache::rules::{self, NotStored};
 use crate::cache::{variant_of, Cache, Landing, Leader, Object, Outcome, Role, Usable};
 use crate::config::CacheConfig;
-use crate::upstream::body::RequestBody;
+use crate::upstream::body::{ClientBody, RequestBody};
 
 /// The response field that says what the cache did.
 pub(crate) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -61,7 +60,7 @@ const NOT_FETCHED: [HeaderName; 6] = [
 /// Serves one request of a cached route.
 pub(super) async fn serve(
     conn: &Arc<ConnContext>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     who: &Who,
     at: &mut Place,
     policy: &Arc<CacheConfig>,
@@ -188,7 +187,7 @@ impl Fetch {
     #[allow(clippy::too_many_arguments)]
     fn new(
         conn: &Arc<ConnContext>,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         who: &Who,
         at: &Place,
         policy: &Arc<CacheConfig>,

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use http::header::{HOST, REFERER, USER_AGENT};
 use http::{HeaderValue, Request, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::Logged;
@@ -16,9 +15,15 @@ use super::{Place, Who};
 use crate::access_log::{AccessLog, Arrival, Outcome};
 use crate::clock::unix_ms;
 use crate::config::Priority;
+use crate::upstream::body::ClientBody;
 
 /// The line as far as the request tells it.
-pub(super) fn start(log: &Arc<AccessLog>, req: &Request<Incoming>, who: &Who, request_id: &HeaderValue) -> Box<Logged> {
+pub(super) fn start(
+    log: &Arc<AccessLog>,
+    req: &Request<ClientBody>,
+    who: &Who,
+    request_id: &HeaderValue,
+) -> Box<Logged> {
     let headers = req.headers();
     let has_body = !http_body::Body::is_end_stream(req.body());
     let uri = req.uri();

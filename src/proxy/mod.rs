@@ -60,11 +60,15 @@ use crate::pool::backend::status_class;
 use crate::pool::health::passive_outcome;
 use crate::pool::{AdmitError, InFlight};
 use crate::state::{Snapshot, State};
-use crate::upstream::body::{RequestBody, Tallies};
+use crate::upstream::body::{ClientBody, RequestBody, Tallies};
 use crate::upstream::{HeadLimits, UpstreamBody};
 use request::{affinity_key, check_framing, has_no_body, head_of, rate_limit, rebuild, request_host, upstream_request};
 use send::{body_error, client_fault, send, SendError};
 use upgrade::{allowed_upgrade, switches_to, tunnel};
+
+/// What [`Proxy::handle`] returns: the response, once it is known (the
+/// error responses included, so it never fails).
+pub(crate) type ProxyFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
 
 /// The proxy service for one client connection.
 #[derive(Clone)]
@@ -95,18 +99,9 @@ impl Proxy {
             }),
         }
     }
-}
 
-impl tower::Service<Request<Incoming>> for Proxy {
-    type Response = Response<ResponseBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    /// The response to one request, from either protocol's server.
+    pub(crate) fn handle(&self, req: Request<ClientBody>) -> ProxyFuture {
         let conn = Arc::clone(&self.conn);
         // Ends when the response body is dropped: until then the
         // connection is not at rest (hyper reads it while this is answered).
@@ -118,6 +113,21 @@ impl tower::Service<Request<Incoming>> for Proxy {
     }
 }
 
+/// hyper's HTTP/1.1 server calls the proxy as a tower service.
+impl tower::Service<Request<Incoming>> for Proxy {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = ProxyFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        self.handle(req.map(ClientBody::H1))
+    }
+}
+
 /// A box holding what `make` returns, written there by `make`.
 fn in_box<T>(make: impl FnOnce() -> T) -> Box<T> {
     Box::write(Box::new_uninit(), make())
@@ -126,7 +136,7 @@ fn in_box<T>(make: impl FnOnce() -> T) -> Box<T> {
 /// One request, from the client's head to the response handed to hyper.
 async fn handle(
     conn: Arc<ConnContext>,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     exchange: OpenExchange,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let snapshot = conn.state.load();
@@ -232,7 +242,7 @@ impl Place {
 
 async fn forward(
     conn: &Arc<ConnContext>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     who: &Who,
     at: &mut Place,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -273,7 +283,7 @@ async fn forward(
 /// an arrival: a cache hit is no demand the autoscaler should buy for.
 async fn upstream(
     conn: &ConnContext,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     who: &Who,
     at: &mut Place,
 ) -> Result<Response<ResponseBody>, ProxyError> {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Uri, Version};
-use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::headers;
@@ -21,7 +20,7 @@ use super::{ConnContext, Who};
 use crate::balance::hash_bytes;
 use crate::config::{HashKey, PoolConfig, UpstreamProtocol};
 use crate::traffic::ratelimit::{retry_after_secs, Key, RateLimit};
-use crate::upstream::body::RequestBody;
+use crate::upstream::body::{ClientBody, RequestBody};
 
 /// Ambiguous or malformed framing, and an authority that is not exactly one
 /// `uri-host [":" port]`, are refused before anything is sent. (hyper
@@ -36,7 +35,7 @@ use crate::upstream::body::RequestBody;
 ///
 /// What the checks read on the way, the handler needs next: the host to
 /// route on ([`request_host`]) and the declared length.
-pub(super) fn check_framing(req: &Request<Incoming>) -> Result<Framing<'_>, ProxyError> {
+pub(super) fn check_framing(req: &Request<ClientBody>) -> Result<Framing<'_>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }

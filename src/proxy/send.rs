@@ -12,7 +12,7 @@ use super::error::ProxyError;
 use super::headers::Forwarded;
 use crate::config::{PoolConfig, UpstreamProtocol};
 use crate::pool::Backend;
-use crate::upstream::body::{BodyTooLarge, RequestBody, RequestBodyError};
+use crate::upstream::body::{BodyTooLarge, ClientBodyError, RequestBody, RequestBodyError};
 use crate::upstream::{h1, ConnectError, HeadLimits, UpstreamBody, UpstreamError};
 
 pub(super) enum SendError {
@@ -157,11 +157,15 @@ pub(super) fn body_error(e: &RequestBodyError) -> ProxyError {
 
 /// Whether a client body error means the client left (closed, reset,
 /// cancelled its stream) rather than sent something malformed.
-fn client_went_away(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+fn client_went_away(e: &ClientBodyError) -> bool {
+    let h1 = match e {
+        ClientBodyError::H1(h1) => h1,
+        ClientBodyError::H2(h2) => return h2_went_away(h2),
+    };
+    if h1.is_incomplete_message() || h1.is_canceled() || h1.is_closed() {
         return true;
     }
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(h1);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
@@ -170,15 +174,18 @@ fn client_went_away(e: &hyper::Error) -> bool {
                 UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut
             );
         }
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.is_io()
-                || h2.is_go_away()
-                || matches!(
-                    h2.reason(),
-                    Some(h2::Reason::CANCEL | h2::Reason::NO_ERROR | h2::Reason::REFUSED_STREAM)
-                );
-        }
         source = s.source();
     }
     false
+}
+
+/// Whether an HTTP/2 stream error is the client leaving: its connection
+/// gone, or its stream cancelled or refused.
+fn h2_went_away(e: &h2::Error) -> bool {
+    e.is_io()
+        || e.is_go_away()
+        || matches!(
+            e.reason(),
+            Some(h2::Reason::CANCEL | h2::Reason::NO_ERROR | h2::Reason::REFUSED_STREAM)
+        )
 }

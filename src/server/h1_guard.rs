@@ -21,8 +21,9 @@
 //! closes the connection (inside a body, the body fails and the upstream
 //! exchange is aborted). The connection then reads as closed.
 //!
-//! After the HTTP/2 preface the guard steps aside: those bytes are not
-//! HTTP/1 messages. An `Upgrade` request is *not* a reason to step aside:
+//! It sees HTTP/1 only: the server tells an HTTP/2 connection by its
+//! first bytes and never puts this guard in front of one. An `Upgrade`
+//! request is *not* a reason to step aside:
 //! the bytes after it are still HTTP/1 until the proxy has actually
 //! switched the connection (a `101` answered and a tunnel started), which
 //! it signals through the shared `switched` flag. (Stepping aside at the
@@ -75,7 +76,7 @@ enum Phase {
     ChunkLf,
     /// Reading trailer lines after the last chunk.
     Trailers,
-    /// Not HTTP/1 any more (h2 preface, upgrade).
+    /// Not HTTP/1 any more (the connection switched protocols).
     Passthrough,
     /// Refused; everything after reads as end of stream.
     Refused,
@@ -88,7 +89,6 @@ struct HeadFacts {
     content_length: Option<u64>,
     chunked: bool,
     transfer_encoding: bool,
-    http2_preface: bool,
     /// Empty lines came before the request line (allowed, but not a rest:
     /// a client sending only those must meet the header-read timeout).
     blank_before: bool,
@@ -141,23 +141,6 @@ impl<IO> H1Guard<IO> {
             ended_before: conn.exchanges_ended(),
             conn,
             head_timeout,
-            waiting_since: None,
-            timer: None,
-        }
-    }
-
-    /// A guard that checks nothing (TLS connections that chose `h2`).
-    pub(crate) fn passthrough(io: IO, conn: Arc<ClientConn>) -> H1Guard<IO> {
-        H1Guard {
-            io,
-            phase: Phase::Passthrough,
-            line: Vec::new(),
-            head: HeadFacts::default(),
-            heads: 0,
-            max_line: 0,
-            ended_before: 0,
-            conn,
-            head_timeout: Duration::MAX,
             waiting_since: None,
             timer: None,
         }
@@ -328,7 +311,6 @@ impl<IO> H1Guard<IO> {
                 return Verdict::Ok;
             }
             self.head.lines = 1;
-            self.head.http2_preface = line == b"PRI * HTTP/2.0";
             return Verdict::Ok;
         }
         if line.is_empty() {
@@ -363,11 +345,6 @@ impl<IO> H1Guard<IO> {
     fn end_of_head(&mut self) -> Verdict {
         let facts = std::mem::take(&mut self.head);
         self.waiting_since = None;
-        if facts.http2_preface {
-            self.conn.set_h2();
-            self.phase = Phase::Passthrough;
-            return Verdict::Ok;
-        }
         self.heads += 1;
         if facts.transfer_encoding && facts.content_length.is_some() {
             return Verdict::Refuse;
@@ -637,11 +614,6 @@ GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
             let input = [head.clone(), body.to_vec()].concat();
             assert!(every_split(&input).is_some(), "{:?}", String::from_utf8_lossy(body));
         }
-    }
-
-    #[test]
-    fn steps_aside_for_http2() {
-        assert_eq!(every_split(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\n\n\n"), None);
     }
 
     #[test]

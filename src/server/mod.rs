@@ -4,10 +4,11 @@
 //! Data path entry, the top of the data path (imports `proxy`, `state`,
 //! never the control path). [`serve`] takes a listener it was given (it
 //! never binds; `bind.rs` does, before anything serves)
-//! and a shutdown signal. Each accepted connection gets its own task running
-//! hyper-util's auto server (HTTP/2 by prior knowledge or ALPN, otherwise
-//! HTTP/1.1) around a [`Proxy`] service; an HTTP/2 connection's streams
-//! run on that task too (`streams.rs`), not a task each. Limits that
+//! and a shutdown signal. Each accepted connection gets its own task: an
+//! HTTP/2 one (by prior knowledge or ALPN) is served on the `h2` crate
+//! directly (`h2.rs`), its streams on that task too (`streams.rs`), not a
+//! task each; any other is HTTP/1.1, served by hyper around a [`Proxy`]
+//! service. Limits that
 //! protect the proxy: at most `max_connections` open connections (further
 //! accepts wait), a first-byte and header-read timeout (slowloris, kept
 //! by the framing guard), header size and count
@@ -24,6 +25,7 @@
 
 pub mod bind;
 mod h1_guard;
+mod h2;
 pub mod nofile;
 mod park;
 mod proxy_protocol;
@@ -33,19 +35,20 @@ pub mod tls;
 
 pub use bind::{bind, bind_admin, Bound, StartError};
 use h1_guard::{H1Guard, HeadTimerHere};
+use h2::H2Conn;
 use park::{Parking, PARK_AFTER};
 use stall::SendTimeout;
-use streams::{OnConnection, Streams};
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
@@ -82,32 +85,19 @@ fn probe_when_idle(stream: &TcpStream, peer: SocketAddr) {
     }
 }
 
-/// An HTTP/2 connection by prior knowledge starts with `PRI` (the preface).
-const H2_PREFACE_START: &[u8; 3] = b"PRI";
-
-/// hyper's connection builders for one set of limits.
+/// The connection settings for one set of limits.
 struct Builders {
-    /// A new connection: HTTP/1.1 or HTTP/2, by its first bytes.
-    any: auto::Builder<OnConnection>,
-    /// A connection woken from parking spoke HTTP/1.1 and goes on so (an
-    /// HTTP/2 preface then is refused, as hyper refuses it mid-connection).
-    h1: auto::Builder<OnConnection>,
+    /// hyper's HTTP/1.1 server.
+    h1: http1::Builder,
+    /// The `h2` crate's server.
+    h2: ::h2::server::Builder,
 }
 
 fn builders(limits: &Limits) -> Builders {
-    let any = builder(limits);
-    Builders {
-        h1: any.clone().http1_only(),
-        any,
-    }
-}
-
-fn builder(limits: &Limits) -> auto::Builder<OnConnection> {
-    let mut b = auto::Builder::new(OnConnection);
-    b.http1()
-        // The header-read timeout is the framing guard's (`h1_guard.rs`);
-        // hyper's is set, to keep how it reads, but never fires.
-        .timer(HeadTimerHere::new())
+    let mut h1 = http1::Builder::new();
+    // The header-read timeout is the framing guard's (`h1_guard.rs`);
+    // hyper's is set, to keep how it reads, but never fires.
+    h1.timer(HeadTimerHere::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
@@ -116,11 +106,49 @@ fn builder(limits: &Limits) -> auto::Builder<OnConnection> {
         // chunks go out in fewer, larger writes (benches/README.md).
         .writev(false)
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32);
-    b
+    Builders {
+        h1,
+        h2: h2::builder(limits),
+    }
+}
+
+/// A client connection as [`Connection::serve`] drives it: hyper's
+/// HTTP/1.1 connection or an [`H2Conn`] with its streams.
+trait Served {
+    type Error: std::fmt::Display;
+
+    /// Ready when the connection (and every stream on it) has ended.
+    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
+
+    /// Finish what is in flight, take nothing new.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<IO> Served for http1::UpgradeableConnection<TokioIo<IO>, TowerToHyperService<Proxy>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Error = hyper::Error;
+
+    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        self.poll(cx)
+    }
+
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Served for H2Conn<IO> {
+    type Error = ::h2::Error;
+
+    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ::h2::Error>> {
+        self.get_mut().poll(cx)
+    }
+
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.get_mut().graceful_shutdown();
+    }
 }
 
 /// Serves one listener until `shutdown` turns true, then drains its
@@ -228,18 +256,17 @@ impl Connection {
             None => {
                 // The header-read timeout starts at hyper's first read,
                 // once the protocol is known; a client that connects and
-                // sends nothing is bounded here instead.
-                // The first bytes tell an HTTP/2 connection (a preface
-                // split before its third byte goes unprobed).
-                let mut first = [0u8; 3];
-                match tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first)).await {
-                    Ok(Ok(n)) if n > 0 => {
-                        if first == *H2_PREFACE_START {
-                            probe_when_idle(&stream, peer);
-                        }
-                        self.run_plain(stream, peer, shared).await
+                // sends nothing is bounded here instead. The first bytes
+                // tell an HTTP/2 connection.
+                match h2::starts_with_preface(&stream, self.limits.header_read_timeout).await {
+                    Some(true) => {
+                        probe_when_idle(&stream, peer);
+                        shared.set_h2();
+                        let io = SendTimeout::new(stream, self.limits.client_send_timeout, Arc::clone(&shared));
+                        self.serve_h2(io, peer, false, shared).await
                     }
-                    _ => {}
+                    Some(false) => self.run_plain(stream, peer, shared).await,
+                    None => {}
                 }
             }
             // The TLS path (the handshake's state, the plain-HTTP probe's
@@ -249,12 +276,11 @@ impl Connection {
         }
     }
 
-    /// A plain connection: served by hyper while it works, parked while it
-    /// rests (HTTP/1.1), until it closes, rests past the header-read
+    /// A plain HTTP/1.1 connection: served by hyper while it works, parked
+    /// while it rests, until it closes, rests past the header-read
     /// timeout, or the listener stops.
     async fn run_plain(mut self, mut stream: TcpStream, peer: SocketAddr, shared: Arc<ClientConn>) {
         let send_timeout = self.limits.client_send_timeout;
-        let mut builder = &self.builders.any;
         loop {
             let guard = H1Guard::new(
                 stream,
@@ -265,7 +291,7 @@ impl Connection {
             let (io, mut parked) = Parking::new(guard, Arc::clone(&shared));
             let io = SendTimeout::new(io, send_timeout, Arc::clone(&shared));
             // Boxed: a parked connection's task keeps none of hyper's state.
-            Box::pin(self.serve(builder, io, peer, false, Arc::clone(&shared))).await;
+            Box::pin(self.serve_h1(io, peer, false, Arc::clone(&shared))).await;
             // A parked socket is handed back before hyper reads the end of
             // the stream, so it is here now or never (a tunnel keeps the
             // sender and runs on its own).
@@ -273,7 +299,6 @@ impl Connection {
                 return;
             };
             stream = back;
-            builder = &self.builders.h1;
             // The rest so far was at least PARK_AFTER; the framing guard
             // would have closed the connection at the header-read timeout
             // (which, if not above PARK_AFTER, closes it before it parks).
@@ -317,48 +342,56 @@ impl Connection {
         }
         match tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls_stream)) => {
-                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let io = if h2 {
+                if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                     probe_when_idle(tls_stream.get_ref().0, peer);
                     shared.set_h2();
-                    H1Guard::passthrough(tls_stream, Arc::clone(&shared))
-                } else {
-                    H1Guard::new(
-                        tls_stream,
-                        self.limits.max_header_bytes,
-                        self.limits.header_read_timeout,
-                        Arc::clone(&shared),
-                    )
-                };
+                    let io = SendTimeout::new(tls_stream, send_timeout, Arc::clone(&shared));
+                    return self.serve_h2(io, peer, true, shared).await;
+                }
+                let io = H1Guard::new(
+                    tls_stream,
+                    self.limits.max_header_bytes,
+                    self.limits.header_read_timeout,
+                    Arc::clone(&shared),
+                );
                 let io = SendTimeout::new(io, send_timeout, Arc::clone(&shared));
-                self.serve(&self.builders.any, io, peer, true, shared).await
+                self.serve_h1(io, peer, true, shared).await
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
     }
 
+    /// Serves an HTTP/1.1 connection with hyper.
+    async fn serve_h1<IO>(&self, io: IO, peer: SocketAddr, tls: bool, shared: Arc<ClientConn>)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = TowerToHyperService::new(Proxy::new(Arc::clone(&self.state), peer, tls, Arc::clone(&shared)));
+        let conn = self
+            .builders
+            .h1
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        self.serve(conn, peer, shared).await
+    }
+
+    /// Serves an HTTP/2 connection on the `h2` crate.
+    async fn serve_h2<IO>(&self, io: IO, peer: SocketAddr, tls: bool, shared: Arc<ClientConn>)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let proxy = Proxy::new(Arc::clone(&self.state), peer, tls, Arc::clone(&shared));
+        self.serve(H2Conn::new(io, &self.builders.h2, proxy), peer, shared)
+            .await
+    }
+
     /// Serves the connection until it ends, or until its client stopped
     /// taking what it is sent for `client_send_timeout` (a write that made
     /// no progress, or HTTP/2 responses nobody asked for): then it is
     /// closed, freeing every slot its responses held.
-    async fn serve<IO>(
-        &self,
-        builder: &auto::Builder<OnConnection>,
-        io: IO,
-        peer: SocketAddr,
-        tls: bool,
-        shared: Arc<ClientConn>,
-    ) where
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let service = TowerToHyperService::new(Proxy::new(Arc::clone(&self.state), peer, tls, Arc::clone(&shared)));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        // Dropped in place when it ends, so streams still running see
-        // their connection gone (h2 resets them) and finish.
-        let mut conn = std::pin::pin!(Some(conn));
-        let mut streams = Streams::default();
-        let mut ended = None;
+    async fn serve(&self, conn: impl Served, peer: SocketAddr, shared: Arc<ClientConn>) {
+        let mut conn = std::pin::pin!(conn);
         let mut shutdown = self.shutdown.clone();
         // Whether the stop signal moved: one atomic load, where polling
         // `stop` takes the watch's lock and its waiter list's mutex.
@@ -371,42 +404,18 @@ impl Connection {
         // is polled once (its waiter keeps this task's waker, the same at
         // every wake) and again only once the signal has moved; `stall`
         // only on HTTP/2, the one protocol that counts untaken responses.
-        // HTTP/2 streams run here too (`streams.rs`): the woken ones
-        // first, so what they send goes out in the connection's poll
-        // below, then the ones it accepted.
         let outcome = std::future::poll_fn(|cx| {
-            streams.poll(cx);
-            if let Some(mut c) = conn.as_mut().as_pin_mut() {
-                if !finishing && (!stop_polled || probe.has_changed().unwrap_or(true)) {
-                    stop_polled = true;
-                    if stop.as_mut().poll(cx).is_ready() {
-                        c.as_mut().graceful_shutdown();
-                        finishing = true;
-                    }
-                }
-                let done = if shared.is_h2() {
-                    let (done, accepted) = streams.accepting(|| c.poll(cx));
-                    if accepted {
-                        streams.poll(cx);
-                    }
-                    done
-                } else {
-                    c.poll(cx)
-                };
-                match done {
-                    Poll::Ready(r) => {
-                        ended = Some(r);
-                        conn.set(None);
-                        streams.poll(cx);
-                    }
-                    Poll::Pending if !shared.is_h2() => return Poll::Pending,
-                    Poll::Pending => return stall.as_mut().poll(cx).map(|()| None),
+            if !finishing && (!stop_polled || probe.has_changed().unwrap_or(true)) {
+                stop_polled = true;
+                if stop.as_mut().poll(cx).is_ready() {
+                    conn.as_mut().graceful_shutdown();
+                    finishing = true;
                 }
             }
-            if streams.is_empty() {
-                Poll::Ready(ended.take())
-            } else {
-                Poll::Pending
+            match conn.as_mut().poll_served(cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending if !shared.is_h2() => Poll::Pending,
+                Poll::Pending => stall.as_mut().poll(cx).map(|()| None),
             }
         })
         .await;

@@ -9,6 +9,10 @@
 //! holds `SendRequest<RequestBody>` handles. When its last byte has left,
 //! it says so ([`RequestBody::sent`]): the backend's time to answer is
 //! counted from then, not from the start of a slow upload.
+//!
+//! What it streams is a [`ClientBody`]: hyper's body on an HTTP/1.1
+//! connection, the `h2` crate's stream on an HTTP/2 one (the server serves
+//! HTTP/2 on `h2` directly).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,7 +43,112 @@ pub(crate) enum RequestBodyError {
     #[error("the client sent no body bytes for {0:?}")]
     Timeout(Duration),
     #[error("reading the client's body: {0}")]
-    Client(#[from] hyper::Error),
+    Client(#[from] ClientBodyError),
+}
+
+/// A client's body that failed as it was read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientBodyError {
+    #[error(transparent)]
+    H1(#[from] hyper::Error),
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+}
+
+/// The client's body as its connection delivers it.
+pub(crate) enum ClientBody {
+    /// HTTP/1.1, through hyper.
+    H1(Incoming),
+    /// HTTP/2, the `h2` crate's stream.
+    H2(H2Body),
+}
+
+/// An HTTP/2 request's body: its DATA frames, then its trailers. Each
+/// frame handed on gives its bytes back to the client's flow-control
+/// window, so an upload streams at the backend's pace.
+pub(crate) struct H2Body {
+    recv: h2::RecvStream,
+    /// What `content-length` says is still to come, when it says.
+    remaining: Option<u64>,
+    data_done: bool,
+}
+
+impl H2Body {
+    pub(crate) fn new(recv: h2::RecvStream, content_length: Option<u64>) -> H2Body {
+        H2Body {
+            recv,
+            remaining: content_length,
+            data_done: false,
+        }
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match std::task::ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(r) = &mut this.remaining {
+                        *r = r.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                // The client ended its side early but cleanly: the body
+                // stops, it does not fail (as hyper reads it).
+                Some(Err(e)) if matches!(e.reason(), Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL)) => {
+                    return Poll::Ready(None);
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        match std::task::ready!(this.recv.poll_trailers(cx)) {
+            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map(|f| f.map(|r| r.map_err(Into::into))),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map(|f| f.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 /// The client's request body with a byte limit and an idle timer.
@@ -53,7 +162,7 @@ pub(crate) struct RequestBody(Option<Box<Streaming>>);
 
 /// A body that is still coming.
 struct Streaming {
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     /// A frame read ahead by [`RequestBody::prime`], sent first.
     first: Option<Frame<Bytes>>,
     limit: u64,
@@ -92,7 +201,7 @@ impl Drop for Streaming {
 impl RequestBody {
     /// Streams `inner`, at most `limit` bytes, cut after `idle` without a
     /// byte from the client.
-    pub(crate) fn new(inner: Incoming, limit: u64, idle: Duration, tallies: Tallies) -> RequestBody {
+    pub(crate) fn new(inner: ClientBody, limit: u64, idle: Duration, tallies: Tallies) -> RequestBody {
         if inner.is_end_stream() {
             return RequestBody::empty();
         }
