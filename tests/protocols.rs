@@ -100,6 +100,56 @@ async fn the_streams_of_one_h2_connection_wait_cancel_and_finish_independently()
     p.join().await;
 }
 
+/// An HTTP/2 upload the client cancels (RST_STREAM CANCEL, as a browser
+/// or curl sends when it gives up) is an aborted exchange: the backend,
+/// fed a chunked body, never sees its last chunk, so it never takes the
+/// part it got for the whole request.
+#[tokio::test]
+async fn an_h2_upload_the_client_cancels_never_reaches_the_backend_as_complete() {
+    // A backend that only records what it is sent.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    let _ = tx.send(buf[..n].to_vec());
+                }
+            });
+        }
+    });
+    let p = tidegate(&config_text(&[addr], "", "")).await;
+    let (mut client, conn) = h2::client::handshake(TcpStream::connect(p.addr).await.unwrap())
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("http://shop.test/cart").body(()).unwrap();
+    let (_answer, mut upload) = client.send_request(req, false).unwrap();
+    upload
+        .send_data(bytes::Bytes::from_static(b"first-part"), false)
+        .unwrap();
+    let mut seen = Vec::new();
+    while !seen.windows(10).any(|w| w == b"first-part") {
+        let more = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        seen.extend(more.expect("the first part reaches the backend").unwrap());
+    }
+    upload.send_reset(h2::Reason::CANCEL);
+    eventually("the cancelled exchange is over", || async { p.in_flight().await == 0 }).await;
+    while let Ok(more) = rx.try_recv() {
+        seen.extend(more);
+    }
+    let sent = String::from_utf8_lossy(&seen).to_lowercase();
+    assert!(sent.contains("transfer-encoding: chunked"), "{sent}");
+    assert!(
+        !sent.contains("\r\n0\r\n\r\n"),
+        "the backend got the cancelled upload as whole:\n{sent}"
+    );
+    p.shutdown().await;
+}
+
 /// The kernel's timer on the proxy's end of the connection from `client`
 /// to `proxy`, from /proc/net/tcp (`tr`: 0 none, 1 retransmit, 2
 /// keepalive, 3 TIME_WAIT, 4 zero-window probe).

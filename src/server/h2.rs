@@ -17,6 +17,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -27,7 +28,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
 use crate::clock::unix_ms;
@@ -50,28 +51,33 @@ const MAX_SEND_BUFFER: usize = 400 * 1024;
 /// (the "MadeYouReset" guard, as hyper).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
-/// How often a plain connection whose first bytes are a part of the
-/// preface is looked at again, until it is whole or is not the preface.
-const PREFACE_RECHECK: Duration = Duration::from_millis(5);
-
 /// Whether a plain connection speaks HTTP/2 by prior knowledge: its first
 /// bytes are the whole preface. None if it sent nothing (or only a part of
-/// the preface) within `timeout`. The bytes stay in the socket.
+/// the preface) within `timeout`, or closed first. The bytes stay in the
+/// socket.
+///
+/// A part of the preface is peeked again only when more bytes arrive: the
+/// peek that finds it clears the socket's readiness (`try_io`), so a client
+/// that sends `P` and waits costs one wake, not one per poll interval.
 pub(super) async fn starts_with_preface(stream: &TcpStream, timeout: Duration) -> Option<bool> {
     let look = async {
         let mut first = [0u8; PREFACE.len()];
         loop {
-            let n = stream.peek(&mut first).await.ok()?;
-            if n == 0 {
-                return None;
+            let ready = stream.ready(Interest::READABLE).await.ok()?;
+            let peeked = stream.try_io(Interest::READABLE, || {
+                let (n, _) = rustix::net::recv(stream, &mut first[..], rustix::net::RecvFlags::PEEK)?;
+                let partial = n > 0 && n < PREFACE.len() && first[..n] == PREFACE[..n];
+                if partial && !ready.is_read_closed() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match peeked {
+                Ok(0) => return None,
+                Ok(n) => return Some(first[..n] == PREFACE[..]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
             }
-            if first[..n] != PREFACE[..n] {
-                return Some(false);
-            }
-            if n == PREFACE.len() {
-                return Some(true);
-            }
-            tokio::time::sleep(PREFACE_RECHECK).await;
         }
     };
     tokio::time::timeout(timeout, look).await.ok().flatten()
@@ -310,7 +316,10 @@ fn pump(
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         send.reserve_capacity(0);
-                        let _ = send.send_trailers(trailers);
+                        if let Err(e) = send.send_trailers(trailers) {
+                            tracing::debug!(error = %e, "response trailers not sent; resetting the stream");
+                            send.send_reset(Reason::INTERNAL_ERROR);
+                        }
                         return Poll::Ready(());
                     }
                 }
@@ -335,13 +344,17 @@ fn reset_or_wait(send: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<()>
     send.poll_reset(cx).map(|_| ())
 }
 
-/// The RST_STREAM code for a response body that failed: an HTTP/2 error
-/// from the backend keeps its code, anything else is INTERNAL_ERROR.
+/// The RST_STREAM code for a response body that failed: the code of the
+/// backend's HTTP/2 error when there is one, INTERNAL_ERROR otherwise
+/// (and for NO_ERROR, which a client could read as a clean end).
 fn reset_reason(e: &(dyn std::error::Error + 'static)) -> Reason {
     let mut source = Some(e);
     while let Some(s) = source {
-        if let Some(reason) = s.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
-            return reason;
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return match h2.reason() {
+                Some(Reason::NO_ERROR) | None => Reason::INTERNAL_ERROR,
+                Some(reason) => reason,
+            };
         }
         source = s.source();
     }
@@ -380,6 +393,8 @@ fn fit_for_h2(headers: &mut HeaderMap) {
         for name in &CONNECTION_SPECIFIC[1..] {
             headers.remove(name);
         }
+        // `connection` may have named it.
+        has_date = headers.contains_key(header::DATE);
     }
     if !has_date {
         headers.insert(header::DATE, http_date());
@@ -462,6 +477,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(looking.await.unwrap(), Some(true));
+        // A part, then silence: not waited for past the timeout.
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"PR").await.unwrap();
+        assert_eq!(starts_with_preface(&server, Duration::from_millis(50)).await, None);
+        // A part, then the end of the stream: HTTP/1.1's to refuse, at once
+        // (the closed socket stays readable; a later peek would spin).
+        tokio::io::AsyncWriteExt::shutdown(&mut client).await.unwrap();
+        assert_eq!(starts_with_preface(&server, timeout).await, Some(false));
     }
 
     #[tokio::test]

@@ -263,7 +263,9 @@ impl Connection {
                         probe_when_idle(&stream, peer);
                         shared.set_h2();
                         let io = SendTimeout::new(stream, self.limits.client_send_timeout, Arc::clone(&shared));
-                        self.serve_h2(io, peer, false, shared).await
+                        // Boxed, as the TLS path: every connection's task
+                        // is sized for its largest path.
+                        Box::pin(self.serve_h2(io, peer, false, shared)).await
                     }
                     Some(false) => self.run_plain(stream, peer, shared).await,
                     None => {}

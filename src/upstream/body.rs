@@ -98,17 +98,18 @@ impl Body for H2Body {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                // The client ended its side early but cleanly: the body
-                // stops, it does not fail (as hyper reads it).
-                Some(Err(e)) if matches!(e.reason(), Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL)) => {
-                    return Poll::Ready(None);
-                }
+                // RST_STREAM(NO_ERROR) stops the body early without failing
+                // it (RFC 9113 8.1, as hyper reads it). Any other reset,
+                // CANCEL above all, is an upload the client abandoned: it
+                // fails, so the backend never takes it for whole.
+                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => return Poll::Ready(None),
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => this.data_done = true,
             }
         }
         match std::task::ready!(this.recv.poll_trailers(cx)) {
             Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
+            Err(e) if e.reason() == Some(h2::Reason::NO_ERROR) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(e))),
         }
     }
