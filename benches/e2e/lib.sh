@@ -117,7 +117,11 @@ count_instructions() {
   local ready=$1 url=$2 n=$3 out pid total done
   shift 3
   out=$(mktemp -d "$WORK/cg.XXXXXX")
-  TIDEGATE_LOG=warn taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out/cg" \
+  # CACHE_SIM=1 also simulates the caches (--cache-sim=yes): the profile's
+  # summary line then has misses per level after the instructions.
+  local sim=()
+  [[ -n ${CACHE_SIM:-} ]] && sim=(--cache-sim=yes)
+  TIDEGATE_LOG=warn taskset -c 0 valgrind --tool=callgrind ${sim[@]+"${sim[@]}"} --callgrind-out-file="$out/cg" \
     "$@" >/dev/null 2>"$out/valgrind.err" &
   pid=$!; PIDS+=($pid)
   for _ in $(seq 200); do curl -s -o /dev/null "$ready" && break; sleep 0.1; done
