@@ -68,8 +68,9 @@ use crate::state::State;
 /// would be held for ever. HTTP/2 PINGs would find it too, but timing them
 /// means reading the clock at every frame received (hyper's keep-alive,
 /// when it served HTTP/2 here, cost about 1 % of an h2c request,
-/// benches/README.md); the kernel's probes cost nothing per request. HTTP/1.1 connections need
-/// none: the header-read timeout closes one that rests.
+/// benches/README.md); the kernel's probes cost nothing per request.
+/// HTTP/1.1 connections need none: the header-read timeout closes one that
+/// rests.
 const PROBE_AFTER: Duration = Duration::from_secs(30);
 const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 const PROBES: u32 = 3;
