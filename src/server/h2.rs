@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 
 use crate::clock::unix_ms;
 use crate::config::Limits;
+use crate::proxy::headers::strip_hop_by_hop;
 use crate::proxy::{Proxy, ProxyFuture, ResponseBody};
 use crate::upstream::body::{ClientBody, H2Body};
 
@@ -194,12 +195,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> H2Conn<IO> {
 /// A request as the proxy takes it: `h2`'s head with a body that streams
 /// the client's DATA frames.
 fn request(req: Request<RecvStream>) -> Request<ClientBody> {
-    let content_length = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    req.map(|recv| ClientBody::H2(H2Body::new(recv, content_length)))
+    req.map(|recv| ClientBody::H2(H2Body::new(recv)))
 }
 
 /// One stream: the proxy's answer, then its body. Held in its node of
@@ -361,44 +357,13 @@ fn reset_reason(e: &(dyn std::error::Error + 'static)) -> Reason {
     Reason::INTERNAL_ERROR
 }
 
-/// Fields HTTP/2 forbids in a response (RFC 9113 8.2.2).
-const CONNECTION_SPECIFIC: [header::HeaderName; 6] = [
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TE,
-    header::HeaderName::from_static("keep-alive"),
-    header::HeaderName::from_static("proxy-connection"),
-];
-
 /// Makes a response head valid for HTTP/2: connection-specific fields
-/// (and those `connection` names) removed, a `date` added if missing.
-/// One pass over the names finds whether any removal is needed at all
-/// (backends' responses had theirs removed already).
+/// (RFC 9113 8.2.2) and those `connection` names removed, by the proxy's
+/// own hop-by-hop rule (a no-op on backends' responses, which had theirs
+/// removed already), then a `date` added if missing.
 fn fit_for_h2(headers: &mut HeaderMap) {
-    let mut has_date = false;
-    let mut strip = false;
-    for name in headers.keys() {
-        has_date |= name == header::DATE;
-        strip |= CONNECTION_SPECIFIC.contains(name);
-    }
-    if strip {
-        if let Some(named) = headers.remove(header::CONNECTION) {
-            if let Ok(named) = named.to_str() {
-                for name in named.split(',') {
-                    headers.remove(name.trim());
-                }
-            }
-        }
-        for name in &CONNECTION_SPECIFIC[1..] {
-            headers.remove(name);
-        }
-        // `connection` may have named it.
-        has_date = headers.contains_key(header::DATE);
-    }
-    if !has_date {
-        headers.insert(header::DATE, http_date());
-    }
+    strip_hop_by_hop(headers, false);
+    headers.entry(header::DATE).or_insert_with(http_date);
 }
 
 thread_local! {

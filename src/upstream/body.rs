@@ -65,21 +65,17 @@ pub(crate) enum ClientBody {
 
 /// An HTTP/2 request's body: its DATA frames, then its trailers. Each
 /// frame handed on gives its bytes back to the client's flow-control
-/// window, so an upload streams at the backend's pace.
+/// window, so an upload streams at the backend's pace. It gives no size:
+/// a declared length travels in the request's `content-length`, which the
+/// upstream request keeps (and `h2` holds the frames to it).
 pub(crate) struct H2Body {
     recv: h2::RecvStream,
-    /// What `content-length` says is still to come, when it says.
-    remaining: Option<u64>,
     data_done: bool,
 }
 
 impl H2Body {
-    pub(crate) fn new(recv: h2::RecvStream, content_length: Option<u64>) -> H2Body {
-        H2Body {
-            recv,
-            remaining: content_length,
-            data_done: false,
-        }
+    pub(crate) fn new(recv: h2::RecvStream) -> H2Body {
+        H2Body { recv, data_done: false }
     }
 }
 
@@ -93,9 +89,6 @@ impl Body for H2Body {
             match std::task::ready!(this.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(r) = &mut this.remaining {
-                        *r = r.saturating_sub(data.len() as u64);
-                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 // RST_STREAM(NO_ERROR) stops the body early without failing
@@ -117,13 +110,6 @@ impl Body for H2Body {
     fn is_end_stream(&self) -> bool {
         self.recv.is_end_stream()
     }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
-    }
 }
 
 impl Body for ClientBody {
@@ -132,8 +118,8 @@ impl Body for ClientBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map(|f| f.map(|r| r.map_err(Into::into))),
-            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map(|f| f.map(|r| r.map_err(Into::into))),
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::from),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::from),
         }
     }
 
