@@ -25,7 +25,7 @@
 # COUNTER=callgrind counts each proxy's instructions per request instead.
 #
 # Usage: benches/e2e/compare.sh            (ROUNDS=5 DURATION=10 RATE=10000 LOGS=0
-#                                           COUNTER=cpu|callgrind|syscalls REQUESTS=20000)
+#                                           COUNTER=cpu|callgrind|syscalls|segments REQUESTS=20000)
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
@@ -184,6 +184,52 @@ if [[ ${COUNTER:-cpu} == syscalls ]]; then
       awk -v n="$done" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "%s %.3f\n", $NF, $4 / n }' "$WORK/strace-$proxy-$proto" | sort -k2 -rn | head -8
     done
   done
+  exit 0
+fi
+
+# COUNTER=segments: where the kernel half of the CPU goes, per request: the
+# proxy's user and system CPU (µs, from /proc/PID/stat) and the TCP
+# segments every socket on the machine sent (Tcp OutSegs in /proc/net/snmp:
+# client, proxy and backends, all on loopback, each segment counted once),
+# over REQUESTS requests, HTTP/1.1 and h2c, 64 connections (h2c with 10
+# streams each), flat out, ROUNDS runs alternating between the proxies.
+# Equal system calls can still cost different kernel time when they send
+# more segments (pure ACKs, a head and a body in two packets).
+if [[ ${COUNTER:-cpu} == segments ]]; then
+  out_segs() { awk '/^Tcp:/ { if (h) { print $12; exit } h = 1 }' /proc/net/snmp; }
+  utime_stime() { read -r -a f < "/proc/$1/stat"; echo "${f[13]} ${f[14]}"; }
+  echo -e "proxy\tproto\tuser_us\tsys_us\tsegments" > "$WORK/segments.tsv"
+  order=($PROXIES)
+  for round in $(seq "$ROUNDS"); do
+    if (( round % 2 == 0 )); then list=$(printf '%s\n' "${order[@]}" | tac); else list="${order[*]}"; fi
+    for proxy in $list; do
+      for proto in h1 h2c; do
+        read -ra load <<< "$(load_args "$proto" "$CONNS" 10)"
+        start_proxy "$proxy"
+        url="http://127.0.0.1:$(port_for "$proxy" "$proto")/products/1"
+        taskset -c 1 h2load "${load[@]}" -n 5000 "$url" >/dev/null 2>&1   # warm-up
+        read -r u0 s0 < <(utime_stime "$PROXY_PID"); g0=$(out_segs)
+        done=$(taskset -c 1 h2load "${load[@]}" -n "${REQUESTS:-20000}" "$url" 2>&1 | awk '/^requests:/ {print $8}')
+        read -r u1 s1 < <(utime_stime "$PROXY_PID"); g1=$(out_segs)
+        stop_proxy
+        # Clock ticks are 10 ms: 10,000 µs each (kept in hundredths of a µs).
+        echo -e "$proxy\t$proto\t$(( (u1 - u0) * 1000000 / done ))\t$(( (s1 - s0) * 1000000 / done ))\t$(( (g1 - g0) * 100 / done ))" >> "$WORK/segments.tsv"
+      done
+    done
+    echo "round $round done" >&2
+  done
+  python3 - "$WORK/segments.tsv" <<'PY'
+import sys, statistics as st
+rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1])][1:]
+print("| proxy | protocol | user µs/request | system µs/request | TCP segments/request |")
+print("| --- | --- | --- | --- | --- |")
+for proxy in dict.fromkeys(r[0] for r in rows):
+    for proto in ("h1", "h2c"):
+        rs = [r for r in rows if r[0] == proxy and r[1] == proto]
+        med = lambda i: st.median(int(r[i]) for r in rs)
+        print(f"| {proxy} | {proto} | {med(2) / 100:.2f} | {med(3) / 100:.2f} | {med(4) / 100:.2f} |")
+PY
+  echo "raw rows: $WORK/segments.tsv" >&2
   exit 0
 fi
 
