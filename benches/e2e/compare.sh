@@ -197,20 +197,17 @@ fi
 # more segments (pure ACKs, a head and a body in two packets).
 if [[ ${COUNTER:-cpu} == segments ]]; then
   out_segs() { awk '/^Tcp:/ { if (h) { print $12; exit } h = 1 }' /proc/net/snmp; }
-  utime_stime() { read -r -a f < "/proc/$1/stat"; echo "${f[13]} ${f[14]}"; }
   echo -e "proxy\tproto\tuser_us\tsys_us\tsegments" > "$WORK/segments.tsv"
-  order=($PROXIES)
   for round in $(seq "$ROUNDS"); do
-    if (( round % 2 == 0 )); then list=$(printf '%s\n' "${order[@]}" | tac); else list="${order[*]}"; fi
-    for proxy in $list; do
+    for proxy in $(alternate "$round" $PROXIES); do
       for proto in h1 h2c; do
         read -ra load <<< "$(load_args "$proto" "$CONNS" 10)"
         start_proxy "$proxy"
         url="http://127.0.0.1:$(port_for "$proxy" "$proto")/products/1"
         taskset -c 1 h2load "${load[@]}" -n 5000 "$url" >/dev/null 2>&1   # warm-up
-        read -r u0 s0 < <(utime_stime "$PROXY_PID"); g0=$(out_segs)
+        read -r u0 s0 < <(user_system_ticks "$PROXY_PID"); g0=$(out_segs)
         done=$(taskset -c 1 h2load "${load[@]}" -n "${REQUESTS:-20000}" "$url" 2>&1 | awk '/^requests:/ {print $8}')
-        read -r u1 s1 < <(utime_stime "$PROXY_PID"); g1=$(out_segs)
+        read -r u1 s1 < <(user_system_ticks "$PROXY_PID"); g1=$(out_segs)
         stop_proxy
         # Clock ticks are 10 ms: 10,000 µs each (kept in hundredths of a µs).
         echo -e "$proxy\t$proto\t$(( (u1 - u0) * 1000000 / done ))\t$(( (s1 - s0) * 1000000 / done ))\t$(( (g1 - g0) * 100 / done ))" >> "$WORK/segments.tsv"
@@ -235,10 +232,8 @@ fi
 
 RESULTS="$WORK/results.tsv"
 echo -e "round\tproxy\ttest\tproxy_ticks\tbackend_ticks\trequests\treq_per_s\tp50_us\tp99_us\thwm_kib" > "$RESULTS"
-order=($PROXIES)
 for round in $(seq "$ROUNDS"); do
-  if (( round % 2 == 0 )); then list=$(printf '%s\n' "${order[@]}" | tac); else list="${order[*]}"; fi
-  for proxy in $list; do
+  for proxy in $(alternate "$round" $PROXIES); do
     start_proxy "$proxy"
     url1="http://127.0.0.1:$(h1_port "$proxy")/products/1"
     url2="http://127.0.0.1:$(h2_port "$proxy")/products/1"

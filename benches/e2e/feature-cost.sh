@@ -95,8 +95,7 @@ fi
 
 echo -e "round\tmode\tcpu_us_per_req\trequests\tstatus\treq_per_s" > "$WORK/feature.tsv"
 for round in $(seq "$ROUNDS"); do
-  modes="none with"; (( round % 2 == 0 )) && modes="with none"
-  for mode in $modes; do
+  for mode in $(alternate "$round" none with); do
     TIDEGATE_LOG=warn taskset -c 0 "$(bin_of "$mode")" run --no-watch --config "$WORK/$mode.toml" >/dev/null 2>&1 &
     TG=$!; PIDS+=($TG)
     wait_http "http://127.0.0.1:18080/healthz"

@@ -68,9 +68,19 @@ wait_http() {
   echo "nothing answers at $1"; exit 1
 }
 
+# A PID's CPU ticks in user and in system mode: "utime stime".
+user_system_ticks() { local f; read -r -a f < "/proc/$1/stat"; echo "${f[13]} ${f[14]}"; }
 # CPU ticks (utime+stime) of the given PIDs.
-ticks() { local t=0; for p in "$@"; do read -r -a f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t"; }
+ticks() { local t=0 u s; for p in "$@"; do read -r u s < <(user_system_ticks "$p"); t=$((t + u + s)); done; echo "$t"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+
+# The words after $1 in the order round $1 runs them: as given in odd
+# rounds, reversed in even ones (so neither side of an A/B always runs
+# first, on a machine warming up or slowing down).
+alternate() {
+  local round=$1; shift
+  if (( round % 2 == 0 )); then printf '%s\n' "$@" | tac | xargs; else echo "$@"; fi
+}
 
 # One measured h2load run against a proxy PID:
 # prints "proxy_ticks backend_ticks requests req_per_s".

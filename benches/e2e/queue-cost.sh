@@ -26,8 +26,7 @@ url="http://127.0.0.1:18080/products/1"
 
 echo -e "round\tmode\tcpu_us_per_req\trequests\treq_per_s" > "$WORK/queue.tsv"
 for round in $(seq "$ROUNDS"); do
-  modes="free queued"; (( round % 2 == 0 )) && modes="queued free"
-  for mode in $modes; do
+  for mode in $(alternate "$round" free queued); do
     TIDEGATE_LOG=warn taskset -c 0 "$BIN" run --no-watch --config "$WORK/$mode.toml" >/dev/null 2>&1 &
     TG=$!; PIDS+=($TG)
     wait_http "http://127.0.0.1:18080/healthz"

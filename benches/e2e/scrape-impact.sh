@@ -35,8 +35,7 @@ PY
 
 echo -e "round\tmode\tcpu_us_per_req\th2c_req_per_s" > "$WORK/scrape.tsv"
 for round in $(seq "$ROUNDS"); do
-  modes="off on"; (( round % 2 == 0 )) && modes="on off"
-  for mode in $modes; do
+  for mode in $(alternate "$round" off on); do
     [ "$mode" = on ] && scraper
     read -r pt _ n _ < <(measure "$TG" --h1 -c 64 --rps $((RATE / 64)) -D "$DURATION" "$url")
     read -r _ _ _ rps < <(measure "$TG" -c 64 -m 10 -D "$DURATION" "$url")
