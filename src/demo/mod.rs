@@ -156,7 +156,11 @@ pub async fn play_flash_sale(web: SocketAddr, state: std::sync::Arc<crate::state
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("demo: flash sale starting: 150 req/s, then 1500 req/s for 40 s, then 150 req/s (watch the dashboard)");
+    let quiet = load::QUIET_RATE;
+    println!(
+        "demo: flash sale starting: {quiet} req/s, then {} req/s for 40 s, then {quiet} req/s (watch the dashboard)",
+        10.0 * quiet
+    );
     let tally = Arc::new(load::Tally::default());
     let sale = tokio::spawn(load::play(web, load::flash_sale(), 128, Arc::clone(&tally)));
     let started = tokio::time::Instant::now();
