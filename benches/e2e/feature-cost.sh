@@ -16,6 +16,9 @@
 #               stored again (a miss that refreshes the copy), over ONE
 #               connection (one stream), since concurrent misses of a key
 #               share one fetch; the baseline is the same route uncached;
+#   cache_hit   the micro-cache's hit path: the same cached route, plain
+#               requests, so all but the first are answered from memory
+#               (no backend), against the route uncached;
 #   binary      no feature: "with" runs another build of tidegate, B_BIN
 #               (an A/B of a code change: build both, point TIDEGATE_BIN at
 #               the old one and B_BIN at the new one).
@@ -33,7 +36,7 @@
 # HTTP/1.1 rate (64 connections x 10 streams, as compare.sh) and the
 # table adds the requests per second.
 #
-# Usage: benches/e2e/feature-cost.sh ratelimit|access_log|cache|binary
+# Usage: benches/e2e/feature-cost.sh ratelimit|access_log|cache|cache_hit|binary
 #        (ROUNDS=2 DURATION=6 RATE=8000; COUNTER=cpu|callgrind REQUESTS=20000 PROTO=h1|h2c)
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-2}
@@ -54,13 +57,13 @@ burst = 1000000' ;;
   access_log) snippet="[access_log]
 format = \"json\"
 path = \"$WORK/access.log\"" ;;
-  cache) snippet='[[route]]
+  cache|cache_hit) snippet='[[route]]
 path_prefix = "/"
 pool = "be"
 cache = { ttl = "60s" }' ;;
   binary) snippet=""
     [[ -x ${B_BIN:-} ]] || { echo "binary: set B_BIN to the other build of tidegate"; exit 2; } ;;
-  *) echo "unknown feature $FEATURE (ratelimit, access_log, cache, binary)"; exit 2 ;;
+  *) echo "unknown feature $FEATURE (ratelimit, access_log, cache, cache_hit, binary)"; exit 2 ;;
 esac
 # The cache's baseline is the same route uncached, and the same request
 # bytes in both modes.
@@ -70,6 +73,8 @@ if [[ $FEATURE == cache ]]; then
   none_snippet=${snippet%$'\n'cache*}
   LOAD_HEADERS=(-H "cache-control: no-cache")
   CONNS=1 LOAD_CONNECTIONS=1 LOAD_STREAMS=1
+elif [[ $FEATURE == cache_hit ]]; then
+  none_snippet=${snippet%$'\n'cache*}
 fi
 # The build a mode runs.
 bin_of() { if [[ $FEATURE == binary && $1 == with ]]; then echo "$B_BIN"; else echo "$BIN"; fi; }

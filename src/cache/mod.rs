@@ -10,8 +10,12 @@
 //!   weighs its bytes, all objects together at most `[cache] max_bytes`,
 //!   and each expires at the end of its grace. Evictions for size are
 //!   counted by moka's eviction listener.
-//! - Each base key (host, path, query) remembers the `Vary` fields its
-//!   last response named, so a lookup can build the variant key.
+//! - One map holds everything, keyed by base key (host, path, query) or
+//!   variant key (the base key and the request's values of the `Vary`
+//!   fields). Under its base key sits either the object, when its
+//!   response named no `Vary`, or the `Vary` list of its last response,
+//!   from which a lookup builds the variant key: a hit of an object that
+//!   does not vary is one read.
 //! - A [`Flight`] per key being fetched lets concurrent misses wait for
 //!   that one request (coalescing) instead of each going upstream; the
 //!   flight table is a `DashMap` whose shard lock is held only to insert
@@ -41,8 +45,8 @@ use tokio::time::Instant;
 
 pub(crate) use rules::Freshness;
 
-/// Base keys whose `Vary` list is remembered, at most.
-const VARY_KEYS: u64 = 100_000;
+/// How long a base key's `Vary` list is kept (its objects come and go).
+const VARY_KEEP: Duration = Duration::from_secs(3600);
 /// Hit-for-miss marks remembered, at most.
 const PASS_KEYS: u64 = 100_000;
 /// What an object weighs beyond its body and key (its head, bookkeeping).
@@ -52,7 +56,8 @@ const OVERHEAD: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Object {
     pub(crate) status: StatusCode,
-    /// The backend's fields minus hop-by-hop ones and `Age`.
+    /// The backend's fields minus hop-by-hop ones, with placeholders for
+    /// the fields each answer sets (`Age`, `x-cache`).
     pub(crate) headers: HeaderMap,
     /// The fields of its `Vary`, so a waiter can tell whether it is its variant.
     pub(crate) vary: Arc<[HeaderName]>,
@@ -61,6 +66,41 @@ pub(crate) struct Object {
     freshness: Freshness,
     /// Set while one background request refreshes this stale object.
     refreshing: AtomicBool,
+}
+
+/// What a key holds.
+#[derive(Debug, Clone)]
+enum Entry {
+    Object(Arc<Object>),
+    /// Under a base key: its responses vary on these fields, and their
+    /// objects are under the variant keys.
+    Vary(Arc<[HeaderName]>),
+}
+
+impl Entry {
+    fn object(self) -> Option<Arc<Object>> {
+        match self {
+            Entry::Object(o) => Some(o),
+            Entry::Vary(_) => None,
+        }
+    }
+
+    fn weight(&self, key: &str) -> u32 {
+        match self {
+            Entry::Object(o) => o.weight(key),
+            Entry::Vary(fields) => {
+                let names: usize = fields.iter().map(|f| f.as_str().len()).sum();
+                u32::try_from(key.len() + names + OVERHEAD).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    fn keep_for(&self) -> Duration {
+        match self {
+            Entry::Object(o) => o.keep_for(),
+            Entry::Vary(_) => VARY_KEEP,
+        }
+    }
 }
 
 /// Whether an object may be served now.
@@ -230,8 +270,8 @@ impl Counts {
 /// The store, its flights and its counts; one per process, kept across
 /// reloads while `[cache] max_bytes` stays the same.
 pub(crate) struct Cache {
-    objects: moka::sync::Cache<Arc<str>, Arc<Object>>,
-    vary: moka::sync::Cache<Arc<str>, Arc<[HeaderName]>>,
+    /// Objects, and the `Vary` lists of base keys whose responses vary.
+    entries: moka::sync::Cache<Arc<str>, Entry>,
     /// Hit-for-miss marks: the key's answer was not storable until then.
     passes: moka::sync::Cache<Arc<str>, Instant>,
     /// Set before the first mark: until then a miss skips `passes`.
@@ -240,6 +280,8 @@ pub(crate) struct Cache {
     counts: DashMap<Arc<str>, Arc<PoolCounts>>,
     max_bytes: u64,
     evictions: Arc<AtomicU64>,
+    /// `Vary` lists among the entries (not objects).
+    vary_lists: Arc<AtomicU64>,
     stored: AtomicU64,
     not_stored: AtomicU64,
     refreshes: AtomicU64,
@@ -247,15 +289,15 @@ pub(crate) struct Cache {
 
 struct ExpireAtGrace;
 
-impl moka::Expiry<Arc<str>, Arc<Object>> for ExpireAtGrace {
-    fn expire_after_create(&self, _: &Arc<str>, value: &Arc<Object>, _: std::time::Instant) -> Option<Duration> {
+impl moka::Expiry<Arc<str>, Entry> for ExpireAtGrace {
+    fn expire_after_create(&self, _: &Arc<str>, value: &Entry, _: std::time::Instant) -> Option<Duration> {
         Some(value.keep_for())
     }
 
     fn expire_after_update(
         &self,
         _: &Arc<str>,
-        value: &Arc<Object>,
+        value: &Entry,
         _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -267,22 +309,25 @@ impl Cache {
     pub(crate) fn new(max_bytes: u64) -> Arc<Cache> {
         let evictions = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&evictions);
-        let objects = moka::sync::Cache::builder()
+        let vary_lists = Arc::new(AtomicU64::new(0));
+        let lists = Arc::clone(&vary_lists);
+        let entries = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|k: &Arc<str>, v: &Arc<Object>| v.weight(k))
+            .weigher(|k: &Arc<str>, v: &Entry| v.weight(k))
             .expire_after(ExpireAtGrace)
-            .eviction_listener(move |_, _, cause| {
-                if cause == RemovalCause::Size {
+            .eviction_listener(move |_, v: Entry, cause| match v {
+                Entry::Object(_) if cause == RemovalCause::Size => {
                     counted.fetch_add(1, Ordering::Relaxed);
+                }
+                Entry::Object(_) => {}
+                // Every removal, a replacement too: each insert counted one.
+                Entry::Vary(_) => {
+                    lists.fetch_sub(1, Ordering::Relaxed);
                 }
             })
             .build();
         Arc::new(Cache {
-            objects,
-            vary: moka::sync::Cache::builder()
-                .max_capacity(VARY_KEYS)
-                .time_to_idle(Duration::from_secs(3600))
-                .build(),
+            entries,
             passes: moka::sync::Cache::builder()
                 .max_capacity(PASS_KEYS)
                 .time_to_live(Duration::from_secs(86_400))
@@ -292,6 +337,7 @@ impl Cache {
             counts: DashMap::new(),
             max_bytes,
             evictions,
+            vary_lists,
             stored: AtomicU64::new(0),
             not_stored: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
@@ -305,21 +351,32 @@ impl Cache {
     /// The variant key of a request (its base key plus the values of the
     /// fields its base key's responses vary on) and what is stored there.
     pub(crate) fn lookup(&self, base: &str, request: &HeaderMap) -> (Arc<str>, Option<Arc<Object>>) {
-        let key: Arc<str> = match self.vary.get(base) {
-            Some(fields) if !fields.is_empty() => rules::variant_key(base, &fields, request).into(),
-            _ => base.into(),
-        };
-        let found = self.objects.get(&key);
-        (key, found)
+        match self.entries.get(base) {
+            Some(Entry::Object(found)) => (base.into(), Some(found)),
+            Some(Entry::Vary(fields)) => {
+                let key: Arc<str> = rules::variant_key(base, &fields, request).into();
+                let found = self.entries.get(&key).and_then(Entry::object);
+                (key, found)
+            }
+            None => (base.into(), None),
+        }
     }
 
     /// The key for `object`, fetched for a request with `request` fields
     /// (its `Vary` list is remembered for the base key, so later lookups
     /// build the same key).
     pub(crate) fn key_for(&self, base: &str, object: &Object, request: &HeaderMap) -> Arc<str> {
-        let remembered = self.vary.get(base);
-        if remembered.as_deref() != Some(&object.vary[..]) {
-            self.vary.insert(base.into(), Arc::clone(&object.vary));
+        // An object that does not vary is stored under the base key itself
+        // (replacing any `Vary` list there: its resource stopped varying).
+        if !object.vary.is_empty() {
+            let remembered = match self.entries.get(base) {
+                Some(Entry::Vary(fields)) => fields[..] == object.vary[..],
+                _ => false,
+            };
+            if !remembered {
+                self.vary_lists.fetch_add(1, Ordering::Relaxed);
+                self.entries.insert(base.into(), Entry::Vary(Arc::clone(&object.vary)));
+            }
         }
         variant_of(base, object, request)
     }
@@ -329,12 +386,12 @@ impl Cache {
         if self.any_passes() {
             self.passes.invalidate(&key);
         }
-        self.objects.insert(key, object);
+        self.entries.insert(key, Entry::Object(object));
     }
 
     /// Removes a key's object (its refresh was not storable).
     pub(crate) fn remove(&self, key: &str) {
-        self.objects.invalidate(key);
+        self.entries.invalidate(key);
     }
 
     /// Marks `key` hit-for-miss for `ttl`: its answer was not storable.
@@ -405,11 +462,14 @@ impl Cache {
             })
             .collect();
         pools.sort_by(|a, b| a.0.cmp(&b.0));
-        self.objects.run_pending_tasks();
+        self.entries.run_pending_tasks();
         Counts {
             pools,
-            entries: self.objects.entry_count(),
-            bytes: self.objects.weighted_size(),
+            entries: self
+                .entries
+                .entry_count()
+                .saturating_sub(self.vary_lists.load(Ordering::Relaxed)),
+            bytes: self.entries.weighted_size(),
             max_bytes: self.max_bytes,
             evictions: self.evictions.load(Ordering::Relaxed),
             stored: self.stored.load(Ordering::Relaxed),
@@ -510,6 +570,58 @@ mod tests {
         let object = small(now);
         cache.store(Arc::clone(&key), Arc::new(object));
         assert!(!cache.passing(&key, now), "a stored answer clears the mark");
+    }
+
+    #[tokio::test]
+    async fn a_base_key_holds_its_object_or_the_vary_list_of_its_variants() {
+        let cache = Cache::new(1 << 20);
+        let now = Instant::now();
+        let plain = Arc::new(small(now));
+        let mut varying_fields = HeaderMap::new();
+        varying_fields.insert(http::header::VARY, "accept-language".parse().unwrap());
+        let varying = Arc::new(Object::new(
+            StatusCode::OK,
+            varying_fields,
+            Bytes::from_static(b"en"),
+            fresh(1, 2),
+            now,
+        ));
+        let mut en = HeaderMap::new();
+        en.insert(http::header::ACCEPT_LANGUAGE, "en".parse().unwrap());
+        let mut fr = HeaderMap::new();
+        fr.insert(http::header::ACCEPT_LANGUAGE, "fr".parse().unwrap());
+
+        // An object that does not vary sits under the base key.
+        let key = cache.key_for("b", &plain, &en);
+        assert_eq!(&*key, "b");
+        cache.store(key, Arc::clone(&plain));
+        let (key, found) = cache.lookup("b", &fr);
+        assert_eq!(&*key, "b");
+        assert!(found.is_some_and(|o| Arc::ptr_eq(&o, &plain)));
+
+        // The resource starts to vary: the base key holds the list, each
+        // variant its own key, and only objects count as entries.
+        let key = cache.key_for("b", &varying, &en);
+        assert_ne!(&*key, "b");
+        cache.store(Arc::clone(&key), Arc::clone(&varying));
+        let (en_key, found) = cache.lookup("b", &en);
+        assert_eq!(en_key, key);
+        assert!(found.is_some_and(|o| Arc::ptr_eq(&o, &varying)));
+        let (fr_key, found) = cache.lookup("b", &fr);
+        assert!(fr_key != key && fr_key.starts_with("b\n") && found.is_none());
+        assert_eq!(cache.counts().entries, 1);
+
+        // It stops varying: the base key holds the object again.
+        let key = cache.key_for("b", &plain, &fr);
+        cache.store(key, Arc::clone(&plain));
+        let (key, found) = cache.lookup("b", &en);
+        assert_eq!(&*key, "b");
+        assert!(found.is_some_and(|o| Arc::ptr_eq(&o, &plain)));
+        assert_eq!(
+            cache.counts().entries,
+            2,
+            "the base object and the en variant, not yet expired"
+        );
     }
 
     #[tokio::test]

@@ -282,7 +282,13 @@ impl Fetch {
             }
         }
         let bytes = concat(chunks);
-        parts.headers.remove(header::AGE);
+        // The backend's `Age` is in `freshness`. The stored `Age` and
+        // `x-cache` are placeholders that every answer overwrites (`answer`
+        // and `proxy::handle`): replacing a field in the copy of the map
+        // costs nothing, where a new one outgrew the copy, which is sized
+        // to what it holds, and reallocated it on every hit.
+        parts.headers.insert(header::AGE, HeaderValue::from_static("0"));
+        parts.headers.insert(X_CACHE, HeaderValue::from_static("MISS"));
         parts.headers.remove(header::TRANSFER_ENCODING);
         if parts.status != StatusCode::NO_CONTENT {
             parts
