@@ -7,15 +7,18 @@
 //! Nothing here awaits or does I/O: `proxy/cached.rs` runs the fetches.
 //!
 //! - Storage is `moka` (a concurrent, size-bounded cache): each object
-//!   weighs its bytes, all objects together at most `[cache] max_bytes`,
-//!   and each expires at the end of its grace. Evictions for size are
+//!   weighs its bytes (with the placeholders of the fields each answer
+//!   sets), all entries together at most `[cache] max_bytes`, and each
+//!   expires at the end of its grace. Evictions of objects for size are
 //!   counted by moka's eviction listener.
 //! - One map holds everything, keyed by base key (host, path, query) or
 //!   variant key (the base key and the request's values of the `Vary`
 //!   fields). Under its base key sits either the object, when its
 //!   response named no `Vary`, or the `Vary` list of its last response,
 //!   from which a lookup builds the variant key: a hit of an object that
-//!   does not vary is one read.
+//!   does not vary is one read. A list shares the size bound and is kept
+//!   an hour after its last read; a list evicted or expired makes its
+//!   variants unreachable until the next miss writes it again.
 //! - A [`Flight`] per key being fetched lets concurrent misses wait for
 //!   that one request (coalescing) instead of each going upstream; the
 //!   flight table is a `DashMap` whose shard lock is held only to insert
@@ -40,12 +43,14 @@ use dashmap::DashMap;
 use http::header::{HeaderMap, HeaderName};
 use http::StatusCode;
 use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub(crate) use rules::Freshness;
 
-/// How long a base key's `Vary` list is kept (its objects come and go).
+/// How long a base key's `Vary` list is kept after it was last read (its
+/// objects come and go).
 const VARY_KEEP: Duration = Duration::from_secs(3600);
 /// Hit-for-miss marks remembered, at most.
 const PASS_KEYS: u64 = 100_000;
@@ -294,6 +299,22 @@ impl moka::Expiry<Arc<str>, Entry> for ExpireAtGrace {
         Some(value.keep_for())
     }
 
+    /// A `Vary` list lives while its variants are read: each read past
+    /// half its time gives it the whole of it again (objects keep theirs).
+    fn expire_after_read(
+        &self,
+        _: &Arc<str>,
+        value: &Entry,
+        _: std::time::Instant,
+        left: Option<Duration>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        match value {
+            Entry::Vary(_) if left.is_some_and(|d| d < VARY_KEEP / 2) => Some(VARY_KEEP),
+            _ => left,
+        }
+    }
+
     fn expire_after_update(
         &self,
         _: &Arc<str>,
@@ -348,23 +369,26 @@ impl Cache {
         self.max_bytes
     }
 
-    /// The variant key of a request (its base key plus the values of the
-    /// fields its base key's responses vary on) and what is stored there.
-    pub(crate) fn lookup(&self, base: &str, request: &HeaderMap) -> (Arc<str>, Option<Arc<Object>>) {
+    /// What is stored for a request, and under which key: its variant key
+    /// (the base key plus the values of the fields its base key's
+    /// responses vary on) when they vary, `None` for the base key itself.
+    pub(crate) fn lookup(&self, base: &str, request: &HeaderMap) -> (Option<Arc<str>>, Option<Arc<Object>>) {
         match self.entries.get(base) {
-            Some(Entry::Object(found)) => (base.into(), Some(found)),
+            Some(Entry::Object(found)) => (None, Some(found)),
             Some(Entry::Vary(fields)) => {
                 let key: Arc<str> = rules::variant_key(base, &fields, request).into();
                 let found = self.entries.get(&key).and_then(Entry::object);
-                (key, found)
+                (Some(key), found)
             }
-            None => (base.into(), None),
+            None => (None, None),
         }
     }
 
-    /// The key for `object`, fetched for a request with `request` fields
-    /// (its `Vary` list is remembered for the base key, so later lookups
-    /// build the same key).
+    /// The key for `object`, fetched for a request with `request` fields.
+    /// A varying object's `Vary` list is written under the base key, so
+    /// later lookups build the same key; for one that does not vary this
+    /// writes nothing (its [`Cache::store`] under the base key replaces
+    /// any list there).
     pub(crate) fn key_for(&self, base: &str, object: &Object, request: &HeaderMap) -> Arc<str> {
         // An object that does not vary is stored under the base key itself
         // (replacing any `Vary` list there: its resource stopped varying).
@@ -389,9 +413,16 @@ impl Cache {
         self.entries.insert(key, Entry::Object(object));
     }
 
-    /// Removes a key's object (its refresh was not storable).
-    pub(crate) fn remove(&self, key: &str) {
-        self.entries.invalidate(key);
+    /// Removes `stale`, the object under `key`, whose refresh was not
+    /// storable; whatever has replaced it since (a newer object, or the
+    /// `Vary` list of a response that now varies) stays.
+    pub(crate) fn remove(&self, key: &Arc<str>, stale: &Object) {
+        self.entries
+            .entry(Arc::clone(key))
+            .and_compute_with(|current| match current.map(|e| e.into_value()) {
+                Some(Entry::Object(o)) if std::ptr::eq(Arc::as_ptr(&o), stale) => Op::Remove,
+                _ => Op::Nop,
+            });
     }
 
     /// Marks `key` hit-for-miss for `ttl`: its answer was not storable.
@@ -526,6 +557,7 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moka::Expiry;
 
     fn fresh(secs: u64, grace: u64) -> Freshness {
         Freshness {
@@ -596,7 +628,7 @@ mod tests {
         assert_eq!(&*key, "b");
         cache.store(key, Arc::clone(&plain));
         let (key, found) = cache.lookup("b", &fr);
-        assert_eq!(&*key, "b");
+        assert_eq!(key, None, "the base key");
         assert!(found.is_some_and(|o| Arc::ptr_eq(&o, &plain)));
 
         // The resource starts to vary: the base key holds the list, each
@@ -605,23 +637,50 @@ mod tests {
         assert_ne!(&*key, "b");
         cache.store(Arc::clone(&key), Arc::clone(&varying));
         let (en_key, found) = cache.lookup("b", &en);
-        assert_eq!(en_key, key);
+        assert_eq!(en_key.as_ref(), Some(&key));
         assert!(found.is_some_and(|o| Arc::ptr_eq(&o, &varying)));
         let (fr_key, found) = cache.lookup("b", &fr);
+        let fr_key = fr_key.expect("a variant key");
         assert!(fr_key != key && fr_key.starts_with("b\n") && found.is_none());
         assert_eq!(cache.counts().entries, 1);
+        // A refresh of the plain object that could not be stored removes
+        // that object only, not the list that replaced it.
+        let base: Arc<str> = "b".into();
+        cache.remove(&base, &plain);
+        assert!(cache.lookup("b", &en).1.is_some(), "the list stays");
 
         // It stops varying: the base key holds the object again.
         let key = cache.key_for("b", &plain, &fr);
         cache.store(key, Arc::clone(&plain));
         let (key, found) = cache.lookup("b", &en);
-        assert_eq!(&*key, "b");
+        assert_eq!(key, None);
         assert!(found.is_some_and(|o| Arc::ptr_eq(&o, &plain)));
         assert_eq!(
             cache.counts().entries,
             2,
             "the base object and the en variant, not yet expired"
         );
+        cache.remove(&base, &plain);
+        assert!(cache.lookup("b", &en).1.is_none(), "the stale object itself goes");
+    }
+
+    #[test]
+    fn a_vary_list_in_use_is_kept_and_an_object_keeps_its_own_lifetime() {
+        let (key, now): (Arc<str>, _) = ("b".into(), Instant::now().into_std());
+        let list = Entry::Vary(vec![http::header::ACCEPT_LANGUAGE].into());
+        let read = |entry: &Entry, left: Duration| ExpireAtGrace.expire_after_read(&key, entry, now, Some(left), now);
+        assert_eq!(
+            read(&list, VARY_KEEP / 3),
+            Some(VARY_KEEP),
+            "read in its last half: renewed"
+        );
+        assert_eq!(
+            read(&list, VARY_KEEP * 2 / 3),
+            Some(VARY_KEEP * 2 / 3),
+            "in its first half: as it was"
+        );
+        let object = Entry::Object(Arc::new(small(Instant::now())));
+        assert_eq!(read(&object, Duration::from_secs(1)), Some(Duration::from_secs(1)));
     }
 
     #[tokio::test]

@@ -81,7 +81,9 @@ pub(super) async fn serve(
         &policy.ignore_query,
     );
     let now = Instant::now();
-    let (key, found) = cache.lookup(&base, req.headers());
+    // The variant key, when the base key's responses vary; the base key
+    // itself is built only when needed (a fresh hit does not need it).
+    let (variant, found) = cache.lookup(&base, req.headers());
     if let Some(object) = found.filter(|_| !rules::wants_refresh(req.headers())) {
         match object.usable(now) {
             Usable::Fresh => {
@@ -91,6 +93,7 @@ pub(super) async fn serve(
             Usable::Stale => {
                 if object.claim_refresh() {
                     cache.count_refresh();
+                    let key = variant.unwrap_or_else(|| base.as_str().into());
                     let job = Fetch::new(conn, &req, who, at, policy, cache, base, key, None);
                     // Boxed, as the leader's below.
                     tokio::spawn(Box::pin(job.run(Some(Arc::clone(&object)))));
@@ -101,6 +104,7 @@ pub(super) async fn serve(
             Usable::Dead => {}
         }
     }
+    let key = variant.unwrap_or_else(|| base.as_str().into());
     if cache.passing(&key, now) {
         note(cache, &pool, at, Outcome::Miss, false);
         return upstream(conn, req, who, at).await;
@@ -318,7 +322,7 @@ impl Fetch {
         let failed = resp.status().is_server_error();
         match (stale, failed) {
             (Some(s), true) => s.refresh_failed(),
-            (Some(_), false) => self.cache.remove(&self.key),
+            (Some(s), false) => self.cache.remove(&self.key, s),
             (None, _) => {}
         }
         if !failed {
