@@ -664,6 +664,40 @@ mod tests {
         assert!(cache.lookup("b", &en).1.is_none(), "the stale object itself goes");
     }
 
+    #[tokio::test]
+    async fn entries_count_objects_only_as_vary_lists_come_and_go() {
+        let cache = Cache::new(1 << 20);
+        let now = Instant::now();
+        let varying_on = |field: &'static str| {
+            let mut fields = HeaderMap::new();
+            fields.insert(http::header::VARY, http::HeaderValue::from_static(field));
+            Arc::new(Object::new(
+                StatusCode::OK,
+                fields,
+                Bytes::from_static(b"x"),
+                fresh(60, 0),
+                now,
+            ))
+        };
+        let request = HeaderMap::new();
+        // Two lists in turn under one base key, then a list replaced by an
+        // object, then removed: each removal of a list is counted once.
+        for (n, field) in ["accept-language", "accept-encoding"].into_iter().enumerate() {
+            let object = varying_on(field);
+            let key = cache.key_for("b", &object, &request);
+            cache.store(key, object);
+            assert_eq!(cache.counts().entries, n as u64 + 1, "{field}");
+        }
+        let plain = Arc::new(small(now));
+        cache.store(cache.key_for("b", &plain, &request), Arc::clone(&plain));
+        assert_eq!(cache.counts().entries, 3, "two variants and the base object");
+        let object = varying_on("accept-language");
+        cache.store(cache.key_for("b", &object, &request), object);
+        cache.entries.invalidate("b");
+        assert_eq!(cache.counts().entries, 2, "the list is gone, the variants stay");
+        assert_eq!(cache.vary_lists.load(Ordering::Relaxed), 0);
+    }
+
     #[test]
     fn a_vary_list_in_use_is_kept_and_an_object_keeps_its_own_lifetime() {
         let (key, now): (Arc<str>, _) = ("b".into(), Instant::now().into_std());
