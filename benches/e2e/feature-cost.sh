@@ -69,12 +69,10 @@ esac
 # bytes in both modes.
 none_snippet=""
 CONNS=64
+if [[ $FEATURE == cache* ]]; then none_snippet=${snippet%$'\n'cache*}; fi
 if [[ $FEATURE == cache ]]; then
-  none_snippet=${snippet%$'\n'cache*}
   LOAD_HEADERS=(-H "cache-control: no-cache")
   CONNS=1 LOAD_CONNECTIONS=1 LOAD_STREAMS=1
-elif [[ $FEATURE == cache_hit ]]; then
-  none_snippet=${snippet%$'\n'cache*}
 fi
 # The build a mode runs.
 bin_of() { if [[ $FEATURE == binary && $1 == with ]]; then echo "$B_BIN"; else echo "$BIN"; fi; }

@@ -93,10 +93,7 @@ impl Entry {
     fn weight(&self, key: &str) -> u32 {
         match self {
             Entry::Object(o) => o.weight(key),
-            Entry::Vary(fields) => {
-                let names: usize = fields.iter().map(|f| f.as_str().len()).sum();
-                u32::try_from(key.len() + names + OVERHEAD).unwrap_or(u32::MAX)
-            }
+            Entry::Vary(fields) => weigh(key.len() + fields.iter().map(|f| f.as_str().len()).sum::<usize>()),
         }
     }
 
@@ -170,8 +167,13 @@ impl Object {
 
     fn weight(&self, key: &str) -> u32 {
         let head: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-        u32::try_from(key.len() + head + self.body.len() + OVERHEAD).unwrap_or(u32::MAX)
+        weigh(key.len() + head + self.body.len())
     }
+}
+
+/// moka's weight of an entry of `bytes` (key and value) plus [`OVERHEAD`].
+fn weigh(bytes: usize) -> u32 {
+    u32::try_from(bytes + OVERHEAD).unwrap_or(u32::MAX)
 }
 
 /// How a fetch ended, as the requests waiting for it see it.
