@@ -7,6 +7,9 @@
 #
 #   docker/build-local.sh            # then: docker run --rm -p 8080:8080 -e TIDEGATE_ADMIN_TOKEN=x tidegate:local
 #   TAG=tidegate:dev docker/build-local.sh
+#   PROFDATA=target/pgo/tidegate.profdata docker/build-local.sh   # profile-guided
+#     (the profile from benches/e2e/pgo-build.sh; benches/README.md,
+#     "Profile-guided build")
 #
 # Honours CARGO_TARGET_DIR. Needs cargo, docker, and the host's CA bundle
 # (/etc/ssl/certs/ca-certificates.crt, Debian's ca-certificates).
@@ -21,7 +24,9 @@ uid=65532 # distroless's `nonroot`, so both images run as the same user
 
 # --target keeps RUSTFLAGS off build scripts and proc macros (which must
 # stay dynamic); only the tidegate binary is linked statically.
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$triple" --bin tidegate
+pgo=()
+if [[ -n ${PROFDATA:-} ]]; then pgo=("-Cprofile-use=$(realpath "$PROFDATA")"); fi
+RUSTFLAGS="-C target-feature=+crt-static ${pgo[*]:-}" cargo build --release --locked --target "$triple" --bin tidegate
 bin="$target_dir/$triple/release/tidegate"
 if ! ldd "$bin" 2>&1 | grep -qE 'not a dynamic executable|statically linked'; then
   echo "build-local: $bin is not static" >&2

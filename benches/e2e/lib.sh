@@ -3,7 +3,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 # TIDEGATE_BIN: measure a binary built elsewhere (an A/B against an older
-# commit) instead of building this checkout.
+# commit) instead of building this checkout. BACKEND_BIN: the backends'
+# build, when it should not be the one measured (a profile-guided build's
+# profile holds only the proxy's paths).
 BIN=${TIDEGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/tidegate}
 BACKEND_PORTS=${BACKEND_PORTS:-"19101 19102 19103 19104"}
 PIDS=()
@@ -27,7 +29,7 @@ build() { [[ -n ${TIDEGATE_BIN:-} ]] || cargo build --release --quiet; }
 # Four fast backends, one thread each, pinned to core 1 with the load generator.
 start_backends() {
   for port in $BACKEND_PORTS; do
-    taskset -c 1 "$BIN" backend --listen "127.0.0.1:$port" --threads 1 >/dev/null 2>&1 &
+    taskset -c 1 "${BACKEND_BIN:-$BIN}" backend --listen "127.0.0.1:$port" --threads 1 >/dev/null 2>&1 &
     PIDS+=($!); BACKEND_PIDS+=($!)
   done
 }
