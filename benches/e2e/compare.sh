@@ -47,9 +47,7 @@ done
 
 LOGS=${LOGS:-0}
 if [[ $LOGS == 1 ]]; then
-  write_tidegate_config "$WORK/tidegate.toml" "[access_log]
-format = \"json\"
-path = \"$WORK/tidegate-access.log\""
+  write_tidegate_config "$WORK/tidegate.toml" "$(access_log_snippet "$WORK/tidegate-access.log")"
   haproxy_log="    log stdout format raw local0"; haproxy_httplog="    log global"$'\n'"    option httplog"
   nginx_log="access_log $WORK/nginx-access.log combined buffer=64k;"
   haproxy_out="$WORK/haproxy-access.log"

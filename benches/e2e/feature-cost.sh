@@ -50,13 +50,8 @@ build
 start_backends
 FEATURE=${1:-ratelimit}
 case "$FEATURE" in
-  ratelimit) snippet='[[rate_limit]]
-name = "bench"
-rate = "1000000/s"
-burst = 1000000' ;;
-  access_log) snippet="[access_log]
-format = \"json\"
-path = \"$WORK/access.log\"" ;;
+  ratelimit) snippet=$(rate_limit_snippet) ;;
+  access_log) snippet=$(access_log_snippet "$WORK/access.log") ;;
   cache|cache_hit) snippet='[[route]]
 path_prefix = "/"
 pool = "be"

@@ -62,6 +62,13 @@ backends = [ $(tidegate_backends $BACKEND_PORTS) ]
 CONF
 }
 
+# Config snippets for write_tidegate_config's second argument.
+# The JSON access log, to the file $1.
+access_log_snippet() { printf '[access_log]\nformat = "json"\npath = "%s"\n' "$1"; }
+# One rate-limit rule every request matches (keyed by client address) at a
+# rate none reaches.
+rate_limit_snippet() { printf '[[rate_limit]]\nname = "bench"\nrate = "1000000/s"\nburst = 1000000\n'; }
+
 wait_http() {
   for _ in $(seq 100); do
     curl -s -o /dev/null "$1" && return 0

@@ -24,14 +24,8 @@ need h2load curl python3
 REQUESTS=${REQUESTS:-40000}
 start_backends
 config=$WORK/train.toml
-write_tidegate_config "$config" "[access_log]
-format = \"json\"
-path = \"$WORK/access.log\"
-
-[[rate_limit]]
-name = \"train\"
-rate = \"1000000/s\"
-burst = 1000000"
+write_tidegate_config "$config" "$(access_log_snippet "$WORK/access.log")
+$(rate_limit_snippet)"
 cat >> "$config" <<'CONF'
 
 [[route]]

@@ -57,6 +57,12 @@ const NOT_FETCHED: [HeaderName; 6] = [
     header::RANGE,
 ];
 
+/// The key a request's object sits under: its variant key from
+/// [`Cache::lookup`], or else the base key itself.
+fn key_of(variant: Option<Arc<str>>, base: &str) -> Arc<str> {
+    variant.unwrap_or_else(|| base.into())
+}
+
 /// Serves one request of a cached route.
 pub(super) async fn serve(
     conn: &Arc<ConnContext>,
@@ -93,7 +99,7 @@ pub(super) async fn serve(
             Usable::Stale => {
                 if object.claim_refresh() {
                     cache.count_refresh();
-                    let key = variant.unwrap_or_else(|| base.as_str().into());
+                    let key = key_of(variant, &base);
                     let job = Fetch::new(conn, &req, who, at, policy, cache, base, key, None);
                     // Boxed, as the leader's below.
                     tokio::spawn(Box::pin(job.run(Some(Arc::clone(&object)))));
@@ -104,7 +110,7 @@ pub(super) async fn serve(
             Usable::Dead => {}
         }
     }
-    let key = variant.unwrap_or_else(|| base.as_str().into());
+    let key = key_of(variant, &base);
     if cache.passing(&key, now) {
         note(cache, &pool, at, Outcome::Miss, false);
         return upstream(conn, req, who, at).await;
