@@ -7,9 +7,16 @@
 #
 #   docker/build-local.sh            # then: docker run --rm -p 8080:8080 -e TIDEGATE_ADMIN_TOKEN=x tidegate:local
 #   TAG=tidegate:dev docker/build-local.sh
-#   PROFDATA=target/pgo/tidegate.profdata docker/build-local.sh   # profile-guided
-#     (the profile from benches/e2e/pgo-build.sh; benches/README.md,
-#     "Profile-guided build")
+#   PROFDATA=target/pgo/tidegate.profdata docker/build-local.sh   # reuse a profile
+#   PGO=off docker/build-local.sh    # a plain build (minutes faster)
+#
+# The binary is profile-guided: unless PROFDATA names a profile, the
+# profile is made first by benches/e2e/pgo-build.sh (an instrumented build
+# and a training run through the proxy, about 7 min on 2 cores; a fifth
+# fewer instructions per request, benches/README.md, "Profile-guided
+# build"). PGO=auto (the default) falls back to a plain build, loudly,
+# when the profile cannot be made (no `rustup component add llvm-tools`,
+# no h2load); PGO=on fails instead; PGO=off skips it.
 #
 # Honours CARGO_TARGET_DIR. Needs cargo, docker, and the host's CA bundle
 # (/etc/ssl/certs/ca-certificates.crt, Debian's ca-certificates).
@@ -24,8 +31,22 @@ uid=65532 # distroless's `nonroot`, so both images run as the same user
 
 # --target keeps RUSTFLAGS off build scripts and proc macros (which must
 # stay dynamic); only the tidegate binary is linked statically.
+mode="${PGO:-auto}"
+case "$mode" in auto | on | off) ;; *) echo "build-local: PGO=$mode (auto, on or off)" >&2; exit 2 ;; esac
+if [[ -z ${PROFDATA:-} && $mode != off ]]; then
+  echo "build-local: making the profile (benches/e2e/pgo-build.sh)" >&2
+  if ! PROFDATA="$(PROFILE_ONLY=1 benches/e2e/pgo-build.sh)"; then
+    [[ $mode == auto ]] || { echo "build-local: no profile and PGO=on" >&2; exit 1; }
+    echo "build-local: WARNING: no profile could be made; this image's binary is a plain build" >&2
+    PROFDATA=
+  fi
+fi
 pgo=()
-if [[ -n ${PROFDATA:-} ]]; then pgo=("-Cprofile-use=$(realpath "$PROFDATA")"); fi
+kind=plain
+if [[ -n ${PROFDATA:-} ]]; then
+  pgo=("-Cprofile-use=$(realpath "$PROFDATA")")
+  kind=profile-guided
+fi
 RUSTFLAGS="-C target-feature=+crt-static ${pgo[*]:-}" cargo build --release --locked --target "$triple" --bin tidegate
 bin="$target_dir/$triple/release/tidegate"
 if ! ldd "$bin" 2>&1 | grep -qE 'not a dynamic executable|statically linked'; then
@@ -65,4 +86,4 @@ CMD ["run", "--config", "/etc/tidegate/tidegate.toml"]
 DOCKERFILE
 
 docker build --quiet -t "$tag" "$ctx" >/dev/null
-echo "build-local: built $tag ($(du -h "$root/usr/local/bin/tidegate" | cut -f1) binary, FROM scratch)"
+echo "build-local: built $tag ($(du -h "$root/usr/local/bin/tidegate" | cut -f1) $kind binary, FROM scratch)"

@@ -18,7 +18,9 @@
 # Usage: benches/e2e/pgo-build.sh   (TARGET: PGO_TARGET_DIR, default
 #        ${CARGO_TARGET_DIR:-target}/pgo; BACKEND_BIN: the backends'
 #        plain build for the training run, default the release build,
-#        built if missing)
+#        brought up to date first; PROFILE_ONLY=1 stops once the profile is
+#        merged and prints its path instead, for docker/build-local.sh,
+#        which builds its own static binary with it)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 target=$(realpath -m "${PGO_TARGET_DIR:-${CARGO_TARGET_DIR:-target}/pgo}")
@@ -27,7 +29,8 @@ profdata=$(find "$(rustc --print sysroot)/lib/rustlib" -name llvm-profdata -type
 [[ -x $profdata ]] || { echo "pgo-build: no llvm-profdata (rustup component add llvm-tools)" >&2; exit 1; }
 if [[ -z ${BACKEND_BIN:-} ]]; then
   BACKEND_BIN=${CARGO_TARGET_DIR:-target}/release/tidegate
-  [[ -x $BACKEND_BIN ]] || cargo build --release --locked --quiet --bin tidegate
+  # Always asked for: a stale release binary would answer with old code.
+  cargo build --release --locked --quiet --bin tidegate
 fi
 [[ -x $BACKEND_BIN ]] || { echo "pgo-build: BACKEND_BIN $BACKEND_BIN is not a binary" >&2; exit 1; }
 
@@ -39,6 +42,10 @@ rm -rf "$raw"
 LLVM_PROFILE_FILE="$raw/tidegate-%p.profraw" TIDEGATE_BIN=$target/instrumented/$triple/release/tidegate \
   BACKEND_BIN=$BACKEND_BIN benches/e2e/pgo-train.sh >&2
 "$profdata" merge -o "$target/tidegate.profdata" "$raw"
+if [[ -n ${PROFILE_ONLY:-} ]]; then
+  echo "$target/tidegate.profdata"
+  exit 0
+fi
 RUSTFLAGS="-Cprofile-use=$target/tidegate.profdata" CARGO_TARGET_DIR=$target/optimised \
   cargo build --release --locked --quiet --target "$triple" --bin tidegate
 echo "$target/optimised/$triple/release/tidegate"
