@@ -25,7 +25,7 @@
 # COUNTER=callgrind counts each proxy's instructions per request instead.
 #
 # Usage: benches/e2e/compare.sh            (ROUNDS=5 DURATION=10 RATE=10000 LOGS=0
-#                                           COUNTER=cpu|callgrind|syscalls|segments REQUESTS=20000)
+#                                           COUNTER=cpu|callgrind|syscalls|segments|perf REQUESTS=20000)
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
@@ -185,6 +185,45 @@ if [[ ${COUNTER:-cpu} == syscalls ]]; then
   exit 0
 fi
 
+# COUNTER=perf: where each proxy's CPU goes, by function, kernel and user
+# alike: `perf record` on the proxy's PID (all threads, 4 kHz) while
+# REQUESTS requests go through it flat out (64 connections; h2c with 10
+# streams each), then the hottest symbols by their own samples, in per
+# cent of the proxy's samples and in samples per 1,000 requests (so two
+# proxies' rows compare in absolute terms). PERF_ARGS adds `perf record`
+# options (-g for call graphs), PERF_DIR keeps the recordings. Needs
+# linux-perf.
+if [[ ${COUNTER:-cpu} == perf ]]; then
+  need perf
+  for proxy in $PROXIES; do
+    for proto in h1 h2c; do
+      read -ra load <<< "$(load_args "$proto" "$CONNS" 10)"
+      start_proxy "$proxy"
+      url="http://127.0.0.1:$(port_for "$proxy" "$proto")/products/1"
+      taskset -c 1 h2load "${load[@]}" -n 5000 "$url" >/dev/null 2>&1   # warm-up
+      # shellcheck disable=SC2086 # PERF_ARGS: more `perf record` options, e.g. -g
+      perf record -q -F 4000 ${PERF_ARGS:-} -p "$PROXY_PID" -o "$WORK/perf-$proxy-$proto.data" >/dev/null 2>&1 &
+      rec=$!
+      sleep 0.5
+      done=$(taskset -c 1 h2load "${load[@]}" -n "${REQUESTS:-20000}" "$url" 2>&1 | awk '/^requests:/ {print $8}')
+      kill -INT "$rec"; wait "$rec" 2>/dev/null || true
+      stop_proxy
+      perf report -i "$WORK/perf-$proxy-$proto.data" --stdio --no-children -n --sort sym >"$WORK/perf-report" 2>/dev/null
+      echo "### $proxy $proto: $done requests; top symbols (% of the proxy's samples, samples per 1,000 requests)"
+      # Two passes over the report: the total of every symbol's samples, then the top rows.
+      awk -v n="$done" -v top="${TOP:-25}" '
+        !/^ +[0-9.]+%/ { next }
+        FNR == NR { all += $2; next }
+        !shown++ { printf "all: %d samples, %.1f per 1,000 requests\n", all, all * 1000 / n }
+        ++k <= top { c = $2; $1 = ""; $2 = ""; printf "%6.2f %% %8.1f %s\n", 100 * c / all, c * 1000 / n, $0 }
+      ' "$WORK/perf-report" "$WORK/perf-report"
+      # PERF_DIR: keep the recordings there (`perf report -i FILE`).
+      if [[ -n ${PERF_DIR:-} ]]; then mkdir -p "$PERF_DIR"; cp "$WORK/perf-$proxy-$proto.data" "$PERF_DIR/"; fi
+    done
+  done
+  exit 0
+fi
+
 # COUNTER=segments: where the kernel half of the CPU goes, per request: the
 # proxy's user and system CPU (µs, from /proc/PID/stat) and the TCP
 # segments every socket on the machine sent (Tcp OutSegs in /proc/net/snmp:
@@ -192,10 +231,14 @@ fi
 # over REQUESTS requests, HTTP/1.1 and h2c, 64 connections (h2c with 10
 # streams each), flat out, ROUNDS runs alternating between the proxies.
 # Equal system calls can still cost different kernel time when they send
-# more segments (pure ACKs, a head and a body in two packets).
+# more segments (pure ACKs, a head and a body in two packets), take more
+# page faults (an allocator returning memory to the kernel and touching it
+# again) or sleep and wake more often (context switches, all threads).
 if [[ ${COUNTER:-cpu} == segments ]]; then
   out_segs() { awk '/^Tcp:/ { if (h) { print $12; exit } h = 1 }' /proc/net/snmp; }
-  echo -e "proxy\tproto\tuser_us\tsys_us\tsegments" > "$WORK/segments.tsv"
+  minor_faults() { local f; read -r -a f < "/proc/$1/stat"; echo "${f[9]}"; }
+  switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'; }
+  echo -e "proxy\tproto\tuser_us\tsys_us\tsegments\tfaults\tswitches" > "$WORK/segments.tsv"
   for round in $(seq "$ROUNDS"); do
     for proxy in $(alternate "$round" $PROXIES); do
       for proto in h1 h2c; do
@@ -203,12 +246,13 @@ if [[ ${COUNTER:-cpu} == segments ]]; then
         start_proxy "$proxy"
         url="http://127.0.0.1:$(port_for "$proxy" "$proto")/products/1"
         taskset -c 1 h2load "${load[@]}" -n 5000 "$url" >/dev/null 2>&1   # warm-up
-        read -r u0 s0 < <(user_system_ticks "$PROXY_PID"); g0=$(out_segs)
+        read -r u0 s0 < <(user_system_ticks "$PROXY_PID"); g0=$(out_segs); f0=$(minor_faults "$PROXY_PID"); c0=$(switches "$PROXY_PID")
         done=$(taskset -c 1 h2load "${load[@]}" -n "${REQUESTS:-20000}" "$url" 2>&1 | awk '/^requests:/ {print $8}')
-        read -r u1 s1 < <(user_system_ticks "$PROXY_PID"); g1=$(out_segs)
+        read -r u1 s1 < <(user_system_ticks "$PROXY_PID"); g1=$(out_segs); f1=$(minor_faults "$PROXY_PID"); c1=$(switches "$PROXY_PID")
         stop_proxy
-        # Clock ticks are 10 ms: 10,000 µs each (kept in hundredths of a µs).
-        echo -e "$proxy\t$proto\t$(( (u1 - u0) * 1000000 / done ))\t$(( (s1 - s0) * 1000000 / done ))\t$(( (g1 - g0) * 100 / done ))" >> "$WORK/segments.tsv"
+        # Clock ticks are 10 ms: 10,000 µs each (kept in hundredths of a µs,
+        # and hundredths of a segment, fault or switch).
+        echo -e "$proxy\t$proto\t$(( (u1 - u0) * 1000000 / done ))\t$(( (s1 - s0) * 1000000 / done ))\t$(( (g1 - g0) * 100 / done ))\t$(( (f1 - f0) * 100 / done ))\t$(( (c1 - c0) * 100 / done ))" >> "$WORK/segments.tsv"
       done
     done
     echo "round $round done" >&2
@@ -216,13 +260,13 @@ if [[ ${COUNTER:-cpu} == segments ]]; then
   python3 - "$WORK/segments.tsv" <<'PY'
 import sys, statistics as st
 rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1])][1:]
-print("| proxy | protocol | user µs/request | system µs/request | TCP segments/request |")
-print("| --- | --- | --- | --- | --- |")
+print("| proxy | protocol | user µs/request | system µs/request | TCP segments/request | page faults/request | context switches/request |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 for proxy in dict.fromkeys(r[0] for r in rows):
     for proto in ("h1", "h2c"):
         rs = [r for r in rows if r[0] == proxy and r[1] == proto]
         med = lambda i: st.median(int(r[i]) for r in rs)
-        print(f"| {proxy} | {proto} | {med(2) / 100:.2f} | {med(3) / 100:.2f} | {med(4) / 100:.2f} |")
+        print(f"| {proxy} | {proto} | {med(2) / 100:.2f} | {med(3) / 100:.2f} | {med(4) / 100:.2f} | {med(5) / 100:.2f} | {med(6) / 100:.2f} |")
 PY
   echo "raw rows: $WORK/segments.tsv" >&2
   exit 0
