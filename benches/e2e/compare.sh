@@ -24,7 +24,7 @@
 #
 # COUNTER=callgrind counts each proxy's instructions per request instead.
 #
-# Usage: benches/e2e/compare.sh            (ROUNDS=5 DURATION=10 RATE=10000 LOGS=0
+# Usage: benches/e2e/compare.sh            (ROUNDS=5 DURATION=10 RATE=10000 LOGS=0 SAME_HEADERS=0
 #                                           COUNTER=cpu|callgrind|syscalls|segments|perf REQUESTS=20000)
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-5}
@@ -56,6 +56,27 @@ else
   haproxy_log=""; haproxy_httplog=""; nginx_log="access_log off;"; haproxy_out=/dev/null
 fi
 
+# SAME_HEADERS=1: HAProxy and nginx add to each request what tidegate adds
+# by default, so all three send the backends the same work: a request ID
+# (also returned to the client), X-Forwarded-For, -Proto and -Host, and
+# Via. By default they add only X-Forwarded-For, and tidegate's upstream
+# requests are about twice as long (241 vs 114 bytes for h2load's). The
+# IDs are random, as tidegate's: HAProxy's `uuid`, nginx's `$request_id`.
+haproxy_same=""; nginx_same=""
+if [[ ${SAME_HEADERS:-0} == 1 ]]; then
+  haproxy_same='    unique-id-format %[uuid]
+    unique-id-header X-Request-ID
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request add-header Via "1.1 haproxy"
+    http-response set-header X-Request-ID %[unique-id]'
+  nginx_same='proxy_set_header X-Request-ID $request_id;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header Via "1.1 nginx";
+            add_header X-Request-ID $request_id;'
+fi
+
 cat > "$WORK/haproxy.cfg" <<CONF
 global
     nbthread 1
@@ -74,6 +95,7 @@ $haproxy_httplog
 frontend fe
     bind 127.0.0.1:18081
     bind 127.0.0.1:18083 proto h2
+$haproxy_same
     default_backend be
 backend be
     balance leastconn
@@ -106,6 +128,7 @@ $servers_nginx
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            $nginx_same
             proxy_buffering off;
         }
     }
@@ -318,6 +341,26 @@ for test in ("h1-fixed", "h2c-max", "stream-1GiB"):
         hwm = max(int(r[9]) for r in rs) / 1024
         fmt = lambda x: f"{x:.2f}" if x is not None else "-"
         print(f"| {proxy} | {test} | {med(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f} | {rps:.0f} | {fmt(p50)} | {fmt(p99)} | {hwm:.1f} |")
+
+# Paired by round: tidegate over each other proxy, the median of the
+# rounds' ratios (and their range), which the machine's drift between
+# rounds moves less than the ratio of the two medians above.
+by = {}
+for r in rows:
+    if r[0] != '-': by.setdefault((r[0], r[2]), {})[r[1]] = r
+def paired(other, test, f):
+    xs = [f(d["tidegate"]) / f(d[other]) for (_, t), d in by.items() if t == test and "tidegate" in d and other in d]
+    return f"{med(xs):.3f} ({min(xs):.2f}-{max(xs):.2f})" if xs else "-"
+normalised = lambda r: int(r[3]) / max(1, int(r[4]))
+raw = lambda r: int(r[3]) / max(1, int(r[5]))
+others = [p for p in dict.fromkeys(r[1] for r in rows) if p != "tidegate"]
+if others and any(r[1] == "tidegate" for r in rows):
+    print()
+    print("| tidegate / | normalised CPU, HTTP/1.1 | h2c | raw CPU, HTTP/1.1 | h2c | h2c req/s | p99 at the fixed rate |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for o in others:
+        print(f"| {o} | {paired(o, 'h1-fixed', normalised)} | {paired(o, 'h2c-max', normalised)} | {paired(o, 'h1-fixed', raw)} "
+              f"| {paired(o, 'h2c-max', raw)} | {paired(o, 'h2c-max', lambda r: float(r[6]))} | {paired(o, 'h1-fixed', lambda r: int(r[8]))} |")
 PY
 echo "raw rows: $RESULTS" >&2
 if [[ $LOGS == 1 ]]; then
