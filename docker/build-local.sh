@@ -16,7 +16,8 @@
 # fewer instructions per request, benches/README.md, "Profile-guided
 # build"). PGO=auto (the default) falls back to a plain build, loudly,
 # when the profile cannot be made (no `rustup component add llvm-tools`,
-# no h2load); PGO=on fails instead; PGO=off skips it.
+# no h2load, a training run that fails); PGO=on fails instead (CI sets it
+# once llvm-tools is there); PGO=off builds plain, PROFDATA or not.
 #
 # Honours CARGO_TARGET_DIR. Needs cargo, docker, and the host's CA bundle
 # (/etc/ssl/certs/ca-certificates.crt, Debian's ca-certificates).
@@ -33,6 +34,7 @@ uid=65532 # distroless's `nonroot`, so both images run as the same user
 # stay dynamic); only the tidegate binary is linked statically.
 mode="${PGO:-auto}"
 case "$mode" in auto | on | off) ;; *) echo "build-local: PGO=$mode (auto, on or off)" >&2; exit 2 ;; esac
+[[ $mode != off ]] || PROFDATA=
 if [[ -z ${PROFDATA:-} && $mode != off ]]; then
   echo "build-local: making the profile (benches/e2e/pgo-build.sh)" >&2
   if ! PROFDATA="$(PROFILE_ONLY=1 benches/e2e/pgo-build.sh)"; then

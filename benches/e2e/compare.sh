@@ -225,12 +225,19 @@ if [[ ${COUNTER:-cpu} == perf ]]; then
       url="http://127.0.0.1:$(port_for "$proxy" "$proto")/products/1"
       taskset -c 1 h2load "${load[@]}" -n 5000 "$url" >/dev/null 2>&1   # warm-up
       # shellcheck disable=SC2086 # PERF_ARGS: more `perf record` options, e.g. -g
-      perf record -q -F 4000 ${PERF_ARGS:-} -p "$PROXY_PID" -o "$WORK/perf-$proxy-$proto.data" >/dev/null 2>&1 &
+      perf record -q -F 4000 ${PERF_ARGS:-} -p "$PROXY_PID" -o "$WORK/perf-$proxy-$proto.data" >/dev/null 2>"$WORK/perf.err" &
       rec=$!
+      PIDS+=("$rec")
       sleep 0.5
       done=$(taskset -c 1 h2load "${load[@]}" -n "${REQUESTS:-20000}" "$url" 2>&1 | awk '/^requests:/ {print $8}')
-      kill -INT "$rec"; wait "$rec" 2>/dev/null || true
+      kill -INT "$rec" 2>/dev/null || true
+      wait "$rec" 2>/dev/null || true
       stop_proxy
+      if [[ ! -s $WORK/perf-$proxy-$proto.data ]]; then
+        echo "perf record made no recording of $proxy:" >&2
+        cat "$WORK/perf.err" >&2
+        exit 1
+      fi
       perf report -i "$WORK/perf-$proxy-$proto.data" --stdio --no-children -n --sort sym >"$WORK/perf-report" 2>/dev/null
       echo "### $proxy $proto: $done requests; top symbols (% of the proxy's samples, samples per 1,000 requests)"
       # Two passes over the report: the total of every symbol's samples, then the top rows.
@@ -260,7 +267,9 @@ fi
 if [[ ${COUNTER:-cpu} == segments ]]; then
   out_segs() { awk '/^Tcp:/ { if (h) { print $12; exit } h = 1 }' /proc/net/snmp; }
   minor_faults() { local f; read -r -a f < "/proc/$1/stat"; echo "${f[9]}"; }
-  switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'; }
+  # Threads alive at the reading (a thread that ends between two readings
+  # takes its switches with it).
+  switches() { awk '/ctxt_switches/ { n += $2 } END { print n + 0 }' /proc/"$1"/task/*/status 2>/dev/null || echo 0; }
   echo -e "proxy\tproto\tuser_us\tsys_us\tsegments\tfaults\tswitches" > "$WORK/segments.tsv"
   for round in $(seq "$ROUNDS"); do
     for proxy in $(alternate "$round" $PROXIES); do
@@ -349,7 +358,8 @@ by = {}
 for r in rows:
     if r[0] != '-': by.setdefault((r[0], r[2]), {})[r[1]] = r
 def paired(other, test, f):
-    xs = [f(d["tidegate"]) / f(d[other]) for (_, t), d in by.items() if t == test and "tidegate" in d and other in d]
+    xs = [f(d["tidegate"]) / f(d[other]) for (_, t), d in by.items()
+          if t == test and "tidegate" in d and other in d and f(d[other]) > 0]
     return f"{med(xs):.3f} ({min(xs):.2f}-{max(xs):.2f})" if xs else "-"
 normalised = lambda r: int(r[3]) / max(1, int(r[4]))
 raw = lambda r: int(r[3]) / max(1, int(r[5]))
