@@ -25,7 +25,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tag="${TAG:-tidegate:local}"
-triple=x86_64-unknown-linux-gnu
+# The host's, as benches/e2e/pgo-build.sh's: a profile applies only to
+# the symbols of the compile kind it was recorded under.
+triple=$(rustc -vV | awk '/^host:/ {print $2}')
 target_dir="${CARGO_TARGET_DIR:-target}"
 ca_bundle="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 uid=65532 # distroless's `nonroot`, so both images run as the same user
@@ -33,23 +35,26 @@ uid=65532 # distroless's `nonroot`, so both images run as the same user
 # --target keeps RUSTFLAGS off build scripts and proc macros (which must
 # stay dynamic); only the tidegate binary is linked statically.
 mode="${PGO:-auto}"
-case "$mode" in auto | on | off) ;; *) echo "build-local: PGO=$mode (auto, on or off)" >&2; exit 2 ;; esac
-[[ $mode != off ]] || PROFDATA=
-if [[ -z ${PROFDATA:-} && $mode != off ]]; then
-  echo "build-local: making the profile (benches/e2e/pgo-build.sh)" >&2
-  if ! PROFDATA="$(PROFILE_ONLY=1 benches/e2e/pgo-build.sh)"; then
-    [[ $mode == auto ]] || { echo "build-local: no profile and PGO=on" >&2; exit 1; }
-    echo "build-local: WARNING: no profile could be made; this image's binary is a plain build" >&2
-    PROFDATA=
-  fi
-fi
-pgo=()
+case "$mode" in
+  off) PROFDATA= ;;
+  auto | on)
+    if [[ -z ${PROFDATA:-} ]]; then
+      echo "build-local: making the profile (benches/e2e/pgo-build.sh)" >&2
+      if ! PROFDATA="$(PROFILE_ONLY=1 benches/e2e/pgo-build.sh)"; then
+        [[ $mode == auto ]] || { echo "build-local: no profile and PGO=on" >&2; exit 1; }
+        echo "build-local: WARNING: no profile could be made; this image's binary is a plain build" >&2
+        PROFDATA=
+      fi
+    fi ;;
+  *) echo "build-local: PGO=$mode (auto, on or off)" >&2; exit 2 ;;
+esac
+flags="-C target-feature=+crt-static"
 kind=plain
 if [[ -n ${PROFDATA:-} ]]; then
-  pgo=("-Cprofile-use=$(realpath "$PROFDATA")")
+  flags+=" -Cprofile-use=$(realpath "$PROFDATA")"
   kind=profile-guided
 fi
-RUSTFLAGS="-C target-feature=+crt-static ${pgo[*]:-}" cargo build --release --locked --target "$triple" --bin tidegate
+RUSTFLAGS="$flags" cargo build --release --locked --target "$triple" --bin tidegate
 bin="$target_dir/$triple/release/tidegate"
 if ! ldd "$bin" 2>&1 | grep -qE 'not a dynamic executable|statically linked'; then
   echo "build-local: $bin is not static" >&2

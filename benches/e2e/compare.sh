@@ -161,6 +161,18 @@ start_proxy() {
 
 stop_proxy() { kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; }
 
+# The counter modes below: start proxy $1 for protocol $2 (h1 or h2c, 64
+# connections, h2c with 10 streams each) and warm it up; LOAD and URL are
+# then what send_requests sends.
+start_warm() {
+  read -ra LOAD <<< "$(load_args "$2" "$CONNS" 10)"
+  start_proxy "$1"
+  URL="http://127.0.0.1:$(port_for "$1" "$2")/products/1"
+  taskset -c 1 h2load "${LOAD[@]}" -n 5000 "$URL" >/dev/null 2>&1
+}
+# REQUESTS requests to the proxy start_warm started; prints how many were served.
+send_requests() { served "${LOAD[@]}" -n "${REQUESTS:-20000}" "$URL"; }
+
 # COUNTER=callgrind: instructions per request instead (all of a proxy's
 # threads, REQUESTS requests over HTTP/1.1 and over h2c, 16 connections,
 # as fast as callgrind lets them; see count_instructions in lib.sh).
@@ -191,14 +203,10 @@ if [[ ${COUNTER:-cpu} == syscalls ]]; then
   need strace
   for proxy in $PROXIES; do
     for proto in h1 h2c; do
-      port=$(port_for "$proxy" "$proto")
-      read -ra load <<< "$(load_args "$proto" "$CONNS" 10)"
-      start_proxy "$proxy"
-      url="http://127.0.0.1:$port/products/1"
-      taskset -c 1 h2load "${load[@]}" -n 5000 "$url" >/dev/null 2>&1   # warm-up
+      start_warm "$proxy" "$proto"
       strace -c -f -p "$PROXY_PID" -o "$WORK/strace-$proxy-$proto" &
       tracer=$!; sleep 0.5
-      done=$(taskset -c 1 h2load "${load[@]}" -n "${REQUESTS:-20000}" "$url" 2>&1 | awk '/^requests:/ {print $8}')
+      done=$(send_requests)
       kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
       stop_proxy
       echo "### $proxy $proto: system calls per request ($done requests)"
@@ -220,16 +228,13 @@ if [[ ${COUNTER:-cpu} == perf ]]; then
   need perf
   for proxy in $PROXIES; do
     for proto in h1 h2c; do
-      read -ra load <<< "$(load_args "$proto" "$CONNS" 10)"
-      start_proxy "$proxy"
-      url="http://127.0.0.1:$(port_for "$proxy" "$proto")/products/1"
-      taskset -c 1 h2load "${load[@]}" -n 5000 "$url" >/dev/null 2>&1   # warm-up
+      start_warm "$proxy" "$proto"
       # shellcheck disable=SC2086 # PERF_ARGS: more `perf record` options, e.g. -g
       perf record -q -F 4000 ${PERF_ARGS:-} -p "$PROXY_PID" -o "$WORK/perf-$proxy-$proto.data" >/dev/null 2>"$WORK/perf.err" &
       rec=$!
       PIDS+=("$rec")
       sleep 0.5
-      done=$(taskset -c 1 h2load "${load[@]}" -n "${REQUESTS:-20000}" "$url" 2>&1 | awk '/^requests:/ {print $8}')
+      done=$(send_requests)
       kill -INT "$rec" 2>/dev/null || true
       wait "$rec" 2>/dev/null || true
       stop_proxy
@@ -274,12 +279,9 @@ if [[ ${COUNTER:-cpu} == segments ]]; then
   for round in $(seq "$ROUNDS"); do
     for proxy in $(alternate "$round" $PROXIES); do
       for proto in h1 h2c; do
-        read -ra load <<< "$(load_args "$proto" "$CONNS" 10)"
-        start_proxy "$proxy"
-        url="http://127.0.0.1:$(port_for "$proxy" "$proto")/products/1"
-        taskset -c 1 h2load "${load[@]}" -n 5000 "$url" >/dev/null 2>&1   # warm-up
+        start_warm "$proxy" "$proto"
         read -r u0 s0 < <(user_system_ticks "$PROXY_PID"); g0=$(out_segs); f0=$(minor_faults "$PROXY_PID"); c0=$(switches "$PROXY_PID")
-        done=$(taskset -c 1 h2load "${load[@]}" -n "${REQUESTS:-20000}" "$url" 2>&1 | awk '/^requests:/ {print $8}')
+        done=$(send_requests)
         read -r u1 s1 < <(user_system_ticks "$PROXY_PID"); g1=$(out_segs); f1=$(minor_faults "$PROXY_PID"); c1=$(switches "$PROXY_PID")
         stop_proxy
         # Clock ticks are 10 ms: 10,000 µs each (kept in hundredths of a µs,
@@ -335,6 +337,9 @@ python3 - "$RESULTS" <<'PY'
 import sys, statistics as st
 rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1])][1:]
 def med(xs): return st.median(xs) if xs else float('nan')
+# Proxy CPU over the backends' CPU in the same window; proxy CPU per request.
+normalised = lambda r: int(r[3]) / max(1, int(r[4]))
+raw = lambda r: int(r[3]) / max(1, int(r[5]))
 print("| proxy | test | CPU/request vs backend (median) | spread | req/s | p50 ms | p99 ms | peak RSS MiB |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for test in ("h1-fixed", "h2c-max", "stream-1GiB"):
@@ -343,7 +348,7 @@ for test in ("h1-fixed", "h2c-max", "stream-1GiB"):
         if not rs: continue
         if test == "stream-1GiB":
             print(f"| {proxy} | {test} | - | - | - | - | - | {int(rs[0][9])/1024:.1f} |"); continue
-        ratios = [int(r[3]) / max(1, int(r[4])) for r in rs]
+        ratios = [normalised(r) for r in rs]
         rps = med([float(r[6]) for r in rs])
         p50 = med([int(r[7]) for r in rs]) / 1000 if rs[0][7] != '-' else None
         p99 = med([int(r[8]) for r in rs]) / 1000 if rs[0][8] != '-' else None
@@ -361,8 +366,6 @@ def paired(other, test, f):
     xs = [f(d["tidegate"]) / f(d[other]) for (_, t), d in by.items()
           if t == test and "tidegate" in d and other in d and f(d[other]) > 0]
     return f"{med(xs):.3f} ({min(xs):.2f}-{max(xs):.2f})" if xs else "-"
-normalised = lambda r: int(r[3]) / max(1, int(r[4]))
-raw = lambda r: int(r[3]) / max(1, int(r[5]))
 others = [p for p in dict.fromkeys(r[1] for r in rows) if p != "tidegate"]
 if others and any(r[1] == "tidegate" for r in rows):
     print()

@@ -104,6 +104,10 @@ measure() {
   echo "$((p1 - p0)) $((b1 - b0)) $done $rps"
 }
 
+# Runs h2load pinned to core 1 with the arguments given; prints how many
+# requests were served.
+served() { taskset -c 1 h2load "$@" 2>&1 | awk '/^requests:/ {print $8}'; }
+
 # p50 and p99 (µs) from an h2load --log-file.
 latency_p50_p99() {
   python3 - "$1" <<'PY'
@@ -152,7 +156,7 @@ count_instructions() {
   load+=(${LOAD_HEADERS[@]+"${LOAD_HEADERS[@]}"})
   taskset -c 1 h2load "${load[@]}" -n 2000 "$url" >/dev/null 2>&1
   callgrind_control -z "$pid" >/dev/null
-  done=$(taskset -c 1 h2load "${load[@]}" -n "$n" "$url" 2>&1 | awk '/^requests:/ {print $8}')
+  done=$(served "${load[@]}" -n "$n" "$url")
   callgrind_control -d "$pid" >/dev/null
   for _ in $(seq 100); do ls "$out"/cg.* >/dev/null 2>&1 && break; sleep 0.1; done
   total=$(awk '/^summary:/ {print $2}' "$out"/cg.*)
